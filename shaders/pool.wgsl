@@ -1,0 +1,96 @@
+// pool.wgsl: 2-D max pooling, NCHW, no padding (Keras "valid"), window PK x PK, stride S.
+//
+// B = batch, C = channels, H x W = input, OH = (H - PK) / S + 1, OW = (W - PK) / S + 1.
+//
+//   max_pool2d_forward:   y[b,c,oy,ox]   = max_{ky,kx < PK} x[b,c,oy*S+ky,ox*S+kx]
+//                         argmax[b,c,oy,ox] = iy * W + ix of that maximum (first one on ties)
+//   max_pool2d_backward:  dx[b,c,iy,ix]  = sum over the windows (oy,ox) that contain (iy,ix)
+//                                          and whose argmax is (iy,ix) of dy[b,c,oy,ox]
+// The backward gathers rather than scatters, so overlapping windows (S < PK) need no atomics
+// and the sum order is fixed.
+//
+// Bindings (group 0), shared by both entry points:
+//   0 uniform             Params (below)
+//   1 storage read        src      forward: x [B,C,H,W]       backward: dy [B,C,OH,OW]
+//   2 storage read_write  argmax   [B,C,OH,OW] as u32: written by forward, read by backward
+//   3 storage read_write  dst      forward: y [B,C,OH,OW]     backward: dx [B,C,H,W]
+//
+// Dispatch: one invocation per element of dst, 1-D over a 2-D grid of 64-wide workgroups.
+
+struct Params {
+    batch: u32,
+    channels: u32,
+    h: u32,
+    w: u32,
+    out_h: u32,
+    out_w: u32,
+    pool: u32,
+    stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> argmax: array<u32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 64u;
+}
+
+@compute @workgroup_size(64)
+fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.batch * p.channels * p.out_h * p.out_w) {
+        return;
+    }
+    // i = (plane * OH + oy) * OW + ox, plane = b * C + c
+    let ox = i % p.out_w;
+    let oy = (i / p.out_w) % p.out_h;
+    let plane = i / (p.out_w * p.out_h);
+    let base = plane * p.h * p.w;
+    var best = src[base + oy * p.stride * p.w + ox * p.stride];
+    var best_at = oy * p.stride * p.w + ox * p.stride;
+    for (var ky = 0u; ky < p.pool; ky++) {
+        for (var kx = 0u; kx < p.pool; kx++) {
+            let at = (oy * p.stride + ky) * p.w + ox * p.stride + kx;
+            let v = src[base + at];
+            // NaN propagates: a NaN anywhere in the window wins.
+            if (v > best || (v != v && best == best)) {
+                best = v;
+                best_at = at;
+            }
+        }
+    }
+    dst[i] = best;
+    argmax[i] = best_at;
+}
+
+@compute @workgroup_size(64)
+fn max_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.batch * p.channels * p.h * p.w) {
+        return;
+    }
+    // i = (plane * H + iy) * W + ix
+    let ix = i % p.w;
+    let iy = (i / p.w) % p.h;
+    let plane = i / (p.w * p.h);
+    let at = iy * p.w + ix;
+    // Windows containing iy: oy * S <= iy < oy * S + PK.
+    let oy_lo = select(0u, (iy - p.pool + p.stride) / p.stride, iy + 1u > p.pool);
+    let oy_hi = min(iy / p.stride + 1u, p.out_h);
+    let ox_lo = select(0u, (ix - p.pool + p.stride) / p.stride, ix + 1u > p.pool);
+    let ox_hi = min(ix / p.stride + 1u, p.out_w);
+    var acc = 0.0;
+    for (var oy = oy_lo; oy < oy_hi; oy++) {
+        for (var ox = ox_lo; ox < ox_hi; ox++) {
+            let o = (plane * p.out_h + oy) * p.out_w + ox;
+            if (argmax[o] == at) {
+                acc += src[o];
+            }
+        }
+    }
+    dst[i] = acc;
+}

@@ -1,0 +1,294 @@
+//! 2-D convolution, NCHW, stride 1: shaders/conv2d.wgsl, its wrappers and references.
+//! B = batch, CI/CO = input/output channels, H x W = input, KH x KW = kernel,
+//! OH x OW = output. dbias is [`super::reduce::sum_outer_inner`] over dy.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// No padding: OH = H - KH + 1.
+    Valid,
+    /// Zero padding so that OH = H (top/left get (K - 1) / 2, as Keras and TensorFlow).
+    Same,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub padding: Padding,
+}
+
+impl Conv2dSpec {
+    pub fn pad(&self) -> (usize, usize) {
+        match self.padding {
+            Padding::Valid => (0, 0),
+            Padding::Same => ((self.kh - 1) / 2, (self.kw - 1) / 2),
+        }
+    }
+
+    pub fn out_hw(&self) -> (usize, usize) {
+        match self.padding {
+            Padding::Valid => (self.h + 1 - self.kh, self.w + 1 - self.kw),
+            Padding::Same => (self.h, self.w),
+        }
+    }
+
+    pub fn x_shape(&self) -> [usize; 4] {
+        [self.batch, self.c_in, self.h, self.w]
+    }
+
+    pub fn w_shape(&self) -> [usize; 4] {
+        [self.c_out, self.c_in, self.kh, self.kw]
+    }
+
+    pub fn y_shape(&self) -> [usize; 4] {
+        let (oh, ow) = self.out_hw();
+        [self.batch, self.c_out, oh, ow]
+    }
+
+    /// Multiply-adds of the forward pass, times two.
+    pub fn flops(&self) -> f64 {
+        let [b, co, oh, ow] = self.y_shape();
+        2.0 * (b * co * oh * ow * self.c_in * self.kh * self.kw) as f64
+    }
+
+    /// Batch images per partial sum of dweight: enough chunks to fill a GPU, few enough
+    /// that the partial buffer stays small.
+    pub fn weight_chunk(&self) -> usize {
+        self.batch.div_ceil(16).max(1)
+    }
+
+    pub fn weight_chunks(&self) -> usize {
+        self.batch.div_ceil(self.weight_chunk())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let dims = [self.batch, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw];
+        if dims.contains(&0) {
+            return Err(Error::shape("conv2d", format!("zero dimension in {self:?}")));
+        }
+        if self.padding == Padding::Valid && (self.kh > self.h || self.kw > self.w) {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "kernel {}x{} larger than input {}x{} with valid padding",
+                    self.kh, self.kw, self.h, self.w
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    pad_h: u32,
+    pad_w: u32,
+    out_h: u32,
+    out_w: u32,
+    flags: u32,
+    chunk: u32,
+    chunks: u32,
+    _pad: [u32; 2],
+}
+
+fn params(s: &Conv2dSpec, flags: u32) -> Params {
+    let (ph, pw) = s.pad();
+    let (oh, ow) = s.out_hw();
+    Params {
+        batch: s.batch as u32,
+        c_in: s.c_in as u32,
+        h: s.h as u32,
+        w: s.w as u32,
+        c_out: s.c_out as u32,
+        kh: s.kh as u32,
+        kw: s.kw as u32,
+        pad_h: ph as u32,
+        pad_w: pw as u32,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        flags,
+        chunk: s.weight_chunk() as u32,
+        chunks: s.weight_chunks() as u32,
+        _pad: [0; 2],
+    }
+}
+
+fn conv_call(
+    gpu: &Gpu,
+    entry: &'static str,
+    p: &Params,
+    ins: [&Tensor; 3],
+    out: &Tensor,
+) -> Result<Dispatch> {
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Conv2d,
+            entry,
+            params: bytemuck::bytes_of(p),
+            bindings: &[
+                (ins[0], Access::Read),
+                (ins[1], Access::Read),
+                (ins[2], Access::Read),
+                (out, Access::ReadWrite),
+            ],
+            workgroups: grid_1d(gpu, entry, out.numel())?,
+            constants: &[],
+        },
+    )
+}
+
+/// y = act(conv2d(x, w) + bias): x [B,CI,H,W], w [CO,CI,KH,KW], bias [CO], y [B,CO,OH,OW].
+pub fn conv2d_forward(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "conv2d_forward";
+    expect_shape(op, "x", x, &s.x_shape())?;
+    expect_shape(op, "weight", weight, &s.w_shape())?;
+    expect_shape(op, "y", y, &s.y_shape())?;
+    if let Some(b) = bias {
+        expect_shape(op, "bias", b, &[s.c_out])?;
+    }
+    let flags = bias.is_some() as u32 | (relu as u32) << 1;
+    conv_call(gpu, op, &params(s, flags), [x, weight, bias.unwrap_or(gpu.dummy())], y)
+}
+
+/// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W].
+pub fn conv2d_backward_input(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    weight: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "conv2d_backward_input";
+    expect_shape(op, "dy", dy, &s.y_shape())?;
+    expect_shape(op, "weight", weight, &s.w_shape())?;
+    expect_shape(op, "dx", dx, &s.x_shape())?;
+    conv_call(gpu, op, &params(s, 0), [dy, weight, weight], dx)
+}
+
+/// Partial dweight sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
+/// dw_part [CHUNKS, CO*CI*KH*KW]; sum the chunks with `reduce::sum_outer_inner`.
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    x: &Tensor,
+    dw_part: &Tensor,
+) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "conv2d_backward_weight";
+    expect_shape(op, "dy", dy, &s.y_shape())?;
+    expect_shape(op, "x", x, &s.x_shape())?;
+    let n_w = s.c_out * s.c_in * s.kh * s.kw;
+    expect_shape(op, "dw_part", dw_part, &[s.weight_chunks(), n_w])?;
+    conv_call(gpu, op, &params(s, 0), [dy, x, x], dw_part)
+}
+
+// ---- CPU references (f64) ----------------------------------------------------------------
+
+/// Visit every (b, co, ci, oy, ox, ky, kx, x index) tap of the convolution that lands
+/// inside the image: the one loop nest all three references share.
+fn for_each_tap(s: &Conv2dSpec, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let (ph, pw) = s.pad();
+    let (oh, ow) = s.out_hw();
+    for b in 0..s.batch {
+        for co in 0..s.c_out {
+            for ci in 0..s.c_in {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        for ky in 0..s.kh {
+                            let iy = (oy + ky).wrapping_sub(ph);
+                            if iy >= s.h {
+                                continue;
+                            }
+                            for kx in 0..s.kw {
+                                let ix = (ox + kx).wrapping_sub(pw);
+                                if ix >= s.w {
+                                    continue;
+                                }
+                                let yi = ((b * s.c_out + co) * oh + oy) * ow + ox;
+                                let wi = ((co * s.c_in + ci) * s.kh + ky) * s.kw + kx;
+                                let xi = ((b * s.c_in + ci) * s.h + iy) * s.w + ix;
+                                f(yi, wi, xi, co, b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn conv2d_forward_ref(
+    s: &Conv2dSpec,
+    x: &[f64],
+    weight: &[f64],
+    bias: Option<&[f64]>,
+    relu: bool,
+) -> Vec<f64> {
+    let [b, co, oh, ow] = s.y_shape();
+    let mut y = vec![0.0; b * co * oh * ow];
+    for_each_tap(s, |yi, wi, xi, _, _| y[yi] += x[xi] * weight[wi]);
+    for (i, v) in y.iter_mut().enumerate() {
+        if let Some(bias) = bias {
+            *v += bias[(i / (oh * ow)) % co];
+        }
+        if relu {
+            *v = v.max(0.0);
+        }
+    }
+    y
+}
+
+pub fn conv2d_backward_input_ref(s: &Conv2dSpec, dy: &[f64], weight: &[f64]) -> Vec<f64> {
+    let mut dx = vec![0.0; s.x_shape().iter().product()];
+    for_each_tap(s, |yi, wi, xi, _, _| dx[xi] += dy[yi] * weight[wi]);
+    dx
+}
+
+/// The full dweight [CO,CI,KH,KW] (the sum of the GPU's partial chunks).
+pub fn conv2d_backward_weight_ref(s: &Conv2dSpec, dy: &[f64], x: &[f64]) -> Vec<f64> {
+    let mut dw = vec![0.0; s.w_shape().iter().product()];
+    for_each_tap(s, |yi, wi, xi, _, _| dw[wi] += dy[yi] * x[xi]);
+    dw
+}
+
+/// dbias [CO] = sum over b, oy, ox of dy.
+pub fn conv2d_backward_bias_ref(s: &Conv2dSpec, dy: &[f64]) -> Vec<f64> {
+    let (oh, ow) = s.out_hw();
+    let mut db = vec![0.0; s.c_out];
+    for (i, v) in dy.iter().enumerate() {
+        db[(i / (oh * ow)) % s.c_out] += v;
+    }
+    db
+}

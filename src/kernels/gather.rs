@@ -1,0 +1,76 @@
+//! Batch gather from the GPU-resident dataset: shaders/gather.wgsl, its wrapper and
+//! reference. B = batch, P = pixels per image, WPI = ceil(P / 4) packed words per image.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Params {
+    pub batch: u32,
+    pub pixels: u32,
+    pub words_per_image: u32,
+    /// Position of the batch's first index in `order`; rewritten before each step.
+    pub start: u32,
+}
+
+/// Byte offset of `start` in the uniform, for the executor's per-step write.
+pub const START_OFFSET: u64 = 12;
+
+/// x [B, P] = pixels of images order[start..start+B] / 255; label [B] their labels.
+/// `pixels` holds N images of WPI words, `labels` N bytes packed four per word.
+pub fn gather_batch(
+    gpu: &Gpu,
+    pixels: &Tensor,
+    labels: &Tensor,
+    order: &Tensor,
+    start: usize,
+    x: &Tensor,
+    label: &Tensor,
+) -> Result<Dispatch> {
+    let op = "gather_batch";
+    let [batch, p] = match x.shape[..] {
+        [b, p] if b > 0 && p > 0 => [b, p],
+        _ => return Err(Error::shape(op, format!("x has shape {:?}, expected [B, P]", x.shape))),
+    };
+    expect_shape(op, "label", label, &[batch])?;
+    if start + batch > order.numel() {
+        return Err(Error::shape(op, format!("batch {start}..{} past the {} indices", start + batch, order.numel())));
+    }
+    let params = Params {
+        batch: batch as u32,
+        pixels: p as u32,
+        words_per_image: p.div_ceil(4) as u32,
+        start: start as u32,
+    };
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Gather,
+            entry: op,
+            params: bytemuck::bytes_of(&params),
+            bindings: &[
+                (pixels, Access::Read),
+                (labels, Access::Read),
+                (order, Access::Read),
+                (x, Access::ReadWrite),
+                (label, Access::ReadWrite),
+            ],
+            workgroups: grid_1d(gpu, op, batch * p)?,
+            constants: &[],
+        },
+    )
+}
+
+/// Reference: (x [B, P], label [B]) from unpacked u8 images [N, P] and labels [N].
+pub fn gather_batch_ref(images: &[u8], labels: &[u8], p: usize, order: &[u32]) -> (Vec<f64>, Vec<u32>) {
+    let mut x = Vec::with_capacity(order.len() * p);
+    for &s in order {
+        x.extend(images[s as usize * p..(s as usize + 1) * p].iter().map(|&v| v as f64 / 255.0));
+    }
+    (x, order.iter().map(|&s| labels[s as usize] as u32).collect())
+}

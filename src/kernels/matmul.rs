@@ -1,0 +1,199 @@
+//! `C = op(A) · op(B) (+ bias) (ReLU)`: shaders/matmul.wgsl, its wrapper and its reference.
+//! M, N, K: rows of C, columns of C, the contracted dimension.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, Dispatch, KernelCall, Shader};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// A is stored [K, M] rather than [M, K].
+    pub transpose_a: bool,
+    /// B is stored [N, K] rather than [K, N].
+    pub transpose_b: bool,
+    pub bias: bool,
+    pub relu: bool,
+}
+
+impl MatmulSpec {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        MatmulSpec {
+            m,
+            n,
+            k,
+            transpose_a: false,
+            transpose_b: false,
+            bias: false,
+            relu: false,
+        }
+    }
+
+    pub fn a_shape(&self) -> [usize; 2] {
+        if self.transpose_a {
+            [self.k, self.m]
+        } else {
+            [self.m, self.k]
+        }
+    }
+
+    pub fn b_shape(&self) -> [usize; 2] {
+        if self.transpose_b {
+            [self.n, self.k]
+        } else {
+            [self.k, self.n]
+        }
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// Register-tile shape of the kernel (pipeline-overridable constants WG, TM, TN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    pub wg: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl Tiles {
+    pub const MAX_TM: u32 = 8;
+    pub const MAX_TN: u32 = 4;
+
+    /// Measured defaults per device type (see benches/kernels.rs).
+    pub fn for_gpu(gpu: &Gpu) -> Tiles {
+        if gpu.is_cpu() {
+            Tiles { wg: 64, tm: 4, tn: 2 }
+        } else {
+            Tiles { wg: 64, tm: 4, tn: 4 }
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+}
+
+fn check(spec: &MatmulSpec, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
+    let op = "matmul";
+    if spec.m == 0 || spec.n == 0 || spec.k == 0 {
+        return Err(Error::shape(op, format!("empty product {spec:?}")));
+    }
+    let want = |name: &str, t: &Tensor, shape: &[usize]| -> Result<()> {
+        if t.numel() != shape.iter().product::<usize>() {
+            return Err(Error::shape(
+                op,
+                format!("{name} has shape {:?}, expected {:?} for {spec:?}", t.shape, shape),
+            ));
+        }
+        Ok(())
+    };
+    want("A", a, &spec.a_shape())?;
+    want("B", b, &spec.b_shape())?;
+    want("C", c, &[spec.m, spec.n])?;
+    match (spec.bias, bias) {
+        (true, Some(t)) => want("bias", t, &[spec.n]),
+        (false, None) => Ok(()),
+        _ => Err(Error::shape(op, "bias tensor given iff spec.bias")),
+    }
+}
+
+/// Build the dispatch of `c = op(a) · op(b) (+ bias) (relu)` with the adapter's tiles.
+pub fn matmul(
+    gpu: &Gpu,
+    spec: &MatmulSpec,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<Dispatch> {
+    matmul_with_tiles(gpu, spec, Tiles::for_gpu(gpu), a, b, bias, c)
+}
+
+pub fn matmul_with_tiles(
+    gpu: &Gpu,
+    spec: &MatmulSpec,
+    tiles: Tiles,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<Dispatch> {
+    check(spec, a, b, bias, c)?;
+    if tiles.tm == 0 || tiles.tn == 0 || tiles.tm > Tiles::MAX_TM || tiles.tn > Tiles::MAX_TN {
+        return Err(Error::usage("tiles", format!("{tiles:?}: TM must be 1..=8, TN 1..=4")));
+    }
+    let flags = spec.transpose_a as u32
+        | (spec.transpose_b as u32) << 1
+        | (spec.bias as u32) << 2
+        | (spec.relu as u32) << 3;
+    let params = Params {
+        m: spec.m as u32,
+        n: spec.n as u32,
+        k: spec.k as u32,
+        flags,
+    };
+    let workgroups = [
+        spec.n.div_ceil((tiles.wg * tiles.tn) as usize) as u32,
+        spec.m.div_ceil(tiles.tm as usize) as u32,
+        1,
+    ];
+    // Any buffer stands in for an absent bias; the kernel does not read it.
+    let bias = bias.unwrap_or(gpu.dummy());
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Matmul,
+            entry: "matmul",
+            params: bytemuck::bytes_of(&params),
+            bindings: &[
+                (a, Access::Read),
+                (b, Access::Read),
+                (bias, Access::Read),
+                (c, Access::ReadWrite),
+            ],
+            workgroups,
+            constants: &[
+                ("WG", tiles.wg as f64),
+                ("TM", tiles.tm as f64),
+                ("TN", tiles.tn as f64),
+            ],
+        },
+    )
+}
+
+/// CPU reference of [`matmul`], accumulating in f64.
+pub fn matmul_ref(spec: &MatmulSpec, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    let op_a = |i: usize, kk: usize| if spec.transpose_a { a[kk * m + i] } else { a[i * k + kk] };
+    let op_b = |kk: usize, j: usize| if spec.transpose_b { b[j * k + kk] } else { b[kk * n + j] };
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0;
+            for kk in 0..k {
+                acc += op_a(i, kk) * op_b(kk, j);
+            }
+            if let Some(bias) = bias {
+                acc += bias[j];
+            }
+            if spec.relu {
+                acc = acc.max(0.0);
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}

@@ -1,0 +1,235 @@
+//! The WGSL kernel library. Each family is one plain WGSL file in `shaders/`, loaded with
+//! `include_str!`; its Rust wrapper (which validates shapes and builds a [`Dispatch`]) and
+//! its CPU reference (f64 accumulation) sit together in the module of the same name.
+
+use std::sync::Arc;
+
+use crate::gpu::{Access, Gpu, Pipeline};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+pub mod activation;
+pub mod conv2d;
+pub mod gather;
+pub mod loss;
+pub mod matmul;
+pub mod optim;
+pub mod pool;
+pub mod reduce;
+
+/// One WGSL file of the kernel library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Gather,
+    Matmul,
+    Conv2d,
+    Pool,
+    Activation,
+    Loss,
+    Reduce,
+    Optim,
+}
+
+impl Shader {
+    pub const ALL: [Shader; 8] = [
+        Shader::Gather,
+        Shader::Matmul,
+        Shader::Conv2d,
+        Shader::Pool,
+        Shader::Activation,
+        Shader::Loss,
+        Shader::Reduce,
+        Shader::Optim,
+    ];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            Shader::Gather => "shaders/gather.wgsl",
+            Shader::Matmul => "shaders/matmul.wgsl",
+            Shader::Conv2d => "shaders/conv2d.wgsl",
+            Shader::Pool => "shaders/pool.wgsl",
+            Shader::Activation => "shaders/activation.wgsl",
+            Shader::Loss => "shaders/loss.wgsl",
+            Shader::Reduce => "shaders/reduce.wgsl",
+            Shader::Optim => "shaders/optim.wgsl",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Gather => include_str!("../../shaders/gather.wgsl"),
+            Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
+            Shader::Pool => include_str!("../../shaders/pool.wgsl"),
+            Shader::Activation => include_str!("../../shaders/activation.wgsl"),
+            Shader::Loss => include_str!("../../shaders/loss.wgsl"),
+            Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+        }
+    }
+
+    /// Every entry point of the file, for the portability tests.
+    pub fn entry_points(self) -> &'static [&'static str] {
+        match self {
+            Shader::Gather => &["gather_batch"],
+            Shader::Matmul => &["matmul"],
+            Shader::Conv2d => &[
+                "conv2d_forward",
+                "conv2d_backward_input",
+                "conv2d_backward_weight",
+            ],
+            Shader::Pool => &["max_pool2d_forward", "max_pool2d_backward"],
+            Shader::Activation => &[
+                "relu_forward",
+                "relu_backward",
+                "sigmoid_forward",
+                "sigmoid_backward",
+            ],
+            Shader::Loss => &[
+                "softmax_xent_forward",
+                "softmax_xent_backward",
+                "sigmoid_bce_forward",
+                "sigmoid_bce_backward",
+                "mse_forward",
+                "mse_backward",
+            ],
+            Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
+            Shader::Optim => &["adam", "sgd"],
+        }
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group and grid, built once and replayed every
+/// step. Its uniform buffer belongs to it; the executor may rewrite it between submits.
+pub struct Dispatch {
+    pub name: &'static str,
+    pipeline: Arc<Pipeline>,
+    bind_group: wgpu::BindGroup,
+    pub workgroups: [u32; 3],
+    pub params: wgpu::Buffer,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Everything needed to build a [`Dispatch`].
+pub struct KernelCall<'a> {
+    pub shader: Shader,
+    pub entry: &'static str,
+    /// Bytes of the uniform `Params` struct at binding 0.
+    pub params: &'a [u8],
+    /// Storage bindings 1.. in order.
+    pub bindings: &'a [(&'a Tensor, Access)],
+    pub workgroups: [u32; 3],
+    pub constants: &'a [(&'a str, f64)],
+}
+
+pub fn dispatch(gpu: &Gpu, call: &KernelCall<'_>) -> Result<Dispatch> {
+    let access: Vec<Access> = call.bindings.iter().map(|(_, a)| *a).collect();
+    let pipeline = gpu.pipeline(call.shader, call.entry, &access, call.constants)?;
+    let max_wg = gpu.limits.max_compute_workgroups_per_dimension;
+    for (axis, &n) in call.workgroups.iter().enumerate() {
+        if n > max_wg {
+            return Err(Error::Limit {
+                op: call.entry.to_string(),
+                what: format!("workgroups along axis {axis}"),
+                requested: n as u64,
+                limit: max_wg as u64,
+                hint: "use a smaller batch size".into(),
+            });
+        }
+    }
+    let params = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(call.entry),
+        size: (call.params.len() as u64).max(16).next_multiple_of(16),
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue.write_buffer(&params, 0, call.params);
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: params.as_entire_binding(),
+    }];
+    for (i, (t, _)) in call.bindings.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(t.binding()),
+        });
+    }
+    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(call.entry),
+        layout: &pipeline.layout,
+        entries: &entries,
+    });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Shader {
+            file: call.shader.file().into(),
+            entry: call.entry.into(),
+            msg: format!("bind group: {e}"),
+        });
+    }
+    Ok(Dispatch {
+        name: call.entry,
+        pipeline,
+        bind_group,
+        workgroups: call.workgroups,
+        params,
+    })
+}
+
+/// Grid for `n` invocations of 64-wide workgroups, folded onto y when x would pass the
+/// per-dimension limit. Kernels recover i = gid.x + gid.y * num_workgroups.x * 64.
+pub fn grid_1d(gpu: &Gpu, op: &str, n: usize) -> Result<[u32; 3]> {
+    let groups = n.div_ceil(64).max(1) as u64;
+    let max = gpu.limits.max_compute_workgroups_per_dimension as u64;
+    let x = groups.min(max);
+    let y = groups.div_ceil(x);
+    if y > max || n as u64 > u32::MAX as u64 {
+        return Err(Error::Limit {
+            op: op.to_string(),
+            what: "invocations".into(),
+            requested: n as u64,
+            limit: (max * max * 64).min(u32::MAX as u64),
+            hint: "use a smaller batch size".into(),
+        });
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// Record `dispatches` into one compute pass, submit, and wait (tests and one-off work).
+pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    let index = gpu.queue.submit([encoder.finish()]);
+    gpu.wait("run", Some(index))
+}
+
+/// Check that `t` has `shape`, naming the op and the operand on failure.
+pub fn expect_shape(op: &str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape != shape {
+        return Err(Error::shape(
+            op,
+            format!("{name} has shape {:?}, expected {:?}", t.shape, shape),
+        ));
+    }
+    Ok(())
+}
+
+/// f32 -> f64 for the CPU references.
+pub fn f64s(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}

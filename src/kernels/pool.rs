@@ -1,0 +1,150 @@
+//! Max pooling, NCHW, valid: shaders/pool.wgsl, its wrappers and references.
+//! B = batch, C = channels, H x W = input, PK = window, S = stride, OH x OW = output.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub batch: usize,
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub pool: usize,
+    pub stride: usize,
+}
+
+impl PoolSpec {
+    pub fn out_hw(&self) -> (usize, usize) {
+        ((self.h - self.pool) / self.stride + 1, (self.w - self.pool) / self.stride + 1)
+    }
+
+    pub fn x_shape(&self) -> [usize; 4] {
+        [self.batch, self.channels, self.h, self.w]
+    }
+
+    pub fn y_shape(&self) -> [usize; 4] {
+        let (oh, ow) = self.out_hw();
+        [self.batch, self.channels, oh, ow]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.pool == 0 || self.stride == 0 || self.pool > self.h || self.pool > self.w {
+            return Err(Error::shape(
+                "max_pool2d",
+                format!("window {} stride {} on a {}x{} input", self.pool, self.stride, self.h, self.w),
+            ));
+        }
+        if self.batch == 0 || self.channels == 0 {
+            return Err(Error::shape("max_pool2d", format!("empty input {self:?}")));
+        }
+        Ok(())
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    channels: u32,
+    h: u32,
+    w: u32,
+    out_h: u32,
+    out_w: u32,
+    pool: u32,
+    stride: u32,
+}
+
+fn params(s: &PoolSpec) -> Params {
+    let (oh, ow) = s.out_hw();
+    Params {
+        batch: s.batch as u32,
+        channels: s.channels as u32,
+        h: s.h as u32,
+        w: s.w as u32,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        pool: s.pool as u32,
+        stride: s.stride as u32,
+    }
+}
+
+fn pool_call(gpu: &Gpu, entry: &'static str, s: &PoolSpec, bind: [&Tensor; 3]) -> Result<Dispatch> {
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Pool,
+            entry,
+            params: bytemuck::bytes_of(&params(s)),
+            bindings: &[
+                (bind[0], Access::Read),
+                (bind[1], Access::ReadWrite),
+                (bind[2], Access::ReadWrite),
+            ],
+            workgroups: grid_1d(gpu, entry, bind[2].numel())?,
+            constants: &[],
+        },
+    )
+}
+
+/// y, argmax [B,C,OH,OW] = max_pool2d(x [B,C,H,W]).
+pub fn max_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, argmax: &Tensor, y: &Tensor) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "max_pool2d_forward";
+    expect_shape(op, "x", x, &s.x_shape())?;
+    expect_shape(op, "argmax", argmax, &s.y_shape())?;
+    expect_shape(op, "y", y, &s.y_shape())?;
+    pool_call(gpu, op, s, [x, argmax, y])
+}
+
+/// dx [B,C,H,W] from dy [B,C,OH,OW] through the forward's argmax.
+pub fn max_pool2d_backward(gpu: &Gpu, s: &PoolSpec, dy: &Tensor, argmax: &Tensor, dx: &Tensor) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "max_pool2d_backward";
+    expect_shape(op, "dy", dy, &s.y_shape())?;
+    expect_shape(op, "argmax", argmax, &s.y_shape())?;
+    expect_shape(op, "dx", dx, &s.x_shape())?;
+    pool_call(gpu, op, s, [dy, argmax, dx])
+}
+
+/// Reference forward: (y, argmax) with argmax = iy * W + ix of the first maximum.
+pub fn max_pool2d_forward_ref(s: &PoolSpec, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
+    let (oh, ow) = s.out_hw();
+    let planes = s.batch * s.channels;
+    let mut y = Vec::with_capacity(planes * oh * ow);
+    let mut arg = Vec::with_capacity(planes * oh * ow);
+    for plane in 0..planes {
+        let base = plane * s.h * s.w;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best_at = oy * s.stride * s.w + ox * s.stride;
+                for ky in 0..s.pool {
+                    for kx in 0..s.pool {
+                        let at = (oy * s.stride + ky) * s.w + ox * s.stride + kx;
+                        if x[base + at] > x[base + best_at] {
+                            best_at = at;
+                        }
+                    }
+                }
+                y.push(x[base + best_at]);
+                arg.push(best_at as u32);
+            }
+        }
+    }
+    (y, arg)
+}
+
+/// Reference backward: dx[argmax] += dy.
+pub fn max_pool2d_backward_ref(s: &PoolSpec, dy: &[f64], argmax: &[u32]) -> Vec<f64> {
+    let (oh, ow) = s.out_hw();
+    let mut dx = vec![0.0; s.x_shape().iter().product()];
+    for (o, (&g, &at)) in dy.iter().zip(argmax).enumerate() {
+        let plane = o / (oh * ow);
+        dx[plane * s.h * s.w + at as usize] += g;
+    }
+    dx
+}

@@ -1,0 +1,130 @@
+//! Reductions that stay on the GPU: shaders/reduce.wgsl, its wrappers and references.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    r: u32,
+    j: u32,
+    i: u32,
+    mode: u32,
+}
+
+/// Running totals kept on the GPU by [`accumulate_metrics`]: `[loss sum, correct, count,
+/// non-finite flag]`.
+pub const METRICS_LEN: usize = 4;
+
+/// How [`accumulate_metrics`] decides a prediction is right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accuracy {
+    /// argmax of the probabilities (C > 1) or p > 0.5 (C = 1) equals the label.
+    Classification,
+    /// No accuracy (regression).
+    None,
+}
+
+/// out[j] = sum over r < R, i < I of x[(r * J + j) * I + i].
+pub fn sum_outer_inner(gpu: &Gpu, x: &Tensor, (r, j, i): (usize, usize, usize), out: &Tensor) -> Result<Dispatch> {
+    let op = "sum_outer_inner";
+    if x.numel() != r * j * i || r * j * i == 0 {
+        return Err(Error::shape(op, format!("input {:?} is not [{r}, {j}, {i}]", x.shape)));
+    }
+    expect_shape(op, "out", out, &[j]).or_else(|_| {
+        if out.numel() == j {
+            Ok(())
+        } else {
+            Err(Error::shape(op, format!("output {:?}, expected {j} elements", out.shape)))
+        }
+    })?;
+    let params = Params {
+        r: r as u32,
+        j: j as u32,
+        i: i as u32,
+        mode: 0,
+    };
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Reduce,
+            entry: op,
+            params: bytemuck::bytes_of(&params),
+            bindings: &[(x, Access::Read), (x, Access::Read), (x, Access::Read), (out, Access::ReadWrite)],
+            workgroups: grid_1d(gpu, op, j)?,
+            constants: &[],
+        },
+    )
+}
+
+/// metrics += (sum of loss [B], correct predictions of prob [B,C] against label [B], B).
+pub fn accumulate_metrics(
+    gpu: &Gpu,
+    loss: &Tensor,
+    prob: &Tensor,
+    label: &Tensor,
+    accuracy: Accuracy,
+    metrics: &Tensor,
+) -> Result<Dispatch> {
+    let op = "accumulate_metrics";
+    let [batch, classes] = match prob.shape[..] {
+        [b, c] => [b, c],
+        _ => return Err(Error::shape(op, format!("prob has shape {:?}, expected [B, C]", prob.shape))),
+    };
+    expect_shape(op, "loss", loss, &[batch])?;
+    expect_shape(op, "metrics", metrics, &[METRICS_LEN])?;
+    if accuracy == Accuracy::Classification {
+        expect_shape(op, "label", label, &[batch])?;
+    }
+    let params = Params {
+        r: batch as u32,
+        j: classes as u32,
+        i: 1,
+        mode: if accuracy == Accuracy::None { 2 } else { 0 },
+    };
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Reduce,
+            entry: op,
+            params: bytemuck::bytes_of(&params),
+            bindings: &[(loss, Access::Read), (prob, Access::Read), (label, Access::Read), (metrics, Access::ReadWrite)],
+            workgroups: [1, 1, 1],
+            constants: &[],
+        },
+    )
+}
+
+pub fn sum_outer_inner_ref(x: &[f64], (r, j, i): (usize, usize, usize)) -> Vec<f64> {
+    let mut out = vec![0.0; j];
+    for rr in 0..r {
+        for (jj, o) in out.iter_mut().enumerate() {
+            *o += x[(rr * j + jj) * i..(rr * j + jj + 1) * i].iter().sum::<f64>();
+        }
+    }
+    out
+}
+
+/// (loss sum, correct count) of one batch.
+pub fn accumulate_metrics_ref(loss: &[f64], prob: &[f64], label: &[u32], classes: usize) -> (f64, usize) {
+    let mut correct = 0;
+    for (b, row) in prob.chunks(classes).enumerate() {
+        let pred = if classes == 1 {
+            (row[0] > 0.5) as usize
+        } else {
+            let mut best = 0;
+            for c in 1..classes {
+                if row[c] > row[best] {
+                    best = c;
+                }
+            }
+            best
+        };
+        correct += (pred == label[b] as usize) as usize;
+    }
+    (loss.iter().sum(), correct)
+}

@@ -1,0 +1,277 @@
+//! Every GPU kernel against its CPU reference (f64) on random inputs and awkward shapes:
+//! 1, primes, sizes that are no multiple of any tile, batch 1 and 128.
+
+mod common;
+
+use common::{assert_close, gpu};
+use shadergrad::kernels::activation::*;
+use shadergrad::kernels::conv2d::*;
+use shadergrad::kernels::gather::*;
+use shadergrad::kernels::loss::*;
+use shadergrad::kernels::matmul::*;
+use shadergrad::kernels::optim::*;
+use shadergrad::kernels::pool::*;
+use shadergrad::kernels::reduce::*;
+use shadergrad::kernels::{f64s, run};
+use shadergrad::rng::Rng;
+use shadergrad::tensor::Tensor;
+
+fn upload(gpu: &shadergrad::gpu::Gpu, shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::from_f32(gpu, "test input", shape, data).unwrap()
+}
+
+#[test]
+fn matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    let shapes = [(1, 1, 1), (1, 7, 3), (13, 1, 5), (17, 31, 29), (64, 64, 64), (128, 10, 128), (37, 130, 263), (128, 129, 5)];
+    for &(m, n, k) in &shapes {
+        for (ta, tb, bias, relu) in [(false, false, false, false), (false, true, true, true), (true, false, false, false), (true, true, true, false)] {
+            let spec = MatmulSpec { m, n, k, transpose_a: ta, transpose_b: tb, bias, relu };
+            let a = rng.uniform_vec(m * k, -1.0, 1.0);
+            let b = rng.uniform_vec(k * n, -1.0, 1.0);
+            let bv = rng.uniform_vec(n, -1.0, 1.0);
+            let (ta_, tb_, tbias) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b), upload(gpu, &[n], &bv));
+            let c = Tensor::zeros(gpu, "c", &[m, n]).unwrap();
+            let d = matmul(gpu, &spec, &ta_, &tb_, bias.then_some(&tbias), &c).unwrap();
+            run(gpu, &[&d]).unwrap();
+            let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), bias.then_some(&f64s(&bv)[..]));
+            assert_close(&format!("matmul {spec:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * k as f64);
+        }
+    }
+}
+
+#[test]
+fn matmul_every_tile_shape_agrees() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(2);
+    let spec = MatmulSpec { transpose_b: true, ..MatmulSpec::new(23, 71, 19) };
+    let a = rng.uniform_vec(23 * 19, -1.0, 1.0);
+    let b = rng.uniform_vec(19 * 71, -1.0, 1.0);
+    let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), None);
+    let (ta, tb) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b));
+    for tm in [1, 3, 4, 8] {
+        for tn in [1, 2, 4] {
+            for wg in [32, 64] {
+                let c = Tensor::zeros(gpu, "c", &[23, 71]).unwrap();
+                let tiles = Tiles { wg, tm, tn };
+                let d = matmul_with_tiles(gpu, &spec, tiles, &ta, &tb, None, &c).unwrap();
+                run(gpu, &[&d]).unwrap();
+                assert_close(&format!("matmul {tiles:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-4);
+            }
+        }
+    }
+}
+
+fn conv_specs() -> Vec<Conv2dSpec> {
+    let s = |batch, c_in, h, w, c_out, kh, kw, padding| Conv2dSpec { batch, c_in, h, w, c_out, kh, kw, padding };
+    vec![
+        s(1, 1, 1, 1, 1, 1, 1, Padding::Valid),
+        s(1, 1, 5, 5, 1, 3, 3, Padding::Valid),
+        s(2, 3, 7, 5, 5, 3, 3, Padding::Same),
+        s(3, 2, 11, 13, 7, 5, 3, Padding::Same),
+        s(5, 4, 9, 9, 3, 2, 2, Padding::Same),
+        s(17, 1, 28, 28, 32, 3, 3, Padding::Valid),
+    ]
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(3);
+    for s in conv_specs() {
+        let n = |shape: [usize; 4]| shape.iter().product::<usize>();
+        let x = rng.uniform_vec(n(s.x_shape()), -1.0, 1.0);
+        let w = rng.uniform_vec(n(s.w_shape()), -1.0, 1.0);
+        let b = rng.uniform_vec(s.c_out, -1.0, 1.0);
+        let dy = rng.uniform_vec(n(s.y_shape()), -1.0, 1.0);
+        let (tx, tw, tb, tdy) = (upload(gpu, &s.x_shape(), &x), upload(gpu, &s.w_shape(), &w), upload(gpu, &[s.c_out], &b), upload(gpu, &s.y_shape(), &dy));
+        let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+        let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
+        let n_w = n(s.w_shape());
+        let dw_part = Tensor::zeros(gpu, "dw_part", &[s.weight_chunks(), n_w]).unwrap();
+        let dw = Tensor::zeros(gpu, "dw", &[n_w]).unwrap();
+        let (oh, ow) = s.out_hw();
+        let db = Tensor::zeros(gpu, "db", &[s.c_out]).unwrap();
+        let ds = [
+            conv2d_forward(gpu, &s, &tx, &tw, Some(&tb), true, &y).unwrap(),
+            conv2d_backward_input(gpu, &s, &tdy, &tw, &dx).unwrap(),
+            conv2d_backward_weight(gpu, &s, &tdy, &tx, &dw_part).unwrap(),
+            sum_outer_inner(gpu, &dw_part, (s.weight_chunks(), n_w, 1), &dw).unwrap(),
+            sum_outer_inner(gpu, &tdy, (s.batch, s.c_out, oh * ow), &db).unwrap(),
+        ];
+        run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+        let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
+        let taps = (s.c_in * s.kh * s.kw) as f64;
+        assert_close(&format!("conv2d_forward {s:?}"), &y.to_f32(gpu).unwrap(), &conv2d_forward_ref(&s, &x, &w, Some(&b), true), 1e-4, 1e-5 * taps);
+        assert_close(&format!("conv2d_backward_input {s:?}"), &dx.to_f32(gpu).unwrap(), &conv2d_backward_input_ref(&s, &dy, &w), 1e-4, 1e-5 * (s.c_out * s.kh * s.kw) as f64);
+        let per_w = (s.batch * oh * ow) as f64;
+        assert_close(&format!("conv2d_backward_weight {s:?}"), &dw.to_f32(gpu).unwrap(), &conv2d_backward_weight_ref(&s, &dy, &x), 1e-4, 1e-5 * per_w);
+        assert_close(&format!("conv2d dbias {s:?}"), &db.to_f32(gpu).unwrap(), &conv2d_backward_bias_ref(&s, &dy), 1e-4, 1e-5 * per_w);
+    }
+}
+
+#[test]
+fn max_pool2d_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(4);
+    let s = |batch, channels, h, w, pool, stride| PoolSpec { batch, channels, h, w, pool, stride };
+    for s in [s(1, 1, 1, 1, 1, 1), s(1, 1, 2, 2, 2, 2), s(2, 3, 7, 5, 2, 2), s(3, 2, 9, 11, 3, 2), s(2, 5, 13, 13, 3, 1), s(128, 32, 26, 26, 2, 2)] {
+        let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
+        let dy = rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0);
+        let (tx, tdy) = (upload(gpu, &s.x_shape(), &x), upload(gpu, &s.y_shape(), &dy));
+        let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+        let arg = Tensor::zeros(gpu, "argmax", &s.y_shape()).unwrap();
+        let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
+        let f = max_pool2d_forward(gpu, &s, &tx, &arg, &y).unwrap();
+        let b = max_pool2d_backward(gpu, &s, &tdy, &arg, &dx).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        let (want_y, want_arg) = max_pool2d_forward_ref(&s, &f64s(&x));
+        assert_close(&format!("max_pool2d_forward {s:?}"), &y.to_f32(gpu).unwrap(), &want_y, 0.0, 0.0);
+        assert_eq!(arg.to_u32(gpu).unwrap(), want_arg, "argmax {s:?}");
+        assert_close(&format!("max_pool2d_backward {s:?}"), &dx.to_f32(gpu).unwrap(), &max_pool2d_backward_ref(&s, &f64s(&dy), &want_arg), 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn activations_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    for n in [1, 7, 64, 1000, 65 * 64 + 3] {
+        for act in [Activation::Relu, Activation::Sigmoid] {
+            let mut x = rng.uniform_vec(n, -6.0, 6.0);
+            x[0] = if n > 1 { 100.0 } else { -100.0 }; // saturation must not overflow
+            let dy = rng.uniform_vec(n, -1.0, 1.0);
+            let (tx, tdy) = (upload(gpu, &[n], &x), upload(gpu, &[n], &dy));
+            let y = Tensor::zeros(gpu, "y", &[n]).unwrap();
+            let dx = Tensor::zeros(gpu, "dx", &[n]).unwrap();
+            let f = activation_forward(gpu, act, &tx, &y).unwrap();
+            let b = activation_backward(gpu, act, &tdy, &y, &dx).unwrap();
+            run(gpu, &[&f, &b]).unwrap();
+            let want_y = activation_forward_ref(act, &f64s(&x));
+            let got_y = y.to_f32(gpu).unwrap();
+            assert_close(&format!("{act:?} forward n={n}"), &got_y, &want_y, 1e-6, 1e-7);
+            assert_close(&format!("{act:?} backward n={n}"), &dx.to_f32(gpu).unwrap(), &activation_backward_ref(act, &f64s(&dy), &f64s(&got_y)), 1e-5, 1e-7);
+        }
+    }
+}
+
+#[test]
+fn losses_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(6);
+    for (batch, classes) in [(1, 1), (1, 10), (7, 3), (128, 10), (129, 1), (5, 13)] {
+        for loss in [Loss::SoftmaxCrossEntropy, Loss::SigmoidBinaryCrossEntropy, Loss::MeanSquaredError] {
+            if (loss == Loss::SigmoidBinaryCrossEntropy) != (classes == 1) {
+                continue;
+            }
+            let mut z = rng.uniform_vec(batch * classes, -5.0, 5.0);
+            z[0] = 80.0; // large logits stay finite
+            let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes.max(2)) as u32 % classes.max(2) as u32).map(|l| if classes == 1 { l } else { l % classes as u32 }).collect();
+            let target = rng.uniform_vec(batch * classes, -1.0, 1.0);
+            let tz = upload(gpu, &[batch, classes], &z);
+            let tl = Tensor::from_u32(gpu, "label", &[batch], &labels).unwrap();
+            let tt = upload(gpu, &[batch, classes], &target);
+            let prob = Tensor::zeros(gpu, "prob", &[batch, classes]).unwrap();
+            let per = Tensor::zeros(gpu, "loss", &[batch]).unwrap();
+            let dz = Tensor::zeros(gpu, "dz", &[batch, classes]).unwrap();
+            let metrics = Tensor::zeros(gpu, "metrics", &[METRICS_LEN]).unwrap();
+            let t = LossTensors { z: &tz, label: Some(&tl), target: Some(&tt), prob: &prob };
+            let acc = if loss == Loss::MeanSquaredError { Accuracy::None } else { Accuracy::Classification };
+            let ds = [
+                loss_forward(gpu, loss, &t, &per).unwrap(),
+                loss_backward(gpu, loss, &t, &dz).unwrap(),
+                accumulate_metrics(gpu, &per, &prob, &tl, acc, &metrics).unwrap(),
+            ];
+            run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+            let (want_p, want_l) = loss_forward_ref(loss, classes, &f64s(&z), &labels, &f64s(&target));
+            let what = format!("{loss:?} B={batch} C={classes}");
+            assert_close(&format!("{what} prob"), &prob.to_f32(gpu).unwrap(), &want_p, 1e-5, 1e-6);
+            assert_close(&format!("{what} loss"), &per.to_f32(gpu).unwrap(), &want_l, 1e-5, 1e-5);
+            assert_close(&format!("{what} dz"), &dz.to_f32(gpu).unwrap(), &loss_backward_ref(loss, classes, &want_p, &labels, &f64s(&target)), 1e-5, 1e-7);
+            let m = metrics.to_f32(gpu).unwrap();
+            let (sum, correct) = accumulate_metrics_ref(&want_l, &want_p, &labels, classes);
+            assert_close(&format!("{what} metrics loss sum"), &m[..1], &[sum], 1e-5, 1e-4);
+            if acc == Accuracy::Classification {
+                assert_eq!(m[1] as usize, correct, "{what} correct count");
+            }
+            assert_eq!((m[2], m[3]), (batch as f32, 0.0), "{what} count and flag");
+        }
+    }
+}
+
+#[test]
+fn metrics_flag_non_finite_loss() {
+    let Some(gpu) = gpu() else { return };
+    let z = [f32::NAN, 1.0, 2.0, 0.5];
+    let tz = upload(gpu, &[2, 2], &z);
+    let tl = Tensor::from_u32(gpu, "label", &[2], &[0, 1]).unwrap();
+    let prob = Tensor::zeros(gpu, "prob", &[2, 2]).unwrap();
+    let per = Tensor::zeros(gpu, "loss", &[2]).unwrap();
+    let metrics = Tensor::zeros(gpu, "metrics", &[METRICS_LEN]).unwrap();
+    let t = LossTensors { z: &tz, label: Some(&tl), target: None, prob: &prob };
+    let f = loss_forward(gpu, Loss::SoftmaxCrossEntropy, &t, &per).unwrap();
+    let m = accumulate_metrics(gpu, &per, &prob, &tl, Accuracy::Classification, &metrics).unwrap();
+    run(gpu, &[&f, &m]).unwrap();
+    assert_eq!(metrics.to_f32(gpu).unwrap()[3], 1.0);
+}
+
+#[test]
+fn sum_outer_inner_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(7);
+    for dims in [(1, 1, 1), (128, 10, 1), (3, 7, 5), (17, 32, 676), (40, 32, 676), (64, 32, 676), (128, 32, 676), (1, 70001, 1)] {
+        let x = rng.uniform_vec(dims.0 * dims.1 * dims.2, -1.0, 1.0);
+        let tx = upload(gpu, &[x.len()], &x);
+        let out = Tensor::zeros(gpu, "out", &[dims.1]).unwrap();
+        run(gpu, &[&sum_outer_inner(gpu, &tx, dims, &out).unwrap()]).unwrap();
+        assert_close(&format!("sum_outer_inner {dims:?}"), &out.to_f32(gpu).unwrap(), &sum_outer_inner_ref(&f64s(&x), dims), 1e-5, 1e-5 * (dims.0 * dims.2) as f64);
+    }
+}
+
+#[test]
+fn optimizers_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(8);
+    for n in [1, 63, 1000, 693_962] {
+        for opt in [Optimizer::adam(1e-3), Optimizer::sgd(0.05, 0.9), Optimizer::sgd(0.1, 0.0)] {
+            let mut p = f64s(&rng.uniform_vec(n, -1.0, 1.0));
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let tp = upload(gpu, &[n], &p.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            let (tm, tv, tg) = (Tensor::zeros(gpu, "m", &[n]).unwrap(), Tensor::zeros(gpu, "v", &[n]).unwrap(), Tensor::zeros(gpu, "g", &[n]).unwrap());
+            let d = optimizer_step(gpu, &opt, &tg, &tp, &tm, &tv).unwrap();
+            for t in 1..=3u64 {
+                let g = rng.uniform_vec(n, -1.0, 1.0);
+                tg.write_f32(gpu, &g).unwrap();
+                gpu.queue.write_buffer(&d.params, 0, bytemuck::bytes_of(&step_params(&opt, n, t)));
+                run(gpu, &[&d]).unwrap();
+                optimizer_step_ref(&opt, t, &f64s(&g), &mut p, &mut m, &mut v);
+            }
+            assert_close(&format!("{opt:?} n={n} param"), &tp.to_f32(gpu).unwrap(), &p, 1e-5, 1e-6);
+            assert_close(&format!("{opt:?} n={n} m"), &tm.to_f32(gpu).unwrap(), &m, 1e-5, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn gather_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(9);
+    for (n, p, batch, start) in [(1, 1, 1, 0), (10, 784, 3, 2), (37, 5, 7, 11), (300, 784, 128, 100)] {
+        let images: Vec<u8> = (0..n * p).map(|_| rng.below(256) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
+        let mut order: Vec<u32> = (0..n as u32).cycle().take(start + batch + 3).collect();
+        rng.shuffle(&mut order);
+        let packed: Vec<u32> = images.chunks(p).flat_map(shadergrad::data::pack_u8_to_u32).collect();
+        let tpix = Tensor::from_u32(gpu, "pixels", &[packed.len()], &packed).unwrap();
+        let plab = shadergrad::data::pack_u8_to_u32(&labels);
+        let tlab = Tensor::from_u32(gpu, "labels", &[plab.len()], &plab).unwrap();
+        let tord = Tensor::from_u32(gpu, "order", &[order.len()], &order).unwrap();
+        let x = Tensor::zeros(gpu, "x", &[batch, p]).unwrap();
+        let y = Tensor::zeros(gpu, "y", &[batch]).unwrap();
+        run(gpu, &[&gather_batch(gpu, &tpix, &tlab, &tord, start, &x, &y).unwrap()]).unwrap();
+        let (want_x, want_y) = gather_batch_ref(&images, &labels, p, &order[start..start + batch]);
+        assert_close(&format!("gather n={n} p={p}"), &x.to_f32(gpu).unwrap(), &want_x, 1e-7, 0.0);
+        assert_eq!(y.to_u32(gpu).unwrap(), want_y);
+    }
+}
