@@ -7,10 +7,12 @@
 //   conv2d_forward:          y[b,co,oy,ox] = act(bias[co] + sum_{ci,ky,kx}
 //                                 x[b,ci,oy+ky-PH,ox+kx-PW] * w[co,ci,ky,kx])
 //   conv2d_backward_input:   dx[b,ci,iy,ix] = sum_{co,ky,kx} dy[b,co,iy-ky+PH,ix-kx+PW] * w[co,ci,ky,kx]
-//   conv2d_backward_weight:  dw_part[chunk,co,ci,ky,kx] = sum_{b in chunk,oy,ox}
-//                                 dy[b,co,oy,ox] * x[b,ci,oy+ky-PH,ox+kx-PW]
-//                            (partial sums over batch chunks; reduce.wgsl sums the chunks;
-//                             dbias is reduce.wgsl's sum over b, oy, ox of dy)
+//   conv2d_backward_weight:  part[chunk, wi] for wi = ((co*CI + ci)*KH + ky)*KW + kx < NW:
+//                                 sum_{b in chunk,oy,ox} dy[b,co,oy,ox] * x[b,ci,oy+ky-PH,ox+kx-PW]
+//                            part[chunk, NW + co] = sum_{b in chunk,oy,ox} dy[b,co,oy,ox]  (dbias)
+//                            Partial sums over chunks of CHUNK images keep every invocation's
+//                            loop short (llvmpipe ends any invocation's loops after 65,535
+//                            iterations in all) and fill wide GPUs; reduce.wgsl sums the chunks.
 // Out-of-image taps read as zero.
 //
 // Bindings (group 0), the same four for every entry point (unused ones get any buffer):
@@ -19,7 +21,7 @@
 //   2 storage read        in2   forward: w [CO,CI,KH,KW]   backward_input: w    backward_weight: x
 //   3 storage read        in3   forward: bias [CO]         (unused by the backward kernels)
 //   4 storage read_write  out   forward: y [B,CO,OH,OW]    backward_input: dx [B,CI,H,W]
-//                               backward_weight: dw_part [CHUNKS,CO,CI,KH,KW]
+//                               backward_weight: part [CHUNKS, CO*CI*KH*KW + CO]
 //
 // Dispatch: one invocation per output element, 1-D over the output, flattened onto a 2-D
 // grid of 64-wide workgroups: i = gid.x + gid.y * num_workgroups.x * 64.
@@ -136,12 +138,27 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     let n_w = p.c_out * p.c_in * p.kh * p.kw;
-    if (i >= n_w * p.chunks) {
+    let row = n_w + p.c_out;
+    if (i >= row * p.chunks) {
         return;
     }
-    // i = chunk * (CO*CI*KH*KW) + ((co * CI + ci) * KH + ky) * KW + kx
-    let wi = i % n_w;
-    let chunk = i / n_w;
+    // i = chunk * (NW + CO) + wi
+    let wi = i % row;
+    let chunk = i / row;
+    let b_end = min((chunk + 1u) * p.chunk, p.batch);
+    if (wi >= n_w) {
+        // dbias partial: sum of dy[b, co, :, :] over the chunk.
+        let co = wi - n_w;
+        var acc = 0.0;
+        for (var bi = chunk * p.chunk; bi < b_end; bi++) {
+            let dy_plane = (bi * p.c_out + co) * p.out_h * p.out_w;
+            for (var o = 0u; o < p.out_h * p.out_w; o++) {
+                acc += in1[dy_plane + o];
+            }
+        }
+        out[i] = acc;
+        return;
+    }
     let kx = wi % p.kw;
     let ky = (wi / p.kw) % p.kh;
     let ci = (wi / (p.kw * p.kh)) % p.c_in;
@@ -151,7 +168,6 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>,
     let oy_hi = u32(clamp(i32(p.h + p.pad_h) - i32(ky), 0, i32(p.out_h)));
     let ox_lo = u32(max(i32(p.pad_w) - i32(kx), 0));
     let ox_hi = u32(clamp(i32(p.w + p.pad_w) - i32(kx), 0, i32(p.out_w)));
-    let b_end = min((chunk + 1u) * p.chunk, p.batch);
     var acc = 0.0;
     for (var bi = chunk * p.chunk; bi < b_end; bi++) {
         let dy_plane = (bi * p.c_out + co) * p.out_h * p.out_w;

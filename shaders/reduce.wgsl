@@ -1,9 +1,10 @@
 // reduce.wgsl: reductions that stay on the GPU.
 //
-//   sum_outer_inner:    out[j] = sum_{r < R} sum_{i < I} x[(r * J + j) * I + i]     j < J
+//   sum_outer_inner:    out[j] = sum_{r < R} sum_{i < I} x[(r * J + J0 + j) * I + i]   j < COUNT
+//                       (x viewed as [R, J, I]; sums axes 0 and 2 of columns J0..J0+COUNT)
 //                       Dense dbias: x = dy [B, N] (R = B, J = N, I = 1);
-//                       conv2d dbias: x = dy [B, CO, OH, OW] (R = B, J = CO, I = OH*OW);
-//                       conv2d dweight: x = partial sums [CHUNKS, CO*CI*KH*KW] (I = 1).
+//                       conv2d dweight, dbias: x = partial sums [CHUNKS, NW + CO], I = 1,
+//                       J0 = 0, COUNT = NW for dweight and J0 = NW, COUNT = CO for dbias.
 //   accumulate_metrics: metrics[0] += sum_b loss[b]; metrics[1] += number of rows whose
 //                       prediction equals label[b]; metrics[2] += B;
 //                       metrics[3] = 1 when any loss is NaN or infinite.
@@ -11,13 +12,13 @@
 //                       prob[b] > 0.5 for C = 1; no accuracy for mode 2 (regression).
 //
 // Bindings (group 0), shared by both entry points:
-//   0 uniform             Params { r, j, i, mode }  (accumulate_metrics: r = B, j = C)
+//   0 uniform             Params { r, j, i, mode, j0, count }  (accumulate_metrics: r = B, j = C)
 //   1 storage read        x       sum: the input;  metrics: loss [B]
 //   2 storage read        prob    metrics: prob [B, C] (unused by sum)
 //   3 storage read        label   metrics: label [B] u32 (unused by sum)
 //   4 storage read_write  out     sum: [J];  metrics: [4] running totals
 //
-// Dispatch: sum_outer_inner one invocation per j (1-D over a 2-D grid of 64-wide
+// Dispatch: sum_outer_inner one invocation per output (1-D over a 2-D grid of 64-wide
 // workgroups); accumulate_metrics exactly one workgroup, of which invocation 0 works: the
 // loop over B keeps a fixed order, so totals are bit-for-bit reproducible.
 
@@ -26,6 +27,10 @@ struct Params {
     j: u32,
     i: u32,
     mode: u32,
+    j0: u32,
+    count: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,12 +42,12 @@ struct Params {
 @compute @workgroup_size(64)
 fn sum_outer_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let j = gid.x + gid.y * nwg.x * 64u;
-    if (j >= p.j) {
+    if (j >= p.count) {
         return;
     }
     var acc = 0.0;
     for (var r = 0u; r < p.r; r++) {
-        let base = (r * p.j + j) * p.i;
+        let base = (r * p.j + p.j0 + j) * p.i;
         for (var i = 0u; i < p.i; i++) {
             acc += x[base + i];
         }

@@ -24,7 +24,7 @@ fn upload(gpu: &shadergrad::gpu::Gpu, shape: &[usize], data: &[f32]) -> Tensor {
 fn matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(1);
-    let shapes = [(1, 1, 1), (1, 7, 3), (13, 1, 5), (17, 31, 29), (64, 64, 64), (128, 10, 128), (37, 130, 263), (128, 129, 5)];
+    let shapes = [(1, 1, 1), (1, 7, 3), (13, 1, 5), (17, 31, 29), (64, 64, 64), (128, 10, 128), (37, 130, 263), (128, 129, 5), (3, 5, 30_011)];
     for &(m, n, k) in &shapes {
         for (ta, tb, bias, relu) in [(false, false, false, false), (false, true, true, true), (true, false, false, false), (true, true, true, false)] {
             let spec = MatmulSpec { m, n, k, transpose_a: ta, transpose_b: tb, bias, relu };
@@ -72,6 +72,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         s(3, 2, 11, 13, 7, 5, 3, Padding::Same),
         s(5, 4, 9, 9, 3, 2, 2, Padding::Same),
         s(17, 1, 28, 28, 32, 3, 3, Padding::Valid),
+        s(128, 1, 28, 28, 32, 3, 3, Padding::Valid),
     ]
 }
 
@@ -89,16 +90,17 @@ fn conv2d_matches_reference() {
         let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
         let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
         let n_w = n(s.w_shape());
-        let dw_part = Tensor::zeros(gpu, "dw_part", &[s.weight_chunks(), n_w]).unwrap();
+        let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
         let dw = Tensor::zeros(gpu, "dw", &[n_w]).unwrap();
         let (oh, ow) = s.out_hw();
         let db = Tensor::zeros(gpu, "db", &[s.c_out]).unwrap();
+        let dims = (s.weight_chunks(), s.part_row(), 1);
         let ds = [
             conv2d_forward(gpu, &s, &tx, &tw, Some(&tb), true, &y).unwrap(),
             conv2d_backward_input(gpu, &s, &tdy, &tw, &dx).unwrap(),
-            conv2d_backward_weight(gpu, &s, &tdy, &tx, &dw_part).unwrap(),
-            sum_outer_inner(gpu, &dw_part, (s.weight_chunks(), n_w, 1), &dw).unwrap(),
-            sum_outer_inner(gpu, &tdy, (s.batch, s.c_out, oh * ow), &db).unwrap(),
+            conv2d_backward_weight(gpu, &s, &tdy, &tx, &part).unwrap(),
+            sum_outer_inner_range(gpu, &part, dims, 0, &dw).unwrap(),
+            sum_outer_inner_range(gpu, &part, dims, n_w, &db).unwrap(),
         ];
         run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
         let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
@@ -108,6 +110,7 @@ fn conv2d_matches_reference() {
         let per_w = (s.batch * oh * ow) as f64;
         assert_close(&format!("conv2d_backward_weight {s:?}"), &dw.to_f32(gpu).unwrap(), &conv2d_backward_weight_ref(&s, &dy, &x), 1e-4, 1e-5 * per_w);
         assert_close(&format!("conv2d dbias {s:?}"), &db.to_f32(gpu).unwrap(), &conv2d_backward_bias_ref(&s, &dy), 1e-4, 1e-5 * per_w);
+        assert!(s.weight_chunk() * oh * (ow + 1) <= shadergrad::kernels::LOOP_BUDGET);
     }
 }
 
@@ -220,13 +223,22 @@ fn metrics_flag_non_finite_loss() {
 fn sum_outer_inner_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(7);
-    for dims in [(1, 1, 1), (128, 10, 1), (3, 7, 5), (17, 32, 676), (40, 32, 676), (64, 32, 676), (128, 32, 676), (1, 70001, 1)] {
+    for dims in [(1, 1, 1), (128, 10, 1), (3, 7, 5), (17, 32, 676), (40, 32, 676), (1, 70001, 1), (16, 320, 1)] {
         let x = rng.uniform_vec(dims.0 * dims.1 * dims.2, -1.0, 1.0);
         let tx = upload(gpu, &[x.len()], &x);
         let out = Tensor::zeros(gpu, "out", &[dims.1]).unwrap();
         run(gpu, &[&sum_outer_inner(gpu, &tx, dims, &out).unwrap()]).unwrap();
         assert_close(&format!("sum_outer_inner {dims:?}"), &out.to_f32(gpu).unwrap(), &sum_outer_inner_ref(&f64s(&x), dims), 1e-5, 1e-5 * (dims.0 * dims.2) as f64);
     }
+    // A column range, and the loop budget refusing what llvmpipe would silently cut short.
+    let x = rng.uniform_vec(6 * 9, -1.0, 1.0);
+    let tx = upload(gpu, &[54], &x);
+    let out = Tensor::zeros(gpu, "out", &[4]).unwrap();
+    run(gpu, &[&sum_outer_inner_range(gpu, &tx, (6, 9, 1), 5, &out).unwrap()]).unwrap();
+    assert_close("sum_outer_inner_range", &out.to_f32(gpu).unwrap(), &sum_outer_inner_ref(&f64s(&x), (6, 9, 1))[5..], 1e-5, 1e-5);
+    let big = Tensor::zeros(gpu, "big", &[128 * 32 * 676]).unwrap();
+    let err = sum_outer_inner(gpu, &big, (128, 32, 676), &Tensor::zeros(gpu, "o", &[32]).unwrap()).err().unwrap();
+    assert!(err.to_string().contains("loop iterations"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -63,10 +63,17 @@ impl Conv2dSpec {
         2.0 * (b * co * oh * ow * self.c_in * self.kh * self.kw) as f64
     }
 
-    /// Batch images per partial sum of dweight: enough chunks to fill a GPU, few enough
-    /// that the partial buffer stays small.
+    /// Batch images per partial sum of dweight/dbias: at most 1/16 of the batch (to fill a
+    /// GPU) and at most [`LOOP_BUDGET`] loop iterations per invocation.
     pub fn weight_chunk(&self) -> usize {
-        self.batch.div_ceil(16).max(1)
+        let (oh, ow) = self.out_hw();
+        let per_image = oh * (ow + 1);
+        self.batch.div_ceil(16).min(LOOP_BUDGET / per_image).max(1)
+    }
+
+    /// Elements of one chunk's partial sums: dweight (CO*CI*KH*KW) then dbias (CO).
+    pub fn part_row(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw + self.c_out
     }
 
     pub fn weight_chunks(&self) -> usize {
@@ -77,6 +84,16 @@ impl Conv2dSpec {
         let dims = [self.batch, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw];
         if dims.contains(&0) {
             return Err(Error::shape("conv2d", format!("zero dimension in {self:?}")));
+        }
+        let (oh, ow) = (self.h, self.w);
+        if oh * (ow + 1) > LOOP_BUDGET {
+            return Err(Error::Limit {
+                op: "conv2d".into(),
+                what: "output pixels per image (loop iterations per invocation)".into(),
+                requested: (oh * (ow + 1)) as u64,
+                limit: LOOP_BUDGET as u64,
+                hint: "use smaller images".into(),
+            });
         }
         if self.padding == Padding::Valid && (self.kh > self.h || self.kw > self.w) {
             return Err(Error::shape(
@@ -196,22 +213,21 @@ pub fn conv2d_backward_input(
     conv_call(gpu, op, &params(s, 0), [dy, weight, weight], dx)
 }
 
-/// Partial dweight sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
-/// dw_part [CHUNKS, CO*CI*KH*KW]; sum the chunks with `reduce::sum_outer_inner`.
+/// Partial dweight and dbias sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
+/// part [CHUNKS, CO*CI*KH*KW + CO]; sum the chunks with `reduce::sum_outer_inner`.
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     s: &Conv2dSpec,
     dy: &Tensor,
     x: &Tensor,
-    dw_part: &Tensor,
+    part: &Tensor,
 ) -> Result<Dispatch> {
     s.validate()?;
     let op = "conv2d_backward_weight";
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "x", x, &s.x_shape())?;
-    let n_w = s.c_out * s.c_in * s.kh * s.kw;
-    expect_shape(op, "dw_part", dw_part, &[s.weight_chunks(), n_w])?;
-    conv_call(gpu, op, &params(s, 0), [dy, x, x], dw_part)
+    expect_shape(op, "part", part, &[s.weight_chunks(), s.part_row()])?;
+    conv_call(gpu, op, &params(s, 0), [dy, x, x], part)
 }
 
 // ---- CPU references (f64) ----------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatch, Dispatch, KernelCall, Shader};
+use super::{dispatch, Dispatch, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -134,6 +134,15 @@ pub fn matmul_with_tiles(
     check(spec, a, b, bias, c)?;
     if tiles.tm == 0 || tiles.tn == 0 || tiles.tm > Tiles::MAX_TM || tiles.tn > Tiles::MAX_TN {
         return Err(Error::usage("tiles", format!("{tiles:?}: TM must be 1..=8, TN 1..=4")));
+    }
+    if spec.k > LOOP_BUDGET {
+        return Err(Error::Limit {
+            op: "matmul".into(),
+            what: "contracted dimension K (loop iterations per invocation)".into(),
+            requested: spec.k as u64,
+            limit: LOOP_BUDGET as u64,
+            hint: "use a narrower layer".into(),
+        });
     }
     let flags = spec.transpose_a as u32
         | (spec.transpose_b as u32) << 1

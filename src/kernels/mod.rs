@@ -17,6 +17,11 @@ pub mod optim;
 pub mod pool;
 pub mod reduce;
 
+/// Most loop iterations one invocation may run, all loops together. llvmpipe (lavapipe)
+/// silently ends an invocation's loops after 65,535 iterations in all, so kernels split
+/// longer work (more invocations, partial sums) and wrappers refuse what they cannot split.
+pub const LOOP_BUDGET: usize = 32_768;
+
 /// One WGSL file of the kernel library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader};
+use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -14,6 +14,9 @@ struct Params {
     j: u32,
     i: u32,
     mode: u32,
+    j0: u32,
+    count: u32,
+    _pad: [u32; 2],
 }
 
 /// Running totals kept on the GPU by [`accumulate_metrics`]: `[loss sum, correct, count,
@@ -29,24 +32,44 @@ pub enum Accuracy {
     None,
 }
 
-/// out[j] = sum over r < R, i < I of x[(r * J + j) * I + i].
-pub fn sum_outer_inner(gpu: &Gpu, x: &Tensor, (r, j, i): (usize, usize, usize), out: &Tensor) -> Result<Dispatch> {
+/// out[j] = sum over r < R, i < I of x[(r * J + j) * I + i], x viewed as [R, J, I].
+pub fn sum_outer_inner(gpu: &Gpu, x: &Tensor, dims: (usize, usize, usize), out: &Tensor) -> Result<Dispatch> {
+    sum_outer_inner_range(gpu, x, dims, 0, out)
+}
+
+/// Like [`sum_outer_inner`] for columns j0 .. j0 + out.numel() of the middle axis only.
+pub fn sum_outer_inner_range(
+    gpu: &Gpu,
+    x: &Tensor,
+    (r, j, i): (usize, usize, usize),
+    j0: usize,
+    out: &Tensor,
+) -> Result<Dispatch> {
     let op = "sum_outer_inner";
     if x.numel() != r * j * i || r * j * i == 0 {
         return Err(Error::shape(op, format!("input {:?} is not [{r}, {j}, {i}]", x.shape)));
     }
-    expect_shape(op, "out", out, &[j]).or_else(|_| {
-        if out.numel() == j {
-            Ok(())
-        } else {
-            Err(Error::shape(op, format!("output {:?}, expected {j} elements", out.shape)))
-        }
-    })?;
+    let count = out.numel();
+    if j0 + count > j || count == 0 {
+        return Err(Error::shape(op, format!("columns {j0}..{} of {j}", j0 + count)));
+    }
+    if r * (i + 1) > LOOP_BUDGET {
+        return Err(Error::Limit {
+            op: op.into(),
+            what: "elements summed per output (loop iterations per invocation)".into(),
+            requested: (r * (i + 1)) as u64,
+            limit: LOOP_BUDGET as u64,
+            hint: "sum partial chunks first".into(),
+        });
+    }
     let params = Params {
         r: r as u32,
         j: j as u32,
         i: i as u32,
         mode: 0,
+        j0: j0 as u32,
+        count: count as u32,
+        _pad: [0; 2],
     };
     dispatch(
         gpu,
@@ -55,7 +78,7 @@ pub fn sum_outer_inner(gpu: &Gpu, x: &Tensor, (r, j, i): (usize, usize, usize), 
             entry: op,
             params: bytemuck::bytes_of(&params),
             bindings: &[(x, Access::Read), (x, Access::Read), (x, Access::Read), (out, Access::ReadWrite)],
-            workgroups: grid_1d(gpu, op, j)?,
+            workgroups: grid_1d(gpu, op, count)?,
             constants: &[],
         },
     )
@@ -85,7 +108,19 @@ pub fn accumulate_metrics(
         j: classes as u32,
         i: 1,
         mode: if accuracy == Accuracy::None { 2 } else { 0 },
+        j0: 0,
+        count: 1,
+        _pad: [0; 2],
     };
+    if batch * (classes + 1) > LOOP_BUDGET {
+        return Err(Error::Limit {
+            op: op.into(),
+            what: "batch x classes (loop iterations of the one metrics invocation)".into(),
+            requested: (batch * (classes + 1)) as u64,
+            limit: LOOP_BUDGET as u64,
+            hint: "use a smaller batch size".into(),
+        });
+    }
     dispatch(
         gpu,
         &KernelCall {
