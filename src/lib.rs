@@ -11,5 +11,10 @@ pub mod data;
 pub mod gpu;
 pub mod tensor;
 pub mod kernels;
+pub mod model;
+pub mod params;
+pub mod graph;
+pub mod executor;
+pub mod fit;
 
 pub use error::{Error, Result};

@@ -32,7 +32,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
         })
         .collect();
     if !bad.is_empty() {
-        let mut msg = format!("{what}: {} of {} elements differ (rtol {rtol}, atol {atol})", bad.len(), got.len());
+        let mut msg = format!(
+            "{what}: {} of {} elements differ (rtol {rtol}, atol {atol})",
+            bad.len(),
+            got.len()
+        );
         for &i in bad.iter().take(8) {
             msg += &format!("\n  [{i}] gpu {} reference {}", got[i], want[i]);
         }

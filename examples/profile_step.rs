@@ -1,0 +1,29 @@
+//! Per-kernel timing of one training step of a model (debug aid): one submit per kernel.
+//! cargo run --release --example profile_step -- [cnn|mlp|softmax] [batch]
+use shadergrad::executor::Trainer;
+use shadergrad::fit::split_sources;
+use shadergrad::gpu::Gpu;
+use shadergrad::kernels::optim::Optimizer;
+use shadergrad::model::Sequential;
+
+fn main() -> shadergrad::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let model = match args.get(1).map(String::as_str) {
+        Some("mlp") => Sequential::mnist_mlp(),
+        Some("softmax") => Sequential::mnist_softmax(),
+        _ => Sequential::mnist_cnn(),
+    };
+    let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
+    let gpu = Gpu::new()?;
+    let mut trainer = Trainer::new(&gpu, model, Optimizer::adam(1e-3), 1)?;
+    let set = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
+    let split = split_sources(&mut trainer, set, mnist.train.len(), 0.2)?;
+    let rows = trainer.profile_step(split.train, batch, true, 5)?;
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    for (name, ms) in rows {
+        println!("{name:<28} {ms:>9.3} ms");
+    }
+    println!("{:<28} {total:>9.3} ms", "total");
+    Ok(())
+}

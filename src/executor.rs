@@ -1,0 +1,246 @@
+//! Runs compiled plans: the GPU-resident datasets, the shuffled orders, the parameter store
+//! and the metrics buffer. A training step is one command encoder, one compute pass and
+//! one submit; nothing is read back inside it. Metrics are read when the caller asks.
+
+use std::collections::HashMap;
+
+use crate::data::pack_u8_to_u32;
+use crate::gpu::Gpu;
+use crate::graph::{build_plan, BatchSource, Plan};
+use crate::kernels::gather::START_OFFSET;
+use crate::kernels::optim::{step_params, Optimizer};
+use crate::kernels::reduce::METRICS_LEN;
+use crate::model::Sequential;
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// A labelled image set resident on the GPU: u8 pixels packed four per u32 (each image
+/// padded to whole words) and u8 labels packed likewise.
+pub struct GpuDataset {
+    pub pixels: Tensor,
+    pub labels: Tensor,
+    pub n: usize,
+    pub pixels_per_image: usize,
+}
+
+impl GpuDataset {
+    pub fn upload(gpu: &Gpu, images: &[u8], labels: &[u8], pixels_per_image: usize) -> Result<GpuDataset> {
+        let n = labels.len();
+        if pixels_per_image == 0 || images.len() != n * pixels_per_image {
+            return Err(Error::shape(
+                "dataset upload",
+                format!("{} pixel bytes for {n} labels of {pixels_per_image}-pixel images", images.len()),
+            ));
+        }
+        let packed: Vec<u32> = if pixels_per_image % 4 == 0 {
+            pack_u8_to_u32(images)
+        } else {
+            images.chunks(pixels_per_image).flat_map(pack_u8_to_u32).collect()
+        };
+        let packed_labels = pack_u8_to_u32(labels);
+        Ok(GpuDataset {
+            pixels: Tensor::from_u32(gpu, "dataset pixels", &[packed.len()], &packed)?,
+            labels: Tensor::from_u32(gpu, "dataset labels", &[packed_labels.len()], &packed_labels)?,
+            n,
+            pixels_per_image,
+        })
+    }
+}
+
+/// Mean loss and accuracy over the samples seen since the metrics were reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub count: usize,
+    /// A loss was NaN or infinite.
+    pub non_finite: bool,
+}
+
+/// A dataset plus an index order into it (the epoch's shuffle, or a fixed range).
+struct Source {
+    dataset: usize,
+    order: Tensor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    source: usize,
+    batch: usize,
+    train: bool,
+}
+
+pub struct Trainer<'g> {
+    pub gpu: &'g Gpu,
+    pub model: Sequential,
+    pub optimizer: Optimizer,
+    pub store: ParamStore,
+    /// Optimizer updates applied so far (Adam's t).
+    pub steps: u64,
+    metrics: Tensor,
+    datasets: Vec<GpuDataset>,
+    sources: Vec<Source>,
+    plans: HashMap<PlanKey, Plan>,
+}
+
+impl<'g> Trainer<'g> {
+    /// Allocate parameters (Keras initialisation from `seed`) and optimizer state.
+    pub fn new(gpu: &'g Gpu, model: Sequential, optimizer: Optimizer, seed: u64) -> Result<Self> {
+        let store = ParamStore::new(gpu, model.params()?)?;
+        store.write(gpu, &store.params, &model.init_params(seed)?)?;
+        Ok(Trainer {
+            gpu,
+            model,
+            optimizer,
+            store,
+            steps: 0,
+            metrics: Tensor::zeros(gpu, "metrics", &[METRICS_LEN])?,
+            datasets: Vec::new(),
+            sources: Vec::new(),
+            plans: HashMap::new(),
+        })
+    }
+
+    /// Upload a dataset once; returns its id for [`Trainer::add_source`].
+    pub fn add_dataset(&mut self, images: &[u8], labels: &[u8]) -> Result<usize> {
+        let [c, h, w] = self.model.input;
+        self.datasets.push(GpuDataset::upload(self.gpu, images, labels, c * h * w)?);
+        Ok(self.datasets.len() - 1)
+    }
+
+    /// A stream of batches from `dataset` in `order`; returns its id.
+    pub fn add_source(&mut self, dataset: usize, order: &[u32]) -> Result<usize> {
+        let n = self.datasets.get(dataset).map(|d| d.n).unwrap_or(0);
+        if let Some(&bad) = order.iter().find(|&&i| i as usize >= n) {
+            return Err(Error::shape("add_source", format!("index {bad} in a dataset of {n} samples")));
+        }
+        let order_t = Tensor::from_u32(self.gpu, "order", &[order.len()], order)?;
+        self.sources.push(Source { dataset, order: order_t });
+        Ok(self.sources.len() - 1)
+    }
+
+    pub fn source_len(&self, source: usize) -> usize {
+        self.sources[source].order.numel()
+    }
+
+    /// Replace a source's order (the epoch's shuffle): the one upload of an epoch.
+    pub fn set_order(&mut self, source: usize, order: &[u32]) -> Result<()> {
+        let src = &self.sources[source];
+        let n = self.datasets[src.dataset].n;
+        if order.len() != src.order.numel() || order.iter().any(|&i| i as usize >= n) {
+            return Err(Error::shape("set_order", format!("{} indices for a source of {}", order.len(), src.order.numel())));
+        }
+        self.gpu.queue.write_buffer(&src.order.buffer, src.order.offset, bytemuck::cast_slice(order));
+        Ok(())
+    }
+
+    fn plan(&mut self, key: PlanKey) -> Result<&Plan> {
+        if !self.plans.contains_key(&key) {
+            let src = &self.sources[key.source];
+            let data = &self.datasets[src.dataset];
+            let source = BatchSource { pixels: &data.pixels, labels: &data.labels, order: &src.order };
+            let opt = key.train.then_some(&self.optimizer);
+            let plan = build_plan(self.gpu, &self.model, &self.store, key.batch, &source, opt, &self.metrics)?;
+            self.plans.insert(key, plan);
+        }
+        Ok(&self.plans[&key])
+    }
+
+    /// Record and submit one step on samples order[start .. start + batch]. Training steps
+    /// also update the parameters. Nothing is read back.
+    pub fn step(&mut self, source: usize, start: usize, batch: usize, train: bool) -> Result<()> {
+        if batch == 0 || start + batch > self.source_len(source) {
+            return Err(Error::shape("step", format!("batch {start}..{} of {}", start + batch, self.source_len(source))));
+        }
+        let t = self.steps + 1;
+        let n = self.store.len;
+        let optimizer = self.optimizer;
+        let gpu = self.gpu;
+        let plan = self.plan(PlanKey { source, batch, train })?;
+        gpu.queue.write_buffer(&plan.gather().params, START_OFFSET, bytemuck::bytes_of(&(start as u32)));
+        if let Some(opt) = plan.optimizer() {
+            gpu.queue.write_buffer(&opt.params, 0, bytemuck::bytes_of(&step_params(&optimizer, n, t)));
+        }
+        let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
+            for d in &plan.dispatches {
+                d.record(&mut pass);
+            }
+        }
+        gpu.queue.submit([encoder.finish()]);
+        if train {
+            self.steps = t;
+        }
+        // Reclaim finished submissions without blocking.
+        let _ = gpu.device.poll(wgpu::PollType::Poll);
+        Ok(())
+    }
+
+    /// Debug mode: run one step's dispatches one submit at a time, `repeats` times each,
+    /// waiting after each, and return (kernel, milliseconds per run). The step's effects
+    /// (including parameter updates) happen `repeats` times.
+    pub fn profile_step(&mut self, source: usize, batch: usize, train: bool, repeats: usize) -> Result<Vec<(&'static str, f64)>> {
+        let gpu = self.gpu;
+        let plan = self.plan(PlanKey { source, batch, train })?;
+        let mut out = Vec::new();
+        for d in &plan.dispatches {
+            let run = |n: usize| -> Result<f64> {
+                let started = std::time::Instant::now();
+                let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+                {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    for _ in 0..n {
+                        d.record(&mut pass);
+                    }
+                }
+                let index = gpu.queue.submit([encoder.finish()]);
+                gpu.wait(d.name, Some(index))?;
+                Ok(started.elapsed().as_secs_f64() * 1e3)
+            };
+            run(1)?; // warm-up: first use compiles nothing, but faults pages in
+            out.push((d.name, run(repeats.max(1))? / repeats.max(1) as f64));
+        }
+        Ok(out)
+    }
+
+    /// The forward outputs (prob [B, C], label [B], loss [B]) of the last step run with
+    /// this source and batch size.
+    pub fn outputs(&self, source: usize, batch: usize, train: bool) -> Option<&Plan> {
+        self.plans.get(&PlanKey { source, batch, train })
+    }
+
+    pub fn reset_metrics(&self) {
+        self.gpu.queue.write_buffer(&self.metrics.buffer, 0, &[0u8; METRICS_LEN * 4]);
+    }
+
+    /// Read the running totals (waits for the GPU).
+    pub fn read_metrics(&self) -> Result<Metrics> {
+        let m = self.metrics.to_f32(self.gpu)?;
+        let count = m[2] as usize;
+        let denom = (count as f64).max(1.0);
+        Ok(Metrics { loss: m[0] as f64 / denom, accuracy: m[1] as f64 / denom, count, non_finite: m[3] != 0.0 })
+    }
+
+    /// Forward passes over a whole source in batches of at most `batch`; its metrics.
+    pub fn evaluate(&mut self, source: usize, batch: usize) -> Result<Metrics> {
+        self.reset_metrics();
+        let n = self.source_len(source);
+        let mut start = 0;
+        while start < n {
+            let b = batch.min(n - start);
+            self.step(source, start, b, false)?;
+            start += b;
+        }
+        self.read_metrics()
+    }
+
+    pub fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+        self.store.read(self.gpu, &self.store.params)
+    }
+
+    pub fn write_params(&self, values: &[Vec<f32>]) -> Result<()> {
+        self.store.write(self.gpu, &self.store.params, values)
+    }
+}

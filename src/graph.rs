@@ -1,0 +1,291 @@
+//! A model compiled for one batch size: the static list of dispatches of one step
+//! (gather -> forward -> loss -> metrics, and in training backward -> optimizer), with
+//! every activation and gradient buffer allocated once.
+//!
+//! B = batch. Activations are batch-major NCHW ([B, C, H, W]) or [B, N].
+
+use crate::gpu::Gpu;
+use crate::kernels::activation::{activation_backward, activation_forward, Activation as Act};
+use crate::kernels::conv2d::*;
+use crate::kernels::gather::gather_batch;
+use crate::kernels::loss::{loss_backward, loss_forward, Loss, LossTensors};
+use crate::kernels::matmul::{matmul, MatmulSpec};
+use crate::kernels::optim::{optimizer_step, Optimizer};
+use crate::kernels::pool::*;
+use crate::kernels::reduce::{accumulate_metrics, sum_outer_inner, sum_outer_inner_range, Accuracy};
+use crate::kernels::Dispatch;
+use crate::model::{Activation, Layer, Sequential};
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::Result;
+
+/// Where a plan's batches come from: a GPU-resident dataset and an index order into it.
+pub struct BatchSource<'a> {
+    pub pixels: &'a Tensor,
+    pub labels: &'a Tensor,
+    pub order: &'a Tensor,
+}
+
+/// The compiled step. `dispatches[0]` is the gather; in training the last is the optimizer.
+pub struct Plan {
+    pub batch: usize,
+    pub dispatches: Vec<Dispatch>,
+    pub train: bool,
+    /// Outputs of the forward pass, readable after a step (evaluate, predict).
+    pub prob: Tensor,
+    pub label: Tensor,
+    pub loss: Tensor,
+}
+
+impl Plan {
+    pub fn gather(&self) -> &Dispatch {
+        &self.dispatches[0]
+    }
+
+    pub fn optimizer(&self) -> Option<&Dispatch> {
+        if self.train {
+            self.dispatches.last()
+        } else {
+            None
+        }
+    }
+}
+
+/// The loss the model's output activation implies.
+pub fn loss_of(model: &Sequential) -> Loss {
+    match model.output_activation() {
+        Activation::Softmax => Loss::SoftmaxCrossEntropy,
+        Activation::Sigmoid => Loss::SigmoidBinaryCrossEntropy,
+        _ => Loss::MeanSquaredError,
+    }
+}
+
+fn kernel_act(a: Activation) -> Option<Act> {
+    match a {
+        Activation::Relu => Some(Act::Relu),
+        Activation::Sigmoid => Some(Act::Sigmoid),
+        _ => None,
+    }
+}
+
+/// What the forward pass keeps of each layer for the backward pass.
+struct Saved {
+    input: Tensor,
+    /// Output after the activation (what the next layer reads).
+    output: Tensor,
+    /// Activation applied after the affine part, not fused into the loss.
+    act: Option<Act>,
+    argmax: Option<Tensor>,
+}
+
+fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<Tensor> {
+    Tensor::zeros(gpu, label, shape)
+}
+
+/// Compile `model` for batches of `batch` from `source`. With `optimizer`, the plan trains
+/// (backward and update); without, it only evaluates. `metrics` receives loss sums and
+/// correct counts.
+pub fn build_plan(
+    gpu: &Gpu,
+    model: &Sequential,
+    store: &ParamStore,
+    batch: usize,
+    source: &BatchSource<'_>,
+    optimizer: Option<&Optimizer>,
+    metrics: &Tensor,
+) -> Result<Plan> {
+    let shapes = model.shapes()?;
+    let [c0, h0, w0] = model.input;
+    let last = model.layers.len() - 1;
+    let mut d = Vec::new();
+
+    // gather: pixels, labels, order -> x [B, C*H*W], label [B]
+    let x = zeros(gpu, "x", &[batch, c0 * h0 * w0])?;
+    let label = zeros(gpu, "label", &[batch])?;
+    d.push(gather_batch(gpu, source.pixels, source.labels, source.order, 0, &x, &label)?);
+
+    // ---- forward ----
+    let mut cur = x.view(0, &[batch, c0, h0, w0]); // [B, C, H, W]
+    let mut saved: Vec<Saved> = Vec::new();
+    let mut param_index = 0;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let mut out_shape = vec![batch];
+        out_shape.extend(&shapes[i]);
+        let is_last = i == last;
+        // The last layer's activation is fused into the loss.
+        let act = |a: Activation| if is_last { None } else { kernel_act(a) };
+        let input = cur.clone();
+        let (output, act_k, argmax) = match layer {
+            Layer::Conv2d { padding, activation, .. } => {
+                let s = conv_spec(batch, &input.shape, &out_shape, &store.specs[param_index].shape, *padding);
+                let (w, b) = (store.param(param_index), store.param(param_index + 1));
+                param_index += 2;
+                let a = act(*activation);
+                let z = zeros(gpu, "conv out", &out_shape)?;
+                d.push(conv2d_forward(gpu, &s, &input, &w, Some(&b), a == Some(Act::Relu), &z)?);
+                split_activation(gpu, &mut d, a, z)?
+            }
+            Layer::Dense { units, activation } => {
+                let n_in = input.numel() / batch;
+                let spec = MatmulSpec { transpose_b: true, bias: true, ..MatmulSpec::new(batch, *units, n_in) };
+                let (w, b) = (store.param(param_index), store.param(param_index + 1));
+                param_index += 2;
+                let a = act(*activation);
+                let spec = MatmulSpec { relu: a == Some(Act::Relu), ..spec };
+                let z = zeros(gpu, "dense out", &out_shape)?;
+                // [B, IN] x [OUT, IN]^T + b -> [B, OUT]
+                d.push(matmul(gpu, &spec, &input.view(0, &[batch, n_in]), &w, Some(&b), &z)?);
+                split_activation(gpu, &mut d, a, z)?
+            }
+            Layer::MaxPool2d { pool, stride } => {
+                let s = pool_spec(batch, &input.shape, *pool, *stride);
+                let (y, arg) = (zeros(gpu, "pool out", &out_shape)?, zeros(gpu, "argmax", &out_shape)?);
+                d.push(max_pool2d_forward(gpu, &s, &input, &arg, &y)?);
+                (y, None, Some(arg))
+            }
+            Layer::Flatten => (input.view(0, &out_shape), None, None),
+            Layer::Activation(a) => match act(*a) {
+                Some(k) => {
+                    let y = zeros(gpu, "activation out", &out_shape)?;
+                    d.push(activation_forward(gpu, k, &input, &y)?);
+                    (y, Some(k), None)
+                }
+                None => (input.clone(), None, None),
+            },
+        };
+        cur = output.clone();
+        saved.push(Saved { input, output, act: act_k, argmax });
+    }
+
+    // ---- loss and metrics ----
+    let classes = shapes[last][0];
+    let logits = cur.view(0, &[batch, classes]); // [B, C]
+    let loss = loss_of(model);
+    let prob = zeros(gpu, "prob", &[batch, classes])?;
+    let per_sample = zeros(gpu, "loss", &[batch])?;
+    if loss == Loss::MeanSquaredError {
+        return Err(crate::Error::usage(
+            "model",
+            "a linear output needs f32 regression targets, which image datasets do not have; end with softmax (or sigmoid on 1 unit)",
+        ));
+    }
+    let lt = LossTensors { z: &logits, label: Some(&label), target: None, prob: &prob };
+    d.push(loss_forward(gpu, loss, &lt, &per_sample)?);
+    d.push(accumulate_metrics(gpu, &per_sample, &prob, &label, Accuracy::Classification, metrics)?);
+
+    let Some(optimizer) = optimizer else {
+        return Ok(Plan { batch, dispatches: d, train: false, prob, label, loss: per_sample });
+    };
+
+    // ---- backward ----
+    let mut g = zeros(gpu, "dlogits", &[batch, classes])?;
+    d.push(loss_backward(gpu, loss, &lt, &g)?);
+    // Layers up to the first one with parameters need no input gradient.
+    let first_param_layer = store.specs.first().map(|s| s.layer).unwrap_or(model.layers.len());
+    for (i, layer) in model.layers.iter().enumerate().rev() {
+        if i < first_param_layer {
+            break;
+        }
+        let sv = &saved[i];
+        let needs_dx = i > first_param_layer;
+        // g: gradient w.r.t. this layer's output; gz: w.r.t. the affine part's output.
+        let gz = match sv.act {
+            Some(k) => {
+                let gz = zeros(gpu, "dpre", &g.shape)?;
+                d.push(activation_backward(gpu, k, &g, &sv.output, &gz)?);
+                gz
+            }
+            None => g.clone(),
+        };
+        g = match layer {
+            Layer::Conv2d { padding, .. } => {
+                let wi = store.specs.iter().position(|s| s.layer == i).unwrap_or(0);
+                let s = conv_spec(batch, &sv.input.shape, &gz.shape, &store.specs[wi].shape, *padding);
+                let part = zeros(gpu, "conv dweight partials", &[s.weight_chunks(), s.part_row()])?;
+                d.push(conv2d_backward_weight(gpu, &s, &gz, &sv.input, &part)?);
+                let dims = (s.weight_chunks(), s.part_row(), 1);
+                let n_w = store.specs[wi].numel();
+                d.push(sum_outer_inner_range(gpu, &part, dims, 0, &store.grad(wi))?);
+                d.push(sum_outer_inner_range(gpu, &part, dims, n_w, &store.grad(wi + 1))?);
+                if !needs_dx {
+                    break;
+                }
+                let dx = zeros(gpu, "conv dinput", &sv.input.shape)?;
+                d.push(conv2d_backward_input(gpu, &s, &gz, &store.param(wi), &dx)?);
+                dx
+            }
+            Layer::Dense { units, .. } => {
+                let wi = store.specs.iter().position(|s| s.layer == i).unwrap_or(0);
+                let n_in = sv.input.numel() / batch;
+                let x2 = sv.input.view(0, &[batch, n_in]);
+                // dweight [OUT, IN] = gz^T [OUT, B] x x [B, IN]
+                let dw = MatmulSpec { transpose_a: true, ..MatmulSpec::new(*units, n_in, batch) };
+                d.push(matmul(gpu, &dw, &gz, &x2, None, &store.grad(wi))?);
+                // dbias [OUT] = column sums of gz [B, OUT]
+                d.push(sum_outer_inner(gpu, &gz, (batch, *units, 1), &store.grad(wi + 1))?);
+                if !needs_dx {
+                    break;
+                }
+                // dinput [B, IN] = gz [B, OUT] x W [OUT, IN]
+                let dx = zeros(gpu, "dense dinput", &sv.input.shape)?;
+                let spec = MatmulSpec::new(batch, n_in, *units);
+                d.push(matmul(gpu, &spec, &gz, &store.param(wi), None, &dx.view(0, &[batch, n_in]))?);
+                dx
+            }
+            Layer::MaxPool2d { pool, stride } => {
+                let s = pool_spec(batch, &sv.input.shape, *pool, *stride);
+                let dx = zeros(gpu, "pool dinput", &sv.input.shape)?;
+                if let Some(arg) = &sv.argmax {
+                    d.push(max_pool2d_backward(gpu, &s, &gz, arg, &dx)?);
+                }
+                dx
+            }
+            Layer::Flatten => gz.view(0, &sv.input.shape),
+            Layer::Activation(_) => gz,
+        };
+    }
+    d.push(optimizer_step(gpu, optimizer, &store.grads, &store.params, &store.m, &store.v)?);
+    Ok(Plan { batch, dispatches: d, train: true, prob, label, loss: per_sample })
+}
+
+/// A sigmoid after a conv/dense runs as its own kernel; ReLU was fused into the producer.
+/// Returns (output, activation to undo in backward, argmax).
+fn split_activation(
+    gpu: &Gpu,
+    d: &mut Vec<Dispatch>,
+    act: Option<Act>,
+    z: Tensor,
+) -> Result<(Tensor, Option<Act>, Option<Tensor>)> {
+    match act {
+        Some(Act::Sigmoid) => {
+            let y = zeros(gpu, "sigmoid out", &z.shape)?;
+            d.push(activation_forward(gpu, Act::Sigmoid, &z, &y)?);
+            Ok((y, Some(Act::Sigmoid), None))
+        }
+        other => Ok((z, other, None)),
+    }
+}
+
+fn conv_spec(batch: usize, input: &[usize], _output: &[usize], weight: &[usize], padding: Padding) -> Conv2dSpec {
+    Conv2dSpec {
+        batch,
+        c_in: input[1],
+        h: input[2],
+        w: input[3],
+        c_out: weight[0],
+        kh: weight[2],
+        kw: weight[3],
+        padding,
+    }
+}
+
+fn pool_spec(batch: usize, input: &[usize], pool: usize, stride: usize) -> PoolSpec {
+    PoolSpec {
+        batch,
+        channels: input[1],
+        h: input[2],
+        w: input[3],
+        pool,
+        stride,
+    }
+}

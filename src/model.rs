@@ -1,0 +1,315 @@
+//! A Keras-like `Sequential` model: layers, shape inference, parameters and summary.
+//! Shapes here are per sample (no batch axis): [C, H, W] for images, [N] for vectors.
+
+use crate::kernels::conv2d::Padding;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// What follows a layer's affine part. The last layer's activation picks the loss:
+/// softmax -> categorical cross-entropy, sigmoid on one unit -> binary cross-entropy,
+/// linear -> mean squared error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Linear,
+    Relu,
+    Sigmoid,
+    Softmax,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    Conv2d {
+        filters: usize,
+        kernel: usize,
+        padding: Padding,
+        activation: Activation,
+    },
+    MaxPool2d {
+        pool: usize,
+        stride: usize,
+    },
+    Flatten,
+    Dense {
+        units: usize,
+        activation: Activation,
+    },
+    /// A standalone activation layer (ReLU, Sigmoid, Softmax).
+    Activation(Activation),
+}
+
+impl Layer {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Conv2d { .. } => "Conv2D",
+            Layer::MaxPool2d { .. } => "MaxPooling2D",
+            Layer::Flatten => "Flatten",
+            Layer::Dense { .. } => "Dense",
+            Layer::Activation(Activation::Relu) => "ReLU",
+            Layer::Activation(Activation::Sigmoid) => "Sigmoid",
+            Layer::Activation(Activation::Softmax) => "Softmax",
+            Layer::Activation(Activation::Linear) => "Linear",
+        }
+    }
+
+    fn activation(&self) -> Activation {
+        match self {
+            Layer::Conv2d { activation, .. } | Layer::Dense { activation, .. } => *activation,
+            Layer::Activation(a) => *a,
+            _ => Activation::Linear,
+        }
+    }
+}
+
+/// How a parameter tensor is initialised (as Keras: Glorot-uniform kernels, zero biases).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    GlorotUniform { fan_in: usize, fan_out: usize },
+    Zeros,
+}
+
+/// One parameter tensor, named and laid out as PyTorch names and lays it out
+/// (`conv.weight` [CO, CI, KH, KW], `fc1.weight` [OUT, IN], `fc1.bias` [OUT]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// Index of the layer it belongs to.
+    pub layer: usize,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequential {
+    /// Per-sample input shape, [C, H, W].
+    pub input: [usize; 3],
+    pub layers: Vec<Layer>,
+}
+
+impl Sequential {
+    pub fn new(input: [usize; 3]) -> Self {
+        Sequential {
+            input,
+            layers: Vec::new(),
+        }
+    }
+
+    pub fn conv2d(mut self, filters: usize, kernel: usize, activation: Activation) -> Self {
+        self.layers.push(Layer::Conv2d {
+            filters,
+            kernel,
+            padding: Padding::Valid,
+            activation,
+        });
+        self
+    }
+
+    pub fn max_pool2d(mut self, pool: usize) -> Self {
+        self.layers.push(Layer::MaxPool2d { pool, stride: pool });
+        self
+    }
+
+    pub fn flatten(mut self) -> Self {
+        self.layers.push(Layer::Flatten);
+        self
+    }
+
+    pub fn dense(mut self, units: usize, activation: Activation) -> Self {
+        self.layers.push(Layer::Dense { units, activation });
+        self
+    }
+
+    pub fn add(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    /// The Keras MNIST CNN: Conv2D(32, 3x3, relu) -> MaxPool(2) -> Flatten ->
+    /// Dense(128, relu) -> Dense(10, softmax). 693,962 parameters.
+    pub fn mnist_cnn() -> Self {
+        Sequential::new([1, 28, 28])
+            .conv2d(32, 3, Activation::Relu)
+            .max_pool2d(2)
+            .flatten()
+            .dense(128, Activation::Relu)
+            .dense(10, Activation::Softmax)
+    }
+
+    /// Flatten -> Dense(128, relu) -> Dense(10, softmax).
+    pub fn mnist_mlp() -> Self {
+        Sequential::new([1, 28, 28])
+            .flatten()
+            .dense(128, Activation::Relu)
+            .dense(10, Activation::Softmax)
+    }
+
+    /// Softmax regression P(y = i | x) = softmax(W x + b): Flatten -> Dense(10, softmax).
+    pub fn mnist_softmax() -> Self {
+        Sequential::new([1, 28, 28])
+            .flatten()
+            .dense(10, Activation::Softmax)
+    }
+
+    /// The activation of the output, which picks the loss.
+    pub fn output_activation(&self) -> Activation {
+        self.layers
+            .last()
+            .map(Layer::activation)
+            .unwrap_or(Activation::Linear)
+    }
+
+    /// Output shape of every layer, checking each layer accepts its input.
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        if self.input.contains(&0) {
+            return Err(Error::shape("Sequential", format!("input shape {:?} has a zero", self.input)));
+        }
+        if self.layers.is_empty() {
+            return Err(Error::shape("Sequential", "model has no layers"));
+        }
+        let mut shape = self.input.to_vec();
+        let mut out = Vec::new();
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let op = format!("layer {i} ({})", layer.kind());
+            let need_image = || -> Result<[usize; 3]> {
+                match shape[..] {
+                    [c, h, w] => Ok([c, h, w]),
+                    _ => Err(Error::shape(&op, format!("expects an image [C, H, W], got {shape:?}; hint: put it before Flatten"))),
+                }
+            };
+            shape = match layer {
+                Layer::Conv2d { filters, kernel, padding, .. } => {
+                    let [_, h, w] = need_image()?;
+                    if *filters == 0 || *kernel == 0 {
+                        return Err(Error::shape(&op, "filters and kernel size must be positive"));
+                    }
+                    match padding {
+                        Padding::Same => vec![*filters, h, w],
+                        Padding::Valid if *kernel <= h && *kernel <= w => vec![*filters, h - kernel + 1, w - kernel + 1],
+                        Padding::Valid => return Err(Error::shape(&op, format!("kernel {kernel} larger than input {h}x{w}"))),
+                    }
+                }
+                Layer::MaxPool2d { pool, stride } => {
+                    let [c, h, w] = need_image()?;
+                    if *pool == 0 || *stride == 0 || *pool > h || *pool > w {
+                        return Err(Error::shape(&op, format!("window {pool} stride {stride} on input {h}x{w}")));
+                    }
+                    vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1]
+                }
+                Layer::Flatten => vec![shape.iter().product()],
+                Layer::Dense { units, .. } => {
+                    if shape.len() != 1 {
+                        return Err(Error::shape(&op, format!("expects a vector, got {shape:?}; hint: add Flatten before Dense")));
+                    }
+                    if *units == 0 {
+                        return Err(Error::shape(&op, "units must be positive"));
+                    }
+                    vec![*units]
+                }
+                Layer::Activation(_) => shape.clone(),
+            };
+            let act = layer.activation();
+            if act == Activation::Softmax && (i != last || shape.len() != 1) {
+                return Err(Error::shape(&op, "softmax is supported only on the last layer, over a vector (it is fused with the cross-entropy loss)"));
+            }
+            out.push(shape.clone());
+        }
+        let outputs = &out[last];
+        if outputs.len() != 1 {
+            return Err(Error::shape("Sequential", format!("output must be a vector, got {outputs:?}; hint: end with Flatten and Dense")));
+        }
+        if self.output_activation() == Activation::Sigmoid && outputs[0] != 1 {
+            return Err(Error::shape("Sequential", "a sigmoid output (binary cross-entropy) must have exactly 1 unit"));
+        }
+        if self.output_activation() == Activation::Relu {
+            return Err(Error::shape("Sequential", "a ReLU output has no loss; end with softmax, sigmoid or linear"));
+        }
+        Ok(out)
+    }
+
+    /// Per-sample size of the output.
+    pub fn outputs(&self) -> Result<usize> {
+        Ok(self.shapes()?.last().map(|s| s[0]).unwrap_or(0))
+    }
+
+    /// Every parameter tensor, in layer order, weight before bias.
+    pub fn params(&self) -> Result<Vec<ParamSpec>> {
+        let shapes = self.shapes()?;
+        let n_conv = self.layers.iter().filter(|l| matches!(l, Layer::Conv2d { .. })).count();
+        let (mut conv, mut fc) = (0, 0);
+        let mut specs = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input = if i == 0 { self.input.to_vec() } else { shapes[i - 1].clone() };
+            let (name, weight, fan_in, fan_out, bias) = match layer {
+                Layer::Conv2d { filters, kernel, .. } => {
+                    conv += 1;
+                    let name = if n_conv == 1 { "conv".to_string() } else { format!("conv{conv}") };
+                    let c_in = input[0];
+                    let area = kernel * kernel;
+                    (name, vec![*filters, c_in, *kernel, *kernel], c_in * area, filters * area, *filters)
+                }
+                Layer::Dense { units, .. } => {
+                    fc += 1;
+                    (format!("fc{fc}"), vec![*units, input[0]], input[0], *units, *units)
+                }
+                _ => continue,
+            };
+            specs.push(ParamSpec {
+                name: format!("{name}.weight"),
+                shape: weight,
+                init: Init::GlorotUniform { fan_in, fan_out },
+                layer: i,
+            });
+            specs.push(ParamSpec {
+                name: format!("{name}.bias"),
+                shape: vec![bias],
+                init: Init::Zeros,
+                layer: i,
+            });
+        }
+        Ok(specs)
+    }
+
+    pub fn param_count(&self) -> Result<usize> {
+        Ok(self.params()?.iter().map(ParamSpec::numel).sum())
+    }
+
+    /// A table like Keras's `model.summary()`.
+    pub fn summary(&self) -> Result<String> {
+        let shapes = self.shapes()?;
+        let params = self.params()?;
+        let mut s = String::new();
+        let rule = "-".repeat(64);
+        s += &format!("{:<28}{:<24}{:>12}\n{rule}\n", "Layer (type)", "Output Shape", "Param #");
+        for (i, layer) in self.layers.iter().enumerate() {
+            let n: usize = params.iter().filter(|p| p.layer == i).map(ParamSpec::numel).sum();
+            let shape: Vec<String> = std::iter::once("None".to_string()).chain(shapes[i].iter().map(|d| d.to_string())).collect();
+            let label = format!("{} ({})", layer.kind().to_lowercase(), layer.kind());
+            s += &format!("{:<28}{:<24}{:>12}\n", label, format!("({})", shape.join(", ")), n);
+        }
+        let total: usize = params.iter().map(ParamSpec::numel).sum();
+        s += &format!("{rule}\nTotal params: {total}\nTrainable params: {total}\n");
+        Ok(s)
+    }
+
+    /// Initial parameter values, Keras-style, from `seed`.
+    pub fn init_params(&self, seed: u64) -> Result<Vec<Vec<f32>>> {
+        let mut rng = Rng::new(seed);
+        Ok(self
+            .params()?
+            .iter()
+            .map(|p| match p.init {
+                Init::GlorotUniform { fan_in, fan_out } => {
+                    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                    rng.uniform_vec(p.numel(), -limit, limit)
+                }
+                Init::Zeros => vec![0.0; p.numel()],
+            })
+            .collect())
+    }
+}
