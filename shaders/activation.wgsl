@@ -11,8 +11,8 @@
 //   2 storage read        in2   forward: unused    backward: y [N] (the forward output)
 //   3 storage read_write  out   forward: y [N]     backward: dx [N]
 //
-// Dispatch: one invocation per element, 1-D over a 2-D grid of 64-wide workgroups:
-// i = gid.x + gid.y * num_workgroups.x * 64.
+// Dispatch: one invocation per element, 1-D over a 2-D grid of 256-wide workgroups:
+// i = gid.x + gid.y * num_workgroups.x * 256.
 
 struct Params {
     n: u32,
@@ -27,10 +27,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+    return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i < p.n) {
@@ -38,7 +38,7 @@ fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i < p.n) {
@@ -46,7 +46,7 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i < p.n) {
@@ -57,7 +57,7 @@ fn sigmoid_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sigmoid_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i < p.n) {

@@ -24,7 +24,7 @@
 //                               backward_weight: part [CHUNKS, CO*CI*KH*KW + CO]
 //
 // Dispatch: one invocation per output element, 1-D over the output, flattened onto a 2-D
-// grid of 64-wide workgroups: i = gid.x + gid.y * num_workgroups.x * 64.
+// grid of 256-wide workgroups: i = gid.x + gid.y * num_workgroups.x * 256.
 
 struct Params {
     batch: u32,
@@ -55,10 +55,10 @@ const RELU: u32 = 2u;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+    return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
@@ -98,7 +98,7 @@ fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
     out[i] = acc;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn conv2d_backward_input(@builtin(global_invocation_id) gid: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
@@ -133,7 +133,7 @@ fn conv2d_backward_input(@builtin(global_invocation_id) gid: vec3<u32>,
     out[i] = acc;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);

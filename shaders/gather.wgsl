@@ -17,7 +17,7 @@
 //   4 storage read_write  x        [B, P] f32
 //   5 storage read_write  label    [B] u32
 //
-// Dispatch: one invocation per element of x, 1-D over a 2-D grid of 64-wide workgroups.
+// Dispatch: one invocation per element of x, 1-D over a 2-D grid of 256-wide workgroups.
 
 struct Params {
     batch: u32,
@@ -37,9 +37,9 @@ fn byte_of(word: u32, k: u32) -> u32 {
     return (word >> (8u * k)) & 0xffu;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn gather_batch(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
+    let i = gid.x + gid.y * nwg.x * 256u;
     if (i >= p.batch * p.pixels) {
         return;
     }

@@ -19,7 +19,7 @@
 //   5 storage read_write  out     forward: loss [B]   backward: dz [B, C]
 //
 // Dispatch: forward one invocation per row b; backward one per element (b, c).
-// Both 1-D over a 2-D grid of 64-wide workgroups: i = gid.x + gid.y * num_workgroups.x * 64.
+// Both 1-D over a 2-D grid of 256-wide workgroups: i = gid.x + gid.y * num_workgroups.x * 256.
 
 struct Params {
     batch: u32,
@@ -36,10 +36,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+    return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let b = flat_id(gid, nwg);
     if (b >= p.batch) {
@@ -63,7 +63,7 @@ fn softmax_xent_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     out[b] = log(sum) - (z[row + y] - zmax);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn softmax_xent_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i >= p.batch * p.classes) {
@@ -75,7 +75,7 @@ fn softmax_xent_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     out[i] = (prob[i] - onehot) * p.scale;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sigmoid_bce_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let b = flat_id(gid, nwg);
     if (b >= p.batch) {
@@ -88,7 +88,7 @@ fn sigmoid_bce_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     out[b] = max(x, 0.0) - x * t + log(1.0 + e);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let b = flat_id(gid, nwg);
     if (b >= p.batch) {
@@ -98,7 +98,7 @@ fn sigmoid_bce_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     out[b] = (prob[b] - t) * p.scale;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn mse_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let b = flat_id(gid, nwg);
     if (b >= p.batch) {
@@ -114,7 +114,7 @@ fn mse_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     out[b] = sum / f32(p.classes);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn mse_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i >= p.batch * p.classes) {

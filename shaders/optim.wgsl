@@ -15,7 +15,7 @@
 //   3 storage read_write  m       [N]  first moment (adam) / velocity (sgd)
 //   4 storage read_write  v       [N]  second moment (adam; unused by sgd)
 //
-// Dispatch: one invocation per parameter, 1-D over a 2-D grid of 64-wide workgroups.
+// Dispatch: one invocation per parameter, 1-D over a 2-D grid of 256-wide workgroups.
 
 struct Params {
     n: u32,
@@ -35,10 +35,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+    return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i >= p.n) {
@@ -52,7 +52,7 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     param[i] -= p.lr * mi / (sqrt(vi) + p.epsilon);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if (i >= p.n) {

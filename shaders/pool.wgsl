@@ -15,7 +15,7 @@
 //   2 storage read_write  argmax   [B,C,OH,OW] as u32: written by forward, read by backward
 //   3 storage read_write  dst      forward: y [B,C,OH,OW]     backward: dx [B,C,H,W]
 //
-// Dispatch: one invocation per element of dst, 1-D over a 2-D grid of 64-wide workgroups.
+// Dispatch: one invocation per element of dst, 1-D over a 2-D grid of 256-wide workgroups.
 
 struct Params {
     batch: u32,
@@ -34,10 +34,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+    return gid.x + gid.y * nwg.x * 256u;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
@@ -66,7 +66,7 @@ fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
     argmax[i] = best_at;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn max_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);

@@ -39,9 +39,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> label: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn sum_outer_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let j = gid.x + gid.y * nwg.x * 64u;
+    let j = gid.x + gid.y * nwg.x * 256u;
     if (j >= p.count) {
         return;
     }
@@ -55,7 +55,7 @@ fn sum_outer_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     out[j] = acc;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(256)
 fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
     if (lid != 0u) {
         return;

@@ -130,7 +130,7 @@ impl Gpu {
         // Ask for everything the adapter can do: the defaults (128 MiB bindings, 16 KiB
         // workgroup memory) are lower than most hardware's.
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
             label: Some("shadergrad"),
             required_features: features,
@@ -188,6 +188,14 @@ impl Gpu {
         describe_adapter(&self.info)
     }
 
+    /// Subgroup kernels are usable: the device has subgroup operations with subgroups of at
+    /// least 8 invocations, and `SHADERGRAD_NO_SUBGROUPS=1` is not set.
+    pub fn subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
+            && self.info.subgroup_min_size >= 8
+            && std::env::var("SHADERGRAD_NO_SUBGROUPS").as_deref() != Ok("1")
+    }
+
     pub fn is_cpu(&self) -> bool {
         self.info.device_type == wgpu::DeviceType::Cpu
     }
@@ -213,7 +221,9 @@ impl Gpu {
                 op: op.to_string(),
                 seconds: GPU_TIMEOUT.as_secs(),
             }),
-            Err(e) => Err(Error::gpu(op, e.to_string())),
+            // A failed submit shows up here; the validation error that caused it is the
+            // useful message.
+            Err(e) => self.check(op).and(Err(Error::gpu(op, e.to_string()))),
         }
     }
 
@@ -223,12 +233,12 @@ impl Gpu {
             return Ok(m.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.file()),
-                source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(shader.file()),
+            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+        };
+        // Runtime bounds checks stay on: measured on lavapipe, dropping them gained nothing.
+        let module = self.device.create_shader_module(desc);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 file: shader.file().into(),

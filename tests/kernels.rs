@@ -32,11 +32,17 @@ fn matmul_matches_reference() {
             let b = rng.uniform_vec(k * n, -1.0, 1.0);
             let bv = rng.uniform_vec(n, -1.0, 1.0);
             let (ta_, tb_, tbias) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b), upload(gpu, &[n], &bv));
-            let c = Tensor::zeros(gpu, "c", &[m, n]).unwrap();
-            let d = matmul(gpu, &spec, &ta_, &tb_, bias.then_some(&tbias), &c).unwrap();
-            run(gpu, &[&d]).unwrap();
             let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), bias.then_some(&f64s(&bv)[..]));
-            assert_close(&format!("matmul {spec:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * k as f64);
+            let mut kernels = vec![MatmulKernel::RegisterTile(Tiles { wg: 64, tm: 4, tn: 4 })];
+            if gpu.subgroups() {
+                kernels.push(MatmulKernel::Subgroup { wg: 64 });
+            }
+            for kernel in kernels {
+                let c = Tensor::zeros(gpu, "c", &[m, n]).unwrap();
+                let d = matmul_with(gpu, &spec, kernel, &ta_, &tb_, bias.then_some(&tbias), &c).unwrap();
+                run(gpu, &[&d]).unwrap();
+                assert_close(&format!("matmul {spec:?} {kernel:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * k as f64);
+            }
         }
     }
 }
@@ -50,16 +56,22 @@ fn matmul_every_tile_shape_agrees() {
     let b = rng.uniform_vec(19 * 71, -1.0, 1.0);
     let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), None);
     let (ta, tb) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b));
+    let mut kernels = vec![];
     for tm in [1, 3, 4, 8] {
         for tn in [1, 2, 4] {
             for wg in [32, 64] {
-                let c = Tensor::zeros(gpu, "c", &[23, 71]).unwrap();
-                let tiles = Tiles { wg, tm, tn };
-                let d = matmul_with_tiles(gpu, &spec, tiles, &ta, &tb, None, &c).unwrap();
-                run(gpu, &[&d]).unwrap();
-                assert_close(&format!("matmul {tiles:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-4);
+                kernels.push(MatmulKernel::RegisterTile(Tiles { wg, tm, tn }));
             }
         }
+    }
+    if gpu.subgroups() {
+        kernels.extend([MatmulKernel::Subgroup { wg: 8 }, MatmulKernel::Subgroup { wg: 64 }]);
+    }
+    for kernel in kernels {
+        let c = Tensor::zeros(gpu, "c", &[23, 71]).unwrap();
+        let d = matmul_with(gpu, &spec, kernel, &ta, &tb, None, &c).unwrap();
+        run(gpu, &[&d]).unwrap();
+        assert_close(&format!("matmul {kernel:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-4);
     }
 }
 

@@ -7,10 +7,19 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use shadergrad::kernels::Shader;
 
+/// Subgroup kernels need the subgroup capability; every other shader must validate without.
+fn capabilities(shader: Shader) -> Capabilities {
+    if shader.uses_subgroups() {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    }
+}
+
 fn parse(shader: Shader) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(shader.source())
         .unwrap_or_else(|e| panic!("{}: {}", shader.file(), e.emit_to_string(shader.source())));
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let info = Validator::new(ValidationFlags::all(), capabilities(shader))
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {}", shader.file(), e.emit_to_string(shader.source())));
     (module, info)
@@ -90,7 +99,10 @@ fn translates_to_msl() {
             let (src, _) = msl::write_string(
                 &module,
                 &info,
-                &msl::Options::default(),
+                &msl::Options {
+                    lang_version: (2, 1), // simd-group functions
+                    ..Default::default()
+                },
                 &msl::PipelineOptions {
                     entry_point: Some((naga::ShaderStage::Compute, name.clone())),
                     ..Default::default()
@@ -107,7 +119,10 @@ fn translates_to_hlsl() {
     for shader in Shader::ALL {
         for (name, module, info) in specialised(shader) {
             let mut src = String::new();
-            let options = hlsl::Options::default();
+            let options = hlsl::Options {
+                shader_model: hlsl::ShaderModel::V6_0, // wave intrinsics
+                ..Default::default()
+            };
             let pipeline = hlsl::PipelineOptions {
                 entry_point: Some((naga::ShaderStage::Compute, name.clone())),
             };
@@ -124,11 +139,18 @@ fn translates_to_glsl() {
     for shader in Shader::ALL {
         for (name, module, info) in specialised(shader) {
             let mut src = String::new();
-            let options = glsl::Options {
-                version: glsl::Version::Embedded {
+            // GLES 3.1 as wgpu's GL backend; subgroup kernels need desktop GL 4.3
+            // (GL_KHR_shader_subgroup), and the engine does not pick them without subgroups.
+            let version = if shader.uses_subgroups() {
+                glsl::Version::Desktop(430)
+            } else {
+                glsl::Version::Embedded {
                     version: 310,
                     is_webgl: false,
-                },
+                }
+            };
+            let options = glsl::Options {
+                version,
                 ..Default::default()
             };
             let pipeline = glsl::PipelineOptions {

@@ -55,7 +55,7 @@ impl MatmulSpec {
     }
 }
 
-/// Register-tile shape of the kernel (pipeline-overridable constants WG, TM, TN).
+/// Register-tile shape of matmul.wgsl (pipeline-overridable constants WG, TM, TN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiles {
     pub wg: u32,
@@ -66,13 +66,26 @@ pub struct Tiles {
 impl Tiles {
     pub const MAX_TM: u32 = 8;
     pub const MAX_TN: u32 = 4;
+}
 
-    /// Measured defaults per device type (see benches/kernels.rs).
-    pub fn for_gpu(gpu: &Gpu) -> Tiles {
-        if gpu.is_cpu() {
-            Tiles { wg: 64, tm: 4, tn: 2 }
+/// Which matmul kernel runs, and its shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// matmul.wgsl: a TM x TN register tile per invocation, portable.
+    RegisterTile(Tiles),
+    /// matmul_subgroup.wgsl: 16 rows per subgroup shared by broadcasts; WG invocations.
+    Subgroup { wg: u32 },
+}
+
+impl MatmulKernel {
+    /// The kernel measured fastest on this kind of adapter (see benches/kernels.rs): on
+    /// lavapipe the subgroup kernel runs the seed CNN's Dense shapes at ~2 GFLOP/s against
+    /// ~0.6 for the best register tile, because every buffer load there is expensive.
+    pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
+        if gpu.subgroups() {
+            MatmulKernel::Subgroup { wg: 64 }
         } else {
-            Tiles { wg: 64, tm: 4, tn: 4 }
+            MatmulKernel::RegisterTile(Tiles { wg: 64, tm: 4, tn: 4 })
         }
     }
 }
@@ -119,21 +132,28 @@ pub fn matmul(
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Dispatch> {
-    matmul_with_tiles(gpu, spec, Tiles::for_gpu(gpu), a, b, bias, c)
+    matmul_with(gpu, spec, MatmulKernel::for_gpu(gpu), a, b, bias, c)
 }
 
-pub fn matmul_with_tiles(
+pub fn matmul_with(
     gpu: &Gpu,
     spec: &MatmulSpec,
-    tiles: Tiles,
+    kernel: MatmulKernel,
     a: &Tensor,
     b: &Tensor,
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Dispatch> {
     check(spec, a, b, bias, c)?;
-    if tiles.tm == 0 || tiles.tn == 0 || tiles.tm > Tiles::MAX_TM || tiles.tn > Tiles::MAX_TN {
-        return Err(Error::usage("tiles", format!("{tiles:?}: TM must be 1..=8, TN 1..=4")));
+    if let MatmulKernel::RegisterTile(t) = kernel {
+        if t.tm == 0 || t.tn == 0 || t.tm > Tiles::MAX_TM || t.tn > Tiles::MAX_TN {
+            return Err(Error::usage("tiles", format!("{t:?}: TM must be 1..=8, TN 1..=4")));
+        }
+    }
+    if let MatmulKernel::Subgroup { wg } = kernel {
+        if !gpu.subgroups() || wg % 8 != 0 {
+            return Err(Error::usage("matmul kernel", "the subgroup matmul needs subgroups of at least 8 and WG a multiple of 8"));
+        }
     }
     if spec.k > LOOP_BUDGET {
         return Err(Error::Limit {
@@ -154,18 +174,35 @@ pub fn matmul_with_tiles(
         k: spec.k as u32,
         flags,
     };
-    let workgroups = [
-        spec.n.div_ceil((tiles.wg * tiles.tn) as usize) as u32,
-        spec.m.div_ceil(tiles.tm as usize) as u32,
-        1,
-    ];
+    let (shader, entry, workgroups, constants) = match kernel {
+        MatmulKernel::RegisterTile(t) => (
+            Shader::Matmul,
+            "matmul",
+            [
+                spec.n.div_ceil((t.wg * t.tn) as usize) as u32,
+                spec.m.div_ceil(t.tm as usize) as u32,
+                1,
+            ],
+            vec![("WG", t.wg as f64), ("TM", t.tm as f64), ("TN", t.tn as f64)],
+        ),
+        MatmulKernel::Subgroup { wg } => (
+            Shader::MatmulSubgroup,
+            "matmul_subgroup",
+            [spec.n.div_ceil(wg as usize) as u32, spec.m.div_ceil(16) as u32, 1],
+            vec![
+                ("WG", wg as f64),
+                ("TRANSPOSE_A", spec.transpose_a as u8 as f64),
+                ("TRANSPOSE_B", spec.transpose_b as u8 as f64),
+            ],
+        ),
+    };
     // Any buffer stands in for an absent bias; the kernel does not read it.
     let bias = bias.unwrap_or(gpu.dummy());
     dispatch(
         gpu,
         &KernelCall {
-            shader: Shader::Matmul,
-            entry: "matmul",
+            shader,
+            entry,
             params: bytemuck::bytes_of(&params),
             bindings: &[
                 (a, Access::Read),
@@ -174,11 +211,7 @@ pub fn matmul_with_tiles(
                 (c, Access::ReadWrite),
             ],
             workgroups,
-            constants: &[
-                ("WG", tiles.wg as f64),
-                ("TM", tiles.tm as f64),
-                ("TN", tiles.tn as f64),
-            ],
+            constants: &constants,
         },
     )
 }

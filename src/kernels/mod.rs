@@ -27,6 +27,7 @@ pub const LOOP_BUDGET: usize = 32_768;
 pub enum Shader {
     Gather,
     Matmul,
+    MatmulSubgroup,
     Conv2d,
     Pool,
     Activation,
@@ -36,9 +37,10 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 8] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Gather,
         Shader::Matmul,
+        Shader::MatmulSubgroup,
         Shader::Conv2d,
         Shader::Pool,
         Shader::Activation,
@@ -51,6 +53,7 @@ impl Shader {
         match self {
             Shader::Gather => "shaders/gather.wgsl",
             Shader::Matmul => "shaders/matmul.wgsl",
+            Shader::MatmulSubgroup => "shaders/matmul_subgroup.wgsl",
             Shader::Conv2d => "shaders/conv2d.wgsl",
             Shader::Pool => "shaders/pool.wgsl",
             Shader::Activation => "shaders/activation.wgsl",
@@ -64,6 +67,7 @@ impl Shader {
         match self {
             Shader::Gather => include_str!("../../shaders/gather.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
             Shader::Pool => include_str!("../../shaders/pool.wgsl"),
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
@@ -73,11 +77,17 @@ impl Shader {
         }
     }
 
+    /// Needs the adapter's subgroup operations (see [`Gpu::subgroups`]).
+    pub fn uses_subgroups(self) -> bool {
+        self == Shader::MatmulSubgroup
+    }
+
     /// Every entry point of the file, for the portability tests.
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
             Shader::Gather => &["gather_batch"],
             Shader::Matmul => &["matmul"],
+            Shader::MatmulSubgroup => &["matmul_subgroup"],
             Shader::Conv2d => &[
                 "conv2d_forward",
                 "conv2d_backward_input",
@@ -189,10 +199,13 @@ pub fn dispatch(gpu: &Gpu, call: &KernelCall<'_>) -> Result<Dispatch> {
     })
 }
 
-/// Grid for `n` invocations of 64-wide workgroups, folded onto y when x would pass the
-/// per-dimension limit. Kernels recover i = gid.x + gid.y * num_workgroups.x * 64.
+/// Invocations per workgroup of the 1-D kernels (all but matmul).
+pub const WG_1D: usize = 256;
+
+/// Grid for `n` invocations of [`WG_1D`]-wide workgroups, folded onto y when x would pass
+/// the per-dimension limit. Kernels recover i = gid.x + gid.y * num_workgroups.x * 256.
 pub fn grid_1d(gpu: &Gpu, op: &str, n: usize) -> Result<[u32; 3]> {
-    let groups = n.div_ceil(64).max(1) as u64;
+    let groups = n.div_ceil(WG_1D).max(1) as u64;
     let max = gpu.limits.max_compute_workgroups_per_dimension as u64;
     let x = groups.min(max);
     let y = groups.div_ceil(x);
@@ -201,7 +214,7 @@ pub fn grid_1d(gpu: &Gpu, op: &str, n: usize) -> Result<[u32; 3]> {
             op: op.to_string(),
             what: "invocations".into(),
             requested: n as u64,
-            limit: (max * max * 64).min(u32::MAX as u64),
+            limit: (max * max * WG_1D as u64).min(u32::MAX as u64),
             hint: "use a smaller batch size".into(),
         });
     }
