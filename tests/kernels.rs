@@ -85,6 +85,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         s(5, 4, 9, 9, 3, 2, 2, Padding::Same),
         s(17, 1, 28, 28, 32, 3, 3, Padding::Valid),
         s(128, 1, 28, 28, 32, 3, 3, Padding::Valid),
+        s(3, 5, 6, 7, 13, 3, 3, Padding::Valid),
     ]
 }
 
@@ -107,6 +108,13 @@ fn conv2d_matches_reference() {
         let (oh, ow) = s.out_hw();
         let db = Tensor::zeros(gpu, "db", &[s.c_out]).unwrap();
         let dims = (s.weight_chunks(), s.part_row(), 1);
+        if gpu.subgroups() {
+            // The portable kernel too, wherever the subgroup one is the default.
+            let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+            run(gpu, &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()]).unwrap();
+            let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
+            assert_close(&format!("conv2d_forward portable {s:?}"), &y1.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * (s.c_in * s.kh * s.kw) as f64);
+        }
         let ds = [
             conv2d_forward(gpu, &s, &tx, &tw, Some(&tb), true, &y).unwrap(),
             conv2d_backward_input(gpu, &s, &tdy, &tw, &dx).unwrap(),

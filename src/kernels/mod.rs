@@ -29,6 +29,7 @@ pub enum Shader {
     Matmul,
     MatmulSubgroup,
     Conv2d,
+    Conv2dSubgroup,
     Pool,
     Activation,
     Loss,
@@ -37,11 +38,12 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 10] = [
         Shader::Gather,
         Shader::Matmul,
         Shader::MatmulSubgroup,
         Shader::Conv2d,
+        Shader::Conv2dSubgroup,
         Shader::Pool,
         Shader::Activation,
         Shader::Loss,
@@ -55,6 +57,7 @@ impl Shader {
             Shader::Matmul => "shaders/matmul.wgsl",
             Shader::MatmulSubgroup => "shaders/matmul_subgroup.wgsl",
             Shader::Conv2d => "shaders/conv2d.wgsl",
+            Shader::Conv2dSubgroup => "shaders/conv2d_subgroup.wgsl",
             Shader::Pool => "shaders/pool.wgsl",
             Shader::Activation => "shaders/activation.wgsl",
             Shader::Loss => "shaders/loss.wgsl",
@@ -69,6 +72,7 @@ impl Shader {
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
+            Shader::Conv2dSubgroup => include_str!("../../shaders/conv2d_subgroup.wgsl"),
             Shader::Pool => include_str!("../../shaders/pool.wgsl"),
             Shader::Activation => include_str!("../../shaders/activation.wgsl"),
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
@@ -79,7 +83,7 @@ impl Shader {
 
     /// Needs the adapter's subgroup operations (see [`Gpu::subgroups`]).
     pub fn uses_subgroups(self) -> bool {
-        self == Shader::MatmulSubgroup
+        matches!(self, Shader::MatmulSubgroup | Shader::Conv2dSubgroup)
     }
 
     /// Every entry point of the file, for the portability tests.
@@ -93,6 +97,7 @@ impl Shader {
                 "conv2d_backward_input",
                 "conv2d_backward_weight",
             ],
+            Shader::Conv2dSubgroup => &["conv2d_forward_subgroup"],
             Shader::Pool => &["max_pool2d_forward", "max_pool2d_backward"],
             Shader::Activation => &[
                 "relu_forward",
