@@ -3,6 +3,16 @@
 //
 //   conv2d_forward_subgroup: y[b,co,oy,ox] = act(bias[co] + sum_{ci,ky,kx}
 //                                 x[b,ci,oy+ky-PH,ox+kx-PW] * w[co,ci,ky,kx])
+//   conv2d_backward_weight_subgroup: the partial sums of conv2d.wgsl's conv2d_backward_weight,
+//                            part[chunk, ((co*CI + ci)*KH + ky)*KW + kx] and part[chunk, NW + co].
+//
+// backward_weight: invocation co = workgroup_id.y * 8 + local id owns, for one input channel
+// ci and one group of 9 taps (t = tap group * 9 + j over the KH*KW taps), 9 partial sums over
+// the chunk's output positions. Positions go in groups of 8: lane l loads the 9 input taps of
+// position p0 + l, then for each of the 8 positions every lane multiplies its own dy by the 9
+// broadcast taps: 17 loads per 72 multiply-adds. The invocations of tap group 0 and ci 0 also
+// sum dy into the dbias partial. Dispatch: (CHUNKS * CI * ceil(KH*KW / 9), ceil(CO / 8), 1)
+// workgroups of 8 invocations.
 //
 // Invocation q = (b * OH + oy) * OW + ox owns one output pixel for 8 output channels
 // co0..co0+8 (co0 = workgroup_id.y * 8). Per tap it loads the input pixel once and, on lane
@@ -13,8 +23,9 @@
 //   0 uniform  Params (as conv2d.wgsl)      1 storage read x [B,CI,H,W]
 //   2 storage read w [CO,CI,KH,KW]          3 storage read bias [CO]
 //   4 storage read_write y [B,CO,OH,OW]
+//   backward_weight: 1 x, 2 dy [B,CO,OH,OW], 3 unused, 4 part [CHUNKS, NW + CO]
 //
-// Dispatch: (ceil(B*OH*OW / 64), ceil(CO / 8), 1) workgroups of 64 invocations.
+// Dispatch (forward): (ceil(B*OH*OW / 64), ceil(CO / 8), 1) workgroups of 64 invocations.
 
 struct Params {
     batch: u32,
@@ -40,7 +51,7 @@ const RELU: u32 = 2u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;  // backward_weight: dy
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -112,5 +123,217 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
         finish(a5, co0 + 5u, base + 5u * pixels);
         finish(a6, co0 + 6u, base + 6u * pixels);
         finish(a7, co0 + 7u, base + 7u * pixels);
+    }
+}
+
+@compute @workgroup_size(8)
+fn conv2d_backward_weight_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
+                                   @builtin(workgroup_id) wid: vec3<u32>,
+                                   @builtin(subgroup_invocation_id) lane: u32) {
+    let taps = p.kh * p.kw;
+    let tap_groups = (taps + 8u) / 9u;
+    let tg = wid.x % tap_groups;
+    let ci = (wid.x / tap_groups) % p.c_in;
+    let chunk = wid.x / (tap_groups * p.c_in);
+    let co = wid.y * 8u + lid.x;
+    let co_load = min(co, p.c_out - 1u);
+    let pixels = p.out_h * p.out_w;
+    let b_first = chunk * p.chunk;
+    let count = (min(b_first + p.chunk, p.batch) - b_first) * pixels;
+    // This lane's taps (clamped; the extra ones are never stored).
+    let t0 = min(tg * 9u + 0u, taps - 1u);
+    let t1 = min(tg * 9u + 1u, taps - 1u);
+    let t2 = min(tg * 9u + 2u, taps - 1u);
+    let t3 = min(tg * 9u + 3u, taps - 1u);
+    let t4 = min(tg * 9u + 4u, taps - 1u);
+    let t5 = min(tg * 9u + 5u, taps - 1u);
+    let t6 = min(tg * 9u + 6u, taps - 1u);
+    let t7 = min(tg * 9u + 7u, taps - 1u);
+    let t8 = min(tg * 9u + 8u, taps - 1u);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var s3 = 0.0;
+    var s4 = 0.0;
+    var s5 = 0.0;
+    var s6 = 0.0;
+    var s7 = 0.0;
+    var s8 = 0.0;
+    var sum_dy = 0.0;
+    for (var p0 = 0u; p0 < count; p0 += 8u) {
+        // Lane l's position: the input taps it loads, the dy offset it shares.
+        let pos = p0 + (lane & 7u);
+        let pos_ok = pos < count;
+        let pc = min(pos, count - 1u);
+        let bi = b_first + pc / pixels;
+        let oy = (pc % pixels) / p.out_w;
+        let ox = pc % p.out_w;
+        let x_plane = (bi * p.c_in + ci) * p.h * p.w;
+        let iy0 = i32(oy + t0 / p.kw) - i32(p.pad_h);
+        let ix0 = i32(ox + t0 % p.kw) - i32(p.pad_w);
+        let in0 = pos_ok && iy0 >= 0 && iy0 < i32(p.h) && ix0 >= 0 && ix0 < i32(p.w);
+        let x0 = select(0.0, x[x_plane + u32(clamp(iy0, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix0, 0, i32(p.w) - 1))], in0);
+        let iy1 = i32(oy + t1 / p.kw) - i32(p.pad_h);
+        let ix1 = i32(ox + t1 % p.kw) - i32(p.pad_w);
+        let in1 = pos_ok && iy1 >= 0 && iy1 < i32(p.h) && ix1 >= 0 && ix1 < i32(p.w);
+        let x1 = select(0.0, x[x_plane + u32(clamp(iy1, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix1, 0, i32(p.w) - 1))], in1);
+        let iy2 = i32(oy + t2 / p.kw) - i32(p.pad_h);
+        let ix2 = i32(ox + t2 % p.kw) - i32(p.pad_w);
+        let in2 = pos_ok && iy2 >= 0 && iy2 < i32(p.h) && ix2 >= 0 && ix2 < i32(p.w);
+        let x2 = select(0.0, x[x_plane + u32(clamp(iy2, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix2, 0, i32(p.w) - 1))], in2);
+        let iy3 = i32(oy + t3 / p.kw) - i32(p.pad_h);
+        let ix3 = i32(ox + t3 % p.kw) - i32(p.pad_w);
+        let in3 = pos_ok && iy3 >= 0 && iy3 < i32(p.h) && ix3 >= 0 && ix3 < i32(p.w);
+        let x3 = select(0.0, x[x_plane + u32(clamp(iy3, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix3, 0, i32(p.w) - 1))], in3);
+        let iy4 = i32(oy + t4 / p.kw) - i32(p.pad_h);
+        let ix4 = i32(ox + t4 % p.kw) - i32(p.pad_w);
+        let in4 = pos_ok && iy4 >= 0 && iy4 < i32(p.h) && ix4 >= 0 && ix4 < i32(p.w);
+        let x4 = select(0.0, x[x_plane + u32(clamp(iy4, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix4, 0, i32(p.w) - 1))], in4);
+        let iy5 = i32(oy + t5 / p.kw) - i32(p.pad_h);
+        let ix5 = i32(ox + t5 % p.kw) - i32(p.pad_w);
+        let in5 = pos_ok && iy5 >= 0 && iy5 < i32(p.h) && ix5 >= 0 && ix5 < i32(p.w);
+        let x5 = select(0.0, x[x_plane + u32(clamp(iy5, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix5, 0, i32(p.w) - 1))], in5);
+        let iy6 = i32(oy + t6 / p.kw) - i32(p.pad_h);
+        let ix6 = i32(ox + t6 % p.kw) - i32(p.pad_w);
+        let in6 = pos_ok && iy6 >= 0 && iy6 < i32(p.h) && ix6 >= 0 && ix6 < i32(p.w);
+        let x6 = select(0.0, x[x_plane + u32(clamp(iy6, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix6, 0, i32(p.w) - 1))], in6);
+        let iy7 = i32(oy + t7 / p.kw) - i32(p.pad_h);
+        let ix7 = i32(ox + t7 % p.kw) - i32(p.pad_w);
+        let in7 = pos_ok && iy7 >= 0 && iy7 < i32(p.h) && ix7 >= 0 && ix7 < i32(p.w);
+        let x7 = select(0.0, x[x_plane + u32(clamp(iy7, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix7, 0, i32(p.w) - 1))], in7);
+        let iy8 = i32(oy + t8 / p.kw) - i32(p.pad_h);
+        let ix8 = i32(ox + t8 % p.kw) - i32(p.pad_w);
+        let in8 = pos_ok && iy8 >= 0 && iy8 < i32(p.h) && ix8 >= 0 && ix8 < i32(p.w);
+        let x8 = select(0.0, x[x_plane + u32(clamp(iy8, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix8, 0, i32(p.w) - 1))], in8);
+        let dy_at = bi * p.c_out * pixels + oy * p.out_w + ox;  // + co * pixels per lane
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 0u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 0u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 0u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 0u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 0u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 0u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 0u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 0u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 0u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 0u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 0u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 1u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 1u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 1u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 1u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 1u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 1u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 1u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 1u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 1u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 1u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 1u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 2u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 2u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 2u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 2u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 2u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 2u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 2u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 2u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 2u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 2u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 2u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 3u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 3u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 3u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 3u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 3u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 3u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 3u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 3u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 3u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 3u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 3u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 4u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 4u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 4u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 4u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 4u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 4u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 4u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 4u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 4u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 4u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 4u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 5u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 5u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 5u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 5u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 5u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 5u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 5u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 5u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 5u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 5u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 5u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 6u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 6u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 6u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 6u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 6u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 6u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 6u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 6u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 6u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 6u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 6u), s8);
+        }
+        {
+            let ok = subgroupBroadcast(select(0u, 1u, pos_ok), 7u) != 0u;
+            let g = select(0.0, w[subgroupBroadcast(dy_at, 7u) + co_load * pixels], ok);
+            sum_dy += g;
+            s0 = fma(g, subgroupBroadcast(x0, 7u), s0);
+            s1 = fma(g, subgroupBroadcast(x1, 7u), s1);
+            s2 = fma(g, subgroupBroadcast(x2, 7u), s2);
+            s3 = fma(g, subgroupBroadcast(x3, 7u), s3);
+            s4 = fma(g, subgroupBroadcast(x4, 7u), s4);
+            s5 = fma(g, subgroupBroadcast(x5, 7u), s5);
+            s6 = fma(g, subgroupBroadcast(x6, 7u), s6);
+            s7 = fma(g, subgroupBroadcast(x7, 7u), s7);
+            s8 = fma(g, subgroupBroadcast(x8, 7u), s8);
+        }
+    }
+    if (co < p.c_out) {
+        let n_w = p.c_out * p.c_in * taps;
+        let row = chunk * (n_w + p.c_out);
+        let w_base = row + (co * p.c_in + ci) * taps;
+        if (tg * 9u + 0u < taps) { y[w_base + tg * 9u + 0u] = s0; }
+        if (tg * 9u + 1u < taps) { y[w_base + tg * 9u + 1u] = s1; }
+        if (tg * 9u + 2u < taps) { y[w_base + tg * 9u + 2u] = s2; }
+        if (tg * 9u + 3u < taps) { y[w_base + tg * 9u + 3u] = s3; }
+        if (tg * 9u + 4u < taps) { y[w_base + tg * 9u + 4u] = s4; }
+        if (tg * 9u + 5u < taps) { y[w_base + tg * 9u + 5u] = s5; }
+        if (tg * 9u + 6u < taps) { y[w_base + tg * 9u + 6u] = s6; }
+        if (tg * 9u + 7u < taps) { y[w_base + tg * 9u + 7u] = s7; }
+        if (tg * 9u + 8u < taps) { y[w_base + tg * 9u + 8u] = s8; }
+        if (tg == 0u && ci == 0u) {
+            y[row + n_w + co] = sum_dy;
+        }
     }
 }

@@ -86,6 +86,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         s(17, 1, 28, 28, 32, 3, 3, Padding::Valid),
         s(128, 1, 28, 28, 32, 3, 3, Padding::Valid),
         s(3, 5, 6, 7, 13, 3, 3, Padding::Valid),
+        s(2, 2, 9, 8, 9, 4, 5, Padding::Same),
     ]
 }
 
@@ -114,6 +115,16 @@ fn conv2d_matches_reference() {
             run(gpu, &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()]).unwrap();
             let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
             assert_close(&format!("conv2d_forward portable {s:?}"), &y1.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * (s.c_in * s.kh * s.kw) as f64);
+            let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
+            run(gpu, &[&conv2d_backward_weight_with(gpu, false, &s, &tdy, &tx, &part).unwrap()]).unwrap();
+            let got = part.to_f32(gpu).unwrap();
+            let (n_w, (oh, ow)) = (n(s.w_shape()), s.out_hw());
+            let sum = |j: usize| (0..s.weight_chunks()).map(|c| got[c * s.part_row() + j] as f64).sum::<f64>() as f32;
+            let per_w = 1e-5 * (s.batch * oh * ow) as f64;
+            let dw: Vec<f32> = (0..n_w).map(sum).collect();
+            assert_close(&format!("conv2d_backward_weight portable {s:?}"), &dw, &conv2d_backward_weight_ref(&s, &f64s(&dy), &f64s(&x)), 1e-4, per_w);
+            let db: Vec<f32> = (n_w..s.part_row()).map(sum).collect();
+            assert_close(&format!("conv2d dbias portable {s:?}"), &db, &conv2d_backward_bias_ref(&s, &f64s(&dy)), 1e-4, per_w);
         }
         let ds = [
             conv2d_forward(gpu, &s, &tx, &tw, Some(&tb), true, &y).unwrap(),
