@@ -44,6 +44,8 @@ pub struct Gpu {
     fault: Arc<Mutex<Option<String>>>,
     modules: Mutex<HashMap<Shader, Arc<wgpu::ShaderModule>>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    /// Number of host readbacks so far (tests check that a training step makes none).
+    readbacks: std::sync::atomic::AtomicUsize,
     /// A 16-byte buffer bound where a kernel's binding is unused (a bias that is off).
     dummy: std::sync::OnceLock<crate::tensor::Tensor>,
 }
@@ -166,6 +168,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             dummy: std::sync::OnceLock::new(),
+            readbacks: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -182,6 +185,11 @@ impl Gpu {
             offset: 0,
             shape: vec![4],
         })
+    }
+
+    /// How many times [`Gpu::read_bytes`] has copied GPU data back to the host.
+    pub fn readbacks(&self) -> usize {
+        self.readbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn describe(&self) -> String {
@@ -347,6 +355,7 @@ impl Gpu {
     /// Copy `size` bytes at `offset` of `buffer` back to the host. For tests, metrics and
     /// checkpoints only: never inside a training step.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        self.readbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
