@@ -38,7 +38,12 @@ struct Bench<'g> {
 impl Bench<'_> {
     fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
         let n = shape.iter().product();
-        Tensor::from_f32(self.gpu, "bench", shape, &self.rng.uniform_vec(n, -1.0, 1.0))
+        Tensor::from_f32(
+            self.gpu,
+            "bench",
+            shape,
+            &self.rng.uniform_vec(n, -1.0, 1.0),
+        )
     }
 
     /// Milliseconds per run of `d`: one warm-up, then `reps` runs in one submit.
@@ -60,7 +65,14 @@ impl Bench<'_> {
         run(reps)
     }
 
-    fn record(&mut self, kernel: &str, shape: String, ms: f64, flops: Option<f64>, bytes: Option<f64>) {
+    fn record(
+        &mut self,
+        kernel: &str,
+        shape: String,
+        ms: f64,
+        flops: Option<f64>,
+        bytes: Option<f64>,
+    ) {
         let gflops = flops.map(|f| f / ms / 1e6);
         let gbps = bytes.map(|b| b / ms / 1e6);
         let rate = match (gflops, gbps) {
@@ -69,7 +81,13 @@ impl Bench<'_> {
             _ => String::new(),
         };
         println!("{kernel:<34} {shape:<34} {ms:10.3} ms {rate}");
-        self.rows.push(Row { kernel: kernel.into(), shape, ms, gflops, gbps });
+        self.rows.push(Row {
+            kernel: kernel.into(),
+            shape,
+            ms,
+            gflops,
+            gbps,
+        });
     }
 
     fn matmul(&mut self, label: &str, spec: MatmulSpec, reps: usize) -> Result<()> {
@@ -77,8 +95,17 @@ impl Bench<'_> {
         let c = Tensor::zeros(self.gpu, "c", &[spec.m, spec.n])?;
         let d = matmul(self.gpu, &spec, &a, &b, None, &c)?;
         let ms = self.time(&d, reps)?;
-        let shape = format!("{}x{}x{} ta={} tb={}", spec.m, spec.n, spec.k, spec.transpose_a as u8, spec.transpose_b as u8);
-        self.record(&format!("{} ({label})", d.name), shape, ms, Some(spec.flops()), None);
+        let shape = format!(
+            "{}x{}x{} ta={} tb={}",
+            spec.m, spec.n, spec.k, spec.transpose_a as u8, spec.transpose_b as u8
+        );
+        self.record(
+            &format!("{} ({label})", d.name),
+            shape,
+            ms,
+            Some(spec.flops()),
+            None,
+        );
         Ok(())
     }
 }
@@ -87,21 +114,61 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "quick");
     let gpu = Gpu::new()?;
     println!("adapter: {}\n", gpu.describe());
-    let mut b = Bench { gpu: &gpu, rows: Vec::new(), rng: Rng::new(7) };
+    let mut b = Bench {
+        gpu: &gpu,
+        rows: Vec::new(),
+        rng: Rng::new(7),
+    };
 
     // ---- matmul ----
-    let squares: &[usize] = if quick { &[256, 512, 1024] } else { &[256, 512, 1024, 2048] };
+    let squares: &[usize] = if quick {
+        &[256, 512, 1024]
+    } else {
+        &[256, 512, 1024, 2048]
+    };
     for &n in squares {
-        b.matmul("square", MatmulSpec::new(n, n, n), if n >= 1024 { 1 } else { 3 })?;
+        b.matmul(
+            "square",
+            MatmulSpec::new(n, n, n),
+            if n >= 1024 { 1 } else { 3 },
+        )?;
     }
     // Seed CNN Dense(5408 -> 128) at batch 128: forward, dweight, dinput.
-    b.matmul("dense fwd", MatmulSpec { transpose_b: true, ..MatmulSpec::new(128, 128, 5408) }, 3)?;
-    b.matmul("dense dweight", MatmulSpec { transpose_a: true, ..MatmulSpec::new(128, 5408, 128) }, 3)?;
+    b.matmul(
+        "dense fwd",
+        MatmulSpec {
+            transpose_b: true,
+            ..MatmulSpec::new(128, 128, 5408)
+        },
+        3,
+    )?;
+    b.matmul(
+        "dense dweight",
+        MatmulSpec {
+            transpose_a: true,
+            ..MatmulSpec::new(128, 5408, 128)
+        },
+        3,
+    )?;
     b.matmul("dense dinput", MatmulSpec::new(128, 5408, 128), 3)?;
 
     // ---- conv2d at the seed shapes ----
-    let s = Conv2dSpec { batch: 128, c_in: 1, h: 28, w: 28, c_out: 32, kh: 3, kw: 3, padding: Padding::Valid };
-    let (x, w, bias, dy) = (b.tensor(&s.x_shape())?, b.tensor(&s.w_shape())?, b.tensor(&[32])?, b.tensor(&s.y_shape())?);
+    let s = Conv2dSpec {
+        batch: 128,
+        c_in: 1,
+        h: 28,
+        w: 28,
+        c_out: 32,
+        kh: 3,
+        kw: 3,
+        padding: Padding::Valid,
+    };
+    let (x, w, bias, dy) = (
+        b.tensor(&s.x_shape())?,
+        b.tensor(&s.w_shape())?,
+        b.tensor(&[32])?,
+        b.tensor(&s.y_shape())?,
+    );
     let y = Tensor::zeros(&gpu, "y", &s.y_shape())?;
     let shape = "128x1x28x28 -> 32x26x26, 3x3".to_string();
     let d = conv2d_forward(&gpu, &s, &x, &w, Some(&bias), true, &y)?;
@@ -117,39 +184,96 @@ fn main() -> Result<()> {
     b.record(d.name, shape, ms, Some(s.flops()), None);
 
     // ---- max pool, relu backward ----
-    let p = PoolSpec { batch: 128, channels: 32, h: 26, w: 26, pool: 2, stride: 2 };
+    let p = PoolSpec {
+        batch: 128,
+        channels: 32,
+        h: 26,
+        w: 26,
+        pool: 2,
+        stride: 2,
+    };
     let arg = Tensor::zeros(&gpu, "argmax", &p.y_shape())?;
-    let (py, pdy) = (Tensor::zeros(&gpu, "py", &p.y_shape())?, b.tensor(&p.y_shape())?);
+    let (py, pdy) = (
+        Tensor::zeros(&gpu, "py", &p.y_shape())?,
+        b.tensor(&p.y_shape())?,
+    );
     let (n_in, n_out) = (128.0 * 32.0 * 676.0, 128.0 * 32.0 * 169.0);
     let d = max_pool2d_forward(&gpu, &p, &y, &arg, &py)?;
     let ms = b.time(&d, 3)?;
-    b.record(d.name, "128x32x26x26, 2x2".into(), ms, None, Some(4.0 * (n_in + 2.0 * n_out)));
+    b.record(
+        d.name,
+        "128x32x26x26, 2x2".into(),
+        ms,
+        None,
+        Some(4.0 * (n_in + 2.0 * n_out)),
+    );
     let pdx = Tensor::zeros(&gpu, "pdx", &p.x_shape())?;
     let d = max_pool2d_backward(&gpu, &p, &pdy, &arg, &pdx)?;
     let ms = b.time(&d, 3)?;
-    b.record(d.name, "128x32x26x26, 2x2".into(), ms, None, Some(4.0 * (n_in + 2.0 * n_out)));
+    b.record(
+        d.name,
+        "128x32x26x26, 2x2".into(),
+        ms,
+        None,
+        Some(4.0 * (n_in + 2.0 * n_out)),
+    );
     let gz = Tensor::zeros(&gpu, "gz", &s.y_shape())?;
     let d = activation_backward(&gpu, Activation::Relu, &dy, &y, &gz)?;
     let ms = b.time(&d, 3)?;
     b.record(d.name, "128x32x26x26".into(), ms, None, Some(12.0 * n_in));
 
     // ---- softmax cross-entropy ----
-    let (z, label) = (b.tensor(&[128, 10])?, Tensor::from_u32(&gpu, "label", &[128], &[3; 128])?);
-    let (prob, loss, dz) = (Tensor::zeros(&gpu, "prob", &[128, 10])?, Tensor::zeros(&gpu, "loss", &[128])?, Tensor::zeros(&gpu, "dz", &[128, 10])?);
-    let lt = LossTensors { z: &z, label: Some(&label), target: None, prob: &prob };
+    let (z, label) = (
+        b.tensor(&[128, 10])?,
+        Tensor::from_u32(&gpu, "label", &[128], &[3; 128])?,
+    );
+    let (prob, loss, dz) = (
+        Tensor::zeros(&gpu, "prob", &[128, 10])?,
+        Tensor::zeros(&gpu, "loss", &[128])?,
+        Tensor::zeros(&gpu, "dz", &[128, 10])?,
+    );
+    let lt = LossTensors {
+        z: &z,
+        label: Some(&label),
+        target: None,
+        prob: &prob,
+    };
     let d = loss_forward(&gpu, Loss::SoftmaxCrossEntropy, &lt, &loss)?;
     let ms = b.time(&d, 10)?;
-    b.record(d.name, "128x10".into(), ms, None, Some(4.0 * (128.0 * 21.0 + 128.0)));
+    b.record(
+        d.name,
+        "128x10".into(),
+        ms,
+        None,
+        Some(4.0 * (128.0 * 21.0 + 128.0)),
+    );
     let d = loss_backward(&gpu, Loss::SoftmaxCrossEntropy, &lt, &dz)?;
     let ms = b.time(&d, 10)?;
-    b.record(d.name, "128x10".into(), ms, None, Some(4.0 * (128.0 * 20.0 + 128.0)));
+    b.record(
+        d.name,
+        "128x10".into(),
+        ms,
+        None,
+        Some(4.0 * (128.0 * 20.0 + 128.0)),
+    );
 
     // ---- Adam over the seed CNN's parameters ----
     let n = 693_962;
-    let (g, prm, m, v) = (b.tensor(&[n])?, b.tensor(&[n])?, Tensor::zeros(&gpu, "m", &[n])?, Tensor::zeros(&gpu, "v", &[n])?);
+    let (g, prm, m, v) = (
+        b.tensor(&[n])?,
+        b.tensor(&[n])?,
+        Tensor::zeros(&gpu, "m", &[n])?,
+        Tensor::zeros(&gpu, "v", &[n])?,
+    );
     let d = optimizer_step(&gpu, &Optimizer::adam(1e-3), &g, &prm, &m, &v)?;
     let ms = b.time(&d, 3)?;
-    b.record(d.name, format!("{n} params"), ms, None, Some(4.0 * 7.0 * n as f64));
+    b.record(
+        d.name,
+        format!("{n} params"),
+        ms,
+        None,
+        Some(4.0 * 7.0 * n as f64),
+    );
 
     // ---- gather + one training step on real MNIST ----
     let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
@@ -158,11 +282,22 @@ fn main() -> Result<()> {
     let split = split_sources(&mut trainer, set, mnist.train.len(), 0.2)?;
     let x = Tensor::zeros(&gpu, "x", &[128, 784])?;
     let lbl = Tensor::zeros(&gpu, "lbl", &[128])?;
-    let ds = shadergrad::executor::GpuDataset::upload(&gpu, &mnist.train.images, &mnist.train.labels, 784)?;
+    let ds = shadergrad::executor::GpuDataset::upload(
+        &gpu,
+        &mnist.train.images,
+        &mnist.train.labels,
+        784,
+    )?;
     let order = Tensor::from_u32(&gpu, "order", &[128], &(0..128).collect::<Vec<u32>>())?;
     let d = gather_batch(&gpu, &ds.pixels, &ds.labels, &order, 0, &x, &lbl)?;
     let ms = b.time(&d, 10)?;
-    b.record(d.name, "128x784 u8 -> f32".into(), ms, None, Some(128.0 * (784.0 + 4.0 * 784.0)));
+    b.record(
+        d.name,
+        "128x784 u8 -> f32".into(),
+        ms,
+        None,
+        Some(128.0 * (784.0 + 4.0 * 784.0)),
+    );
     let steps = 20;
     trainer.step(split.train, 0, 128, true)?;
     trainer.read_metrics()?;
@@ -173,7 +308,13 @@ fn main() -> Result<()> {
     trainer.read_metrics()?; // waits for the GPU
     let ms = started.elapsed().as_secs_f64() * 1e3 / steps as f64;
     let flops = 3.0 * (MatmulSpec::new(128, 128, 5408).flops() + s.flops());
-    b.record("train_step (seed CNN)", format!("batch 128, {:.0} images/s", 128.0 * 1e3 / ms), ms, Some(flops), None);
+    b.record(
+        "train_step (seed CNN)",
+        format!("batch 128, {:.0} images/s", 128.0 * 1e3 / ms),
+        ms,
+        Some(flops),
+        None,
+    );
 
     write_json(&gpu, &b.rows);
     Ok(())

@@ -40,7 +40,10 @@ pub enum Error {
 
     // ---- GPU ---------------------------------------------------------------------------
     #[error("no GPU adapter found{requested}; adapters present: {available}. Hint: install a Vulkan driver (e.g. `apt-get install mesa-vulkan-drivers` for lavapipe) or unset WGPU_BACKEND / WGPU_ADAPTER_NAME")]
-    NoAdapter { requested: String, available: String },
+    NoAdapter {
+        requested: String,
+        available: String,
+    },
     #[error("request_device on {adapter}: {msg}")]
     Device { adapter: String, msg: String },
     #[error("shader {file} entry point {entry}: {msg}")]
@@ -63,7 +66,9 @@ pub enum Error {
     Timeout { op: String, seconds: u64 },
 
     // ---- training ----------------------------------------------------------------------
-    #[error("non-finite {what} at epoch {epoch}, step {step}. Hint: lower the learning rate (--lr)")]
+    #[error(
+        "non-finite {what} at epoch {epoch}, step {step}. Hint: lower the learning rate (--lr)"
+    )]
     NonFinite {
         what: String,
         epoch: usize,
@@ -79,7 +84,11 @@ impl Error {
         }
     }
 
-    pub fn data(path: impl Into<PathBuf>, field: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn data(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Error::Data {
             path: path.into(),
             field: field.into(),

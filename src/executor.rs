@@ -25,23 +25,39 @@ pub struct GpuDataset {
 }
 
 impl GpuDataset {
-    pub fn upload(gpu: &Gpu, images: &[u8], labels: &[u8], pixels_per_image: usize) -> Result<GpuDataset> {
+    pub fn upload(
+        gpu: &Gpu,
+        images: &[u8],
+        labels: &[u8],
+        pixels_per_image: usize,
+    ) -> Result<GpuDataset> {
         let n = labels.len();
         if pixels_per_image == 0 || images.len() != n * pixels_per_image {
             return Err(Error::shape(
                 "dataset upload",
-                format!("{} pixel bytes for {n} labels of {pixels_per_image}-pixel images", images.len()),
+                format!(
+                    "{} pixel bytes for {n} labels of {pixels_per_image}-pixel images",
+                    images.len()
+                ),
             ));
         }
         let packed: Vec<u32> = if pixels_per_image % 4 == 0 {
             pack_u8_to_u32(images)
         } else {
-            images.chunks(pixels_per_image).flat_map(pack_u8_to_u32).collect()
+            images
+                .chunks(pixels_per_image)
+                .flat_map(pack_u8_to_u32)
+                .collect()
         };
         let packed_labels = pack_u8_to_u32(labels);
         Ok(GpuDataset {
             pixels: Tensor::from_u32(gpu, "dataset pixels", &[packed.len()], &packed)?,
-            labels: Tensor::from_u32(gpu, "dataset labels", &[packed_labels.len()], &packed_labels)?,
+            labels: Tensor::from_u32(
+                gpu,
+                "dataset labels",
+                &[packed_labels.len()],
+                &packed_labels,
+            )?,
             n,
             pixels_per_image,
         })
@@ -105,7 +121,8 @@ impl<'g> Trainer<'g> {
     /// Upload a dataset once; returns its id for [`Trainer::add_source`].
     pub fn add_dataset(&mut self, images: &[u8], labels: &[u8]) -> Result<usize> {
         let [c, h, w] = self.model.input;
-        self.datasets.push(GpuDataset::upload(self.gpu, images, labels, c * h * w)?);
+        self.datasets
+            .push(GpuDataset::upload(self.gpu, images, labels, c * h * w)?);
         Ok(self.datasets.len() - 1)
     }
 
@@ -113,10 +130,16 @@ impl<'g> Trainer<'g> {
     pub fn add_source(&mut self, dataset: usize, order: &[u32]) -> Result<usize> {
         let n = self.datasets.get(dataset).map(|d| d.n).unwrap_or(0);
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= n) {
-            return Err(Error::shape("add_source", format!("index {bad} in a dataset of {n} samples")));
+            return Err(Error::shape(
+                "add_source",
+                format!("index {bad} in a dataset of {n} samples"),
+            ));
         }
         let order_t = Tensor::from_u32(self.gpu, "order", &[order.len()], order)?;
-        self.sources.push(Source { dataset, order: order_t });
+        self.sources.push(Source {
+            dataset,
+            order: order_t,
+        });
         Ok(self.sources.len() - 1)
     }
 
@@ -129,9 +152,20 @@ impl<'g> Trainer<'g> {
         let src = &self.sources[source];
         let n = self.datasets[src.dataset].n;
         if order.len() != src.order.numel() || order.iter().any(|&i| i as usize >= n) {
-            return Err(Error::shape("set_order", format!("{} indices for a source of {}", order.len(), src.order.numel())));
+            return Err(Error::shape(
+                "set_order",
+                format!(
+                    "{} indices for a source of {}",
+                    order.len(),
+                    src.order.numel()
+                ),
+            ));
         }
-        self.gpu.queue.write_buffer(&src.order.buffer, src.order.offset, bytemuck::cast_slice(order));
+        self.gpu.queue.write_buffer(
+            &src.order.buffer,
+            src.order.offset,
+            bytemuck::cast_slice(order),
+        );
         Ok(())
     }
 
@@ -139,9 +173,21 @@ impl<'g> Trainer<'g> {
         if !self.plans.contains_key(&key) {
             let src = &self.sources[key.source];
             let data = &self.datasets[src.dataset];
-            let source = BatchSource { pixels: &data.pixels, labels: &data.labels, order: &src.order };
+            let source = BatchSource {
+                pixels: &data.pixels,
+                labels: &data.labels,
+                order: &src.order,
+            };
             let opt = key.train.then_some(&self.optimizer);
-            let plan = build_plan(self.gpu, &self.model, &self.store, key.batch, &source, opt, &self.metrics)?;
+            let plan = build_plan(
+                self.gpu,
+                &self.model,
+                &self.store,
+                key.batch,
+                &source,
+                opt,
+                &self.metrics,
+            )?;
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])
@@ -151,20 +197,46 @@ impl<'g> Trainer<'g> {
     /// also update the parameters. Nothing is read back.
     pub fn step(&mut self, source: usize, start: usize, batch: usize, train: bool) -> Result<()> {
         if batch == 0 || start + batch > self.source_len(source) {
-            return Err(Error::shape("step", format!("batch {start}..{} of {}", start + batch, self.source_len(source))));
+            return Err(Error::shape(
+                "step",
+                format!(
+                    "batch {start}..{} of {}",
+                    start + batch,
+                    self.source_len(source)
+                ),
+            ));
         }
         let t = self.steps + 1;
         let n = self.store.len;
         let optimizer = self.optimizer;
         let gpu = self.gpu;
-        let plan = self.plan(PlanKey { source, batch, train })?;
-        gpu.queue.write_buffer(&plan.gather().params, START_OFFSET, bytemuck::bytes_of(&(start as u32)));
+        let plan = self.plan(PlanKey {
+            source,
+            batch,
+            train,
+        })?;
+        gpu.queue.write_buffer(
+            &plan.gather().params,
+            START_OFFSET,
+            bytemuck::bytes_of(&(start as u32)),
+        );
         if let Some(opt) = plan.optimizer() {
-            gpu.queue.write_buffer(&opt.params, 0, bytemuck::bytes_of(&step_params(&optimizer, n, t)));
+            gpu.queue.write_buffer(
+                &opt.params,
+                0,
+                bytemuck::bytes_of(&step_params(&optimizer, n, t)),
+            );
         }
-        let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("step"), timestamp_writes: None });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("step"),
+                timestamp_writes: None,
+            });
             for d in &plan.dispatches {
                 d.record(&mut pass);
             }
@@ -181,16 +253,29 @@ impl<'g> Trainer<'g> {
     /// Debug mode: run one step's dispatches one submit at a time, `repeats` times each,
     /// waiting after each, and return (kernel, milliseconds per run). The step's effects
     /// (including parameter updates) happen `repeats` times.
-    pub fn profile_step(&mut self, source: usize, batch: usize, train: bool, repeats: usize) -> Result<Vec<(&'static str, f64)>> {
+    pub fn profile_step(
+        &mut self,
+        source: usize,
+        batch: usize,
+        train: bool,
+        repeats: usize,
+    ) -> Result<Vec<(&'static str, f64)>> {
         let gpu = self.gpu;
-        let plan = self.plan(PlanKey { source, batch, train })?;
+        let plan = self.plan(PlanKey {
+            source,
+            batch,
+            train,
+        })?;
         let mut out = Vec::new();
         for d in &plan.dispatches {
             let run = |n: usize| -> Result<f64> {
                 let started = std::time::Instant::now();
-                let mut encoder = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+                let mut encoder = gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
                 {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                     for _ in 0..n {
                         d.record(&mut pass);
                     }
@@ -208,11 +293,17 @@ impl<'g> Trainer<'g> {
     /// The forward outputs (prob [B, C], label [B], loss [B]) of the last step run with
     /// this source and batch size.
     pub fn outputs(&self, source: usize, batch: usize, train: bool) -> Option<&Plan> {
-        self.plans.get(&PlanKey { source, batch, train })
+        self.plans.get(&PlanKey {
+            source,
+            batch,
+            train,
+        })
     }
 
     pub fn reset_metrics(&self) {
-        self.gpu.queue.write_buffer(&self.metrics.buffer, 0, &[0u8; METRICS_LEN * 4]);
+        self.gpu
+            .queue
+            .write_buffer(&self.metrics.buffer, 0, &[0u8; METRICS_LEN * 4]);
     }
 
     /// Read the running totals (waits for the GPU).
@@ -220,7 +311,12 @@ impl<'g> Trainer<'g> {
         let m = self.metrics.to_f32(self.gpu)?;
         let count = m[2] as usize;
         let denom = (count as f64).max(1.0);
-        Ok(Metrics { loss: m[0] as f64 / denom, accuracy: m[1] as f64 / denom, count, non_finite: m[3] != 0.0 })
+        Ok(Metrics {
+            loss: m[0] as f64 / denom,
+            accuracy: m[1] as f64 / denom,
+            count,
+            non_finite: m[3] != 0.0,
+        })
     }
 
     /// Forward passes over a whole source in batches of at most `batch`; its metrics.

@@ -24,7 +24,14 @@ pub struct FitConfig {
 
 impl Default for FitConfig {
     fn default() -> Self {
-        FitConfig { epochs: 10, batch_size: 128, validation_split: 0.2, seed: 42, log_every: 25, verbose: true }
+        FitConfig {
+            epochs: 10,
+            batch_size: 128,
+            validation_split: 0.2,
+            seed: 42,
+            log_every: 25,
+            verbose: true,
+        }
     }
 }
 
@@ -72,32 +79,59 @@ pub struct Split {
     pub n_train: usize,
 }
 
-pub fn split_sources(trainer: &mut Trainer<'_>, dataset: usize, n: usize, validation_split: f64) -> Result<Split> {
+pub fn split_sources(
+    trainer: &mut Trainer<'_>,
+    dataset: usize,
+    n: usize,
+    validation_split: f64,
+) -> Result<Split> {
     if !(0.0..1.0).contains(&validation_split) {
-        return Err(Error::usage("--validation-split", format!("{validation_split} is outside [0, 1)")));
+        return Err(Error::usage(
+            "--validation-split",
+            format!("{validation_split} is outside [0, 1)"),
+        ));
     }
     let n_train = (n as f64 * (1.0 - validation_split)) as usize;
     if n_train == 0 {
-        return Err(Error::usage("--validation-split", format!("leaves no training samples of {n}")));
+        return Err(Error::usage(
+            "--validation-split",
+            format!("leaves no training samples of {n}"),
+        ));
     }
     let train: Vec<u32> = (0..n_train as u32).collect();
     let val: Vec<u32> = (n_train as u32..n as u32).collect();
     let train = trainer.add_source(dataset, &train)?;
-    let val = if val.is_empty() { None } else { Some(trainer.add_source(dataset, &val)?) };
-    Ok(Split { train, val, n_train })
+    let val = if val.is_empty() {
+        None
+    } else {
+        Some(trainer.add_source(dataset, &val)?)
+    };
+    Ok(Split {
+        train,
+        val,
+        n_train,
+    })
 }
 
 /// The shuffled order of epoch `epoch` (1-based): a function of seed and epoch only, so a
 /// resumed run shuffles exactly as an uninterrupted one.
 pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
-    Rng::new(seed.wrapping_mul(0x100_0000_01B3).wrapping_add(epoch as u64)).shuffle(&mut order);
+    Rng::new(
+        seed.wrapping_mul(0x100_0000_01B3)
+            .wrapping_add(epoch as u64),
+    )
+    .shuffle(&mut order);
     order
 }
 
 fn check_finite(m: &Metrics, epoch: usize, step: usize) -> Result<()> {
     if m.non_finite {
-        return Err(Error::NonFinite { what: "loss".into(), epoch, step });
+        return Err(Error::NonFinite {
+            what: "loss".into(),
+            epoch,
+            step,
+        });
     }
     Ok(())
 }
@@ -160,9 +194,11 @@ fn progress_bar(cfg: &FitConfig, steps: usize, epoch: usize) -> Option<indicatif
         return None;
     }
     let bar = indicatif::ProgressBar::new(steps as u64);
-    let style = indicatif::ProgressStyle::with_template("Epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(
+        "Epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(format!("{}/{}", epoch, cfg.epochs));
     Some(bar)

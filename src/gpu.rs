@@ -105,12 +105,25 @@ impl Gpu {
             Err(_) => {
                 // Best first: discrete, integrated, virtual, CPU (or the reverse for
                 // WGPU_POWER_PREF=low), then Vulkan/Metal/DX12 before OpenGL.
-                let low_power = wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
+                let low_power =
+                    wgpu::PowerPreference::from_env() == Some(wgpu::PowerPreference::LowPower);
                 let rank = |a: &wgpu::Adapter| {
                     let info = a.get_info();
                     let device = match info.device_type {
-                        wgpu::DeviceType::DiscreteGpu => if low_power { 1 } else { 0 },
-                        wgpu::DeviceType::IntegratedGpu => if low_power { 0 } else { 1 },
+                        wgpu::DeviceType::DiscreteGpu => {
+                            if low_power {
+                                1
+                            } else {
+                                0
+                            }
+                        }
+                        wgpu::DeviceType::IntegratedGpu => {
+                            if low_power {
+                                0
+                            } else {
+                                1
+                            }
+                        }
                         wgpu::DeviceType::VirtualGpu => 2,
                         wgpu::DeviceType::Cpu => 3,
                         wgpu::DeviceType::Other => 4,
@@ -132,7 +145,8 @@ impl Gpu {
         // Ask for everything the adapter can do: the defaults (128 MiB bindings, 16 KiB
         // workgroup memory) are lower than most hardware's.
         let limits = adapter.limits();
-        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
             label: Some("shadergrad"),
             required_features: features,
@@ -355,7 +369,8 @@ impl Gpu {
     /// Copy `size` bytes at `offset` of `buffer` back to the host. For tests, metrics and
     /// checkpoints only: never inside a training step.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        self.readbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),

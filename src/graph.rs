@@ -12,7 +12,9 @@ use crate::kernels::loss::{loss_backward, loss_forward, Loss, LossTensors};
 use crate::kernels::matmul::{matmul, MatmulSpec};
 use crate::kernels::optim::{optimizer_step, Optimizer};
 use crate::kernels::pool::*;
-use crate::kernels::reduce::{accumulate_metrics, sum_outer_inner, sum_outer_inner_range, Accuracy};
+use crate::kernels::reduce::{
+    accumulate_metrics, sum_outer_inner, sum_outer_inner_range, Accuracy,
+};
 use crate::kernels::Dispatch;
 use crate::model::{Activation, Layer, Sequential};
 use crate::params::ParamStore;
@@ -102,7 +104,15 @@ pub fn build_plan(
     // gather: pixels, labels, order -> x [B, C*H*W], label [B]
     let x = zeros(gpu, "x", &[batch, c0 * h0 * w0])?;
     let label = zeros(gpu, "label", &[batch])?;
-    d.push(gather_batch(gpu, source.pixels, source.labels, source.order, 0, &x, &label)?);
+    d.push(gather_batch(
+        gpu,
+        source.pixels,
+        source.labels,
+        source.order,
+        0,
+        &x,
+        &label,
+    )?);
 
     // ---- forward ----
     let mut cur = x.view(0, &[batch, c0, h0, w0]); // [B, C, H, W]
@@ -116,30 +126,65 @@ pub fn build_plan(
         let act = |a: Activation| if is_last { None } else { kernel_act(a) };
         let input = cur.clone();
         let (output, act_k, argmax) = match layer {
-            Layer::Conv2d { padding, activation, .. } => {
-                let s = conv_spec(batch, &input.shape, &out_shape, &store.specs[param_index].shape, *padding);
+            Layer::Conv2d {
+                padding,
+                activation,
+                ..
+            } => {
+                let s = conv_spec(
+                    batch,
+                    &input.shape,
+                    &out_shape,
+                    &store.specs[param_index].shape,
+                    *padding,
+                );
                 let (w, b) = (store.param(param_index), store.param(param_index + 1));
                 param_index += 2;
                 let a = act(*activation);
                 let z = zeros(gpu, "conv out", &out_shape)?;
-                d.push(conv2d_forward(gpu, &s, &input, &w, Some(&b), a == Some(Act::Relu), &z)?);
+                d.push(conv2d_forward(
+                    gpu,
+                    &s,
+                    &input,
+                    &w,
+                    Some(&b),
+                    a == Some(Act::Relu),
+                    &z,
+                )?);
                 split_activation(gpu, &mut d, a, z)?
             }
             Layer::Dense { units, activation } => {
                 let n_in = input.numel() / batch;
-                let spec = MatmulSpec { transpose_b: true, bias: true, ..MatmulSpec::new(batch, *units, n_in) };
+                let spec = MatmulSpec {
+                    transpose_b: true,
+                    bias: true,
+                    ..MatmulSpec::new(batch, *units, n_in)
+                };
                 let (w, b) = (store.param(param_index), store.param(param_index + 1));
                 param_index += 2;
                 let a = act(*activation);
-                let spec = MatmulSpec { relu: a == Some(Act::Relu), ..spec };
+                let spec = MatmulSpec {
+                    relu: a == Some(Act::Relu),
+                    ..spec
+                };
                 let z = zeros(gpu, "dense out", &out_shape)?;
                 // [B, IN] x [OUT, IN]^T + b -> [B, OUT]
-                d.push(matmul(gpu, &spec, &input.view(0, &[batch, n_in]), &w, Some(&b), &z)?);
+                d.push(matmul(
+                    gpu,
+                    &spec,
+                    &input.view(0, &[batch, n_in]),
+                    &w,
+                    Some(&b),
+                    &z,
+                )?);
                 split_activation(gpu, &mut d, a, z)?
             }
             Layer::MaxPool2d { pool, stride } => {
                 let s = pool_spec(batch, &input.shape, *pool, *stride);
-                let (y, arg) = (zeros(gpu, "pool out", &out_shape)?, zeros(gpu, "argmax", &out_shape)?);
+                let (y, arg) = (
+                    zeros(gpu, "pool out", &out_shape)?,
+                    zeros(gpu, "argmax", &out_shape)?,
+                );
                 d.push(max_pool2d_forward(gpu, &s, &input, &arg, &y)?);
                 (y, None, Some(arg))
             }
@@ -154,7 +199,12 @@ pub fn build_plan(
             },
         };
         cur = output.clone();
-        saved.push(Saved { input, output, act: act_k, argmax });
+        saved.push(Saved {
+            input,
+            output,
+            act: act_k,
+            argmax,
+        });
     }
 
     // ---- loss and metrics ----
@@ -169,19 +219,42 @@ pub fn build_plan(
             "a linear output needs f32 regression targets, which image datasets do not have; end with softmax (or sigmoid on 1 unit)",
         ));
     }
-    let lt = LossTensors { z: &logits, label: Some(&label), target: None, prob: &prob };
+    let lt = LossTensors {
+        z: &logits,
+        label: Some(&label),
+        target: None,
+        prob: &prob,
+    };
     d.push(loss_forward(gpu, loss, &lt, &per_sample)?);
-    d.push(accumulate_metrics(gpu, &per_sample, &prob, &label, Accuracy::Classification, metrics)?);
+    d.push(accumulate_metrics(
+        gpu,
+        &per_sample,
+        &prob,
+        &label,
+        Accuracy::Classification,
+        metrics,
+    )?);
 
     let Some(optimizer) = optimizer else {
-        return Ok(Plan { batch, dispatches: d, train: false, prob, label, loss: per_sample });
+        return Ok(Plan {
+            batch,
+            dispatches: d,
+            train: false,
+            prob,
+            label,
+            loss: per_sample,
+        });
     };
 
     // ---- backward ----
     let mut g = zeros(gpu, "dlogits", &[batch, classes])?;
     d.push(loss_backward(gpu, loss, &lt, &g)?);
     // Layers up to the first one with parameters need no input gradient.
-    let first_param_layer = store.specs.first().map(|s| s.layer).unwrap_or(model.layers.len());
+    let first_param_layer = store
+        .specs
+        .first()
+        .map(|s| s.layer)
+        .unwrap_or(model.layers.len());
     for (i, layer) in model.layers.iter().enumerate().rev() {
         if i < first_param_layer {
             break;
@@ -200,13 +273,29 @@ pub fn build_plan(
         g = match layer {
             Layer::Conv2d { padding, .. } => {
                 let wi = store.specs.iter().position(|s| s.layer == i).unwrap_or(0);
-                let s = conv_spec(batch, &sv.input.shape, &gz.shape, &store.specs[wi].shape, *padding);
-                let part = zeros(gpu, "conv dweight partials", &[s.weight_chunks(), s.part_row()])?;
+                let s = conv_spec(
+                    batch,
+                    &sv.input.shape,
+                    &gz.shape,
+                    &store.specs[wi].shape,
+                    *padding,
+                );
+                let part = zeros(
+                    gpu,
+                    "conv dweight partials",
+                    &[s.weight_chunks(), s.part_row()],
+                )?;
                 d.push(conv2d_backward_weight(gpu, &s, &gz, &sv.input, &part)?);
                 let dims = (s.weight_chunks(), s.part_row(), 1);
                 let n_w = store.specs[wi].numel();
                 d.push(sum_outer_inner_range(gpu, &part, dims, 0, &store.grad(wi))?);
-                d.push(sum_outer_inner_range(gpu, &part, dims, n_w, &store.grad(wi + 1))?);
+                d.push(sum_outer_inner_range(
+                    gpu,
+                    &part,
+                    dims,
+                    n_w,
+                    &store.grad(wi + 1),
+                )?);
                 if !needs_dx {
                     break;
                 }
@@ -219,17 +308,32 @@ pub fn build_plan(
                 let n_in = sv.input.numel() / batch;
                 let x2 = sv.input.view(0, &[batch, n_in]);
                 // dweight [OUT, IN] = gz^T [OUT, B] x x [B, IN]
-                let dw = MatmulSpec { transpose_a: true, ..MatmulSpec::new(*units, n_in, batch) };
+                let dw = MatmulSpec {
+                    transpose_a: true,
+                    ..MatmulSpec::new(*units, n_in, batch)
+                };
                 d.push(matmul(gpu, &dw, &gz, &x2, None, &store.grad(wi))?);
                 // dbias [OUT] = column sums of gz [B, OUT]
-                d.push(sum_outer_inner(gpu, &gz, (batch, *units, 1), &store.grad(wi + 1))?);
+                d.push(sum_outer_inner(
+                    gpu,
+                    &gz,
+                    (batch, *units, 1),
+                    &store.grad(wi + 1),
+                )?);
                 if !needs_dx {
                     break;
                 }
                 // dinput [B, IN] = gz [B, OUT] x W [OUT, IN]
                 let dx = zeros(gpu, "dense dinput", &sv.input.shape)?;
                 let spec = MatmulSpec::new(batch, n_in, *units);
-                d.push(matmul(gpu, &spec, &gz, &store.param(wi), None, &dx.view(0, &[batch, n_in]))?);
+                d.push(matmul(
+                    gpu,
+                    &spec,
+                    &gz,
+                    &store.param(wi),
+                    None,
+                    &dx.view(0, &[batch, n_in]),
+                )?);
                 dx
             }
             Layer::MaxPool2d { pool, stride } => {
@@ -244,8 +348,22 @@ pub fn build_plan(
             Layer::Activation(_) => gz,
         };
     }
-    d.push(optimizer_step(gpu, optimizer, &store.grads, &store.params, &store.m, &store.v)?);
-    Ok(Plan { batch, dispatches: d, train: true, prob, label, loss: per_sample })
+    d.push(optimizer_step(
+        gpu,
+        optimizer,
+        &store.grads,
+        &store.params,
+        &store.m,
+        &store.v,
+    )?);
+    Ok(Plan {
+        batch,
+        dispatches: d,
+        train: true,
+        prob,
+        label,
+        loss: per_sample,
+    })
 }
 
 /// A sigmoid after a conv/dense runs as its own kernel; ReLU was fused into the producer.
@@ -266,7 +384,13 @@ fn split_activation(
     }
 }
 
-fn conv_spec(batch: usize, input: &[usize], _output: &[usize], weight: &[usize], padding: Padding) -> Conv2dSpec {
+fn conv_spec(
+    batch: usize,
+    input: &[usize],
+    _output: &[usize],
+    weight: &[usize],
+    padding: Padding,
+) -> Conv2dSpec {
     Conv2dSpec {
         batch,
         c_in: input[1],

@@ -6,15 +6,15 @@
 
 pub mod error;
 
-pub mod rng;
 pub mod data;
+pub mod executor;
+pub mod fit;
 pub mod gpu;
-pub mod tensor;
+pub mod graph;
 pub mod kernels;
 pub mod model;
 pub mod params;
-pub mod graph;
-pub mod executor;
-pub mod fit;
+pub mod rng;
+pub mod tensor;
 
 pub use error::{Error, Result};

@@ -14,7 +14,11 @@ use shadergrad::model::Sequential;
 use shadergrad::{data, Error, Result};
 
 #[derive(Parser)]
-#[command(name = "shadergrad", version, about = "Deep learning on WGSL compute shaders through wgpu")]
+#[command(
+    name = "shadergrad",
+    version,
+    about = "Deep learning on WGSL compute shaders through wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,8 @@ fn main() -> ExitCode {
 }
 
 fn info() -> Result<()> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = enumerate_adapters(&instance);
     if adapters.is_empty() {
         println!("no adapters found");
@@ -94,17 +99,24 @@ fn info() -> Result<()> {
     for a in &adapters {
         let limits = a.limits();
         println!("{}", describe_adapter(&a.get_info()));
-        println!("  features: timestamp queries {}, subgroups {}, f64 {}",
+        println!(
+            "  features: timestamp queries {}, subgroups {}, f64 {}",
             a.features().contains(wgpu::Features::TIMESTAMP_QUERY),
             a.features().contains(wgpu::Features::SUBGROUP),
-            a.features().contains(wgpu::Features::SHADER_F64));
-        println!("  max storage buffer binding: {} MiB, max buffer: {} MiB",
-            limits.max_storage_buffer_binding_size >> 20, limits.max_buffer_size >> 20);
+            a.features().contains(wgpu::Features::SHADER_F64)
+        );
+        println!(
+            "  max storage buffer binding: {} MiB, max buffer: {} MiB",
+            limits.max_storage_buffer_binding_size >> 20,
+            limits.max_buffer_size >> 20
+        );
         println!("  storage buffers per stage: {}, workgroup storage: {} KiB, invocations per workgroup: {}",
             limits.max_storage_buffers_per_shader_stage, limits.max_compute_workgroup_storage_size >> 10,
             limits.max_compute_invocations_per_workgroup);
-        println!("  workgroups per dimension: {}, storage offset alignment: {} B",
-            limits.max_compute_workgroups_per_dimension, limits.min_storage_buffer_offset_alignment);
+        println!(
+            "  workgroups per dimension: {}, storage offset alignment: {} B",
+            limits.max_compute_workgroups_per_dimension, limits.min_storage_buffer_offset_alignment
+        );
     }
     match Gpu::new() {
         Ok(gpu) => println!("selected: {}", gpu.describe()),
@@ -121,10 +133,16 @@ fn train(args: TrainArgs) -> Result<()> {
         return Err(Error::usage("--batch-size", "must be at least 1"));
     }
     if !(args.lr.is_finite() && args.lr > 0.0) {
-        return Err(Error::usage("--lr", format!("{} is not a positive number", args.lr)));
+        return Err(Error::usage(
+            "--lr",
+            format!("{} is not a positive number", args.lr),
+        ));
     }
     if !(0.0..1.0).contains(&args.momentum) {
-        return Err(Error::usage("--momentum", format!("{} is outside [0, 1)", args.momentum)));
+        return Err(Error::usage(
+            "--momentum",
+            format!("{} is outside [0, 1)", args.momentum),
+        ));
     }
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
@@ -160,8 +178,17 @@ fn train(args: TrainArgs) -> Result<()> {
 
     let mut trainer = Trainer::new(&gpu, model, optimizer, args.seed)?;
     let train_set = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
-    let split = split_sources(&mut trainer, train_set, mnist.train.len(), cfg.validation_split)?;
-    println!("train on {} samples, validate on {}", split.n_train, mnist.train.len() - split.n_train);
+    let split = split_sources(
+        &mut trainer,
+        train_set,
+        mnist.train.len(),
+        cfg.validation_split,
+    )?;
+    println!(
+        "train on {} samples, validate on {}",
+        split.n_train,
+        mnist.train.len() - split.n_train
+    );
     for epoch in 1..=cfg.epochs {
         let log = train_epoch(&mut trainer, &split, &cfg, epoch, &|| false)?;
         println!("{}", log.line(cfg.epochs));
@@ -171,7 +198,10 @@ fn train(args: TrainArgs) -> Result<()> {
     let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
     let test = trainer.add_source(test_set, &order)?;
     let m = trainer.evaluate(test, cfg.batch_size)?;
-    println!("test_loss: {:.4} - test_accuracy: {:.4}", m.loss, m.accuracy);
+    println!(
+        "test_loss: {:.4} - test_accuracy: {:.4}",
+        m.loss, m.accuracy
+    );
     write_json(serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy }))?;
     Ok(())
 }

@@ -166,7 +166,10 @@ impl Sequential {
     /// Output shape of every layer, checking each layer accepts its input.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
         if self.input.contains(&0) {
-            return Err(Error::shape("Sequential", format!("input shape {:?} has a zero", self.input)));
+            return Err(Error::shape(
+                "Sequential",
+                format!("input shape {:?} has a zero", self.input),
+            ));
         }
         if self.layers.is_empty() {
             return Err(Error::shape("Sequential", "model has no layers"));
@@ -183,28 +186,51 @@ impl Sequential {
                 }
             };
             shape = match layer {
-                Layer::Conv2d { filters, kernel, padding, .. } => {
+                Layer::Conv2d {
+                    filters,
+                    kernel,
+                    padding,
+                    ..
+                } => {
                     let [_, h, w] = need_image()?;
                     if *filters == 0 || *kernel == 0 {
-                        return Err(Error::shape(&op, "filters and kernel size must be positive"));
+                        return Err(Error::shape(
+                            &op,
+                            "filters and kernel size must be positive",
+                        ));
                     }
                     match padding {
                         Padding::Same => vec![*filters, h, w],
-                        Padding::Valid if *kernel <= h && *kernel <= w => vec![*filters, h - kernel + 1, w - kernel + 1],
-                        Padding::Valid => return Err(Error::shape(&op, format!("kernel {kernel} larger than input {h}x{w}"))),
+                        Padding::Valid if *kernel <= h && *kernel <= w => {
+                            vec![*filters, h - kernel + 1, w - kernel + 1]
+                        }
+                        Padding::Valid => {
+                            return Err(Error::shape(
+                                &op,
+                                format!("kernel {kernel} larger than input {h}x{w}"),
+                            ))
+                        }
                     }
                 }
                 Layer::MaxPool2d { pool, stride } => {
                     let [c, h, w] = need_image()?;
                     if *pool == 0 || *stride == 0 || *pool > h || *pool > w {
-                        return Err(Error::shape(&op, format!("window {pool} stride {stride} on input {h}x{w}")));
+                        return Err(Error::shape(
+                            &op,
+                            format!("window {pool} stride {stride} on input {h}x{w}"),
+                        ));
                     }
                     vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1]
                 }
                 Layer::Flatten => vec![shape.iter().product()],
                 Layer::Dense { units, .. } => {
                     if shape.len() != 1 {
-                        return Err(Error::shape(&op, format!("expects a vector, got {shape:?}; hint: add Flatten before Dense")));
+                        return Err(Error::shape(
+                            &op,
+                            format!(
+                                "expects a vector, got {shape:?}; hint: add Flatten before Dense"
+                            ),
+                        ));
                     }
                     if *units == 0 {
                         return Err(Error::shape(&op, "units must be positive"));
@@ -221,13 +247,24 @@ impl Sequential {
         }
         let outputs = &out[last];
         if outputs.len() != 1 {
-            return Err(Error::shape("Sequential", format!("output must be a vector, got {outputs:?}; hint: end with Flatten and Dense")));
+            return Err(Error::shape(
+                "Sequential",
+                format!(
+                    "output must be a vector, got {outputs:?}; hint: end with Flatten and Dense"
+                ),
+            ));
         }
         if self.output_activation() == Activation::Sigmoid && outputs[0] != 1 {
-            return Err(Error::shape("Sequential", "a sigmoid output (binary cross-entropy) must have exactly 1 unit"));
+            return Err(Error::shape(
+                "Sequential",
+                "a sigmoid output (binary cross-entropy) must have exactly 1 unit",
+            ));
         }
         if self.output_activation() == Activation::Relu {
-            return Err(Error::shape("Sequential", "a ReLU output has no loss; end with softmax, sigmoid or linear"));
+            return Err(Error::shape(
+                "Sequential",
+                "a ReLU output has no loss; end with softmax, sigmoid or linear",
+            ));
         }
         Ok(out)
     }
@@ -240,22 +277,48 @@ impl Sequential {
     /// Every parameter tensor, in layer order, weight before bias.
     pub fn params(&self) -> Result<Vec<ParamSpec>> {
         let shapes = self.shapes()?;
-        let n_conv = self.layers.iter().filter(|l| matches!(l, Layer::Conv2d { .. })).count();
+        let n_conv = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l, Layer::Conv2d { .. }))
+            .count();
         let (mut conv, mut fc) = (0, 0);
         let mut specs = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let input = if i == 0 { self.input.to_vec() } else { shapes[i - 1].clone() };
+            let input = if i == 0 {
+                self.input.to_vec()
+            } else {
+                shapes[i - 1].clone()
+            };
             let (name, weight, fan_in, fan_out, bias) = match layer {
-                Layer::Conv2d { filters, kernel, .. } => {
+                Layer::Conv2d {
+                    filters, kernel, ..
+                } => {
                     conv += 1;
-                    let name = if n_conv == 1 { "conv".to_string() } else { format!("conv{conv}") };
+                    let name = if n_conv == 1 {
+                        "conv".to_string()
+                    } else {
+                        format!("conv{conv}")
+                    };
                     let c_in = input[0];
                     let area = kernel * kernel;
-                    (name, vec![*filters, c_in, *kernel, *kernel], c_in * area, filters * area, *filters)
+                    (
+                        name,
+                        vec![*filters, c_in, *kernel, *kernel],
+                        c_in * area,
+                        filters * area,
+                        *filters,
+                    )
                 }
                 Layer::Dense { units, .. } => {
                     fc += 1;
-                    (format!("fc{fc}"), vec![*units, input[0]], input[0], *units, *units)
+                    (
+                        format!("fc{fc}"),
+                        vec![*units, input[0]],
+                        input[0],
+                        *units,
+                        *units,
+                    )
                 }
                 _ => continue,
             };
@@ -285,12 +348,26 @@ impl Sequential {
         let params = self.params()?;
         let mut s = String::new();
         let rule = "-".repeat(64);
-        s += &format!("{:<28}{:<24}{:>12}\n{rule}\n", "Layer (type)", "Output Shape", "Param #");
+        s += &format!(
+            "{:<28}{:<24}{:>12}\n{rule}\n",
+            "Layer (type)", "Output Shape", "Param #"
+        );
         for (i, layer) in self.layers.iter().enumerate() {
-            let n: usize = params.iter().filter(|p| p.layer == i).map(ParamSpec::numel).sum();
-            let shape: Vec<String> = std::iter::once("None".to_string()).chain(shapes[i].iter().map(|d| d.to_string())).collect();
+            let n: usize = params
+                .iter()
+                .filter(|p| p.layer == i)
+                .map(ParamSpec::numel)
+                .sum();
+            let shape: Vec<String> = std::iter::once("None".to_string())
+                .chain(shapes[i].iter().map(|d| d.to_string()))
+                .collect();
             let label = format!("{} ({})", layer.kind().to_lowercase(), layer.kind());
-            s += &format!("{:<28}{:<24}{:>12}\n", label, format!("({})", shape.join(", ")), n);
+            s += &format!(
+                "{:<28}{:<24}{:>12}\n",
+                label,
+                format!("({})", shape.join(", ")),
+                n
+            );
         }
         let total: usize = params.iter().map(ParamSpec::numel).sum();
         s += &format!("{rule}\nTotal params: {total}\nTrainable params: {total}\n");

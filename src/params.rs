@@ -67,12 +67,28 @@ impl ParamStore {
 
     fn flatten(&self, what: &str, values: &[Vec<f32>]) -> Result<Vec<f32>> {
         if values.len() != self.specs.len() {
-            return Err(Error::shape(what, format!("{} tensors given, model has {}", values.len(), self.specs.len())));
+            return Err(Error::shape(
+                what,
+                format!(
+                    "{} tensors given, model has {}",
+                    values.len(),
+                    self.specs.len()
+                ),
+            ));
         }
         let mut flat = vec![0.0; self.len.max(1)];
         for ((s, &o), v) in self.specs.iter().zip(&self.offsets).zip(values) {
             if v.len() != s.numel() {
-                return Err(Error::shape(what, format!("{} has {} values, shape {:?} needs {}", s.name, v.len(), s.shape, s.numel())));
+                return Err(Error::shape(
+                    what,
+                    format!(
+                        "{} has {} values, shape {:?} needs {}",
+                        s.name,
+                        v.len(),
+                        s.shape,
+                        s.numel()
+                    ),
+                ));
             }
             flat[o..o + v.len()].copy_from_slice(v);
         }

@@ -37,14 +37,16 @@ pub fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> Result<Arc<wgpu::Bu
         });
     }
     let padded = bytes.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
-    Ok(Arc::new(gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: padded,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })))
+    Ok(Arc::new(gpu.device.create_buffer(
+        &wgpu::BufferDescriptor {
+            label: Some(label),
+            size: padded,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        },
+    )))
 }
 
 impl Tensor {
@@ -114,7 +116,11 @@ impl Tensor {
         if data.len() != self.numel() {
             return Err(Error::shape(
                 "write_f32",
-                format!("{} values for a tensor of shape {:?}", data.len(), self.shape),
+                format!(
+                    "{} values for a tensor of shape {:?}",
+                    data.len(),
+                    self.shape
+                ),
             ));
         }
         gpu.queue

@@ -24,24 +24,62 @@ fn upload(gpu: &shadergrad::gpu::Gpu, shape: &[usize], data: &[f32]) -> Tensor {
 fn matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(1);
-    let shapes = [(1, 1, 1), (1, 7, 3), (13, 1, 5), (17, 31, 29), (64, 64, 64), (128, 10, 128), (37, 130, 263), (128, 129, 5), (3, 5, 30_011)];
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 3),
+        (13, 1, 5),
+        (17, 31, 29),
+        (64, 64, 64),
+        (128, 10, 128),
+        (37, 130, 263),
+        (128, 129, 5),
+        (3, 5, 30_011),
+    ];
     for &(m, n, k) in &shapes {
-        for (ta, tb, bias, relu) in [(false, false, false, false), (false, true, true, true), (true, false, false, false), (true, true, true, false)] {
-            let spec = MatmulSpec { m, n, k, transpose_a: ta, transpose_b: tb, bias, relu };
+        for (ta, tb, bias, relu) in [
+            (false, false, false, false),
+            (false, true, true, true),
+            (true, false, false, false),
+            (true, true, true, false),
+        ] {
+            let spec = MatmulSpec {
+                m,
+                n,
+                k,
+                transpose_a: ta,
+                transpose_b: tb,
+                bias,
+                relu,
+            };
             let a = rng.uniform_vec(m * k, -1.0, 1.0);
             let b = rng.uniform_vec(k * n, -1.0, 1.0);
             let bv = rng.uniform_vec(n, -1.0, 1.0);
-            let (ta_, tb_, tbias) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b), upload(gpu, &[n], &bv));
+            let (ta_, tb_, tbias) = (
+                upload(gpu, &spec.a_shape(), &a),
+                upload(gpu, &spec.b_shape(), &b),
+                upload(gpu, &[n], &bv),
+            );
             let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), bias.then_some(&f64s(&bv)[..]));
-            let mut kernels = vec![MatmulKernel::RegisterTile(Tiles { wg: 64, tm: 4, tn: 4 })];
+            let mut kernels = vec![MatmulKernel::RegisterTile(Tiles {
+                wg: 64,
+                tm: 4,
+                tn: 4,
+            })];
             if gpu.subgroups() {
                 kernels.push(MatmulKernel::Subgroup { wg: 64 });
             }
             for kernel in kernels {
                 let c = Tensor::zeros(gpu, "c", &[m, n]).unwrap();
-                let d = matmul_with(gpu, &spec, kernel, &ta_, &tb_, bias.then_some(&tbias), &c).unwrap();
+                let d = matmul_with(gpu, &spec, kernel, &ta_, &tb_, bias.then_some(&tbias), &c)
+                    .unwrap();
                 run(gpu, &[&d]).unwrap();
-                assert_close(&format!("matmul {spec:?} {kernel:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * k as f64);
+                assert_close(
+                    &format!("matmul {spec:?} {kernel:?}"),
+                    &c.to_f32(gpu).unwrap(),
+                    &want,
+                    1e-4,
+                    1e-5 * k as f64,
+                );
             }
         }
     }
@@ -51,11 +89,17 @@ fn matmul_matches_reference() {
 fn matmul_every_tile_shape_agrees() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(2);
-    let spec = MatmulSpec { transpose_b: true, ..MatmulSpec::new(23, 71, 19) };
+    let spec = MatmulSpec {
+        transpose_b: true,
+        ..MatmulSpec::new(23, 71, 19)
+    };
     let a = rng.uniform_vec(23 * 19, -1.0, 1.0);
     let b = rng.uniform_vec(19 * 71, -1.0, 1.0);
     let want = matmul_ref(&spec, &f64s(&a), &f64s(&b), None);
-    let (ta, tb) = (upload(gpu, &spec.a_shape(), &a), upload(gpu, &spec.b_shape(), &b));
+    let (ta, tb) = (
+        upload(gpu, &spec.a_shape(), &a),
+        upload(gpu, &spec.b_shape(), &b),
+    );
     let mut kernels = vec![];
     for tm in [1, 3, 4, 8] {
         for tn in [1, 2, 4] {
@@ -65,18 +109,36 @@ fn matmul_every_tile_shape_agrees() {
         }
     }
     if gpu.subgroups() {
-        kernels.extend([MatmulKernel::Subgroup { wg: 8 }, MatmulKernel::Subgroup { wg: 64 }]);
+        kernels.extend([
+            MatmulKernel::Subgroup { wg: 8 },
+            MatmulKernel::Subgroup { wg: 64 },
+        ]);
     }
     for kernel in kernels {
         let c = Tensor::zeros(gpu, "c", &[23, 71]).unwrap();
         let d = matmul_with(gpu, &spec, kernel, &ta, &tb, None, &c).unwrap();
         run(gpu, &[&d]).unwrap();
-        assert_close(&format!("matmul {kernel:?}"), &c.to_f32(gpu).unwrap(), &want, 1e-4, 1e-4);
+        assert_close(
+            &format!("matmul {kernel:?}"),
+            &c.to_f32(gpu).unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }
 
 fn conv_specs() -> Vec<Conv2dSpec> {
-    let s = |batch, c_in, h, w, c_out, kh, kw, padding| Conv2dSpec { batch, c_in, h, w, c_out, kh, kw, padding };
+    let s = |batch, c_in, h, w, c_out, kh, kw, padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        padding,
+    };
     vec![
         s(1, 1, 1, 1, 1, 1, 1, Padding::Valid),
         s(1, 1, 5, 5, 1, 3, 3, Padding::Valid),
@@ -100,7 +162,12 @@ fn conv2d_matches_reference() {
         let w = rng.uniform_vec(n(s.w_shape()), -1.0, 1.0);
         let b = rng.uniform_vec(s.c_out, -1.0, 1.0);
         let dy = rng.uniform_vec(n(s.y_shape()), -1.0, 1.0);
-        let (tx, tw, tb, tdy) = (upload(gpu, &s.x_shape(), &x), upload(gpu, &s.w_shape(), &w), upload(gpu, &[s.c_out], &b), upload(gpu, &s.y_shape(), &dy));
+        let (tx, tw, tb, tdy) = (
+            upload(gpu, &s.x_shape(), &x),
+            upload(gpu, &s.w_shape(), &w),
+            upload(gpu, &[s.c_out], &b),
+            upload(gpu, &s.y_shape(), &dy),
+        );
         let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
         let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
         let n_w = n(s.w_shape());
@@ -112,19 +179,49 @@ fn conv2d_matches_reference() {
         if gpu.subgroups() {
             // The portable kernel too, wherever the subgroup one is the default.
             let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
-            run(gpu, &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()]).unwrap();
+            run(
+                gpu,
+                &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()],
+            )
+            .unwrap();
             let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
-            assert_close(&format!("conv2d_forward portable {s:?}"), &y1.to_f32(gpu).unwrap(), &want, 1e-4, 1e-5 * (s.c_in * s.kh * s.kw) as f64);
+            assert_close(
+                &format!("conv2d_forward portable {s:?}"),
+                &y1.to_f32(gpu).unwrap(),
+                &want,
+                1e-4,
+                1e-5 * (s.c_in * s.kh * s.kw) as f64,
+            );
             let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
-            run(gpu, &[&conv2d_backward_weight_with(gpu, false, &s, &tdy, &tx, &part).unwrap()]).unwrap();
+            run(
+                gpu,
+                &[&conv2d_backward_weight_with(gpu, false, &s, &tdy, &tx, &part).unwrap()],
+            )
+            .unwrap();
             let got = part.to_f32(gpu).unwrap();
             let (n_w, (oh, ow)) = (n(s.w_shape()), s.out_hw());
-            let sum = |j: usize| (0..s.weight_chunks()).map(|c| got[c * s.part_row() + j] as f64).sum::<f64>() as f32;
+            let sum = |j: usize| {
+                (0..s.weight_chunks())
+                    .map(|c| got[c * s.part_row() + j] as f64)
+                    .sum::<f64>() as f32
+            };
             let per_w = 1e-5 * (s.batch * oh * ow) as f64;
             let dw: Vec<f32> = (0..n_w).map(sum).collect();
-            assert_close(&format!("conv2d_backward_weight portable {s:?}"), &dw, &conv2d_backward_weight_ref(&s, &f64s(&dy), &f64s(&x)), 1e-4, per_w);
+            assert_close(
+                &format!("conv2d_backward_weight portable {s:?}"),
+                &dw,
+                &conv2d_backward_weight_ref(&s, &f64s(&dy), &f64s(&x)),
+                1e-4,
+                per_w,
+            );
             let db: Vec<f32> = (n_w..s.part_row()).map(sum).collect();
-            assert_close(&format!("conv2d dbias portable {s:?}"), &db, &conv2d_backward_bias_ref(&s, &f64s(&dy)), 1e-4, per_w);
+            assert_close(
+                &format!("conv2d dbias portable {s:?}"),
+                &db,
+                &conv2d_backward_bias_ref(&s, &f64s(&dy)),
+                1e-4,
+                per_w,
+            );
         }
         let ds = [
             conv2d_forward(gpu, &s, &tx, &tw, Some(&tb), true, &y).unwrap(),
@@ -136,11 +233,35 @@ fn conv2d_matches_reference() {
         run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
         let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
         let taps = (s.c_in * s.kh * s.kw) as f64;
-        assert_close(&format!("conv2d_forward {s:?}"), &y.to_f32(gpu).unwrap(), &conv2d_forward_ref(&s, &x, &w, Some(&b), true), 1e-4, 1e-5 * taps);
-        assert_close(&format!("conv2d_backward_input {s:?}"), &dx.to_f32(gpu).unwrap(), &conv2d_backward_input_ref(&s, &dy, &w), 1e-4, 1e-5 * (s.c_out * s.kh * s.kw) as f64);
+        assert_close(
+            &format!("conv2d_forward {s:?}"),
+            &y.to_f32(gpu).unwrap(),
+            &conv2d_forward_ref(&s, &x, &w, Some(&b), true),
+            1e-4,
+            1e-5 * taps,
+        );
+        assert_close(
+            &format!("conv2d_backward_input {s:?}"),
+            &dx.to_f32(gpu).unwrap(),
+            &conv2d_backward_input_ref(&s, &dy, &w),
+            1e-4,
+            1e-5 * (s.c_out * s.kh * s.kw) as f64,
+        );
         let per_w = (s.batch * oh * ow) as f64;
-        assert_close(&format!("conv2d_backward_weight {s:?}"), &dw.to_f32(gpu).unwrap(), &conv2d_backward_weight_ref(&s, &dy, &x), 1e-4, 1e-5 * per_w);
-        assert_close(&format!("conv2d dbias {s:?}"), &db.to_f32(gpu).unwrap(), &conv2d_backward_bias_ref(&s, &dy), 1e-4, 1e-5 * per_w);
+        assert_close(
+            &format!("conv2d_backward_weight {s:?}"),
+            &dw.to_f32(gpu).unwrap(),
+            &conv2d_backward_weight_ref(&s, &dy, &x),
+            1e-4,
+            1e-5 * per_w,
+        );
+        assert_close(
+            &format!("conv2d dbias {s:?}"),
+            &db.to_f32(gpu).unwrap(),
+            &conv2d_backward_bias_ref(&s, &dy),
+            1e-4,
+            1e-5 * per_w,
+        );
         assert!(s.weight_chunk() * oh * (ow + 1) <= shadergrad::kernels::LOOP_BUDGET);
     }
 }
@@ -149,11 +270,28 @@ fn conv2d_matches_reference() {
 fn max_pool2d_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(4);
-    let s = |batch, channels, h, w, pool, stride| PoolSpec { batch, channels, h, w, pool, stride };
-    for s in [s(1, 1, 1, 1, 1, 1), s(1, 1, 2, 2, 2, 2), s(2, 3, 7, 5, 2, 2), s(3, 2, 9, 11, 3, 2), s(2, 5, 13, 13, 3, 1), s(128, 32, 26, 26, 2, 2)] {
+    let s = |batch, channels, h, w, pool, stride| PoolSpec {
+        batch,
+        channels,
+        h,
+        w,
+        pool,
+        stride,
+    };
+    for s in [
+        s(1, 1, 1, 1, 1, 1),
+        s(1, 1, 2, 2, 2, 2),
+        s(2, 3, 7, 5, 2, 2),
+        s(3, 2, 9, 11, 3, 2),
+        s(2, 5, 13, 13, 3, 1),
+        s(128, 32, 26, 26, 2, 2),
+    ] {
         let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
         let dy = rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0);
-        let (tx, tdy) = (upload(gpu, &s.x_shape(), &x), upload(gpu, &s.y_shape(), &dy));
+        let (tx, tdy) = (
+            upload(gpu, &s.x_shape(), &x),
+            upload(gpu, &s.y_shape(), &dy),
+        );
         let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
         let arg = Tensor::zeros(gpu, "argmax", &s.y_shape()).unwrap();
         let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
@@ -161,9 +299,21 @@ fn max_pool2d_matches_reference() {
         let b = max_pool2d_backward(gpu, &s, &tdy, &arg, &dx).unwrap();
         run(gpu, &[&f, &b]).unwrap();
         let (want_y, want_arg) = max_pool2d_forward_ref(&s, &f64s(&x));
-        assert_close(&format!("max_pool2d_forward {s:?}"), &y.to_f32(gpu).unwrap(), &want_y, 0.0, 0.0);
+        assert_close(
+            &format!("max_pool2d_forward {s:?}"),
+            &y.to_f32(gpu).unwrap(),
+            &want_y,
+            0.0,
+            0.0,
+        );
         assert_eq!(arg.to_u32(gpu).unwrap(), want_arg, "argmax {s:?}");
-        assert_close(&format!("max_pool2d_backward {s:?}"), &dx.to_f32(gpu).unwrap(), &max_pool2d_backward_ref(&s, &f64s(&dy), &want_arg), 1e-6, 1e-6);
+        assert_close(
+            &format!("max_pool2d_backward {s:?}"),
+            &dx.to_f32(gpu).unwrap(),
+            &max_pool2d_backward_ref(&s, &f64s(&dy), &want_arg),
+            1e-6,
+            1e-6,
+        );
     }
 }
 
@@ -184,8 +334,20 @@ fn activations_match_reference() {
             run(gpu, &[&f, &b]).unwrap();
             let want_y = activation_forward_ref(act, &f64s(&x));
             let got_y = y.to_f32(gpu).unwrap();
-            assert_close(&format!("{act:?} forward n={n}"), &got_y, &want_y, 1e-6, 1e-7);
-            assert_close(&format!("{act:?} backward n={n}"), &dx.to_f32(gpu).unwrap(), &activation_backward_ref(act, &f64s(&dy), &f64s(&got_y)), 1e-5, 1e-7);
+            assert_close(
+                &format!("{act:?} forward n={n}"),
+                &got_y,
+                &want_y,
+                1e-6,
+                1e-7,
+            );
+            assert_close(
+                &format!("{act:?} backward n={n}"),
+                &dx.to_f32(gpu).unwrap(),
+                &activation_backward_ref(act, &f64s(&dy), &f64s(&got_y)),
+                1e-5,
+                1e-7,
+            );
         }
     }
 }
@@ -195,13 +357,20 @@ fn losses_match_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(6);
     for (batch, classes) in [(1, 1), (1, 10), (7, 3), (128, 10), (129, 1), (5, 13)] {
-        for loss in [Loss::SoftmaxCrossEntropy, Loss::SigmoidBinaryCrossEntropy, Loss::MeanSquaredError] {
+        for loss in [
+            Loss::SoftmaxCrossEntropy,
+            Loss::SigmoidBinaryCrossEntropy,
+            Loss::MeanSquaredError,
+        ] {
             if (loss == Loss::SigmoidBinaryCrossEntropy) != (classes == 1) {
                 continue;
             }
             let mut z = rng.uniform_vec(batch * classes, -5.0, 5.0);
             z[0] = 80.0; // large logits stay finite
-            let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes.max(2)) as u32 % classes.max(2) as u32).map(|l| if classes == 1 { l } else { l % classes as u32 }).collect();
+            let labels: Vec<u32> = (0..batch)
+                .map(|_| rng.below(classes.max(2)) as u32 % classes.max(2) as u32)
+                .map(|l| if classes == 1 { l } else { l % classes as u32 })
+                .collect();
             let target = rng.uniform_vec(batch * classes, -1.0, 1.0);
             let tz = upload(gpu, &[batch, classes], &z);
             let tl = Tensor::from_u32(gpu, "label", &[batch], &labels).unwrap();
@@ -210,22 +379,56 @@ fn losses_match_reference() {
             let per = Tensor::zeros(gpu, "loss", &[batch]).unwrap();
             let dz = Tensor::zeros(gpu, "dz", &[batch, classes]).unwrap();
             let metrics = Tensor::zeros(gpu, "metrics", &[METRICS_LEN]).unwrap();
-            let t = LossTensors { z: &tz, label: Some(&tl), target: Some(&tt), prob: &prob };
-            let acc = if loss == Loss::MeanSquaredError { Accuracy::None } else { Accuracy::Classification };
+            let t = LossTensors {
+                z: &tz,
+                label: Some(&tl),
+                target: Some(&tt),
+                prob: &prob,
+            };
+            let acc = if loss == Loss::MeanSquaredError {
+                Accuracy::None
+            } else {
+                Accuracy::Classification
+            };
             let ds = [
                 loss_forward(gpu, loss, &t, &per).unwrap(),
                 loss_backward(gpu, loss, &t, &dz).unwrap(),
                 accumulate_metrics(gpu, &per, &prob, &tl, acc, &metrics).unwrap(),
             ];
             run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
-            let (want_p, want_l) = loss_forward_ref(loss, classes, &f64s(&z), &labels, &f64s(&target));
+            let (want_p, want_l) =
+                loss_forward_ref(loss, classes, &f64s(&z), &labels, &f64s(&target));
             let what = format!("{loss:?} B={batch} C={classes}");
-            assert_close(&format!("{what} prob"), &prob.to_f32(gpu).unwrap(), &want_p, 1e-5, 1e-6);
-            assert_close(&format!("{what} loss"), &per.to_f32(gpu).unwrap(), &want_l, 1e-5, 1e-5);
-            assert_close(&format!("{what} dz"), &dz.to_f32(gpu).unwrap(), &loss_backward_ref(loss, classes, &want_p, &labels, &f64s(&target)), 1e-5, 1e-7);
+            assert_close(
+                &format!("{what} prob"),
+                &prob.to_f32(gpu).unwrap(),
+                &want_p,
+                1e-5,
+                1e-6,
+            );
+            assert_close(
+                &format!("{what} loss"),
+                &per.to_f32(gpu).unwrap(),
+                &want_l,
+                1e-5,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} dz"),
+                &dz.to_f32(gpu).unwrap(),
+                &loss_backward_ref(loss, classes, &want_p, &labels, &f64s(&target)),
+                1e-5,
+                1e-7,
+            );
             let m = metrics.to_f32(gpu).unwrap();
             let (sum, correct) = accumulate_metrics_ref(&want_l, &want_p, &labels, classes);
-            assert_close(&format!("{what} metrics loss sum"), &m[..1], &[sum], 1e-5, 1e-4);
+            assert_close(
+                &format!("{what} metrics loss sum"),
+                &m[..1],
+                &[sum],
+                1e-5,
+                1e-4,
+            );
             if acc == Accuracy::Classification {
                 assert_eq!(m[1] as usize, correct, "{what} correct count");
             }
@@ -243,7 +446,12 @@ fn metrics_flag_non_finite_loss() {
     let prob = Tensor::zeros(gpu, "prob", &[2, 2]).unwrap();
     let per = Tensor::zeros(gpu, "loss", &[2]).unwrap();
     let metrics = Tensor::zeros(gpu, "metrics", &[METRICS_LEN]).unwrap();
-    let t = LossTensors { z: &tz, label: Some(&tl), target: None, prob: &prob };
+    let t = LossTensors {
+        z: &tz,
+        label: Some(&tl),
+        target: None,
+        prob: &prob,
+    };
     let f = loss_forward(gpu, Loss::SoftmaxCrossEntropy, &t, &per).unwrap();
     let m = accumulate_metrics(gpu, &per, &prob, &tl, Accuracy::Classification, &metrics).unwrap();
     run(gpu, &[&f, &m]).unwrap();
@@ -254,21 +462,52 @@ fn metrics_flag_non_finite_loss() {
 fn sum_outer_inner_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(7);
-    for dims in [(1, 1, 1), (128, 10, 1), (3, 7, 5), (17, 32, 676), (40, 32, 676), (1, 70001, 1), (16, 320, 1)] {
+    for dims in [
+        (1, 1, 1),
+        (128, 10, 1),
+        (3, 7, 5),
+        (17, 32, 676),
+        (40, 32, 676),
+        (1, 70001, 1),
+        (16, 320, 1),
+    ] {
         let x = rng.uniform_vec(dims.0 * dims.1 * dims.2, -1.0, 1.0);
         let tx = upload(gpu, &[x.len()], &x);
         let out = Tensor::zeros(gpu, "out", &[dims.1]).unwrap();
         run(gpu, &[&sum_outer_inner(gpu, &tx, dims, &out).unwrap()]).unwrap();
-        assert_close(&format!("sum_outer_inner {dims:?}"), &out.to_f32(gpu).unwrap(), &sum_outer_inner_ref(&f64s(&x), dims), 1e-5, 1e-5 * (dims.0 * dims.2) as f64);
+        assert_close(
+            &format!("sum_outer_inner {dims:?}"),
+            &out.to_f32(gpu).unwrap(),
+            &sum_outer_inner_ref(&f64s(&x), dims),
+            1e-5,
+            1e-5 * (dims.0 * dims.2) as f64,
+        );
     }
     // A column range, and the loop budget refusing what llvmpipe would silently cut short.
     let x = rng.uniform_vec(6 * 9, -1.0, 1.0);
     let tx = upload(gpu, &[54], &x);
     let out = Tensor::zeros(gpu, "out", &[4]).unwrap();
-    run(gpu, &[&sum_outer_inner_range(gpu, &tx, (6, 9, 1), 5, &out).unwrap()]).unwrap();
-    assert_close("sum_outer_inner_range", &out.to_f32(gpu).unwrap(), &sum_outer_inner_ref(&f64s(&x), (6, 9, 1))[5..], 1e-5, 1e-5);
+    run(
+        gpu,
+        &[&sum_outer_inner_range(gpu, &tx, (6, 9, 1), 5, &out).unwrap()],
+    )
+    .unwrap();
+    assert_close(
+        "sum_outer_inner_range",
+        &out.to_f32(gpu).unwrap(),
+        &sum_outer_inner_ref(&f64s(&x), (6, 9, 1))[5..],
+        1e-5,
+        1e-5,
+    );
     let big = Tensor::zeros(gpu, "big", &[128 * 32 * 676]).unwrap();
-    let err = sum_outer_inner(gpu, &big, (128, 32, 676), &Tensor::zeros(gpu, "o", &[32]).unwrap()).err().unwrap();
+    let err = sum_outer_inner(
+        gpu,
+        &big,
+        (128, 32, 676),
+        &Tensor::zeros(gpu, "o", &[32]).unwrap(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("loop iterations"), "{err}");
 }
 
@@ -277,21 +516,42 @@ fn optimizers_match_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(8);
     for n in [1, 63, 1000, 693_962] {
-        for opt in [Optimizer::adam(1e-3), Optimizer::sgd(0.05, 0.9), Optimizer::sgd(0.1, 0.0)] {
+        for opt in [
+            Optimizer::adam(1e-3),
+            Optimizer::sgd(0.05, 0.9),
+            Optimizer::sgd(0.1, 0.0),
+        ] {
             let mut p = f64s(&rng.uniform_vec(n, -1.0, 1.0));
             let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
             let tp = upload(gpu, &[n], &p.iter().map(|&x| x as f32).collect::<Vec<_>>());
-            let (tm, tv, tg) = (Tensor::zeros(gpu, "m", &[n]).unwrap(), Tensor::zeros(gpu, "v", &[n]).unwrap(), Tensor::zeros(gpu, "g", &[n]).unwrap());
+            let (tm, tv, tg) = (
+                Tensor::zeros(gpu, "m", &[n]).unwrap(),
+                Tensor::zeros(gpu, "v", &[n]).unwrap(),
+                Tensor::zeros(gpu, "g", &[n]).unwrap(),
+            );
             let d = optimizer_step(gpu, &opt, &tg, &tp, &tm, &tv).unwrap();
             for t in 1..=3u64 {
                 let g = rng.uniform_vec(n, -1.0, 1.0);
                 tg.write_f32(gpu, &g).unwrap();
-                gpu.queue.write_buffer(&d.params, 0, bytemuck::bytes_of(&step_params(&opt, n, t)));
+                gpu.queue
+                    .write_buffer(&d.params, 0, bytemuck::bytes_of(&step_params(&opt, n, t)));
                 run(gpu, &[&d]).unwrap();
                 optimizer_step_ref(&opt, t, &f64s(&g), &mut p, &mut m, &mut v);
             }
-            assert_close(&format!("{opt:?} n={n} param"), &tp.to_f32(gpu).unwrap(), &p, 1e-5, 1e-6);
-            assert_close(&format!("{opt:?} n={n} m"), &tm.to_f32(gpu).unwrap(), &m, 1e-5, 1e-6);
+            assert_close(
+                &format!("{opt:?} n={n} param"),
+                &tp.to_f32(gpu).unwrap(),
+                &p,
+                1e-5,
+                1e-6,
+            );
+            assert_close(
+                &format!("{opt:?} n={n} m"),
+                &tm.to_f32(gpu).unwrap(),
+                &m,
+                1e-5,
+                1e-6,
+            );
         }
     }
 }
@@ -300,21 +560,39 @@ fn optimizers_match_reference() {
 fn gather_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(9);
-    for (n, p, batch, start) in [(1, 1, 1, 0), (10, 784, 3, 2), (37, 5, 7, 11), (300, 784, 128, 100)] {
+    for (n, p, batch, start) in [
+        (1, 1, 1, 0),
+        (10, 784, 3, 2),
+        (37, 5, 7, 11),
+        (300, 784, 128, 100),
+    ] {
         let images: Vec<u8> = (0..n * p).map(|_| rng.below(256) as u8).collect();
         let labels: Vec<u8> = (0..n).map(|_| rng.below(10) as u8).collect();
         let mut order: Vec<u32> = (0..n as u32).cycle().take(start + batch + 3).collect();
         rng.shuffle(&mut order);
-        let packed: Vec<u32> = images.chunks(p).flat_map(shadergrad::data::pack_u8_to_u32).collect();
+        let packed: Vec<u32> = images
+            .chunks(p)
+            .flat_map(shadergrad::data::pack_u8_to_u32)
+            .collect();
         let tpix = Tensor::from_u32(gpu, "pixels", &[packed.len()], &packed).unwrap();
         let plab = shadergrad::data::pack_u8_to_u32(&labels);
         let tlab = Tensor::from_u32(gpu, "labels", &[plab.len()], &plab).unwrap();
         let tord = Tensor::from_u32(gpu, "order", &[order.len()], &order).unwrap();
         let x = Tensor::zeros(gpu, "x", &[batch, p]).unwrap();
         let y = Tensor::zeros(gpu, "y", &[batch]).unwrap();
-        run(gpu, &[&gather_batch(gpu, &tpix, &tlab, &tord, start, &x, &y).unwrap()]).unwrap();
+        run(
+            gpu,
+            &[&gather_batch(gpu, &tpix, &tlab, &tord, start, &x, &y).unwrap()],
+        )
+        .unwrap();
         let (want_x, want_y) = gather_batch_ref(&images, &labels, p, &order[start..start + batch]);
-        assert_close(&format!("gather n={n} p={p}"), &x.to_f32(gpu).unwrap(), &want_x, 1e-7, 0.0);
+        assert_close(
+            &format!("gather n={n} p={p}"),
+            &x.to_f32(gpu).unwrap(),
+            &want_x,
+            1e-7,
+            0.0,
+        );
         assert_eq!(y.to_u32(gpu).unwrap(), want_y);
     }
 }

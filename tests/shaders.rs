@@ -33,7 +33,12 @@ fn specialised(shader: Shader) -> Vec<(String, naga::Module, naga::valid::Module
     listed.sort();
     let mut found: Vec<&str> = names.iter().map(String::as_str).collect();
     found.sort();
-    assert_eq!(found, listed, "{}: entry points in the file vs Shader::entry_points", shader.file());
+    assert_eq!(
+        found,
+        listed,
+        "{}: entry points in the file vs Shader::entry_points",
+        shader.file()
+    );
     names
         .into_iter()
         .map(|name| {
@@ -55,7 +60,13 @@ fn every_shader_validates() {
         let (module, _) = parse(shader);
         assert!(!module.entry_points.is_empty(), "{}", shader.file());
         for ep in &module.entry_points {
-            assert_eq!(ep.stage, naga::ShaderStage::Compute, "{} {}", shader.file(), ep.name);
+            assert_eq!(
+                ep.stage,
+                naga::ShaderStage::Compute,
+                "{} {}",
+                shader.file(),
+                ep.name
+            );
         }
     }
 }
@@ -65,10 +76,22 @@ fn every_shader_opens_with_a_header_comment() {
     for shader in Shader::ALL {
         let first = shader.source().lines().next().unwrap_or("");
         let name = shader.file().trim_start_matches("shaders/");
-        assert!(first.starts_with(&format!("// {name}")), "{} must open with '// {name}: ...'", shader.file());
+        assert!(
+            first.starts_with(&format!("// {name}")),
+            "{} must open with '// {name}: ...'",
+            shader.file()
+        );
         for entry in shader.entry_points() {
-            let header: String = shader.source().lines().take_while(|l| l.starts_with("//")).collect();
-            assert!(header.contains(entry), "{}: header comment does not document {entry}", shader.file());
+            let header: String = shader
+                .source()
+                .lines()
+                .take_while(|l| l.starts_with("//"))
+                .collect();
+            assert!(
+                header.contains(entry),
+                "{}: header comment does not document {entry}",
+                shader.file()
+            );
         }
     }
 }
@@ -109,7 +132,11 @@ fn translates_to_msl() {
                 },
             )
             .unwrap_or_else(|e| panic!("{} {name}: MSL: {e}", shader.file()));
-            assert!(src.contains("kernel void") && src.contains(&name), "{} {name}: MSL lacks the kernel", shader.file());
+            assert!(
+                src.contains("kernel void") && src.contains(&name),
+                "{} {name}: MSL lacks the kernel",
+                shader.file()
+            );
         }
     }
 }
@@ -129,7 +156,11 @@ fn translates_to_hlsl() {
             hlsl::Writer::new(&mut src, &options, &pipeline)
                 .write(&module, &info, None)
                 .unwrap_or_else(|e| panic!("{} {name}: HLSL: {e}", shader.file()));
-            assert!(src.contains("[numthreads(") && src.contains(&name), "{} {name}: HLSL lacks the kernel", shader.file());
+            assert!(
+                src.contains("[numthreads(") && src.contains(&name),
+                "{} {name}: HLSL lacks the kernel",
+                shader.file()
+            );
         }
     }
 }
@@ -158,10 +189,23 @@ fn translates_to_glsl() {
                 entry_point: name.clone(),
                 multiview: None,
             };
-            let mut writer = glsl::Writer::new(&mut src, &module, &info, &options, &pipeline, Default::default())
+            let mut writer = glsl::Writer::new(
+                &mut src,
+                &module,
+                &info,
+                &options,
+                &pipeline,
+                Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{} {name}: GLSL: {e}", shader.file()));
+            writer
+                .write()
                 .unwrap_or_else(|e| panic!("{} {name}: GLSL: {e}", shader.file()));
-            writer.write().unwrap_or_else(|e| panic!("{} {name}: GLSL: {e}", shader.file()));
-            assert!(src.contains("layout(local_size_x ="), "{} {name}: GLSL lacks its workgroup size", shader.file());
+            assert!(
+                src.contains("layout(local_size_x ="),
+                "{} {name}: GLSL lacks its workgroup size",
+                shader.file()
+            );
         }
     }
 }

@@ -20,7 +20,13 @@ struct Params {
     _pad: [u32; 3],
 }
 
-fn call(gpu: &Gpu, entry: &'static str, in1: &Tensor, in2: &Tensor, out: &Tensor) -> Result<Dispatch> {
+fn call(
+    gpu: &Gpu,
+    entry: &'static str,
+    in1: &Tensor,
+    in2: &Tensor,
+    out: &Tensor,
+) -> Result<Dispatch> {
     for (name, t) in [("input", in1), ("second input", in2)] {
         if t.numel() != out.numel() {
             return Err(Error::shape(
@@ -39,7 +45,11 @@ fn call(gpu: &Gpu, entry: &'static str, in1: &Tensor, in2: &Tensor, out: &Tensor
             shader: Shader::Activation,
             entry,
             params: bytemuck::bytes_of(&params),
-            bindings: &[(in1, Access::Read), (in2, Access::Read), (out, Access::ReadWrite)],
+            bindings: &[
+                (in1, Access::Read),
+                (in2, Access::Read),
+                (out, Access::ReadWrite),
+            ],
             workgroups: grid_1d(gpu, entry, out.numel())?,
             constants: &[],
         },
@@ -56,7 +66,13 @@ pub fn activation_forward(gpu: &Gpu, act: Activation, x: &Tensor, y: &Tensor) ->
 }
 
 /// dx = dy * act'(x), written in terms of the forward output y.
-pub fn activation_backward(gpu: &Gpu, act: Activation, dy: &Tensor, y: &Tensor, dx: &Tensor) -> Result<Dispatch> {
+pub fn activation_backward(
+    gpu: &Gpu,
+    act: Activation,
+    dy: &Tensor,
+    y: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
     let entry = match act {
         Activation::Relu => "relu_backward",
         Activation::Sigmoid => "sigmoid_backward",
@@ -77,7 +93,13 @@ pub fn activation_backward_ref(act: Activation, dy: &[f64], y: &[f64]) -> Vec<f6
     dy.iter()
         .zip(y)
         .map(|(&g, &y)| match act {
-            Activation::Relu => if y > 0.0 { g } else { 0.0 },
+            Activation::Relu => {
+                if y > 0.0 {
+                    g
+                } else {
+                    0.0
+                }
+            }
             Activation::Sigmoid => g * y * (1.0 - y),
         })
         .collect()

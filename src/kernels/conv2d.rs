@@ -81,9 +81,14 @@ impl Conv2dSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        let dims = [self.batch, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw];
+        let dims = [
+            self.batch, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw,
+        ];
         if dims.contains(&0) {
-            return Err(Error::shape("conv2d", format!("zero dimension in {self:?}")));
+            return Err(Error::shape(
+                "conv2d",
+                format!("zero dimension in {self:?}"),
+            ));
         }
         let (oh, ow) = (self.h, self.w);
         if oh * (ow + 1) > LOOP_BUDGET {
@@ -216,7 +221,10 @@ pub fn conv2d_forward_with(
         return conv_call(gpu, op, &params(s, flags), [x, weight, bias], y);
     }
     if !gpu.subgroups() {
-        return Err(Error::usage("conv2d kernel", "the subgroup kernel needs subgroups of at least 8"));
+        return Err(Error::usage(
+            "conv2d kernel",
+            "the subgroup kernel needs subgroups of at least 8",
+        ));
     }
     // Seed shapes on lavapipe: 300 ms per batch of 128 with one invocation per output,
     // 60 ms with eight channels per invocation.
@@ -264,7 +272,13 @@ pub fn conv2d_backward_input(
 /// Partial dweight and dbias sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
 /// part [CHUNKS, CO*CI*KH*KW + CO]; sum the chunks with `reduce::sum_outer_inner`.
 /// Uses the subgroup kernel where the adapter has one.
-pub fn conv2d_backward_weight(gpu: &Gpu, s: &Conv2dSpec, dy: &Tensor, x: &Tensor, part: &Tensor) -> Result<Dispatch> {
+pub fn conv2d_backward_weight(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    x: &Tensor,
+    part: &Tensor,
+) -> Result<Dispatch> {
     conv2d_backward_weight_with(gpu, gpu.subgroups(), s, dy, x, part)
 }
 
@@ -286,7 +300,10 @@ pub fn conv2d_backward_weight_with(
         return conv_call(gpu, op, &params(s, 0), [dy, x, x], part);
     }
     if !gpu.subgroups() {
-        return Err(Error::usage("conv2d kernel", "the subgroup kernel needs subgroups of at least 8"));
+        return Err(Error::usage(
+            "conv2d kernel",
+            "the subgroup kernel needs subgroups of at least 8",
+        ));
     }
     // Seed shapes on lavapipe: 226 ms per batch of 128 with one weight per invocation,
     // 32 ms with 9 taps x 8 channels per subgroup.
@@ -301,7 +318,12 @@ pub fn conv2d_backward_weight_with(
             shader: Shader::Conv2dSubgroup,
             entry,
             params: bytemuck::bytes_of(&params(s, 0)),
-            bindings: &[(x, Access::Read), (dy, Access::Read), (gpu.dummy(), Access::Read), (part, Access::ReadWrite)],
+            bindings: &[
+                (x, Access::Read),
+                (dy, Access::Read),
+                (gpu.dummy(), Access::Read),
+                (part, Access::ReadWrite),
+            ],
             workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
             constants: &[],
         },

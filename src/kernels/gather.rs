@@ -35,11 +35,23 @@ pub fn gather_batch(
     let op = "gather_batch";
     let [batch, p] = match x.shape[..] {
         [b, p] if b > 0 && p > 0 => [b, p],
-        _ => return Err(Error::shape(op, format!("x has shape {:?}, expected [B, P]", x.shape))),
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!("x has shape {:?}, expected [B, P]", x.shape),
+            ))
+        }
     };
     expect_shape(op, "label", label, &[batch])?;
     if start + batch > order.numel() {
-        return Err(Error::shape(op, format!("batch {start}..{} past the {} indices", start + batch, order.numel())));
+        return Err(Error::shape(
+            op,
+            format!(
+                "batch {start}..{} past the {} indices",
+                start + batch,
+                order.numel()
+            ),
+        ));
     }
     let params = Params {
         batch: batch as u32,
@@ -67,10 +79,22 @@ pub fn gather_batch(
 }
 
 /// Reference: (x [B, P], label [B]) from unpacked u8 images [N, P] and labels [N].
-pub fn gather_batch_ref(images: &[u8], labels: &[u8], p: usize, order: &[u32]) -> (Vec<f64>, Vec<u32>) {
+pub fn gather_batch_ref(
+    images: &[u8],
+    labels: &[u8],
+    p: usize,
+    order: &[u32],
+) -> (Vec<f64>, Vec<u32>) {
     let mut x = Vec::with_capacity(order.len() * p);
     for &s in order {
-        x.extend(images[s as usize * p..(s as usize + 1) * p].iter().map(|&v| v as f64 / 255.0));
+        x.extend(
+            images[s as usize * p..(s as usize + 1) * p]
+                .iter()
+                .map(|&v| v as f64 / 255.0),
+        );
     }
-    (x, order.iter().map(|&s| labels[s as usize] as u32).collect())
+    (
+        x,
+        order.iter().map(|&s| labels[s as usize] as u32).collect(),
+    )
 }

@@ -44,12 +44,23 @@ fn entries(loss: Loss) -> (&'static str, &'static str) {
     }
 }
 
-fn call(gpu: &Gpu, loss: Loss, backward: bool, t: &LossTensors<'_>, out: &Tensor) -> Result<Dispatch> {
+fn call(
+    gpu: &Gpu,
+    loss: Loss,
+    backward: bool,
+    t: &LossTensors<'_>,
+    out: &Tensor,
+) -> Result<Dispatch> {
     let (fwd, bwd) = entries(loss);
     let entry = if backward { bwd } else { fwd };
     let [batch, classes] = match t.z.shape[..] {
         [b, c] if b > 0 && c > 0 => [b, c],
-        _ => return Err(Error::shape(entry, format!("logits have shape {:?}, expected [B, C]", t.z.shape))),
+        _ => {
+            return Err(Error::shape(
+                entry,
+                format!("logits have shape {:?}, expected [B, C]", t.z.shape),
+            ))
+        }
     };
     expect_shape(entry, "prob", t.prob, &[batch, classes])?;
     let label = match (loss, t.label, t.target) {
@@ -61,12 +72,24 @@ fn call(gpu: &Gpu, loss: Loss, backward: bool, t: &LossTensors<'_>, out: &Tensor
             expect_shape(entry, "label", label, &[batch])?;
             label
         }
-        _ => return Err(Error::shape(entry, "missing label (classification) or target (MSE)")),
+        _ => {
+            return Err(Error::shape(
+                entry,
+                "missing label (classification) or target (MSE)",
+            ))
+        }
     };
     if loss == Loss::SigmoidBinaryCrossEntropy && classes != 1 {
-        return Err(Error::shape(entry, format!("sigmoid binary cross-entropy needs C = 1, got {classes}")));
+        return Err(Error::shape(
+            entry,
+            format!("sigmoid binary cross-entropy needs C = 1, got {classes}"),
+        ));
     }
-    let out_shape: &[usize] = if backward { &[batch, classes] } else { &[batch] };
+    let out_shape: &[usize] = if backward {
+        &[batch, classes]
+    } else {
+        &[batch]
+    };
     expect_shape(entry, "output", out, out_shape)?;
     let params = Params {
         batch: batch as u32,
@@ -96,7 +119,12 @@ fn call(gpu: &Gpu, loss: Loss, backward: bool, t: &LossTensors<'_>, out: &Tensor
 }
 
 /// prob [B,C] and loss [B] from logits z [B,C].
-pub fn loss_forward(gpu: &Gpu, loss: Loss, t: &LossTensors<'_>, per_sample: &Tensor) -> Result<Dispatch> {
+pub fn loss_forward(
+    gpu: &Gpu,
+    loss: Loss,
+    t: &LossTensors<'_>,
+    per_sample: &Tensor,
+) -> Result<Dispatch> {
     call(gpu, loss, false, t, per_sample)
 }
 
@@ -108,7 +136,13 @@ pub fn loss_backward(gpu: &Gpu, loss: Loss, t: &LossTensors<'_>, dz: &Tensor) ->
 // ---- CPU references (f64) ----------------------------------------------------------------
 
 /// (prob [B,C], loss [B]). `label` holds class indices, or for MSE is ignored.
-pub fn loss_forward_ref(loss: Loss, classes: usize, z: &[f64], label: &[u32], target: &[f64]) -> (Vec<f64>, Vec<f64>) {
+pub fn loss_forward_ref(
+    loss: Loss,
+    classes: usize,
+    z: &[f64],
+    label: &[u32],
+    target: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
     let mut prob = Vec::with_capacity(z.len());
     let mut per_sample = Vec::new();
     for (b, row) in z.chunks(classes).enumerate() {
@@ -127,7 +161,9 @@ pub fn loss_forward_ref(loss: Loss, classes: usize, z: &[f64], label: &[u32], ta
             Loss::MeanSquaredError => {
                 let t = &target[b * classes..(b + 1) * classes];
                 prob.extend_from_slice(row);
-                per_sample.push(row.iter().zip(t).map(|(z, t)| (z - t).powi(2)).sum::<f64>() / classes as f64);
+                per_sample.push(
+                    row.iter().zip(t).map(|(z, t)| (z - t).powi(2)).sum::<f64>() / classes as f64,
+                );
             }
         }
     }
@@ -135,15 +171,25 @@ pub fn loss_forward_ref(loss: Loss, classes: usize, z: &[f64], label: &[u32], ta
 }
 
 /// dz [B,C] of the batch-mean loss.
-pub fn loss_backward_ref(loss: Loss, classes: usize, prob: &[f64], label: &[u32], target: &[f64]) -> Vec<f64> {
+pub fn loss_backward_ref(
+    loss: Loss,
+    classes: usize,
+    prob: &[f64],
+    label: &[u32],
+    target: &[f64],
+) -> Vec<f64> {
     let batch = prob.len() / classes;
     let scale = 1.0 / batch as f64;
     (0..prob.len())
         .map(|i| {
             let (b, c) = (i / classes, i % classes);
             match loss {
-                Loss::SoftmaxCrossEntropy => (prob[i] - (label[b] as usize == c) as u32 as f64) * scale,
-                Loss::SigmoidBinaryCrossEntropy => (prob[i] - (label[b] != 0) as u32 as f64) * scale,
+                Loss::SoftmaxCrossEntropy => {
+                    (prob[i] - (label[b] as usize == c) as u32 as f64) * scale
+                }
+                Loss::SigmoidBinaryCrossEntropy => {
+                    (prob[i] - (label[b] != 0) as u32 as f64) * scale
+                }
                 Loss::MeanSquaredError => 2.0 * (prob[i] - target[i]) / classes as f64 * scale,
             }
         })

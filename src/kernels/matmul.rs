@@ -73,19 +73,24 @@ impl Tiles {
 pub enum MatmulKernel {
     /// matmul.wgsl: a TM x TN register tile per invocation, portable.
     RegisterTile(Tiles),
-    /// matmul_subgroup.wgsl: 16 rows per subgroup shared by broadcasts; WG invocations.
+    /// matmul_subgroup.wgsl: a 32 x 2 block per invocation, the 32 rows' A values shared
+    /// by subgroup broadcasts; WG invocations.
     Subgroup { wg: u32 },
 }
 
 impl MatmulKernel {
     /// The kernel measured fastest on this kind of adapter (see benches/kernels.rs): on
-    /// lavapipe the subgroup kernel runs the seed CNN's Dense shapes at ~2 GFLOP/s against
-    /// ~0.6 for the best register tile, because every buffer load there is expensive.
+    /// lavapipe the subgroup kernel runs the seed CNN's Dense shapes at ~4 GFLOP/s against
+    /// ~0.6-0.9 for the register tiles, because every buffer load there is expensive.
     pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
         if gpu.subgroups() {
             MatmulKernel::Subgroup { wg: 64 }
         } else {
-            MatmulKernel::RegisterTile(Tiles { wg: 64, tm: 4, tn: 4 })
+            MatmulKernel::RegisterTile(Tiles {
+                wg: 64,
+                tm: 4,
+                tn: 4,
+            })
         }
     }
 }
@@ -99,7 +104,13 @@ struct Params {
     flags: u32,
 }
 
-fn check(spec: &MatmulSpec, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<()> {
+fn check(
+    spec: &MatmulSpec,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<()> {
     let op = "matmul";
     if spec.m == 0 || spec.n == 0 || spec.k == 0 {
         return Err(Error::shape(op, format!("empty product {spec:?}")));
@@ -108,7 +119,10 @@ fn check(spec: &MatmulSpec, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, c: &T
         if t.numel() != shape.iter().product::<usize>() {
             return Err(Error::shape(
                 op,
-                format!("{name} has shape {:?}, expected {:?} for {spec:?}", t.shape, shape),
+                format!(
+                    "{name} has shape {:?}, expected {:?} for {spec:?}",
+                    t.shape, shape
+                ),
             ));
         }
         Ok(())
@@ -147,12 +161,18 @@ pub fn matmul_with(
     check(spec, a, b, bias, c)?;
     if let MatmulKernel::RegisterTile(t) = kernel {
         if t.tm == 0 || t.tn == 0 || t.tm > Tiles::MAX_TM || t.tn > Tiles::MAX_TN {
-            return Err(Error::usage("tiles", format!("{t:?}: TM must be 1..=8, TN 1..=4")));
+            return Err(Error::usage(
+                "tiles",
+                format!("{t:?}: TM must be 1..=8, TN 1..=4"),
+            ));
         }
     }
     if let MatmulKernel::Subgroup { wg } = kernel {
         if !gpu.subgroups() || wg % 8 != 0 {
-            return Err(Error::usage("matmul kernel", "the subgroup matmul needs subgroups of at least 8 and WG a multiple of 8"));
+            return Err(Error::usage(
+                "matmul kernel",
+                "the subgroup matmul needs subgroups of at least 8 and WG a multiple of 8",
+            ));
         }
     }
     if spec.k > LOOP_BUDGET {
@@ -183,12 +203,20 @@ pub fn matmul_with(
                 spec.m.div_ceil(t.tm as usize) as u32,
                 1,
             ],
-            vec![("WG", t.wg as f64), ("TM", t.tm as f64), ("TN", t.tn as f64)],
+            vec![
+                ("WG", t.wg as f64),
+                ("TM", t.tm as f64),
+                ("TN", t.tn as f64),
+            ],
         ),
         MatmulKernel::Subgroup { wg } => (
             Shader::MatmulSubgroup,
             "matmul_subgroup",
-            [spec.n.div_ceil(wg as usize) as u32, spec.m.div_ceil(16) as u32, 1],
+            [
+                spec.n.div_ceil(2 * wg as usize) as u32,
+                spec.m.div_ceil(32) as u32,
+                1,
+            ],
             vec![
                 ("WG", wg as f64),
                 ("TRANSPOSE_A", spec.transpose_a as u8 as f64),
@@ -219,8 +247,20 @@ pub fn matmul_with(
 /// CPU reference of [`matmul`], accumulating in f64.
 pub fn matmul_ref(spec: &MatmulSpec, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let (m, n, k) = (spec.m, spec.n, spec.k);
-    let op_a = |i: usize, kk: usize| if spec.transpose_a { a[kk * m + i] } else { a[i * k + kk] };
-    let op_b = |kk: usize, j: usize| if spec.transpose_b { b[j * k + kk] } else { b[kk * n + j] };
+    let op_a = |i: usize, kk: usize| {
+        if spec.transpose_a {
+            a[kk * m + i]
+        } else {
+            a[i * k + kk]
+        }
+    };
+    let op_b = |kk: usize, j: usize| {
+        if spec.transpose_b {
+            b[j * k + kk]
+        } else {
+            b[kk * n + j]
+        }
+    };
     let mut c = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {

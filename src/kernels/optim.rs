@@ -53,9 +53,15 @@ pub struct Params {
 /// step size alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t), as Keras does.
 pub fn step_params(opt: &Optimizer, n: usize, t: u64) -> Params {
     match *opt {
-        Optimizer::Adam { lr, beta1, beta2, epsilon } => {
+        Optimizer::Adam {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+        } => {
             let t = t as f64;
-            let alpha = lr as f64 * (1.0 - (beta2 as f64).powf(t)).sqrt() / (1.0 - (beta1 as f64).powf(t));
+            let alpha =
+                lr as f64 * (1.0 - (beta2 as f64).powf(t)).sqrt() / (1.0 - (beta1 as f64).powf(t));
             Params {
                 n: n as u32,
                 lr: alpha as f32,
@@ -78,11 +84,21 @@ pub fn step_params(opt: &Optimizer, n: usize, t: u64) -> Params {
 
 /// The update of `param` by `grad` with optimizer state `m`, `v` (all [N]). The uniform is
 /// that of step 1; rewrite `Dispatch::params` with [`step_params`] before each step.
-pub fn optimizer_step(gpu: &Gpu, opt: &Optimizer, grad: &Tensor, param: &Tensor, m: &Tensor, v: &Tensor) -> Result<Dispatch> {
+pub fn optimizer_step(
+    gpu: &Gpu,
+    opt: &Optimizer,
+    grad: &Tensor,
+    param: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<Dispatch> {
     let n = param.numel();
     for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
         if t.numel() != n {
-            return Err(Error::shape("optimizer", format!("{name} has {} elements, param {n}", t.numel())));
+            return Err(Error::shape(
+                "optimizer",
+                format!("{name} has {} elements, param {n}", t.numel()),
+            ));
         }
     }
     let entry = match opt {
@@ -95,7 +111,12 @@ pub fn optimizer_step(gpu: &Gpu, opt: &Optimizer, grad: &Tensor, param: &Tensor,
             shader: Shader::Optim,
             entry,
             params: bytemuck::bytes_of(&step_params(opt, n, 1)),
-            bindings: &[(grad, Access::Read), (param, Access::ReadWrite), (m, Access::ReadWrite), (v, Access::ReadWrite)],
+            bindings: &[
+                (grad, Access::Read),
+                (param, Access::ReadWrite),
+                (m, Access::ReadWrite),
+                (v, Access::ReadWrite),
+            ],
             workgroups: grid_1d(gpu, entry, n)?,
             constants: &[],
         },
@@ -103,13 +124,26 @@ pub fn optimizer_step(gpu: &Gpu, opt: &Optimizer, grad: &Tensor, param: &Tensor,
 }
 
 /// Reference update number `t` (1-based), in place.
-pub fn optimizer_step_ref(opt: &Optimizer, t: u64, grad: &[f64], param: &mut [f64], m: &mut [f64], v: &mut [f64]) {
+pub fn optimizer_step_ref(
+    opt: &Optimizer,
+    t: u64,
+    grad: &[f64],
+    param: &mut [f64],
+    m: &mut [f64],
+    v: &mut [f64],
+) {
     for i in 0..param.len() {
         let g = grad[i];
         match *opt {
-            Optimizer::Adam { lr, beta1, beta2, epsilon } => {
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                epsilon,
+            } => {
                 let (b1, b2) = (beta1 as f64, beta2 as f64);
-                let alpha = lr as f64 * (1.0 - b2.powf(t as f64)).sqrt() / (1.0 - b1.powf(t as f64));
+                let alpha =
+                    lr as f64 * (1.0 - b2.powf(t as f64)).sqrt() / (1.0 - b1.powf(t as f64));
                 m[i] += (g - m[i]) * (1.0 - b1);
                 v[i] += (g * g - v[i]) * (1.0 - b2);
                 param[i] -= alpha * m[i] / (v[i].sqrt() + epsilon as f64);

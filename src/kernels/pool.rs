@@ -20,7 +20,10 @@ pub struct PoolSpec {
 
 impl PoolSpec {
     pub fn out_hw(&self) -> (usize, usize) {
-        ((self.h - self.pool) / self.stride + 1, (self.w - self.pool) / self.stride + 1)
+        (
+            (self.h - self.pool) / self.stride + 1,
+            (self.w - self.pool) / self.stride + 1,
+        )
     }
 
     pub fn x_shape(&self) -> [usize; 4] {
@@ -36,7 +39,10 @@ impl PoolSpec {
         if self.pool == 0 || self.stride == 0 || self.pool > self.h || self.pool > self.w {
             return Err(Error::shape(
                 "max_pool2d",
-                format!("window {} stride {} on a {}x{} input", self.pool, self.stride, self.h, self.w),
+                format!(
+                    "window {} stride {} on a {}x{} input",
+                    self.pool, self.stride, self.h, self.w
+                ),
             ));
         }
         if self.batch == 0 || self.channels == 0 {
@@ -92,7 +98,13 @@ fn pool_call(gpu: &Gpu, entry: &'static str, s: &PoolSpec, bind: [&Tensor; 3]) -
 }
 
 /// y, argmax [B,C,OH,OW] = max_pool2d(x [B,C,H,W]).
-pub fn max_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, argmax: &Tensor, y: &Tensor) -> Result<Dispatch> {
+pub fn max_pool2d_forward(
+    gpu: &Gpu,
+    s: &PoolSpec,
+    x: &Tensor,
+    argmax: &Tensor,
+    y: &Tensor,
+) -> Result<Dispatch> {
     s.validate()?;
     let op = "max_pool2d_forward";
     expect_shape(op, "x", x, &s.x_shape())?;
@@ -102,7 +114,13 @@ pub fn max_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, argmax: &Tensor, 
 }
 
 /// dx [B,C,H,W] from dy [B,C,OH,OW] through the forward's argmax.
-pub fn max_pool2d_backward(gpu: &Gpu, s: &PoolSpec, dy: &Tensor, argmax: &Tensor, dx: &Tensor) -> Result<Dispatch> {
+pub fn max_pool2d_backward(
+    gpu: &Gpu,
+    s: &PoolSpec,
+    dy: &Tensor,
+    argmax: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
     s.validate()?;
     let op = "max_pool2d_backward";
     expect_shape(op, "dy", dy, &s.y_shape())?;

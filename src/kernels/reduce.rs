@@ -33,7 +33,12 @@ pub enum Accuracy {
 }
 
 /// out[j] = sum over r < R, i < I of x[(r * J + j) * I + i], x viewed as [R, J, I].
-pub fn sum_outer_inner(gpu: &Gpu, x: &Tensor, dims: (usize, usize, usize), out: &Tensor) -> Result<Dispatch> {
+pub fn sum_outer_inner(
+    gpu: &Gpu,
+    x: &Tensor,
+    dims: (usize, usize, usize),
+    out: &Tensor,
+) -> Result<Dispatch> {
     sum_outer_inner_range(gpu, x, dims, 0, out)
 }
 
@@ -47,11 +52,17 @@ pub fn sum_outer_inner_range(
 ) -> Result<Dispatch> {
     let op = "sum_outer_inner";
     if x.numel() != r * j * i || r * j * i == 0 {
-        return Err(Error::shape(op, format!("input {:?} is not [{r}, {j}, {i}]", x.shape)));
+        return Err(Error::shape(
+            op,
+            format!("input {:?} is not [{r}, {j}, {i}]", x.shape),
+        ));
     }
     let count = out.numel();
     if j0 + count > j || count == 0 {
-        return Err(Error::shape(op, format!("columns {j0}..{} of {j}", j0 + count)));
+        return Err(Error::shape(
+            op,
+            format!("columns {j0}..{} of {j}", j0 + count),
+        ));
     }
     if r * (i + 1) > LOOP_BUDGET {
         return Err(Error::Limit {
@@ -77,7 +88,12 @@ pub fn sum_outer_inner_range(
             shader: Shader::Reduce,
             entry: op,
             params: bytemuck::bytes_of(&params),
-            bindings: &[(x, Access::Read), (x, Access::Read), (x, Access::Read), (out, Access::ReadWrite)],
+            bindings: &[
+                (x, Access::Read),
+                (x, Access::Read),
+                (x, Access::Read),
+                (out, Access::ReadWrite),
+            ],
             workgroups: grid_1d(gpu, op, count)?,
             constants: &[],
         },
@@ -96,7 +112,12 @@ pub fn accumulate_metrics(
     let op = "accumulate_metrics";
     let [batch, classes] = match prob.shape[..] {
         [b, c] => [b, c],
-        _ => return Err(Error::shape(op, format!("prob has shape {:?}, expected [B, C]", prob.shape))),
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!("prob has shape {:?}, expected [B, C]", prob.shape),
+            ))
+        }
     };
     expect_shape(op, "loss", loss, &[batch])?;
     expect_shape(op, "metrics", metrics, &[METRICS_LEN])?;
@@ -127,7 +148,12 @@ pub fn accumulate_metrics(
             shader: Shader::Reduce,
             entry: op,
             params: bytemuck::bytes_of(&params),
-            bindings: &[(loss, Access::Read), (prob, Access::Read), (label, Access::Read), (metrics, Access::ReadWrite)],
+            bindings: &[
+                (loss, Access::Read),
+                (prob, Access::Read),
+                (label, Access::Read),
+                (metrics, Access::ReadWrite),
+            ],
             workgroups: [1, 1, 1],
             constants: &[],
         },
@@ -138,14 +164,21 @@ pub fn sum_outer_inner_ref(x: &[f64], (r, j, i): (usize, usize, usize)) -> Vec<f
     let mut out = vec![0.0; j];
     for rr in 0..r {
         for (jj, o) in out.iter_mut().enumerate() {
-            *o += x[(rr * j + jj) * i..(rr * j + jj + 1) * i].iter().sum::<f64>();
+            *o += x[(rr * j + jj) * i..(rr * j + jj + 1) * i]
+                .iter()
+                .sum::<f64>();
         }
     }
     out
 }
 
 /// (loss sum, correct count) of one batch.
-pub fn accumulate_metrics_ref(loss: &[f64], prob: &[f64], label: &[u32], classes: usize) -> (f64, usize) {
+pub fn accumulate_metrics_ref(
+    loss: &[f64],
+    prob: &[f64],
+    label: &[u32],
+    classes: usize,
+) -> (f64, usize) {
     let mut correct = 0;
     for (b, row) in prob.chunks(classes).enumerate() {
         let pred = if classes == 1 {
