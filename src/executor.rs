@@ -339,4 +339,27 @@ impl<'g> Trainer<'g> {
     pub fn write_params(&self, values: &[Vec<f32>]) -> Result<()> {
         self.store.write(self.gpu, &self.store.params, values)
     }
+
+    /// The optimizer state (Adam's m and v; SGD keeps its velocity in m), per parameter
+    /// tensor, for a checkpoint.
+    pub fn read_optimizer_state(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        Ok((
+            self.store.read(self.gpu, &self.store.m)?,
+            self.store.read(self.gpu, &self.store.v)?,
+        ))
+    }
+
+    /// Restore the optimizer state and the number of updates applied (Adam's t), so that
+    /// the next step continues a checkpointed run exactly.
+    pub fn write_optimizer_state(
+        &mut self,
+        m: &[Vec<f32>],
+        v: &[Vec<f32>],
+        steps: u64,
+    ) -> Result<()> {
+        self.store.write(self.gpu, &self.store.m, m)?;
+        self.store.write(self.gpu, &self.store.v, v)?;
+        self.steps = steps;
+        Ok(())
+    }
 }

@@ -255,6 +255,7 @@ pub fn build_plan(
         .first()
         .map(|s| s.layer)
         .unwrap_or(model.layers.len());
+    let mut relu_done = false;
     for (i, layer) in model.layers.iter().enumerate().rev() {
         if i < first_param_layer {
             break;
@@ -262,14 +263,16 @@ pub fn build_plan(
         let sv = &saved[i];
         let needs_dx = i > first_param_layer;
         // g: gradient w.r.t. this layer's output; gz: w.r.t. the affine part's output.
+        // (A ReLU just before a max pool was undone by the pool's fused backward.)
         let gz = match sv.act {
-            Some(k) => {
+            Some(k) if !(k == Act::Relu && relu_done) => {
                 let gz = zeros(gpu, "dpre", &g.shape)?;
                 d.push(activation_backward(gpu, k, &g, &sv.output, &gz)?);
                 gz
             }
-            None => g.clone(),
+            _ => g.clone(),
         };
+        relu_done = false;
         g = match layer {
             Layer::Conv2d { padding, .. } => {
                 let wi = store.specs.iter().position(|s| s.layer == i).unwrap_or(0);
@@ -339,8 +342,17 @@ pub fn build_plan(
             Layer::MaxPool2d { pool, stride } => {
                 let s = pool_spec(batch, &sv.input.shape, *pool, *stride);
                 let dx = zeros(gpu, "pool dinput", &sv.input.shape)?;
+                let relu_before = i > 0 && saved[i - 1].act == Some(Act::Relu);
                 if let Some(arg) = &sv.argmax {
-                    d.push(max_pool2d_backward(gpu, &s, &gz, arg, &dx)?);
+                    if relu_before {
+                        // dx = pool backward masked by the ReLU's output: one pass, not two.
+                        d.push(max_pool2d_relu_backward(
+                            gpu, &s, &gz, arg, &sv.output, &dx,
+                        )?);
+                        relu_done = true;
+                    } else {
+                        d.push(max_pool2d_backward(gpu, &s, &gz, arg, &dx)?);
+                    }
                 }
                 dx
             }

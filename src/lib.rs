@@ -6,6 +6,7 @@
 
 pub mod error;
 
+pub mod checkpoint;
 pub mod data;
 pub mod executor;
 pub mod fit;
@@ -14,6 +15,8 @@ pub mod graph;
 pub mod kernels;
 pub mod model;
 pub mod params;
+pub mod plot;
+pub mod predict;
 pub mod rng;
 pub mod tensor;
 

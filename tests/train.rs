@@ -63,6 +63,7 @@ struct Saved {
 /// One training step in f64: per-sample loss, probabilities, gradients, updated parameters.
 type RefStep = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>);
 
+/// The kernels' specs for a layer whose per-sample input shape is `in_shape` [C, H, W].
 fn conv_spec(batch: usize, in_shape: &[usize], weight: &[usize], padding: Padding) -> Conv2dSpec {
     let (c_out, kh, kw) = (weight[0], weight[2], weight[3]);
     let (c_in, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
@@ -284,12 +285,11 @@ fn training_reduces_loss_on_a_subset() {
 
 /// Fit settings without a progress bar.
 fn quiet(epochs: usize, batch_size: usize, validation_split: f64) -> FitConfig {
-    let verbose = false;
     FitConfig {
         epochs,
         batch_size,
         validation_split,
-        verbose,
+        verbose: false,
         ..FitConfig::default()
     }
 }

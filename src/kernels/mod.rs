@@ -100,7 +100,11 @@ impl Shader {
             Shader::Conv2dSubgroup => {
                 &["conv2d_forward_subgroup", "conv2d_backward_weight_subgroup"]
             }
-            Shader::Pool => &["max_pool2d_forward", "max_pool2d_backward"],
+            Shader::Pool => &[
+                "max_pool2d_forward",
+                "max_pool2d_backward",
+                "max_pool2d_backward_cells",
+            ],
             Shader::Activation => &[
                 "relu_forward",
                 "relu_backward",

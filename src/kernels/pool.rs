@@ -63,9 +63,11 @@ struct Params {
     out_w: u32,
     pool: u32,
     stride: u32,
+    flags: u32,
+    _pad: [u32; 3],
 }
 
-fn params(s: &PoolSpec) -> Params {
+fn params(s: &PoolSpec, relu: bool) -> Params {
     let (oh, ow) = s.out_hw();
     Params {
         batch: s.batch as u32,
@@ -76,22 +78,33 @@ fn params(s: &PoolSpec) -> Params {
         out_w: ow as u32,
         pool: s.pool as u32,
         stride: s.stride as u32,
+        flags: relu as u32,
+        _pad: [0; 3],
     }
 }
 
-fn pool_call(gpu: &Gpu, entry: &'static str, s: &PoolSpec, bind: [&Tensor; 3]) -> Result<Dispatch> {
+/// `invocations` is the grid size: dst's elements, or the windows for the cells kernel.
+fn pool_call(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &PoolSpec,
+    bind: [&Tensor; 3],
+    pooled: Option<&Tensor>,
+    invocations: usize,
+) -> Result<Dispatch> {
     dispatch(
         gpu,
         &KernelCall {
             shader: Shader::Pool,
             entry,
-            params: bytemuck::bytes_of(&params(s)),
+            params: bytemuck::bytes_of(&params(s, pooled.is_some())),
             bindings: &[
                 (bind[0], Access::Read),
                 (bind[1], Access::ReadWrite),
                 (bind[2], Access::ReadWrite),
+                (pooled.unwrap_or(gpu.dummy()), Access::Read),
             ],
-            workgroups: grid_1d(gpu, entry, bind[2].numel())?,
+            workgroups: grid_1d(gpu, entry, invocations)?,
             constants: &[],
         },
     )
@@ -110,7 +123,7 @@ pub fn max_pool2d_forward(
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "argmax", argmax, &s.y_shape())?;
     expect_shape(op, "y", y, &s.y_shape())?;
-    pool_call(gpu, op, s, [x, argmax, y])
+    pool_call(gpu, op, s, [x, argmax, y], None, y.numel())
 }
 
 /// dx [B,C,H,W] from dy [B,C,OH,OW] through the forward's argmax.
@@ -126,7 +139,62 @@ pub fn max_pool2d_backward(
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "argmax", argmax, &s.y_shape())?;
     expect_shape(op, "dx", dx, &s.x_shape())?;
-    pool_call(gpu, op, s, [dy, argmax, dx])
+    backward(gpu, s, dy, argmax, None, dx)
+}
+
+/// [`max_pool2d_backward`] fused with the backward of a ReLU applied before the pool:
+/// dx is kept only where the pooled output `y` [B,C,OH,OW] is positive.
+pub fn max_pool2d_relu_backward(
+    gpu: &Gpu,
+    s: &PoolSpec,
+    dy: &Tensor,
+    argmax: &Tensor,
+    y: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    s.validate()?;
+    let op = "max_pool2d_relu_backward";
+    expect_shape(op, "dy", dy, &s.y_shape())?;
+    expect_shape(op, "argmax", argmax, &s.y_shape())?;
+    expect_shape(op, "y", y, &s.y_shape())?;
+    expect_shape(op, "dx", dx, &s.x_shape())?;
+    backward(gpu, s, dy, argmax, Some(y), dx)
+}
+
+/// Non-overlapping windows take the cells kernel (one invocation per window); overlapping
+/// ones the gather kernel (one per input element).
+fn backward(
+    gpu: &Gpu,
+    s: &PoolSpec,
+    dy: &Tensor,
+    argmax: &Tensor,
+    y: Option<&Tensor>,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    if s.stride >= s.pool {
+        let cell = s
+            .stride
+            .max(s.h - (s.out_hw().0 - 1) * s.stride)
+            .max(s.w - (s.out_hw().1 - 1) * s.stride);
+        if cell * cell <= crate::kernels::LOOP_BUDGET {
+            return pool_call(
+                gpu,
+                "max_pool2d_backward_cells",
+                s,
+                [dy, argmax, dx],
+                y,
+                dy.numel(),
+            );
+        }
+    }
+    pool_call(
+        gpu,
+        "max_pool2d_backward",
+        s,
+        [dy, argmax, dx],
+        y,
+        dx.numel(),
+    )
 }
 
 /// Reference forward: (y, argmax) with argmax = iy * W + ix of the first maximum.
@@ -154,6 +222,21 @@ pub fn max_pool2d_forward_ref(s: &PoolSpec, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
         }
     }
     (y, arg)
+}
+
+/// Reference of [`max_pool2d_relu_backward`]: dy zeroed where y <= 0, then routed.
+pub fn max_pool2d_relu_backward_ref(
+    s: &PoolSpec,
+    dy: &[f64],
+    argmax: &[u32],
+    y: &[f64],
+) -> Vec<f64> {
+    let masked: Vec<f64> = dy
+        .iter()
+        .zip(y)
+        .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+        .collect();
+    max_pool2d_backward_ref(s, &masked, argmax)
 }
 
 /// Reference backward: dx[argmax] += dy.

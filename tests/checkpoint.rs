@@ -1,0 +1,798 @@
+//! Checkpoints: the safetensors layout (names, shapes, dtype, header) checked byte by byte
+//! and against the reference `safetensors` reader, validation of every field on bad files,
+//! atomic writes (an error, a killed process, concurrent readers), the training curves, and
+//! on the GPU: save -> load -> same predictions, and resume == uninterrupted to the bit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+use shadergrad::checkpoint::{self, Checkpoint, OptimizerState};
+use shadergrad::data::{default_data_dir, load_mnist, Mnist};
+use shadergrad::executor::Trainer;
+use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
+use shadergrad::kernels::optim::Optimizer;
+use shadergrad::model::Sequential;
+use shadergrad::rng::Rng;
+use shadergrad::{plot, predict, Error};
+
+fn mnist() -> &'static Mnist {
+    static DATA: OnceLock<Mnist> = OnceLock::new();
+    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
+}
+
+/// A fresh directory under the system temp dir.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shadergrad-ckpt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn epoch_log(epoch: usize) -> EpochLog {
+    EpochLog {
+        epoch,
+        loss: 0.5 / epoch as f64,
+        accuracy: 0.9 + 0.01 * epoch as f64,
+        val_loss: Some(0.4 / epoch as f64),
+        val_accuracy: Some(0.91 + 0.01 * epoch as f64),
+        seconds: 1.5,
+        images_per_second: 1000.0,
+    }
+}
+
+/// A checkpoint of `kind` without a GPU: initial parameters from `seed`, random m and v.
+fn synthetic(kind: &str, seed: u64) -> Checkpoint {
+    let model = checkpoint::preset(kind).unwrap();
+    let params = model.init_params(seed).unwrap();
+    let mut rng = Rng::new(seed + 1);
+    let mut random = || {
+        params
+            .iter()
+            .map(|p| rng.uniform_vec(p.len(), -1.0, 1.0))
+            .collect()
+    };
+    let state = OptimizerState {
+        m: random(),
+        v: random(),
+    };
+    Checkpoint {
+        kind: kind.into(),
+        model,
+        params,
+        optimizer: Optimizer::adam(1e-3),
+        state: Some(state),
+        steps: 375,
+        epoch: 2,
+        seed,
+        batch_size: 128,
+        validation_split: 0.2,
+        history: vec![epoch_log(1), epoch_log(2)],
+        metrics: epoch_log(2).to_json(),
+    }
+}
+
+fn bits(values: &[Vec<f32>]) -> Vec<u32> {
+    values.iter().flatten().map(|v| v.to_bits()).collect()
+}
+
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+// ---------------------------------------------------------------- layout
+
+#[test]
+fn layout_is_pytorch_named_f32_safetensors() {
+    let ck = synthetic("cnn", 3);
+    let bytes = ck.to_bytes().unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0, "header padded to 8 bytes");
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let expected: [(&str, &[usize]); 6] = [
+        ("conv.weight", &[32, 1, 3, 3]),
+        ("conv.bias", &[32]),
+        ("fc1.weight", &[128, 5408]),
+        ("fc1.bias", &[128]),
+        ("fc2.weight", &[10, 128]),
+        ("fc2.bias", &[10]),
+    ];
+    let obj = header.as_object().unwrap();
+    assert_eq!(
+        obj.len(),
+        1 + 3 * expected.len(),
+        "params, m, v and __metadata__: {:?}",
+        obj.keys()
+    );
+    let mut end = 0;
+    for (i, (name, shape)) in expected.iter().enumerate() {
+        for (prefix, values) in [
+            ("", &ck.params),
+            ("optimizer.m.", &ck.state.as_ref().unwrap().m),
+            ("optimizer.v.", &ck.state.as_ref().unwrap().v),
+        ] {
+            let e = &header[format!("{prefix}{name}")];
+            assert_eq!(e["dtype"], "F32", "{prefix}{name}");
+            assert_eq!(e["shape"], json!(shape), "{prefix}{name}");
+            let (b, en) = (
+                e["data_offsets"][0].as_u64().unwrap() as usize,
+                e["data_offsets"][1].as_u64().unwrap() as usize,
+            );
+            assert_eq!(en - b, 4 * shape.iter().product::<usize>());
+            assert_eq!(
+                &data[b..en],
+                le_bytes(&values[i]),
+                "{prefix}{name} data, row-major little-endian"
+            );
+            end = end.max(en);
+        }
+    }
+    assert_eq!(end, data.len(), "data section fully used");
+    let meta = header["__metadata__"].as_object().unwrap();
+    for key in [
+        "format",
+        "model",
+        "layers",
+        "epoch",
+        "steps",
+        "seed",
+        "optimizer",
+        "metrics",
+        "history",
+        "batch_size",
+        "validation_split",
+    ] {
+        assert!(meta[key].is_string(), "metadata {key}");
+    }
+    assert_eq!(meta["format"], "shadergrad-1");
+    assert_eq!(meta["model"], "cnn");
+    assert_eq!(meta["layers"], "Input(1x28x28) -> Conv2D(32, 3x3, relu, valid) -> MaxPooling2D(2x2, stride 2) -> Flatten -> Dense(128, relu) -> Dense(10, softmax)");
+    assert_eq!(meta["steps"], "375");
+    let opt: Value = serde_json::from_str(meta["optimizer"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        opt,
+        json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7})
+    );
+
+    // The reference implementation reads it as written.
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("the safetensors crate reads it");
+    let fc1 = st.tensor("fc1.weight").unwrap();
+    assert_eq!(fc1.dtype(), safetensors::Dtype::F32);
+    assert_eq!(fc1.shape(), &[128, 5408]);
+    assert_eq!(fc1.data(), le_bytes(&ck.params[2]));
+    let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        m.metadata()
+            .as_ref()
+            .unwrap()
+            .get("model")
+            .map(String::as_str),
+        Some("cnn")
+    );
+}
+
+#[test]
+fn save_load_round_trips_every_field() {
+    let dir = temp_dir("roundtrip");
+    for kind in checkpoint::MODEL_KINDS {
+        let ck = synthetic(kind, 11);
+        let path = dir.join(format!("{kind}.safetensors"));
+        checkpoint::save(&path, &ck).unwrap();
+        let back = checkpoint::load(&path, None).unwrap();
+        assert_eq!(back.kind, kind);
+        assert_eq!(back.model, ck.model);
+        assert_eq!(bits(&back.params), bits(&ck.params));
+        let (s, bs) = (ck.state.as_ref().unwrap(), back.state.as_ref().unwrap());
+        assert_eq!((bits(&bs.m), bits(&bs.v)), (bits(&s.m), bits(&s.v)));
+        assert_eq!(
+            (back.steps, back.epoch, back.seed, back.batch_size),
+            (375, 2, 11, 128)
+        );
+        assert_eq!(back.validation_split, 0.2);
+        assert_eq!(back.optimizer, ck.optimizer);
+        assert_eq!(back.history, ck.history);
+        assert_eq!(back.metrics, ck.metrics);
+        // With the model given, it must be the one saved.
+        checkpoint::load(&path, Some(&ck.model)).unwrap();
+    }
+    let sgd = Checkpoint {
+        optimizer: Optimizer::sgd(0.05, 0.9),
+        ..synthetic("mlp", 1)
+    };
+    checkpoint::save(&dir.join("sgd"), &sgd).unwrap();
+    assert_eq!(
+        checkpoint::load(&dir.join("sgd"), None).unwrap().optimizer,
+        Optimizer::sgd(0.05, 0.9)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- validation
+
+/// A softmax-model file written by hand: header entries (name, dtype, shape, offsets),
+/// metadata, and the data section.
+fn handmade(entries: &[(&str, &str, Vec<usize>, [usize; 2])], meta: Value, data: &[u8]) -> Vec<u8> {
+    let mut h = serde_json::Map::new();
+    for (name, dtype, shape, off) in entries {
+        h.insert(
+            name.to_string(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": off}),
+        );
+    }
+    if !meta.is_null() {
+        h.insert("__metadata__".into(), meta);
+    }
+    let h = Value::Object(h).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h.as_bytes());
+    out.extend(data);
+    out
+}
+
+const W: usize = 7840 * 4; // fc1.weight [10, 784] in bytes
+
+fn good_entries() -> Vec<(&'static str, &'static str, Vec<usize>, [usize; 2])> {
+    vec![
+        ("fc1.weight", "F32", vec![10, 784], [0, W]),
+        ("fc1.bias", "F32", vec![10], [W, W + 40]),
+    ]
+}
+
+fn good_data() -> Vec<u8> {
+    le_bytes(&vec![0.25; 7850])
+}
+
+#[test]
+fn weights_only_file_without_metadata_loads_as_its_model() {
+    let path = Path::new("exported.safetensors");
+    let ck = checkpoint::load_bytes(
+        path,
+        &handmade(&good_entries(), Value::Null, &good_data()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ck.kind, "softmax");
+    assert!(ck.state.is_none());
+    assert_eq!(ck.params[1], vec![0.25; 10]);
+}
+
+#[test]
+fn bad_files_are_refused_naming_file_and_field() {
+    let path = Path::new("/models/bad.safetensors");
+    let good = handmade(&good_entries(), Value::Null, &good_data());
+    let with = |f: &dyn Fn(&mut Vec<(&'static str, &'static str, Vec<usize>, [usize; 2])>)| {
+        let mut e = good_entries();
+        f(&mut e);
+        handmade(&e, Value::Null, &good_data())
+    };
+    let meta = |m: Value| handmade(&good_entries(), m, &good_data());
+    let mut nan = good_data();
+    nan[100 * 4..101 * 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mut inf = good_data();
+    inf[W..W + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut not_json = 6u64.to_le_bytes().to_vec();
+    not_json.extend(b"{nope}");
+    let mut extra_entries = good_entries();
+    extra_entries.push(("fc2.weight", "F32", vec![1], [W + 40, W + 44]));
+    let mut extra_data = good_data();
+    extra_data.extend([0; 4]);
+    let only_m = {
+        let mut e = good_entries();
+        e.push((
+            "optimizer.m.fc1.weight",
+            "F32",
+            vec![10, 784],
+            [W + 40, 2 * W + 40],
+        ));
+        e.push((
+            "optimizer.m.fc1.bias",
+            "F32",
+            vec![10],
+            [2 * W + 40, 2 * W + 80],
+        ));
+        let mut d = good_data();
+        d.extend(good_data());
+        handmade(&e, Value::Null, &d)
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty file", vec![], "header length"),
+        ("header length past the end", huge, "header length"),
+        (
+            "truncated",
+            good[..good.len() - 100].to_vec(),
+            "fc1.bias.data_offsets",
+        ),
+        ("header not JSON", not_json, "header"),
+        (
+            "header a list",
+            [2u64.to_le_bytes().to_vec(), b"[]".to_vec()].concat(),
+            "header",
+        ),
+        ("dtype F16", with(&|e| e[0].1 = "F16"), "fc1.weight.dtype"),
+        (
+            "shape not the data size",
+            with(&|e| e[0].2 = vec![10, 785]),
+            "fc1.weight.data_offsets",
+        ),
+        (
+            "shape not the model's",
+            with(&|e| e[0].2 = vec![784, 10]),
+            "fc1.weight.shape",
+        ),
+        (
+            "scalar shape",
+            with(&|e| e[1].2 = vec![]),
+            "fc1.bias.data_offsets",
+        ),
+        (
+            "offsets past the end",
+            with(&|e| e[1].3 = [W, W + 400]),
+            "fc1.bias.data_offsets",
+        ),
+        (
+            "offsets reversed",
+            with(&|e| e[1].3 = [W + 40, W]),
+            "fc1.bias.data_offsets",
+        ),
+        (
+            "overlapping",
+            with(&|e| e[1].3 = [W - 40, W]),
+            "fc1.bias.data_offsets",
+        ),
+        (
+            "NaN weight",
+            handmade(&good_entries(), Value::Null, &nan),
+            "fc1.weight",
+        ),
+        (
+            "infinite bias",
+            handmade(&good_entries(), Value::Null, &inf),
+            "fc1.bias",
+        ),
+        (
+            "unknown tensor",
+            handmade(&extra_entries, json!({"model": "softmax"}), &extra_data),
+            "fc2.weight",
+        ),
+        (
+            "trailing bytes",
+            [good.clone(), vec![0; 4]].concat(),
+            "data",
+        ),
+        ("half the optimizer state", only_m, "optimizer.v.fc1.weight"),
+        (
+            "format",
+            meta(json!({"format": "other-9"})),
+            "__metadata__.format",
+        ),
+        (
+            "model unknown",
+            meta(json!({"model": "resnet"})),
+            "__metadata__.model",
+        ),
+        (
+            "model mismatch",
+            meta(json!({"model": "mlp"})),
+            "fc1.weight.shape",
+        ),
+        (
+            "layers mismatch",
+            meta(json!({"model": "softmax", "layers": "Input(1x28x28) -> Dense(11, softmax)"})),
+            "__metadata__.layers",
+        ),
+        (
+            "epoch not a number",
+            meta(json!({"epoch": "two"})),
+            "__metadata__.epoch",
+        ),
+        (
+            "metadata not strings",
+            meta(json!({"epoch": 2})),
+            "__metadata__.epoch",
+        ),
+        (
+            "optimizer not JSON",
+            meta(json!({"optimizer": "adam!"})),
+            "__metadata__.optimizer",
+        ),
+        (
+            "optimizer incomplete",
+            meta(json!({"optimizer": "{\"name\": \"adam\"}"})),
+            "__metadata__.optimizer",
+        ),
+        (
+            "split",
+            meta(json!({"validation_split": "1.5"})),
+            "__metadata__.validation_split",
+        ),
+        (
+            "history",
+            meta(json!({"history": "[{\"epoch\": 1}]"})),
+            "__metadata__.history",
+        ),
+    ];
+    for (what, bytes, field) in cases {
+        match checkpoint::load_bytes(path, &bytes, None) {
+            Err(Error::Checkpoint {
+                path: p,
+                field: f,
+                msg,
+            }) => {
+                assert_eq!(p, path, "{what}");
+                assert_eq!(f, field, "{what}: {msg}");
+                let shown = Error::Checkpoint {
+                    path: p,
+                    field: f,
+                    msg,
+                }
+                .to_string();
+                assert!(
+                    shown.starts_with("checkpoint /models/bad.safetensors: "),
+                    "{what}: {shown}"
+                );
+            }
+            other => panic!(
+                "{what}: expected a checkpoint error on {field}, got {:?}",
+                other.map(|c| c.kind)
+            ),
+        }
+    }
+    // A gap between tensors.
+    let mut gap = good_entries();
+    gap[1].3 = [W + 4, W + 44];
+    let e = checkpoint::load_bytes(
+        path,
+        &handmade(&gap, Value::Null, &[good_data(), vec![0; 4]].concat()),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("fc1.bias.data_offsets: leaves bytes"),
+        "{e}"
+    );
+    // The model given must be the one saved.
+    let ck = synthetic("mlp", 1).to_bytes().unwrap();
+    let e = checkpoint::load_bytes(path, &ck, Some(&Sequential::mnist_cnn())).unwrap_err();
+    assert!(
+        matches!(&e, Error::Checkpoint { field, .. } if field == "__metadata__.layers"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_truncation_and_header_corruption_is_an_error_not_a_panic() {
+    let path = Path::new("fuzz.safetensors");
+    let bytes = synthetic("softmax", 5).to_bytes().unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for len in (0..bytes.len()).step_by(97).chain(0..n + 9) {
+        assert!(
+            checkpoint::load_bytes(path, &bytes[..len], None).is_err(),
+            "truncated to {len}"
+        );
+    }
+    let mut rng = Rng::new(9);
+    for _ in 0..2000 {
+        let mut b = bytes.clone();
+        let i = rng.below(n + 8);
+        b[i] = rng.below(256) as u8;
+        let _ = checkpoint::load_bytes(path, &b, None); // Ok (a harmless byte) or Err, never a panic
+    }
+}
+
+// ---------------------------------------------------------------- atomic writes
+
+#[test]
+fn failed_write_leaves_the_old_checkpoint() {
+    let dir = temp_dir("failed-write");
+    let path = dir.join("model.safetensors");
+    let old = synthetic("mlp", 1);
+    checkpoint::save(&path, &old).unwrap();
+    let new = synthetic("mlp", 2).to_bytes().unwrap();
+    let r = checkpoint::write_atomic_with(&path, |f| {
+        use std::io::Write;
+        f.write_all(&new[..new.len() / 2])?;
+        Err(std::io::Error::other("disk full (simulated)"))
+    });
+    assert!(r.unwrap_err().to_string().contains("disk full"));
+    assert_eq!(
+        bits(&checkpoint::load(&path, None).unwrap().params),
+        bits(&old.params)
+    );
+    assert!(
+        !checkpoint::temp_path(&path).unwrap().exists(),
+        "temporary file removed"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Run by `killed_write_leaves_the_old_checkpoint` in a child process: write half of a
+/// checkpoint through `write_atomic_with`, signal, and wait to be killed.
+#[test]
+fn child_killed_mid_write() {
+    let Ok(path) = std::env::var("SHADERGRAD_TEST_KILL_ME") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let new = synthetic("mlp", 2).to_bytes().unwrap();
+    let _ = checkpoint::write_atomic_with(&path, |f| {
+        use std::io::Write;
+        f.write_all(&new[..new.len() / 2])?;
+        f.sync_all()?;
+        std::fs::write(path.with_extension("ready"), b"")?;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+}
+
+#[test]
+fn killed_write_leaves_the_old_checkpoint() {
+    let dir = temp_dir("killed-write");
+    let path = dir.join("model.safetensors");
+    let old = synthetic("mlp", 1);
+    checkpoint::save(&path, &old).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_killed_mid_write",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SHADERGRAD_TEST_KILL_ME", &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = path.with_extension("ready");
+    let started = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "child never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no unwinding, no cleanup
+    child.wait().unwrap();
+    let tmp = checkpoint::temp_path(&path).unwrap();
+    assert!(
+        tmp.exists(),
+        "the killed write left its partial temporary file"
+    );
+    assert_eq!(
+        bits(&checkpoint::load(&path, None).unwrap().params),
+        bits(&old.params),
+        "old checkpoint intact"
+    );
+    // The next save goes through the stale temporary file.
+    let new = synthetic("mlp", 2);
+    checkpoint::save(&path, &new).unwrap();
+    assert_eq!(
+        bits(&checkpoint::load(&path, None).unwrap().params),
+        bits(&new.params)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn concurrent_reader_sees_whole_checkpoints_only() {
+    let dir = temp_dir("concurrent");
+    let path = dir.join("model.safetensors");
+    let (a, b) = (synthetic("mlp", 1), synthetic("mlp", 2));
+    checkpoint::save(&path, &a).unwrap();
+    let (ba, bb) = (bits(&a.params), bits(&b.params));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..40 {
+                checkpoint::save(&path, if i % 2 == 0 { &b } else { &a }).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut reads = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+            let got = bits(
+                &checkpoint::load(&path, None)
+                    .expect("a whole checkpoint")
+                    .params,
+            );
+            assert!(got == ba || got == bb);
+            reads += 1;
+        }
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- training curves
+
+#[test]
+fn curves_are_an_svg_of_loss_and_accuracy() {
+    let dir = temp_dir("curves");
+    let history: Vec<EpochLog> = (1..=5).map(epoch_log).collect();
+    let path = dir.join("run.svg");
+    plot::write_curves(&path, &history, "mlp on MNIST").unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
+    for text in [
+        "mlp on MNIST",
+        "train loss",
+        "val loss",
+        "train accuracy",
+        "val accuracy",
+        "epoch",
+    ] {
+        assert!(svg.contains(text), "{text} missing");
+    }
+    assert!(svg.matches("<polyline").count() >= 4, "four curves");
+    // One epoch, no validation: still a picture.
+    let one = EpochLog {
+        val_loss: None,
+        val_accuracy: None,
+        ..epoch_log(1)
+    };
+    assert!(plot::curves_svg(&[one], "t").unwrap().contains("<circle"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- on the GPU
+
+const PIXELS: usize = 28 * 28;
+
+fn cfg(seed: u64) -> FitConfig {
+    FitConfig {
+        epochs: 2,
+        batch_size: 50,
+        validation_split: 0.2,
+        seed,
+        verbose: false,
+        ..FitConfig::default()
+    }
+}
+
+/// `epochs` epochs from `start` (a checkpoint, or fresh initialisation) on the first 2,000
+/// training images; returns the trainer's checkpoint and the epoch logs.
+fn run(
+    gpu: &'static shadergrad::gpu::Gpu,
+    model: Sequential,
+    opt: Optimizer,
+    start: Option<&Checkpoint>,
+    epochs: std::ops::RangeInclusive<usize>,
+) -> (Checkpoint, Vec<EpochLog>) {
+    let n = 2000;
+    let train = &mnist().train;
+    let cfg = cfg(7);
+    // A different init seed when resuming: everything must come from the checkpoint.
+    let mut t = Trainer::new(
+        gpu,
+        model,
+        opt,
+        if start.is_some() { 999 } else { cfg.seed },
+    )
+    .unwrap();
+    if let Some(ck) = start {
+        ck.restore(&mut t).unwrap();
+    }
+    let ds = t
+        .add_dataset(&train.images[..n * PIXELS], &train.labels[..n])
+        .unwrap();
+    let split = split_sources(&mut t, ds, n, cfg.validation_split).unwrap();
+    let mut logs = start.map(|c| c.history.clone()).unwrap_or_default();
+    for e in epochs {
+        logs.push(train_epoch(&mut t, &split, &cfg, e, &|| false).unwrap());
+    }
+    let last = logs.len();
+    let ck = Checkpoint::capture(&t, "x", &cfg, last, &logs, Value::Null).unwrap();
+    (ck, logs)
+}
+
+#[test]
+fn resume_equals_uninterrupted_to_the_bit() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = temp_dir("resume");
+    for (kind, opt) in [
+        ("mlp", Optimizer::adam(1e-3)),
+        ("softmax", Optimizer::sgd(0.1, 0.9)),
+    ] {
+        let model = checkpoint::preset(kind).unwrap();
+        let (straight, logs) = run(gpu, model.clone(), opt, None, 1..=2);
+        let (half, _) = run(gpu, model.clone(), opt, None, 1..=1);
+        let path = dir.join(format!("{kind}.safetensors"));
+        checkpoint::save(
+            &path,
+            &Checkpoint {
+                kind: kind.into(),
+                ..half
+            },
+        )
+        .unwrap();
+        let loaded = checkpoint::load(&path, None).unwrap();
+        assert_eq!((loaded.epoch, loaded.steps), (1, 32));
+        let (resumed, rlogs) = run(gpu, model, opt, Some(&loaded), 2..=2);
+        assert_eq!(resumed.steps, straight.steps, "{kind}: steps");
+        assert_eq!(
+            bits(&resumed.params),
+            bits(&straight.params),
+            "{kind}: parameters"
+        );
+        let (s, r) = (straight.state.unwrap(), resumed.state.unwrap());
+        assert_eq!(bits(&r.m), bits(&s.m), "{kind}: m");
+        assert_eq!(bits(&r.v), bits(&s.v), "{kind}: v");
+        let strip = |l: &EpochLog| (l.epoch, l.loss, l.accuracy, l.val_loss, l.val_accuracy);
+        assert_eq!(
+            rlogs.iter().map(strip).collect::<Vec<_>>(),
+            logs.iter().map(strip).collect::<Vec<_>>(),
+            "{kind}: epoch metrics"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn saved_and_loaded_model_predicts_the_same() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = temp_dir("predictions");
+    let (ck, _) = run(
+        gpu,
+        Sequential::mnist_mlp(),
+        Optimizer::adam(1e-3),
+        None,
+        1..=1,
+    );
+    let path = dir.join("mlp.safetensors");
+    checkpoint::save(
+        &path,
+        &Checkpoint {
+            kind: "mlp".into(),
+            ..ck.clone()
+        },
+    )
+    .unwrap();
+    let loaded = checkpoint::load(&path, None).unwrap();
+    let test = &mnist().test;
+    let n = 1000;
+    let probs = |c: &Checkpoint, seed| {
+        let mut t = Trainer::new(gpu, c.model.clone(), c.optimizer, seed).unwrap();
+        c.restore(&mut t).unwrap();
+        let ds = t
+            .add_dataset(&test.images[..n * PIXELS], &test.labels[..n])
+            .unwrap();
+        let src = t
+            .add_source(ds, &(0..n as u32).collect::<Vec<_>>())
+            .unwrap();
+        let out = predict::infer(&mut t, src, 128).unwrap();
+        assert_eq!(
+            t.evaluate(src, 128).unwrap(),
+            out.metrics,
+            "infer's metrics are evaluate's"
+        );
+        out
+    };
+    let (a, b) = (probs(&ck, 1), probs(&loaded, 2));
+    assert_eq!(
+        bits(&[a.probs.clone()]),
+        bits(&[b.probs.clone()]),
+        "same probabilities to the bit"
+    );
+    assert_eq!(a.predictions(), b.predictions());
+    assert_eq!(
+        b.labels,
+        test.labels[..n]
+            .iter()
+            .map(|&l| l as u32)
+            .collect::<Vec<_>>()
+    );
+    let confusion = b.confusion();
+    let correct: usize = (0..10).map(|i| confusion[i][i]).sum();
+    assert_eq!(
+        correct as f64 / n as f64,
+        b.metrics.accuracy,
+        "confusion diagonal is the accuracy"
+    );
+    assert!(b.metrics.accuracy > 0.8, "accuracy {}", b.metrics.accuracy);
+    let _ = std::fs::remove_dir_all(dir);
+}
