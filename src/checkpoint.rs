@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use crate::executor::Trainer;
 use crate::fit::{EpochLog, FitConfig};
+use crate::gpu::Gpu;
 use crate::kernels::conv2d::Padding;
 use crate::kernels::optim::Optimizer;
 use crate::model::{Activation, Layer, Sequential};
@@ -144,6 +145,13 @@ impl Checkpoint {
             trainer.write_optimizer_state(&s.m, &s.v, self.steps)?;
         }
         Ok(())
+    }
+
+    /// A trainer holding this checkpoint's model, parameters and optimizer state.
+    pub fn trainer<'g>(&self, gpu: &'g Gpu) -> Result<Trainer<'g>> {
+        let mut trainer = Trainer::new(gpu, self.model.clone(), self.optimizer, self.seed)?;
+        self.restore(&mut trainer)?;
+        Ok(trainer)
     }
 
     /// The file's bytes (what [`save`] writes).

@@ -41,7 +41,7 @@ impl GpuDataset {
                 ),
             ));
         }
-        let packed: Vec<u32> = if pixels_per_image % 4 == 0 {
+        let packed: Vec<u32> = if pixels_per_image.is_multiple_of(4) {
             pack_u8_to_u32(images)
         } else {
             images
@@ -61,6 +61,81 @@ impl GpuDataset {
             n,
             pixels_per_image,
         })
+    }
+}
+
+/// A regression set resident on the GPU: f32 feature rows [N, D] and f32 target rows
+/// [N, T].
+pub struct GpuDatasetF32 {
+    pub features: Tensor,
+    pub targets: Tensor,
+    pub n: usize,
+}
+
+impl GpuDatasetF32 {
+    /// Upload `features` [N, D] and `targets` [N, T], both row-major; N = features.len() / D.
+    pub fn upload(
+        gpu: &Gpu,
+        features: &[f32],
+        targets: &[f32],
+        features_per_row: usize,
+        targets_per_row: usize,
+    ) -> Result<GpuDatasetF32> {
+        let (d, t) = (features_per_row, targets_per_row);
+        if d == 0 || t == 0 || features.is_empty() || !features.len().is_multiple_of(d) {
+            return Err(Error::shape(
+                "dataset upload",
+                format!(
+                    "{} feature values are no whole number of {d}-value rows",
+                    features.len()
+                ),
+            ));
+        }
+        let n = features.len() / d;
+        if targets.len() != n * t {
+            return Err(Error::shape(
+                "dataset upload",
+                format!(
+                    "{} target values for {n} rows of {t} targets (the model's outputs)",
+                    targets.len()
+                ),
+            ));
+        }
+        Ok(GpuDatasetF32 {
+            features: Tensor::from_f32(gpu, "dataset features", &[n, d], features)?,
+            targets: Tensor::from_f32(gpu, "dataset targets", &[n, t], targets)?,
+            n,
+        })
+    }
+}
+
+/// One resident dataset of either kind.
+enum Dataset {
+    Images(GpuDataset),
+    Rows(GpuDatasetF32),
+}
+
+impl Dataset {
+    fn len(&self) -> usize {
+        match self {
+            Dataset::Images(d) => d.n,
+            Dataset::Rows(d) => d.n,
+        }
+    }
+
+    fn batches<'a>(&'a self, order: &'a Tensor) -> BatchSource<'a> {
+        match self {
+            Dataset::Images(d) => BatchSource::Images {
+                pixels: &d.pixels,
+                labels: &d.labels,
+                order,
+            },
+            Dataset::Rows(d) => BatchSource::Rows {
+                features: &d.features,
+                targets: &d.targets,
+                order,
+            },
+        }
     }
 }
 
@@ -95,7 +170,7 @@ pub struct Trainer<'g> {
     /// Optimizer updates applied so far (Adam's t).
     pub steps: u64,
     metrics: Tensor,
-    datasets: Vec<GpuDataset>,
+    datasets: Vec<Dataset>,
     sources: Vec<Source>,
     plans: HashMap<PlanKey, Plan>,
 }
@@ -121,14 +196,34 @@ impl<'g> Trainer<'g> {
     /// Upload a dataset once; returns its id for [`Trainer::add_source`].
     pub fn add_dataset(&mut self, images: &[u8], labels: &[u8]) -> Result<usize> {
         let [c, h, w] = self.model.input;
-        self.datasets
-            .push(GpuDataset::upload(self.gpu, images, labels, c * h * w)?);
+        self.datasets.push(Dataset::Images(GpuDataset::upload(
+            self.gpu,
+            images,
+            labels,
+            c * h * w,
+        )?));
+        Ok(self.datasets.len() - 1)
+    }
+
+    /// Upload a regression dataset once: `features` [N, D] with D the model's input size
+    /// (C * H * W) and `targets` [N, T] with T its outputs, both f32 row-major. The model
+    /// must end with a linear output (mean squared error). Returns its id.
+    pub fn add_dataset_f32(&mut self, features: &[f32], targets: &[f32]) -> Result<usize> {
+        let [c, h, w] = self.model.input;
+        let outputs = self.model.outputs()?;
+        self.datasets.push(Dataset::Rows(GpuDatasetF32::upload(
+            self.gpu,
+            features,
+            targets,
+            c * h * w,
+            outputs,
+        )?));
         Ok(self.datasets.len() - 1)
     }
 
     /// A stream of batches from `dataset` in `order`; returns its id.
     pub fn add_source(&mut self, dataset: usize, order: &[u32]) -> Result<usize> {
-        let n = self.datasets.get(dataset).map(|d| d.n).unwrap_or(0);
+        let n = self.datasets.get(dataset).map(Dataset::len).unwrap_or(0);
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= n) {
             return Err(Error::shape(
                 "add_source",
@@ -150,7 +245,7 @@ impl<'g> Trainer<'g> {
     /// Replace a source's order (the epoch's shuffle): the one upload of an epoch.
     pub fn set_order(&mut self, source: usize, order: &[u32]) -> Result<()> {
         let src = &self.sources[source];
-        let n = self.datasets[src.dataset].n;
+        let n = self.datasets[src.dataset].len();
         if order.len() != src.order.numel() || order.iter().any(|&i| i as usize >= n) {
             return Err(Error::shape(
                 "set_order",
@@ -172,12 +267,7 @@ impl<'g> Trainer<'g> {
     fn plan(&mut self, key: PlanKey) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let src = &self.sources[key.source];
-            let data = &self.datasets[src.dataset];
-            let source = BatchSource {
-                pixels: &data.pixels,
-                labels: &data.labels,
-                order: &src.order,
-            };
+            let source = self.datasets[src.dataset].batches(&src.order);
             let opt = key.train.then_some(&self.optimizer);
             let plan = build_plan(
                 self.gpu,
@@ -290,8 +380,9 @@ impl<'g> Trainer<'g> {
         Ok(out)
     }
 
-    /// The forward outputs (prob [B, C], label [B], loss [B]) of the last step run with
-    /// this source and batch size.
+    /// The forward outputs (prob [B, C], label [B], loss [B]; for f32 row datasets also
+    /// target [B, T], and prob holds the predictions) of the last step run with this source
+    /// and batch size.
     pub fn outputs(&self, source: usize, batch: usize, train: bool) -> Option<&Plan> {
         self.plans.get(&PlanKey {
             source,
@@ -342,6 +433,7 @@ impl<'g> Trainer<'g> {
 
     /// The optimizer state (Adam's m and v; SGD keeps its velocity in m), per parameter
     /// tensor, for a checkpoint.
+    #[allow(clippy::type_complexity)]
     pub fn read_optimizer_state(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         Ok((
             self.store.read(self.gpu, &self.store.m)?,

@@ -7,7 +7,7 @@
 use crate::gpu::Gpu;
 use crate::kernels::activation::{activation_backward, activation_forward, Activation as Act};
 use crate::kernels::conv2d::*;
-use crate::kernels::gather::gather_batch;
+use crate::kernels::gather::{gather_batch, gather_rows_f32};
 use crate::kernels::loss::{loss_backward, loss_forward, Loss, LossTensors};
 use crate::kernels::matmul::{matmul, MatmulSpec};
 use crate::kernels::optim::{optimizer_step, Optimizer};
@@ -22,10 +22,21 @@ use crate::tensor::Tensor;
 use crate::Result;
 
 /// Where a plan's batches come from: a GPU-resident dataset and an index order into it.
-pub struct BatchSource<'a> {
-    pub pixels: &'a Tensor,
-    pub labels: &'a Tensor,
-    pub order: &'a Tensor,
+pub enum BatchSource<'a> {
+    /// u8 images packed four per word and their u8 class labels (see gather.wgsl), for
+    /// classification (softmax or sigmoid outputs).
+    Images {
+        pixels: &'a Tensor,
+        labels: &'a Tensor,
+        order: &'a Tensor,
+    },
+    /// f32 feature rows [N, D] and f32 target rows [N, T], for regression (linear outputs,
+    /// mean squared error).
+    Rows {
+        features: &'a Tensor,
+        targets: &'a Tensor,
+        order: &'a Tensor,
+    },
 }
 
 /// The compiled step. `dispatches[0]` is the gather; in training the last is the optimizer.
@@ -35,7 +46,10 @@ pub struct Plan {
     pub train: bool,
     /// Outputs of the forward pass, readable after a step (evaluate, predict).
     pub prob: Tensor,
+    /// Class labels [B] (all zero for an f32 row dataset, which has targets instead).
     pub label: Tensor,
+    /// Regression targets [B, T] (f32 row datasets only).
+    pub target: Option<Tensor>,
     pub loss: Tensor,
 }
 
@@ -101,18 +115,41 @@ pub fn build_plan(
     let last = model.layers.len() - 1;
     let mut d = Vec::new();
 
-    // gather: pixels, labels, order -> x [B, C*H*W], label [B]
+    // gather: images -> x [B, C*H*W], label [B]; or f32 rows -> x [B, D], target [B, T]
+    let loss = loss_of(model);
     let x = zeros(gpu, "x", &[batch, c0 * h0 * w0])?;
     let label = zeros(gpu, "label", &[batch])?;
-    d.push(gather_batch(
-        gpu,
-        source.pixels,
-        source.labels,
-        source.order,
-        0,
-        &x,
-        &label,
-    )?);
+    let target = match *source {
+        BatchSource::Images {
+            pixels,
+            labels,
+            order,
+        } => {
+            if loss == Loss::MeanSquaredError {
+                return Err(crate::Error::usage(
+                    "model",
+                    "a linear output (mean squared error) needs f32 regression targets, which image datasets do not have; add the data with Trainer::add_dataset_f32, or end with softmax (or sigmoid on 1 unit)",
+                ));
+            }
+            d.push(gather_batch(gpu, pixels, labels, order, 0, &x, &label)?);
+            None
+        }
+        BatchSource::Rows {
+            features,
+            targets,
+            order,
+        } => {
+            if loss != Loss::MeanSquaredError {
+                return Err(crate::Error::usage(
+                    "model",
+                    "an f32 row dataset holds regression targets, which need a linear output (mean squared error); add classification data with Trainer::add_dataset (u8 labels)",
+                ));
+            }
+            let t = zeros(gpu, "target", &[batch, shapes[last][0]])?;
+            d.push(gather_rows_f32(gpu, features, targets, order, 0, &x, &t)?);
+            Some(t)
+        }
+    };
 
     // ---- forward ----
     let mut cur = x.view(0, &[batch, c0, h0, w0]); // [B, C, H, W]
@@ -210,28 +247,25 @@ pub fn build_plan(
     // ---- loss and metrics ----
     let classes = shapes[last][0];
     let logits = cur.view(0, &[batch, classes]); // [B, C]
-    let loss = loss_of(model);
     let prob = zeros(gpu, "prob", &[batch, classes])?;
     let per_sample = zeros(gpu, "loss", &[batch])?;
-    if loss == Loss::MeanSquaredError {
-        return Err(crate::Error::usage(
-            "model",
-            "a linear output needs f32 regression targets, which image datasets do not have; end with softmax (or sigmoid on 1 unit)",
-        ));
-    }
     let lt = LossTensors {
         z: &logits,
         label: Some(&label),
-        target: None,
+        target: target.as_ref(),
         prob: &prob,
     };
     d.push(loss_forward(gpu, loss, &lt, &per_sample)?);
+    let accuracy = match target {
+        Some(_) => Accuracy::None,
+        None => Accuracy::Classification,
+    };
     d.push(accumulate_metrics(
         gpu,
         &per_sample,
         &prob,
         &label,
-        Accuracy::Classification,
+        accuracy,
         metrics,
     )?);
 
@@ -242,6 +276,7 @@ pub fn build_plan(
             train: false,
             prob,
             label,
+            target,
             loss: per_sample,
         });
     };
@@ -374,6 +409,7 @@ pub fn build_plan(
         train: true,
         prob,
         label,
+        target,
         loss: per_sample,
     })
 }

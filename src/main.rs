@@ -220,7 +220,8 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let kind = resumed
         .as_ref()
         .map_or(args.model.name(), |c| c.kind.as_str());
-    let model = checkpoint::preset(kind).ok_or_else(|| Error::usage("--model", kind))?;
+    let model = checkpoint::preset(kind)
+        .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not cnn, mlp or softmax")))?;
     let optimizer = resumed.as_ref().map_or(optimizer, |c| c.optimizer);
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
@@ -243,7 +244,11 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Ok(())
     };
-    let title = format!("{kind} on MNIST: {}", describe_layers(&model));
+    let title = format!(
+        "{kind} on MNIST ({} parameters), {optimizer:?}, batch {}",
+        model.param_count()?,
+        cfg.batch_size
+    );
 
     let mut trainer = Trainer::new(&gpu, model, optimizer, cfg.seed)?;
     let mut history: Vec<EpochLog> = Vec::new();
@@ -329,35 +334,24 @@ fn resume_settings(
             msg: "absent: a weights-only checkpoint can be evaluated but not resumed".into(),
         });
     }
+    let opt_given = ["optimizer", "lr", "momentum"].iter().any(|id| given(id));
     let conflicts = [
-        ("--model", "model", args.model.name() != ck.kind),
+        ("--model", given("model") && args.model.name() != ck.kind),
         (
-            "--optimizer",
-            "optimizer",
-            optimizer_name(&optimizer) != optimizer_name(&ck.optimizer),
+            "--optimizer, --lr, --momentum",
+            opt_given && optimizer != ck.optimizer,
         ),
-        ("--lr", "lr", args.lr != lr_of(&ck.optimizer)),
-        (
-            "--momentum",
-            "momentum",
-            args.momentum != momentum_of(&ck.optimizer),
-        ),
-        ("--seed", "seed", args.seed != ck.seed),
+        ("--seed", given("seed") && args.seed != ck.seed),
         (
             "--batch-size",
-            "batch_size",
-            args.batch_size != ck.batch_size,
+            given("batch_size") && args.batch_size != ck.batch_size,
         ),
         (
             "--validation-split",
-            "validation_split",
-            args.validation_split != ck.validation_split,
+            given("validation_split") && args.validation_split != ck.validation_split,
         ),
     ];
-    if let Some((flag, _, _)) = conflicts
-        .iter()
-        .find(|(_, id, differs)| given(id) && *differs)
-    {
+    if let Some((flag, _)) = conflicts.iter().find(|(_, differs)| *differs) {
         return Err(Error::usage(*flag, format!("differs from the checkpoint's setting; a resumed run keeps the settings of {} (model {}, optimizer {:?}, seed {}, batch size {}, validation split {}): leave the flag out", path.display(), ck.kind, ck.optimizer, ck.seed, ck.batch_size, ck.validation_split)));
     }
     if args.epochs <= ck.epoch {
@@ -375,40 +369,17 @@ fn resume_settings(
     Ok(ck)
 }
 
-fn optimizer_name(o: &Optimizer) -> &'static str {
-    match o {
-        Optimizer::Adam { .. } => "adam",
-        Optimizer::Sgd { .. } => "sgd",
-    }
-}
-
-fn lr_of(o: &Optimizer) -> f32 {
-    match *o {
-        Optimizer::Adam { lr, .. } | Optimizer::Sgd { lr, .. } => lr,
-    }
-}
-
-fn momentum_of(o: &Optimizer) -> f32 {
-    match *o {
-        Optimizer::Sgd { momentum, .. } => momentum,
-        Optimizer::Adam { .. } => 0.0,
-    }
-}
-
 /// A trainer holding a checkpoint's parameters, for inference.
 fn load_for_inference<'g>(gpu: &'g Gpu, path: &Path) -> Result<(Checkpoint, Trainer<'g>)> {
     let ck = checkpoint::load(path, None)?;
     println!("adapter: {}", gpu.describe());
+    let (layers, n) = (describe_layers(&ck.model), ck.model.param_count()?);
+    let (kind, epoch) = (&ck.kind, ck.epoch);
     println!(
-        "checkpoint: {} - model {} ({}) - epoch {} - {} parameters",
-        path.display(),
-        ck.kind,
-        describe_layers(&ck.model),
-        ck.epoch,
-        ck.model.param_count()?
+        "checkpoint: {} - model {kind} ({layers}) - epoch {epoch} - {n} parameters",
+        path.display()
     );
-    let mut trainer = Trainer::new(gpu, ck.model.clone(), ck.optimizer, ck.seed)?;
-    ck.restore(&mut trainer)?;
+    let trainer = ck.trainer(gpu)?;
     Ok((ck, trainer))
 }
 
@@ -434,43 +405,31 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let mut digits = Vec::new();
-    let mut names = Vec::new();
+    let gpu = Gpu::new()?;
+    let (ck, mut trainer) = load_for_inference(&gpu, &args.checkpoint)?;
+    if ck.model.input != [1, 28, 28] {
+        let msg = format!("model input {:?} is not a 28x28 grey image", ck.model.input);
+        return Err(Error::usage("--checkpoint", msg));
+    }
+    let mut read = Vec::new();
     for path in &args.images {
         match predict::load_digit(path) {
-            Ok(d) => {
-                digits.push(d);
-                names.push(path);
-            }
+            Ok(d) => read.push((path, d)),
             Err(e) => eprintln!("error: {e}"),
         }
     }
-    let failed = args.images.len() - digits.len();
-    if !digits.is_empty() {
-        let gpu = Gpu::new()?;
-        let (ck, mut trainer) = load_for_inference(&gpu, &args.checkpoint)?;
-        if ck.model.input != [1, 28, 28] {
-            return Err(Error::usage(
-                "--checkpoint",
-                format!("model input {:?} is not a 28x28 grey image", ck.model.input),
-            ));
-        }
-        let probs = predict::predict_digits(&mut trainer, &digits)?;
-        let classes = probs.first().map_or(0, Vec::len);
-        let head: String = (0..classes)
-            .map(|c| format!("{:>7}", format!("p{c}")))
-            .collect();
-        println!("digit{head}  image");
-        for (p, name) in probs.iter().zip(&names) {
-            let cols: String = p.iter().map(|v| format!("{v:>7.4}")).collect();
-            println!("{:>5}{cols}  {}", predict::argmax(p), name.display());
-        }
+    let digits: Vec<Vec<u8>> = read.iter().map(|(_, d)| d.clone()).collect();
+    let probs = predict::predict_digits(&mut trainer, &digits)?;
+    let head: String = (0..10).map(|c| format!("{:>7}", format!("p{c}"))).collect();
+    println!("digit{head}  image");
+    for (p, (path, _)) in probs.iter().zip(&read) {
+        let cols: String = p.iter().map(|v| format!("{v:>7.4}")).collect();
+        println!("{:>5}{cols}  {}", predict::argmax(p), path.display());
     }
+    let failed = args.images.len() - read.len();
     if failed > 0 {
-        return Err(Error::usage(
-            "IMAGE",
-            format!("{failed} of {} images could not be read", args.images.len()),
-        ));
+        let msg = format!("{failed} of {} images could not be read", args.images.len());
+        return Err(Error::usage("IMAGE", msg));
     }
     Ok(())
 }

@@ -99,6 +99,12 @@ impl Sequential {
         }
     }
 
+    /// A model over vectors of `features` values (regression, tabular data): the input is
+    /// [1, 1, features] followed by a Flatten, which is a free reshape.
+    pub fn vector(features: usize) -> Self {
+        Sequential::new([1, 1, features]).flatten()
+    }
+
     pub fn conv2d(mut self, filters: usize, kernel: usize, activation: Activation) -> Self {
         self.layers.push(Layer::Conv2d {
             filters,
@@ -124,6 +130,8 @@ impl Sequential {
         self
     }
 
+    /// Append any layer (Keras's `model.add`); not `std::ops::Add`.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, layer: Layer) -> Self {
         self.layers.push(layer);
         self

@@ -36,7 +36,9 @@ type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw(root: &Area<'_>, history: &[EpochLog], title: &str) -> DrawResult {
     root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 20))?;
+    // Shrink long titles to fit (a sans-serif character is about 0.55 em wide).
+    let size = (0.9 * WIDTH as f64 / (0.55 * title.chars().count().max(1) as f64)).min(20.0);
+    let root = root.titled(title, ("sans-serif", size))?;
     let (left, right) = root.split_horizontally(WIDTH / 2);
     let series = |f: fn(&EpochLog) -> Option<f64>| -> Vec<(f64, f64)> {
         history
@@ -78,6 +80,7 @@ fn panel(area: &Area<'_>, name: &str, lines: &[(&str, Vec<(f64, f64)>); 2]) -> D
         .configure_mesh()
         .x_desc("epoch")
         .y_desc(name)
+        .max_light_lines(2)
         .x_labels((x1 as usize).clamp(2, 12))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.3}"))

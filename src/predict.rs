@@ -13,7 +13,7 @@ use crate::{Error, Result};
 pub const SIDE: usize = 28;
 pub const BOX: usize = 20;
 /// A pixel belongs to the digit, for cropping, above this fraction of the ink range.
-pub const CROP_THRESHOLD: f32 = 0.1;
+pub const CROP_THRESHOLD: f32 = 0.3;
 /// Decoded images larger than this many bytes are refused.
 pub const MAX_DECODED_BYTES: usize = 256 << 20;
 
@@ -165,39 +165,26 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
     }
     let (bw, bh) = (x1 + 1 - x0, y1 + 1 - y0);
 
-    // Scale into the 20x20 box: each target pixel averages k x k bilinear samples of its
-    // footprint, which anti-aliases when shrinking and interpolates when enlarging.
+    // Scale into the 20x20 box: area averaging when shrinking (exact at 1:1, anti-aliased
+    // below), bilinear interpolation when enlarging.
     let s = BOX as f32 / bw.max(bh) as f32; // target pixels per source pixel
     let (tw, th) = (
         ((bw as f32 * s).round() as usize).clamp(1, BOX),
         ((bh as f32 * s).round() as usize).clamp(1, BOX),
     );
-    let k = ((2.0 / s).ceil() as usize).clamp(2, 64);
-    let bilinear = |x: f32, y: f32| -> f32 {
-        let (x, y) = (x.clamp(0.0, (w - 1) as f32), y.clamp(0.0, (h - 1) as f32));
-        let (xa, ya) = (x.floor() as usize, y.floor() as usize);
-        let (xb, yb) = ((xa + 1).min(w - 1), (ya + 1).min(h - 1));
-        let (fx, fy) = (x - xa as f32, y - ya as f32);
-        let p = |x: usize, y: usize| ink[y * w + x];
-        (p(xa, ya) * (1.0 - fx) + p(xb, ya) * fx) * (1.0 - fy)
-            + (p(xa, yb) * (1.0 - fx) + p(xb, yb) * fx) * fy
-    };
+    let (wx, wy) = (axis_weights(x0, tw, s, w), axis_weights(y0, th, s, h));
     let mut boxed = vec![0f32; tw * th];
-    for ty in 0..th {
-        for tx in 0..tw {
-            let mut sum = 0.0;
-            for j in 0..k {
-                for i in 0..k {
-                    let sx = x0 as f32 + (tx as f32 + (i as f32 + 0.5) / k as f32) / s;
-                    let sy = y0 as f32 + (ty as f32 + (j as f32 + 0.5) / k as f32) / s;
-                    sum += bilinear(sx - 0.5, sy - 0.5);
-                }
-            }
-            boxed[ty * tw + tx] = sum / (k * k) as f32;
+    for (ty, ry) in wy.iter().enumerate() {
+        for (tx, rx) in wx.iter().enumerate() {
+            boxed[ty * tw + tx] = ry
+                .iter()
+                .map(|&(y, fy)| fy * rx.iter().map(|&(x, fx)| fx * ink[y * w + x]).sum::<f32>())
+                .sum();
         }
     }
 
-    // Centre of mass to the centre of the 28x28 field.
+    // Centre of mass to the centre of the 28x28 field: pixel 14 (as in MNIST, whose mean
+    // centre of mass is (14.0, 14.0) in pixel indices).
     let mass: f32 = boxed.iter().sum();
     let com = |coord: &dyn Fn(usize) -> usize| {
         boxed
@@ -208,7 +195,7 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
             / mass.max(1e-6)
     };
     let (cx, cy) = (com(&|i| i % tw), com(&|i| i / tw));
-    let half = SIDE as f32 / 2.0;
+    let half = SIDE as f32 / 2.0 + 0.5;
     let (ox, oy) = ((half - cx).round() as isize, (half - cy).round() as isize);
     let mut out = vec![0u8; SIDE * SIDE];
     for (i, &v) in boxed.iter().enumerate() {
@@ -218,6 +205,29 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
         }
     }
     Ok(out)
+}
+
+/// Along one axis, for each of `n` target pixels, the (source index, weight) pairs that
+/// make it: a target pixel spans 1/s source pixels from `start`. Weights sum to 1.
+fn axis_weights(start: usize, n: usize, s: f32, len: usize) -> Vec<Vec<(usize, f32)>> {
+    (0..n)
+        .map(|t| {
+            if s <= 1.0 {
+                let (a, b) = (
+                    start as f32 + t as f32 / s,
+                    start as f32 + (t + 1) as f32 / s,
+                );
+                (a.floor() as usize..(b.ceil() as usize).min(len))
+                    .map(|i| (i, (b.min(i as f32 + 1.0) - a.max(i as f32)).max(0.0) * s))
+                    .collect()
+            } else {
+                let c = (start as f32 + (t as f32 + 0.5) / s - 0.5).clamp(0.0, (len - 1) as f32);
+                let i = c.floor() as usize;
+                let f = c - i as f32;
+                vec![(i, 1.0 - f), ((i + 1).min(len - 1), f)]
+            }
+        })
+        .collect()
 }
 
 /// [`load_png`] then [`to_mnist`].

@@ -234,7 +234,10 @@ fn handmade(entries: &[(&str, &str, Vec<usize>, [usize; 2])], meta: Value, data:
 
 const W: usize = 7840 * 4; // fc1.weight [10, 784] in bytes
 
-fn good_entries() -> Vec<(&'static str, &'static str, Vec<usize>, [usize; 2])> {
+/// (name, dtype, shape, data offsets) per tensor.
+type Entries = Vec<(&'static str, &'static str, Vec<usize>, [usize; 2])>;
+
+fn good_entries() -> Entries {
     vec![
         ("fc1.weight", "F32", vec![10, 784], [0, W]),
         ("fc1.bias", "F32", vec![10], [W, W + 40]),
@@ -259,164 +262,63 @@ fn weights_only_file_without_metadata_loads_as_its_model() {
     assert_eq!(ck.params[1], vec![0.25; 10]);
 }
 
+/// (what is wrong, the file, the field its error must name): one case per check.
+#[rustfmt::skip]
+fn bad_files() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let good = handmade(&good_entries(), Value::Null, &good_data());
+    let with = |f: &dyn Fn(&mut Entries)| {
+        let mut e = good_entries();
+        f(&mut e);
+        handmade(&e, json!({"model": "softmax"}), &good_data())
+    };
+    let meta = |m: Value| handmade(&good_entries(), m, &good_data());
+    let poke = |at: usize, v: f32| {
+        let mut d = good_data();
+        d[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        handmade(&good_entries(), Value::Null, &d)
+    };
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut extra = good_entries();
+    extra.push(("fc2.weight", "F32", vec![1], [W + 40, W + 44]));
+    let mut only_m = good_entries();
+    only_m.push(("optimizer.m.fc1.weight", "F32", vec![10, 784], [W + 40, 2 * W + 40]));
+    only_m.push(("optimizer.m.fc1.bias", "F32", vec![10], [2 * W + 40, 2 * W + 80]));
+    vec![
+        ("empty file", vec![], "header length"),
+        ("header length past the end", huge, "header length"),
+        ("truncated", good[..good.len() - 100].to_vec(), "fc1.bias.data_offsets"),
+        ("header not JSON", [6u64.to_le_bytes().to_vec(), b"{nope}".to_vec()].concat(), "header"),
+        ("header a list", [2u64.to_le_bytes().to_vec(), b"[]".to_vec()].concat(), "header"),
+        ("dtype F16", with(&|e| e[0].1 = "F16"), "fc1.weight.dtype"),
+        ("shape not the data size", with(&|e| e[0].2 = vec![10, 785]), "fc1.weight.data_offsets"),
+        ("shape not the model's", with(&|e| e[0].2 = vec![784, 10]), "fc1.weight.shape"),
+        ("scalar shape", with(&|e| e[1].2 = vec![]), "fc1.bias.data_offsets"),
+        ("offsets past the end", with(&|e| e[1].3 = [W, W + 400]), "fc1.bias.data_offsets"),
+        ("offsets reversed", with(&|e| e[1].3 = [W + 40, W]), "fc1.bias.data_offsets"),
+        ("overlapping", with(&|e| e[1].3 = [W - 40, W]), "fc1.bias.data_offsets"),
+        ("NaN weight", poke(400, f32::NAN), "fc1.weight"),
+        ("infinite bias", poke(W, f32::INFINITY), "fc1.bias"),
+        ("unknown tensor", handmade(&extra, json!({"model": "softmax"}), &[good_data(), vec![0; 4]].concat()), "fc2.weight"),
+        ("trailing bytes", [good.clone(), vec![0; 4]].concat(), "data"),
+        ("half the optimizer state", handmade(&only_m, Value::Null, &[good_data(), good_data()].concat()), "optimizer.v.fc1.weight"),
+        ("format", meta(json!({"format": "other-9"})), "__metadata__.format"),
+        ("model unknown", meta(json!({"model": "resnet"})), "__metadata__.model"),
+        ("model mismatch", meta(json!({"model": "mlp"})), "fc1.weight.shape"),
+        ("layers mismatch", meta(json!({"model": "softmax", "layers": "Input(1x28x28) -> Dense(11, softmax)"})), "__metadata__.layers"),
+        ("epoch not a number", meta(json!({"epoch": "two"})), "__metadata__.epoch"),
+        ("metadata not strings", meta(json!({"epoch": 2})), "__metadata__.epoch"),
+        ("optimizer not JSON", meta(json!({"optimizer": "adam!"})), "__metadata__.optimizer"),
+        ("optimizer incomplete", meta(json!({"optimizer": "{\"name\": \"adam\"}"})), "__metadata__.optimizer"),
+        ("split", meta(json!({"validation_split": "1.5"})), "__metadata__.validation_split"),
+        ("history", meta(json!({"history": "[{\"epoch\": 1}]"})), "__metadata__.history"),
+    ]
+}
+
 #[test]
 fn bad_files_are_refused_naming_file_and_field() {
     let path = Path::new("/models/bad.safetensors");
-    let good = handmade(&good_entries(), Value::Null, &good_data());
-    let with = |f: &dyn Fn(&mut Vec<(&'static str, &'static str, Vec<usize>, [usize; 2])>)| {
-        let mut e = good_entries();
-        f(&mut e);
-        handmade(&e, Value::Null, &good_data())
-    };
-    let meta = |m: Value| handmade(&good_entries(), m, &good_data());
-    let mut nan = good_data();
-    nan[100 * 4..101 * 4].copy_from_slice(&f32::NAN.to_le_bytes());
-    let mut inf = good_data();
-    inf[W..W + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
-    let mut huge = good.clone();
-    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-    let mut not_json = 6u64.to_le_bytes().to_vec();
-    not_json.extend(b"{nope}");
-    let mut extra_entries = good_entries();
-    extra_entries.push(("fc2.weight", "F32", vec![1], [W + 40, W + 44]));
-    let mut extra_data = good_data();
-    extra_data.extend([0; 4]);
-    let only_m = {
-        let mut e = good_entries();
-        e.push((
-            "optimizer.m.fc1.weight",
-            "F32",
-            vec![10, 784],
-            [W + 40, 2 * W + 40],
-        ));
-        e.push((
-            "optimizer.m.fc1.bias",
-            "F32",
-            vec![10],
-            [2 * W + 40, 2 * W + 80],
-        ));
-        let mut d = good_data();
-        d.extend(good_data());
-        handmade(&e, Value::Null, &d)
-    };
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("empty file", vec![], "header length"),
-        ("header length past the end", huge, "header length"),
-        (
-            "truncated",
-            good[..good.len() - 100].to_vec(),
-            "fc1.bias.data_offsets",
-        ),
-        ("header not JSON", not_json, "header"),
-        (
-            "header a list",
-            [2u64.to_le_bytes().to_vec(), b"[]".to_vec()].concat(),
-            "header",
-        ),
-        ("dtype F16", with(&|e| e[0].1 = "F16"), "fc1.weight.dtype"),
-        (
-            "shape not the data size",
-            with(&|e| e[0].2 = vec![10, 785]),
-            "fc1.weight.data_offsets",
-        ),
-        (
-            "shape not the model's",
-            with(&|e| e[0].2 = vec![784, 10]),
-            "fc1.weight.shape",
-        ),
-        (
-            "scalar shape",
-            with(&|e| e[1].2 = vec![]),
-            "fc1.bias.data_offsets",
-        ),
-        (
-            "offsets past the end",
-            with(&|e| e[1].3 = [W, W + 400]),
-            "fc1.bias.data_offsets",
-        ),
-        (
-            "offsets reversed",
-            with(&|e| e[1].3 = [W + 40, W]),
-            "fc1.bias.data_offsets",
-        ),
-        (
-            "overlapping",
-            with(&|e| e[1].3 = [W - 40, W]),
-            "fc1.bias.data_offsets",
-        ),
-        (
-            "NaN weight",
-            handmade(&good_entries(), Value::Null, &nan),
-            "fc1.weight",
-        ),
-        (
-            "infinite bias",
-            handmade(&good_entries(), Value::Null, &inf),
-            "fc1.bias",
-        ),
-        (
-            "unknown tensor",
-            handmade(&extra_entries, json!({"model": "softmax"}), &extra_data),
-            "fc2.weight",
-        ),
-        (
-            "trailing bytes",
-            [good.clone(), vec![0; 4]].concat(),
-            "data",
-        ),
-        ("half the optimizer state", only_m, "optimizer.v.fc1.weight"),
-        (
-            "format",
-            meta(json!({"format": "other-9"})),
-            "__metadata__.format",
-        ),
-        (
-            "model unknown",
-            meta(json!({"model": "resnet"})),
-            "__metadata__.model",
-        ),
-        (
-            "model mismatch",
-            meta(json!({"model": "mlp"})),
-            "fc1.weight.shape",
-        ),
-        (
-            "layers mismatch",
-            meta(json!({"model": "softmax", "layers": "Input(1x28x28) -> Dense(11, softmax)"})),
-            "__metadata__.layers",
-        ),
-        (
-            "epoch not a number",
-            meta(json!({"epoch": "two"})),
-            "__metadata__.epoch",
-        ),
-        (
-            "metadata not strings",
-            meta(json!({"epoch": 2})),
-            "__metadata__.epoch",
-        ),
-        (
-            "optimizer not JSON",
-            meta(json!({"optimizer": "adam!"})),
-            "__metadata__.optimizer",
-        ),
-        (
-            "optimizer incomplete",
-            meta(json!({"optimizer": "{\"name\": \"adam\"}"})),
-            "__metadata__.optimizer",
-        ),
-        (
-            "split",
-            meta(json!({"validation_split": "1.5"})),
-            "__metadata__.validation_split",
-        ),
-        (
-            "history",
-            meta(json!({"history": "[{\"epoch\": 1}]"})),
-            "__metadata__.history",
-        ),
-    ];
-    for (what, bytes, field) in cases {
+    for (what, bytes, field) in bad_files() {
         match checkpoint::load_bytes(path, &bytes, None) {
             Err(Error::Checkpoint {
                 path: p,
@@ -774,8 +676,8 @@ fn saved_and_loaded_model_predicts_the_same() {
     };
     let (a, b) = (probs(&ck, 1), probs(&loaded, 2));
     assert_eq!(
-        bits(&[a.probs.clone()]),
-        bits(&[b.probs.clone()]),
+        bits(std::slice::from_ref(&a.probs)),
+        bits(std::slice::from_ref(&b.probs)),
         "same probabilities to the bit"
     );
     assert_eq!(a.predictions(), b.predictions());
@@ -793,6 +695,190 @@ fn saved_and_loaded_model_predicts_the_same() {
         b.metrics.accuracy,
         "confusion diagonal is the accuracy"
     );
-    assert!(b.metrics.accuracy > 0.8, "accuracy {}", b.metrics.accuracy);
+    assert!(b.metrics.accuracy > 0.7, "accuracy {}", b.metrics.accuracy);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- the command line
+
+/// Run the `shadergrad` binary; its stdout, failing the test on a non-zero exit.
+fn shadergrad(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadergrad"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "shadergrad {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The first `n_train` and `n_test` images of the vendored MNIST as raw IDX files in `dir`.
+fn write_mnist_subset(dir: &Path, n_train: usize, n_test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let m = mnist();
+    for (split, n, images, labels) in [
+        (
+            &m.train,
+            n_train,
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+        ),
+        (
+            &m.test,
+            n_test,
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+    ] {
+        let be = |v: &[u32]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let img = [
+            be(&[0x803, n as u32, 28, 28]),
+            split.images[..n * PIXELS].to_vec(),
+        ]
+        .concat();
+        std::fs::write(dir.join(images), img).unwrap();
+        std::fs::write(
+            dir.join(labels),
+            [be(&[0x801, n as u32]), split.labels[..n].to_vec()].concat(),
+        )
+        .unwrap();
+    }
+}
+
+fn line_with<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+}
+
+#[test]
+fn cli_train_save_evaluate_and_resume() {
+    let Some(_) = common::gpu() else { return };
+    let dir = temp_dir("cli");
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    // Softmax on a 3,000-image MNIST (1,000 test images): seconds on lavapipe.
+    let data = dir.join("mnist");
+    write_mnist_subset(&data, 3000, 1000);
+    let data = data.to_string_lossy().into_owned();
+    let common = [
+        "train",
+        "--model",
+        "softmax",
+        "--batch-size",
+        "100",
+        "--data-dir",
+        &data,
+    ];
+    let trained = shadergrad(
+        &[
+            &common[..],
+            &["--epochs", "2", "--save", &p("full.safetensors")],
+        ]
+        .concat(),
+    );
+    let evaluated = shadergrad(&[
+        "evaluate",
+        "--checkpoint",
+        &p("full.safetensors"),
+        "--data-dir",
+        &data,
+    ]);
+    let acc = |s: &str| {
+        let line = line_with(s, "test_loss:");
+        let after = line.split("test_accuracy: ").nth(1).unwrap_or("");
+        after.split_whitespace().next().map(str::to_string)
+    };
+    assert_eq!(
+        acc(&evaluated),
+        acc(&trained),
+        "evaluate prints the test accuracy training printed"
+    );
+    assert!(evaluated.contains("true\\pred"), "{evaluated}");
+    let log = std::fs::read_to_string(dir.join("full.metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        3,
+        "two epochs and the test line: {log}"
+    );
+    assert!(std::fs::read_to_string(dir.join("full.metrics.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+
+    shadergrad(
+        &[
+            &common[..],
+            &["--epochs", "1", "--save", &p("half.safetensors")],
+        ]
+        .concat(),
+    );
+    let resumed = shadergrad(&[
+        "train",
+        "--resume",
+        &p("half.safetensors"),
+        "--epochs",
+        "2",
+        "--save",
+        &p("resumed.safetensors"),
+        "--data-dir",
+        &data,
+    ]);
+    assert!(
+        resumed.contains("resuming") && resumed.contains("Epoch 2/2"),
+        "{resumed}"
+    );
+    assert_eq!(acc(&resumed), acc(&trained));
+    let (a, b) = (
+        checkpoint::load(&dir.join("full.safetensors"), None).unwrap(),
+        checkpoint::load(&dir.join("resumed.safetensors"), None).unwrap(),
+    );
+    assert_eq!(
+        bits(&a.params),
+        bits(&b.params),
+        "1 epoch + resume + 1 epoch == 2 epochs"
+    );
+    assert_eq!(bits(&a.state.unwrap().v), bits(&b.state.unwrap().v));
+    assert_eq!((b.epoch, b.steps, b.history.len()), (2, a.steps, 2));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("resumed.metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    // Contradicting the checkpoint, or asking for fewer epochs than it has, is refused.
+    for (args, needle) in [
+        (
+            &["--epochs", "3", "--lr", "0.5"][..],
+            "--optimizer, --lr, --momentum",
+        ),
+        (&["--epochs", "2"][..], "already trained 2 epochs"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadergrad"))
+            .args(
+                [
+                    &[
+                        "train",
+                        "--resume",
+                        &p("full.safetensors"),
+                        "--data-dir",
+                        &data,
+                    ][..],
+                    args,
+                ]
+                .concat(),
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

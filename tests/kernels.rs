@@ -12,7 +12,7 @@ use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::optim::*;
 use shadergrad::kernels::pool::*;
 use shadergrad::kernels::reduce::*;
-use shadergrad::kernels::{f64s, run};
+use shadergrad::kernels::{f64s, run, WG_1D};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
 
@@ -20,9 +20,25 @@ fn upload(gpu: &shadergrad::gpu::Gpu, shape: &[usize], data: &[f32]) -> Tensor {
     Tensor::from_f32(gpu, "test input", shape, data).unwrap()
 }
 
+/// Whether `test` can also check the subgroup variants of its kernels; says so when not
+/// (the OpenGL backend has no subgroups), so that a variant is never left out silently.
+/// `cargo test -- --show-output` (as `.ci/run` runs the OpenGL pass) prints the line.
+fn subgroup_variants(gpu: &shadergrad::gpu::Gpu, test: &str) -> bool {
+    if !gpu.subgroups() {
+        eprintln!(
+            "{test}: NOT TESTED here: the subgroup kernel variants, because {} has no \
+             subgroups of at least 8 lanes (or SHADERGRAD_NO_SUBGROUPS=1); the engine runs \
+             only the portable kernels on it, and those are tested",
+            gpu.describe()
+        );
+    }
+    gpu.subgroups()
+}
+
 #[test]
 fn matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
+    let subgroups = subgroup_variants(gpu, "matmul_matches_reference");
     let mut rng = Rng::new(1);
     let shapes = [
         (1, 1, 1),
@@ -65,7 +81,7 @@ fn matmul_matches_reference() {
                 tm: 4,
                 tn: 4,
             })];
-            if gpu.subgroups() {
+            if subgroups {
                 kernels.push(MatmulKernel::Subgroup { wg: 64 });
             }
             for kernel in kernels {
@@ -108,7 +124,7 @@ fn matmul_every_tile_shape_agrees() {
             }
         }
     }
-    if gpu.subgroups() {
+    if subgroup_variants(gpu, "matmul_every_tile_shape_agrees") {
         kernels.extend([
             MatmulKernel::Subgroup { wg: 8 },
             MatmulKernel::Subgroup { wg: 64 },
@@ -155,6 +171,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
 #[test]
 fn conv2d_matches_reference() {
     let Some(gpu) = gpu() else { return };
+    let subgroups = subgroup_variants(gpu, "conv2d_matches_reference");
     let mut rng = Rng::new(3);
     for s in conv_specs() {
         let n = |shape: [usize; 4]| shape.iter().product::<usize>();
@@ -176,7 +193,7 @@ fn conv2d_matches_reference() {
         let (oh, ow) = s.out_hw();
         let db = Tensor::zeros(gpu, "db", &[s.c_out]).unwrap();
         let dims = (s.weight_chunks(), s.part_row(), 1);
-        if gpu.subgroups() {
+        if subgroups {
             // The portable kernel too, wherever the subgroup one is the default.
             let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
             run(
@@ -595,4 +612,103 @@ fn gather_matches_reference() {
         );
         assert_eq!(y.to_u32(gpu).unwrap(), want_y);
     }
+}
+
+#[test]
+fn gather_rows_f32_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(10);
+    // (rows, features D, targets T, batch, start): D = T = 1, D > T, D < T, MNIST-sized rows.
+    for (n, d, t, batch, start) in [
+        (1, 1, 1, 1, 0),
+        (10, 3, 2, 4, 2),
+        (37, 1, 5, 7, 11),
+        (300, 784, 10, 128, 100),
+    ] {
+        let mut features = rng.uniform_vec(n * d, -1e3, 1e3);
+        let targets = rng.uniform_vec(n * t, -1.0, 1.0);
+        features[0] = -0.0;
+        features[n * d - 1] = f32::MAX;
+        let mut order: Vec<u32> = (0..n as u32).cycle().take(start + batch + 3).collect();
+        rng.shuffle(&mut order);
+        let tf = upload(gpu, &[n, d], &features);
+        let tt = upload(gpu, &[n, t], &targets);
+        let tord = Tensor::from_u32(gpu, "order", &[order.len()], &order).unwrap();
+        let x = Tensor::zeros(gpu, "x", &[batch, d]).unwrap();
+        let y = Tensor::zeros(gpu, "target", &[batch, t]).unwrap();
+        run(
+            gpu,
+            &[&gather_rows_f32(gpu, &tf, &tt, &tord, start, &x, &y).unwrap()],
+        )
+        .unwrap();
+        let (want_x, want_y) =
+            gather_rows_f32_ref(&features, &targets, d, t, &order[start..start + batch]);
+        // Rows are copied bit for bit.
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let want_bits = |v: &[f64]| v.iter().map(|&f| (f as f32).to_bits()).collect::<Vec<_>>();
+        let what = format!("gather_rows_f32 n={n} d={d} t={t} batch={batch}");
+        assert_eq!(
+            bits(&x.to_f32(gpu).unwrap()),
+            want_bits(&want_x),
+            "{what}: x"
+        );
+        assert_eq!(
+            bits(&y.to_f32(gpu).unwrap()),
+            want_bits(&want_y),
+            "{what}: target"
+        );
+    }
+    // Mismatched shapes are refused before anything runs.
+    let f = upload(gpu, &[4, 3], &[0.0; 12]);
+    let t = upload(gpu, &[5, 1], &[0.0; 5]);
+    let o = Tensor::from_u32(gpu, "order", &[4], &[0, 1, 2, 3]).unwrap();
+    let (x, y) = (
+        Tensor::zeros(gpu, "x", &[2, 3]).unwrap(),
+        Tensor::zeros(gpu, "target", &[2, 1]).unwrap(),
+    );
+    let err = gather_rows_f32(gpu, &f, &t, &o, 0, &x, &y)
+        .err()
+        .expect("4 feature rows with 5 target rows")
+        .to_string();
+    assert!(err.contains("targets have shape"), "{err}");
+}
+
+#[test]
+fn adapter_meets_the_kernels_needs() {
+    let Some(gpu) = gpu() else { return };
+    let l = &gpu.limits;
+    // What the kernels use at most: the storage buffers of the widest shader file, 256
+    // invocations per 1-D workgroup, tensor views at 256-byte offsets.
+    let storage = shadergrad::kernels::Shader::ALL
+        .iter()
+        .map(|s| {
+            let m = naga::front::wgsl::parse_str(s.source()).unwrap();
+            m.global_variables
+                .iter()
+                .filter(|(_, v)| matches!(v.space, naga::AddressSpace::Storage { .. }))
+                .count() as u32
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "adapter {}: subgroups {}, {} storage buffers per stage, {} invocations per \
+         workgroup, storage offset alignment {} B, max binding {} MiB",
+        gpu.describe(),
+        if gpu.subgroups() {
+            "yes"
+        } else {
+            "NO (portable kernels only)"
+        },
+        l.max_storage_buffers_per_shader_stage,
+        l.max_compute_invocations_per_workgroup,
+        l.min_storage_buffer_offset_alignment,
+        l.max_storage_buffer_binding_size >> 20,
+    );
+    assert!(
+        l.max_storage_buffers_per_shader_stage >= storage,
+        "{storage} storage buffers"
+    );
+    assert!(l.max_compute_invocations_per_workgroup >= WG_1D as u32);
+    assert!(l.max_compute_workgroup_size_x >= WG_1D as u32);
+    assert!(l.min_storage_buffer_offset_alignment as u64 <= shadergrad::tensor::ALIGN_BYTES);
 }

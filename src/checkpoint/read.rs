@@ -30,11 +30,11 @@ fn bad(path: &Path, field: impl Into<String>, msg: impl Into<String>) -> Error {
     }
 }
 
+/// A parsed container: tensor entries by name, metadata, the data section.
+type Container<'a> = (BTreeMap<String, Entry>, BTreeMap<String, String>, &'a [u8]);
+
 /// Parse and check the container: header length, JSON, dtypes, shapes, offsets.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-) -> Result<(BTreeMap<String, Entry>, BTreeMap<String, String>, &'a [u8])> {
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Container<'a>> {
     let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(bad(
             path,

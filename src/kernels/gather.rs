@@ -1,5 +1,6 @@
-//! Batch gather from the GPU-resident dataset: shaders/gather.wgsl, its wrapper and
-//! reference. B = batch, P = pixels per image, WPI = ceil(P / 4) packed words per image.
+//! Batch gather from the GPU-resident dataset: shaders/gather.wgsl, its wrappers and
+//! references. B = batch, P = pixels per image, WPI = ceil(P / 4) packed words per image;
+//! for f32 row datasets D = features and T = targets per row.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -16,6 +17,9 @@ pub struct Params {
     pub words_per_image: u32,
     /// Position of the batch's first index in `order`; rewritten before each step.
     pub start: u32,
+    /// Target values per row (f32 row datasets); 0 for images.
+    pub targets: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Byte offset of `start` in the uniform, for the executor's per-step write.
@@ -58,6 +62,8 @@ pub fn gather_batch(
         pixels: p as u32,
         words_per_image: p.div_ceil(4) as u32,
         start: start as u32,
+        targets: 0,
+        _pad: [0; 3],
     };
     dispatch(
         gpu,
@@ -73,6 +79,79 @@ pub fn gather_batch(
                 (label, Access::ReadWrite),
             ],
             workgroups: grid_1d(gpu, op, batch * p)?,
+            constants: &[],
+        },
+    )
+}
+
+/// x [B, D] = features of rows order[start..start+B]; target [B, T] their targets.
+/// `features` is [N, D] f32 and `targets` [N, T] f32; both are copied bit for bit.
+pub fn gather_rows_f32(
+    gpu: &Gpu,
+    features: &Tensor,
+    targets: &Tensor,
+    order: &Tensor,
+    start: usize,
+    x: &Tensor,
+    target: &Tensor,
+) -> Result<Dispatch> {
+    let op = "gather_rows_f32";
+    let [n, d] = match features.shape[..] {
+        [n, d] if n > 0 && d > 0 => [n, d],
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!("features have shape {:?}, expected [N, D]", features.shape),
+            ))
+        }
+    };
+    let t = match targets.shape[..] {
+        [tn, t] if tn == n && t > 0 => t,
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "targets have shape {:?}, expected [{n}, T] (one row per feature row)",
+                    targets.shape
+                ),
+            ))
+        }
+    };
+    let batch = x.shape.first().copied().unwrap_or(0);
+    expect_shape(op, "x", x, &[batch, d])?;
+    expect_shape(op, "target", target, &[batch, t])?;
+    if batch == 0 || start + batch > order.numel() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "batch {start}..{} past the {} indices",
+                start + batch,
+                order.numel()
+            ),
+        ));
+    }
+    let params = Params {
+        batch: batch as u32,
+        pixels: d as u32,
+        words_per_image: d as u32,
+        start: start as u32,
+        targets: t as u32,
+        _pad: [0; 3],
+    };
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Gather,
+            entry: op,
+            params: bytemuck::bytes_of(&params),
+            bindings: &[
+                (features, Access::Read),
+                (targets, Access::Read),
+                (order, Access::Read),
+                (x, Access::ReadWrite),
+                (target, Access::ReadWrite),
+            ],
+            workgroups: grid_1d(gpu, op, batch * d.max(t))?,
             constants: &[],
         },
     )
@@ -97,4 +176,22 @@ pub fn gather_batch_ref(
         x,
         order.iter().map(|&s| labels[s as usize] as u32).collect(),
     )
+}
+
+/// Reference: (x [B, D], target [B, T]) from features [N, D] and targets [N, T].
+pub fn gather_rows_f32_ref(
+    features: &[f32],
+    targets: &[f32],
+    d: usize,
+    t: usize,
+    order: &[u32],
+) -> (Vec<f64>, Vec<f64>) {
+    let rows = |data: &[f32], w: usize| -> Vec<f64> {
+        order
+            .iter()
+            .flat_map(|&s| &data[s as usize * w..(s as usize + 1) * w])
+            .map(|&v| v as f64)
+            .collect()
+    };
+    (rows(features, d), rows(targets, t))
 }

@@ -89,7 +89,7 @@ impl Shader {
     /// Every entry point of the file, for the portability tests.
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
-            Shader::Gather => &["gather_batch"],
+            Shader::Gather => &["gather_batch", "gather_rows_f32"],
             Shader::Matmul => &["matmul"],
             Shader::MatmulSubgroup => &["matmul_subgroup"],
             Shader::Conv2d => &[
@@ -158,6 +158,19 @@ pub struct KernelCall<'a> {
 
 pub fn dispatch(gpu: &Gpu, call: &KernelCall<'_>) -> Result<Dispatch> {
     let access: Vec<Access> = call.bindings.iter().map(|(_, a)| *a).collect();
+    let max_storage = gpu.limits.max_storage_buffers_per_shader_stage;
+    if access.len() > max_storage as usize {
+        return Err(Error::Limit {
+            op: call.entry.to_string(),
+            what: "storage buffers per shader stage".into(),
+            requested: access.len() as u64,
+            limit: max_storage as u64,
+            hint: format!(
+                "{} cannot run this kernel (OpenGL ES 3.1 guarantees only 4); choose another adapter with WGPU_BACKEND or WGPU_ADAPTER_NAME",
+                gpu.describe()
+            ),
+        });
+    }
     let pipeline = gpu.pipeline(call.shader, call.entry, &access, call.constants)?;
     let max_wg = gpu.limits.max_compute_workgroups_per_dimension;
     for (axis, &n) in call.workgroups.iter().enumerate() {
@@ -216,6 +229,22 @@ pub const WG_1D: usize = 256;
 /// Grid for `n` invocations of [`WG_1D`]-wide workgroups, folded onto y when x would pass
 /// the per-dimension limit. Kernels recover i = gid.x + gid.y * num_workgroups.x * 256.
 pub fn grid_1d(gpu: &Gpu, op: &str, n: usize) -> Result<[u32; 3]> {
+    let l = &gpu.limits;
+    let max_wg = l
+        .max_compute_invocations_per_workgroup
+        .min(l.max_compute_workgroup_size_x);
+    if WG_1D > max_wg as usize {
+        return Err(Error::Limit {
+            op: op.to_string(),
+            what: "invocations per workgroup".into(),
+            requested: WG_1D as u64,
+            limit: max_wg as u64,
+            hint: format!(
+                "{} cannot run the {WG_1D}-wide kernels (OpenGL ES 3.1 guarantees only 128); choose another adapter with WGPU_BACKEND or WGPU_ADAPTER_NAME",
+                gpu.describe()
+            ),
+        });
+    }
     let groups = n.div_ceil(WG_1D).max(1) as u64;
     let max = gpu.limits.max_compute_workgroups_per_dimension as u64;
     let x = groups.min(max);
