@@ -217,40 +217,60 @@ pub fn conv2d_forward_with(
     }
     let flags = bias.is_some() as u32 | (relu as u32) << 1;
     let bias = bias.unwrap_or(gpu.dummy());
-    if !subgroup {
-        return conv_call(gpu, op, &params(s, flags), [x, weight, bias], y);
+    let p = params(s, flags);
+    // Seed shapes on lavapipe: 300 ms per batch of 128 with one invocation per output,
+    // 46 ms with eight channels per invocation.
+    let (oh, ow) = s.out_hw();
+    let groups = (s.batch * oh * ow).div_ceil(64);
+    let sg = "conv2d_forward_subgroup";
+    match subgroup_call(
+        gpu,
+        subgroup,
+        sg,
+        &p,
+        [x, weight, bias],
+        y,
+        [groups, s.c_out],
+    )? {
+        Some(d) => Ok(d),
+        None => conv_call(gpu, op, &p, [x, weight, bias], y),
+    }
+}
+
+/// The subgroup kernel `entry` over `groups` x ceil(CO / 8) workgroups, or None when the
+/// caller asked for the portable kernel or the grid is too wide (the caller falls back).
+fn subgroup_call(
+    gpu: &Gpu,
+    subgroup: bool,
+    entry: &'static str,
+    p: &Params,
+    ins: [&Tensor; 3],
+    out: &Tensor,
+    [groups, c_out]: [usize; 2],
+) -> Result<Option<Dispatch>> {
+    if !subgroup || groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
+        return Ok(None);
     }
     if !gpu.subgroups() {
         return Err(Error::usage(
-            "conv2d kernel",
-            "the subgroup kernel needs subgroups of at least 8",
+            entry,
+            "the subgroup kernels need subgroups of at least 8",
         ));
     }
-    // Seed shapes on lavapipe: 300 ms per batch of 128 with one invocation per output,
-    // 60 ms with eight channels per invocation.
-    let (oh, ow) = s.out_hw();
-    let entry = "conv2d_forward_subgroup";
-    let pixels = s.batch * oh * ow;
-    let groups = pixels.div_ceil(64);
-    if groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
-        return conv_call(gpu, op, &params(s, flags), [x, weight, bias], y);
-    }
-    dispatch(
-        gpu,
-        &KernelCall {
-            shader: Shader::Conv2dSubgroup,
-            entry,
-            params: bytemuck::bytes_of(&params(s, flags)),
-            bindings: &[
-                (x, Access::Read),
-                (weight, Access::Read),
-                (bias, Access::Read),
-                (y, Access::ReadWrite),
-            ],
-            workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
-            constants: &[],
-        },
-    )
+    let call = KernelCall {
+        shader: Shader::Conv2dSubgroup,
+        entry,
+        params: bytemuck::bytes_of(p),
+        bindings: &[
+            (ins[0], Access::Read),
+            (ins[1], Access::Read),
+            (ins[2], Access::Read),
+            (out, Access::ReadWrite),
+        ],
+        workgroups: [groups as u32, c_out.div_ceil(8) as u32, 1],
+        constants: &[],
+    };
+    dispatch(gpu, &call).map(Some)
 }
 
 /// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W].
@@ -296,38 +316,23 @@ pub fn conv2d_backward_weight_with(
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "part", part, &[s.weight_chunks(), s.part_row()])?;
-    if !subgroup {
-        return conv_call(gpu, op, &params(s, 0), [dy, x, x], part);
-    }
-    if !gpu.subgroups() {
-        return Err(Error::usage(
-            "conv2d kernel",
-            "the subgroup kernel needs subgroups of at least 8",
-        ));
-    }
+    let p = params(s, 0);
     // Seed shapes on lavapipe: 226 ms per batch of 128 with one weight per invocation,
-    // 32 ms with 9 taps x 8 channels per subgroup.
+    // 25 ms with 9 taps x 8 channels per subgroup.
     let groups = s.weight_chunks() * s.c_in * (s.kh * s.kw).div_ceil(9);
-    let entry = "conv2d_backward_weight_subgroup";
-    if groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
-        return conv_call(gpu, op, &params(s, 0), [dy, x, x], part);
-    }
-    dispatch(
+    let sg = "conv2d_backward_weight_subgroup";
+    match subgroup_call(
         gpu,
-        &KernelCall {
-            shader: Shader::Conv2dSubgroup,
-            entry,
-            params: bytemuck::bytes_of(&params(s, 0)),
-            bindings: &[
-                (x, Access::Read),
-                (dy, Access::Read),
-                (gpu.dummy(), Access::Read),
-                (part, Access::ReadWrite),
-            ],
-            workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
-            constants: &[],
-        },
-    )
+        subgroup,
+        sg,
+        &p,
+        [x, dy, gpu.dummy()],
+        part,
+        [groups, s.c_out],
+    )? {
+        Some(d) => Ok(d),
+        None => conv_call(gpu, op, &p, [dy, x, x], part),
+    }
 }
 
 // ---- CPU references (f64) ----------------------------------------------------------------
