@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::executor::Trainer;
-use crate::fit::{EpochLog, FitConfig};
+use crate::fit::{first_non_finite, EpochLog, FitConfig, Partial};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::Padding;
 use crate::kernels::optim::Optimizer;
@@ -135,6 +135,13 @@ impl Checkpoint {
             history: history.to_vec(),
             metrics,
         })
+    }
+
+    /// Where the epoch after `epoch` stopped, for a checkpoint written when training was
+    /// interrupted mid-epoch (its `metrics` then say `"interrupted": true`); `None` for one
+    /// written at an epoch's end. [`load`] has checked it.
+    pub fn partial(&self) -> Option<Partial> {
+        Partial::from_json(&self.metrics).ok().flatten()
     }
 
     /// Load the parameters (and, when present, the optimizer state and step count) into a
@@ -265,8 +272,16 @@ fn optimizer_json(opt: &Optimizer) -> Value {
     }
 }
 
-/// Write `ckpt` to `path` atomically.
+/// Write `ckpt` to `path` atomically. Non-finite parameters are refused (and `path` left as
+/// it was): a checkpoint is only ever replaced by one that loads.
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
+    if let Some(at) = first_non_finite(&ckpt.model, &ckpt.params)? {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            field: at.split('[').next().unwrap_or_default().to_string(),
+            msg: format!("{at}: refusing to write non-finite weights; the file is left as it was"),
+        });
+    }
     write_atomic(path, &ckpt.to_bytes()?)
 }
 

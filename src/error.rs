@@ -62,12 +62,14 @@ pub enum Error {
     },
     #[error("GPU error during {op}: {msg}")]
     Gpu { op: String, msg: String },
-    #[error("GPU did not finish {op} within {seconds} s (device hung or lost)")]
-    Timeout { op: String, seconds: u64 },
+    #[error("GPU did not finish {op} within {seconds} s (device hung or lost). Hint: a slow device may need a longer SHADERGRAD_GPU_TIMEOUT (seconds)")]
+    Timeout { op: String, seconds: f64 },
 
     // ---- training ----------------------------------------------------------------------
+    /// `step` is the step of the epoch after which it was detected; `what` says what was
+    /// non-finite and, for the loss, the steps it may have come from.
     #[error(
-        "non-finite {what} at epoch {epoch}, step {step}. Hint: lower the learning rate (--lr)"
+        "non-finite {what} at epoch {epoch}, step {step}; training stopped. Hint: lower the learning rate (--lr)"
     )]
     NonFinite {
         what: String,

@@ -6,6 +6,8 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use crate::executor::{Metrics, Trainer};
+use crate::kernels::LOOP_BUDGET;
+use crate::model::{Layer, Sequential};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -125,15 +127,257 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<u32> {
     order
 }
 
-fn check_finite(m: &Metrics, epoch: usize, step: usize) -> Result<()> {
-    if m.non_finite {
-        return Err(Error::NonFinite {
-            what: "loss".into(),
+/// Err when the metrics read after `step` saw a NaN or infinite loss. The GPU flags any
+/// non-finite per-sample loss (metrics[3]); a sum of finite losses that overflows f32 is
+/// caught here. `since` is the first step the read covers (the one after the last read).
+fn check_finite(m: &Metrics, epoch: usize, since: usize, step: usize) -> Result<()> {
+    let steps = if since >= step {
+        format!("step {step}")
+    } else {
+        format!("one of steps {since}..={step}")
+    };
+    let what = if m.non_finite {
+        format!("loss (NaN or Inf in {steps})")
+    } else if !m.loss.is_finite() || !m.accuracy.is_finite() {
+        format!("loss (the running loss total overflowed f32 by {steps})")
+    } else {
+        return Ok(());
+    };
+    Err(Error::NonFinite { what, epoch, step })
+}
+
+/// The first parameter value that is NaN or infinite, as `name[index] = value`; `params`
+/// in [`crate::model::Sequential::params`] order.
+pub fn first_non_finite(model: &Sequential, params: &[Vec<f32>]) -> Result<Option<String>> {
+    let specs = model.params()?;
+    for (spec, values) in specs.iter().zip(params) {
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Ok(Some(format!("{}[{i}] = {v}", spec.name)));
+        }
+    }
+    Ok(None)
+}
+
+/// Err ([`Error::NonFinite`]) when a parameter is NaN or infinite. The GPU only flags
+/// non-finite *losses*: a parameter that goes non-finite reaches the loss at the next step
+/// (except where a ReLU hides it), so this host check runs where the parameters are read
+/// back anyway (before every checkpoint) and at every epoch end.
+pub fn check_params(
+    model: &Sequential,
+    params: &[Vec<f32>],
+    epoch: usize,
+    step: usize,
+) -> Result<()> {
+    match first_non_finite(model, params)? {
+        Some(at) => Err(Error::NonFinite {
+            what: format!("parameter ({at})"),
             epoch,
             step,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A GPU fault or timeout during training, with the epoch and step it surfaced at.
+fn at_step(e: Error, epoch: usize, step: usize) -> Error {
+    let at = |op: String| format!("{op} (training epoch {epoch}, step {step})");
+    match e {
+        Error::Gpu { op, msg } => Error::Gpu { op: at(op), msg },
+        Error::Timeout { op, seconds } => Error::Timeout {
+            op: at(op),
+            seconds,
+        },
+        e => e,
+    }
+}
+
+/// Where an interrupted epoch stopped: the steps done and its running training metrics, so
+/// that [`run_epoch`] can finish it later exactly as if it had not stopped (same shuffle,
+/// same batches, same updates).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partial {
+    /// The epoch (1-based) that was interrupted.
+    pub epoch: usize,
+    /// Steps of it done (batches of the checkpoint's batch size).
+    pub step: usize,
+    /// Its steps in all.
+    pub steps: usize,
+    /// Mean training loss and accuracy over its `count` samples so far.
+    pub loss: f64,
+    pub accuracy: f64,
+    pub count: usize,
+    /// Seconds spent on it so far.
+    pub seconds: f64,
+}
+
+impl Partial {
+    /// As a checkpoint's `metrics` holds it (`"interrupted": true` marks it).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "interrupted": true,
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps": self.steps,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "count": self.count,
+            "seconds": self.seconds,
+        })
+    }
+
+    /// `Ok(None)` for metrics without `"interrupted": true`; `Err(why)` for a malformed one.
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Option<Partial>, String> {
+        if v.get("interrupted") != Some(&serde_json::Value::Bool(true)) {
+            return Ok(None);
+        }
+        let u = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or_else(|| format!("interrupted epoch: {k} is not an unsigned integer"))
+        };
+        let f = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| format!("interrupted epoch: {k} is not a number"))
+        };
+        let p = Partial {
+            epoch: u("epoch")?,
+            step: u("step")?,
+            steps: u("steps")?,
+            loss: f("loss")?,
+            accuracy: f("accuracy")?,
+            count: u("count")?,
+            seconds: f("seconds")?,
+        };
+        if p.epoch == 0 || p.step == 0 || p.step >= p.steps {
+            return Err(format!(
+                "interrupted epoch: epoch {} step {} of {} is not inside an epoch",
+                p.epoch, p.step, p.steps
+            ));
+        }
+        Ok(Some(p))
+    }
+}
+
+/// How [`run_epoch`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpochEnd {
+    /// Every step ran, then validation.
+    Done(EpochLog),
+    /// `should_stop` answered true between two steps; no validation ran.
+    Stopped(Partial),
+}
+
+/// One batch-size limit of a step: the largest batch it allows, what it is, the limit and
+/// what a batch of `batch` would need.
+struct BatchLimit {
+    largest: usize,
+    what: String,
+    limit: u64,
+    needs: u64,
+}
+
+/// The limits a step of `model` at `batch` (training when `train`) must respect, from its
+/// shapes alone: the largest activation buffer against the storage binding and buffer size
+/// limits, and the loop budgets of the batch-wide reductions (the metrics invocation loops
+/// over B x (C + 1); a dense layer's bias gradient sums 2B values).
+fn batch_limits(
+    limits: &wgpu::Limits,
+    model: &Sequential,
+    batch: usize,
+    train: bool,
+) -> Result<Vec<BatchLimit>> {
+    let shapes = model.shapes()?;
+    let mut per_sample = vec![(
+        format!("input {:?}", model.input),
+        model.input.iter().product::<usize>(),
+    )];
+    for (layer, shape) in model.layers.iter().zip(&shapes) {
+        let n: usize = shape.iter().product();
+        per_sample.push((format!("{} output {shape:?}", layer.kind()), n));
+    }
+    // The first of the largest: the earliest buffer of that size is the one allocated first.
+    let (name, elems) = per_sample
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or_default();
+    let bytes = 4 * elems.max(1) as u64;
+    let binding = limits
+        .max_storage_buffer_binding_size
+        .min(limits.max_buffer_size);
+    let classes = model.outputs()?;
+    let mut out = vec![
+        BatchLimit {
+            largest: (binding / bytes) as usize,
+            what: format!(
+                "storage buffer binding size (bytes) for the batch's {name} f32 activations"
+            ),
+            limit: binding,
+            needs: (batch as u64).saturating_mul(bytes),
+        },
+        BatchLimit {
+            largest: LOOP_BUDGET / (classes + 1),
+            what: format!("loop iterations of the one metrics invocation (batch x (classes + 1), {classes} classes)"),
+            limit: LOOP_BUDGET as u64,
+            needs: (batch as u64).saturating_mul(classes as u64 + 1),
+        },
+    ];
+    if train
+        && model
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::Dense { .. }))
+    {
+        out.push(BatchLimit {
+            largest: LOOP_BUDGET / 2,
+            what: "loop iterations of a dense bias gradient (2 x batch)".into(),
+            limit: LOOP_BUDGET as u64,
+            needs: (batch as u64).saturating_mul(2),
         });
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The largest batch size [`check_batch`] accepts for `model` on an adapter with `limits`.
+pub fn max_batch(limits: &wgpu::Limits, model: &Sequential, train: bool) -> Result<usize> {
+    Ok(batch_limits(limits, model, 1, train)?
+        .iter()
+        .map(|l| l.largest)
+        .min()
+        .unwrap_or(0))
+}
+
+/// Refuse, before any GPU work, a batch size whose step would exceed one of the adapter's
+/// limits, naming the limit and the largest batch that fits (see [`max_batch`]). The kernel
+/// wrappers check the same limits again, and the few that depend on more than the batch
+/// size, when the step is compiled.
+pub fn check_batch(
+    limits: &wgpu::Limits,
+    model: &Sequential,
+    batch: usize,
+    train: bool,
+) -> Result<()> {
+    let all = batch_limits(limits, model, batch, train)?;
+    let largest = all.iter().map(|l| l.largest).min().unwrap_or(0);
+    let Some(l) = all.into_iter().find(|l| batch > l.largest) else {
+        return Ok(());
+    };
+    let hint = if largest == 0 {
+        "this adapter cannot run this model at any batch size; choose another adapter with WGPU_BACKEND or WGPU_ADAPTER_NAME".to_string()
+    } else {
+        format!(
+            "use --batch-size {largest} or less, the largest this adapter allows for this model"
+        )
+    };
+    Err(Error::Limit {
+        op: format!("batch size {batch}"),
+        what: l.what,
+        requested: l.needs,
+        limit: l.limit,
+        hint,
+    })
 }
 
 /// Train one epoch (1-based `epoch`) over `split`, then validate. `should_stop` is polled
@@ -146,47 +390,158 @@ pub fn train_epoch(
     should_stop: &dyn Fn() -> bool,
 ) -> Result<EpochLog> {
     let started = Instant::now();
+    match run_epoch(trainer, split, cfg, epoch, None, should_stop)? {
+        EpochEnd::Done(log) => Ok(log),
+        EpochEnd::Stopped(p) => {
+            let val = validate(trainer, split, cfg, epoch, p.step)?;
+            Ok(EpochLog {
+                epoch,
+                loss: p.loss,
+                accuracy: p.accuracy,
+                val_loss: val.map(|m| m.loss),
+                val_accuracy: val.map(|m| m.accuracy),
+                seconds: started.elapsed().as_secs_f64(),
+                images_per_second: p.count as f64 / p.seconds.max(1e-9),
+            })
+        }
+    }
+}
+
+fn validate(
+    trainer: &mut Trainer<'_>,
+    split: &Split,
+    cfg: &FitConfig,
+    epoch: usize,
+    step: usize,
+) -> Result<Option<Metrics>> {
+    let Some(v) = split.val else {
+        return Ok(None);
+    };
+    let m = trainer
+        .evaluate(v, cfg.batch_size)
+        .map_err(|e| at_step(e, epoch, step))?;
+    if m.non_finite || !m.loss.is_finite() {
+        return Err(Error::NonFinite {
+            what: "validation loss (the parameters after the epoch's last step)".into(),
+            epoch,
+            step,
+        });
+    }
+    Ok(Some(m))
+}
+
+/// Train epoch `epoch` (1-based) over `split`, or the rest of it after `from` (an epoch
+/// interrupted earlier, at the same batch size: the same shuffle, so the remaining steps
+/// are exactly those an uninterrupted run would take), then validate. `should_stop` is
+/// polled before every step; when it answers true the epoch stops there and
+/// [`EpochEnd::Stopped`] says where, for a checkpoint to resume from. The loss flag is
+/// checked every `log_every` steps and at the end (an [`Error::NonFinite`] naming the epoch
+/// and the step); the validation loss too.
+pub fn run_epoch(
+    trainer: &mut Trainer<'_>,
+    split: &Split,
+    cfg: &FitConfig,
+    epoch: usize,
+    from: Option<&Partial>,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<EpochEnd> {
+    let started = Instant::now();
+    let steps = split.n_train.div_ceil(cfg.batch_size);
+    let first = match from {
+        Some(p) if p.epoch != epoch || p.steps != steps || p.step >= steps => {
+            return Err(Error::usage(
+                "--resume",
+                format!(
+                    "the checkpoint stopped at step {} of {} of epoch {}, but epoch {epoch} has {steps} steps here (a different data set?)",
+                    p.step, p.steps, p.epoch
+                ),
+            ))
+        }
+        Some(p) => p.step,
+        None => 0,
+    };
+    let (prev_loss, prev_correct, prev_count, prev_seconds) =
+        from.map_or((0.0, 0.0, 0, 0.0), |p| {
+            (
+                p.loss * p.count as f64,
+                p.accuracy * p.count as f64,
+                p.count,
+                p.seconds,
+            )
+        });
     trainer.set_order(split.train, &epoch_order(cfg.seed, epoch, split.n_train))?;
     trainer.reset_metrics();
-    let steps = split.n_train.div_ceil(cfg.batch_size);
     let bar = progress_bar(cfg, steps, epoch);
+    if let Some(bar) = &bar {
+        bar.set_position(first as u64);
+    }
     let mut seen = 0;
-    for step in 0..steps {
+    let mut checked = first; // steps covered by the last finite-loss check
+    let mut done = first;
+    for step in first..steps {
         if should_stop() {
             break;
         }
         let start = step * cfg.batch_size;
         let batch = cfg.batch_size.min(split.n_train - start);
-        trainer.step(split.train, start, batch, true)?;
+        trainer
+            .step(split.train, start, batch, true)
+            .map_err(|e| at_step(e, epoch, step + 1))?;
         seen += batch;
-        if (step + 1) % cfg.log_every.max(1) == 0 || step + 1 == steps {
-            let m = trainer.read_metrics()?;
-            check_finite(&m, epoch, step + 1)?;
+        done = step + 1;
+        if done % cfg.log_every.max(1) == 0 || done == steps {
+            let m = trainer
+                .read_metrics()
+                .map_err(|e| at_step(e, epoch, done))?;
+            check_finite(&m, epoch, checked + 1, done)?;
+            checked = done;
             if let Some(bar) = &bar {
-                bar.set_position(step as u64 + 1);
+                bar.set_position(done as u64);
                 bar.set_message(format!("loss: {:.4} - accuracy: {:.4}", m.loss, m.accuracy));
             }
         }
     }
-    let train = trainer.read_metrics()?;
-    check_finite(&train, epoch, steps)?;
+    let now = trainer
+        .read_metrics()
+        .map_err(|e| at_step(e, epoch, done))?;
+    if done > checked {
+        check_finite(&now, epoch, checked + 1, done)?;
+    }
     let train_seconds = started.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let val = match split.val {
-        Some(v) => Some(trainer.evaluate(v, cfg.batch_size)?),
-        None => None,
+    let count = prev_count + now.count;
+    let (loss, accuracy) = if prev_count == 0 {
+        (now.loss, now.accuracy)
+    } else {
+        let denom = count as f64;
+        (
+            (prev_loss + now.loss * now.count as f64) / denom,
+            (prev_correct + now.accuracy * now.count as f64) / denom,
+        )
     };
-    Ok(EpochLog {
+    if done < steps {
+        return Ok(EpochEnd::Stopped(Partial {
+            epoch,
+            step: done,
+            steps,
+            loss,
+            accuracy,
+            count,
+            seconds: prev_seconds + train_seconds,
+        }));
+    }
+    let val = validate(trainer, split, cfg, epoch, done)?;
+    Ok(EpochEnd::Done(EpochLog {
         epoch,
-        loss: train.loss,
-        accuracy: train.accuracy,
+        loss,
+        accuracy,
         val_loss: val.map(|m| m.loss),
         val_accuracy: val.map(|m| m.accuracy),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: prev_seconds + started.elapsed().as_secs_f64(),
         images_per_second: seen as f64 / train_seconds.max(1e-9),
-    })
+    }))
 }
 
 fn progress_bar(cfg: &FitConfig, steps: usize, epoch: usize) -> Option<indicatif::ProgressBar> {

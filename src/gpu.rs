@@ -3,14 +3,19 @@
 //! timeout).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::kernels::Shader;
 use crate::{Error, Result};
 
-/// How long any single wait on the GPU may take before we call the device hung.
+/// How long any single wait on the GPU may take before we call the device hung, unless
+/// `SHADERGRAD_GPU_TIMEOUT` (seconds) or [`Gpu::set_timeout`] says otherwise.
 pub const GPU_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Environment variable overriding [`GPU_TIMEOUT`], in seconds (fractions allowed).
+pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
 
 /// What a binding slot of a kernel is, in binding order after the uniform at binding 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,6 +53,8 @@ pub struct Gpu {
     readbacks: std::sync::atomic::AtomicUsize,
     /// A 16-byte buffer bound where a kernel's binding is unused (a bias that is off).
     dummy: std::sync::OnceLock<crate::tensor::Tensor>,
+    /// Longest single wait on the GPU, in microseconds (see [`Gpu::set_timeout`]).
+    timeout_us: AtomicU64,
 }
 
 /// One line per adapter, for `shadergrad info` and for "no adapter" errors.
@@ -60,6 +67,64 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// wgpu's multi-line error reports ("Validation Error\n\nCaused by:\n  In ...") as one line.
+fn one_line(msg: &str) -> String {
+    let parts: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if parts.is_empty() {
+        "(no message)".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The backend names `WGPU_BACKEND` accepts (wgpu's own list).
+const BACKEND_NAMES: &str = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (opengl, gles)";
+
+/// Every adapter on every backend, whatever `WGPU_BACKEND` says: what an error lists when
+/// the requested backend or name matches nothing.
+fn all_adapters() -> Vec<wgpu::Adapter> {
+    let desc = wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    };
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+fn describe_all(adapters: &[wgpu::Adapter]) -> String {
+    if adapters.is_empty() {
+        return "none".to_string();
+    }
+    adapters
+        .iter()
+        .map(|a| describe_adapter(&a.get_info()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The timeout from `SHADERGRAD_GPU_TIMEOUT`, else [`GPU_TIMEOUT`].
+fn timeout_from_env() -> Result<Duration> {
+    match std::env::var(TIMEOUT_ENV) {
+        Err(_) => Ok(GPU_TIMEOUT),
+        Ok(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Error::usage(
+                    TIMEOUT_ENV,
+                    format!("{s:?} is not a positive number of seconds"),
+                )
+            }),
+    }
 }
 
 /// All adapters the instance sees on the backends of `WGPU_BACKEND`, or else on the
@@ -79,21 +144,30 @@ impl Gpu {
     /// Pick an adapter from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`, else
     /// the best available, and open a device with the adapter's own limits.
     pub fn new() -> Result<Gpu> {
-        let instance = instance();
-        let adapters = enumerate_adapters(&instance);
-        let available = if adapters.is_empty() {
-            "none".to_string()
-        } else {
-            adapters
-                .iter()
-                .map(|a| describe_adapter(&a.get_info()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+        // A bad setting is refused whether or not an adapter exists.
+        timeout_from_env()?;
         let mut requested = String::new();
         if let Ok(b) = std::env::var("WGPU_BACKEND") {
             requested += &format!(" for WGPU_BACKEND={b}");
+            // wgpu ignores names it does not know, which would leave no backend at all.
+            let unknown: Vec<&str> = b
+                .split(',')
+                .map(str::trim)
+                .filter(|t| wgpu::Backends::from_comma_list(t).is_empty())
+                .collect();
+            if !unknown.is_empty() {
+                requested += &format!(
+                    " ({} is not a backend; use {BACKEND_NAMES})",
+                    unknown.join(", ")
+                );
+                return Err(Error::NoAdapter {
+                    requested,
+                    available: describe_all(&all_adapters()),
+                });
+            }
         }
+        let instance = instance();
+        let adapters = enumerate_adapters(&instance);
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
             Ok(name) => {
                 requested += &format!(" matching WGPU_ADAPTER_NAME={name}");
@@ -133,18 +207,28 @@ impl Gpu {
                 adapters.into_iter().min_by_key(rank)
             }
         };
-        let adapter = adapter.ok_or(Error::NoAdapter {
-            requested,
-            available,
-        })?;
-        Self::with_adapter(adapter)
+        match adapter {
+            Some(adapter) => Self::with_adapter(adapter),
+            // List what exists on every backend, not only on the requested ones.
+            None => Err(Error::NoAdapter {
+                requested,
+                available: describe_all(&all_adapters()),
+            }),
+        }
     }
 
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
-        let info = adapter.get_info();
         // Ask for everything the adapter can do: the defaults (128 MiB bindings, 16 KiB
         // workgroup memory) are lower than most hardware's.
         let limits = adapter.limits();
+        Self::with_adapter_limits(adapter, limits)
+    }
+
+    /// A device on `adapter` that enforces `limits` (each at most the adapter's): how the
+    /// tests rehearse a smaller GPU than the one they run on.
+    pub fn with_adapter_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let timeout = timeout_from_env()?;
         let features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
@@ -164,12 +248,20 @@ impl Gpu {
         let f = fault.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| e.to_string());
+            slot.get_or_insert_with(|| one_line(&e.to_string()));
         }));
+        // A lost device explains every error after it: its message goes first.
         let f = fault.clone();
         device.set_device_lost_callback(move |reason, msg| {
             let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            let lost = match msg.trim() {
+                "" => format!("device lost ({reason:?})"),
+                m => format!("device lost ({reason:?}): {}", one_line(m)),
+            };
+            *slot = Some(match slot.take() {
+                Some(first) => format!("{lost}; first error: {first}"),
+                None => lost,
+            });
         });
         Ok(Gpu {
             adapter,
@@ -183,7 +275,26 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             dummy: std::sync::OnceLock::new(),
             readbacks: std::sync::atomic::AtomicUsize::new(0),
+            timeout_us: AtomicU64::new(timeout.as_micros().min(u64::MAX as u128) as u64),
         })
+    }
+
+    /// The longest any single wait on the GPU may take before it fails with
+    /// [`Error::Timeout`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_micros(self.timeout_us.load(Ordering::Relaxed))
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) {
+        let us = timeout.as_micros().clamp(1, u64::MAX as u128) as u64;
+        self.timeout_us.store(us, Ordering::Relaxed);
+    }
+
+    fn timeout_error(&self, op: &str) -> Error {
+        Error::Timeout {
+            op: op.to_string(),
+            seconds: self.timeout().as_secs_f64(),
+        }
     }
 
     /// A 4-element buffer for bindings a kernel does not read. It must never be bound where
@@ -231,22 +342,41 @@ impl Gpu {
         }
     }
 
-    /// Block until `index` (or all submitted work) is done, at most [`GPU_TIMEOUT`].
+    /// Block until `index` (or all submitted work) is done, at most [`Gpu::timeout`].
     pub fn wait(&self, op: &str, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.wait_for(op, index, self.timeout())
+    }
+
+    fn wait_for(
+        &self,
+        op: &str,
+        index: Option<wgpu::SubmissionIndex>,
+        timeout: Duration,
+    ) -> Result<()> {
         let poll = wgpu::PollType::Wait {
             submission_index: index,
-            timeout: Some(GPU_TIMEOUT),
+            timeout: Some(timeout),
         };
-        match self.device.poll(poll) {
-            Ok(_) => self.check(op),
-            Err(wgpu::PollError::Timeout) => Err(Error::Timeout {
-                op: op.to_string(),
-                seconds: GPU_TIMEOUT.as_secs(),
-            }),
-            // A failed submit shows up here; the validation error that caused it is the
-            // useful message.
-            Err(e) => self.check(op).and(Err(Error::gpu(op, e.to_string()))),
+        let polled = self.device.poll(poll);
+        if let Err(wgpu::PollError::Timeout) = polled {
+            return self.check(op).and(Err(self.timeout_error(op)));
         }
+        if self.check(op).is_ok() {
+            // A failed submit shows up as a poll error; the validation error that caused
+            // it (in the fault slot) is the useful message when there is one.
+            return polled
+                .map(|_| ())
+                .map_err(|e| Error::gpu(op, one_line(&e.to_string())));
+        }
+        // A fault was recorded. A lost or destroyed device only reports itself from a poll
+        // once the work already submitted has finished: give that a bounded wait, so the
+        // error says "device lost" rather than only what failed after it.
+        let drain = wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(timeout.min(Duration::from_secs(10))),
+        };
+        let _ = self.device.poll(drain);
+        self.check(op)
     }
 
     fn module(&self, shader: Shader) -> Result<Arc<wgpu::ShaderModule>> {
@@ -383,15 +513,30 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
         let index = self.queue.submit([encoder.finish()]);
-        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.wait("readback", Some(index))?;
-        match pollster::block_on(rx.receive()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::gpu("readback map", e.to_string())),
-            None => return Err(Error::gpu("readback map", "map callback never ran")),
+        // The map callback runs inside a poll; never block on it without a deadline.
+        let deadline = Instant::now() + self.timeout();
+        let mut index = Some(index);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_for("readback", index.take(), left)?;
+            match rx.try_recv() {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => return Err(Error::gpu("readback map", e.to_string())),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.check("readback map")?;
+                    return Err(Error::gpu("readback map", "map callback dropped"));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) if left.is_zero() => {
+                    return Err(self.timeout_error("readback map"));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+            }
         }
         let view = staging
             .slice(..)

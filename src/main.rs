@@ -1,17 +1,23 @@
 //! The `shadergrad` command line: `info`, `train`, `evaluate`, `predict`.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use shadergrad::checkpoint::{self, describe_layers, Checkpoint};
 use shadergrad::executor::Trainer;
-use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
+use shadergrad::fit::{
+    check_batch, check_params, run_epoch, split_sources, EpochEnd, EpochLog, FitConfig, Partial,
+};
 use shadergrad::gpu::{describe_adapter, enumerate_adapters, Gpu};
 use shadergrad::kernels::optim::Optimizer;
+use shadergrad::model::Sequential;
 use shadergrad::{data, plot, predict, Error, Result};
 
 #[derive(Parser)]
@@ -132,20 +138,71 @@ fn main() -> ExitCode {
             .subcommand_matches("train")
             .is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
     };
+    let mut note = None;
     let result = match cli.command {
-        Command::Info => info(),
-        Command::Train(args) => train(args, &given),
-        Command::Evaluate(args) => evaluate(args),
-        Command::Predict(args) => predict(args),
+        Command::Info => info().map(|()| 0),
+        Command::Train(args) => train(args, &given, &mut note),
+        Command::Evaluate(args) => evaluate(args).map(|()| 0),
+        Command::Predict(args) => predict(args).map(|()| 0),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(n) = note {
+                eprintln!("{n}");
+            }
             ExitCode::FAILURE
         }
     }
 }
+
+/// Ctrl-C (SIGINT) and SIGTERM during training: the first one asks the run to stop after
+/// the step in progress (and save); a second one ends the process at once.
+struct Interrupt {
+    flag: Arc<AtomicBool>,
+    signal: Arc<AtomicUsize>,
+}
+
+impl Interrupt {
+    /// Without a handler (the OS refused one) Ctrl-C ends the process as usual: say so and
+    /// go on, since training itself is unaffected.
+    fn install() -> Interrupt {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let flag = Arc::new(AtomicBool::new(false));
+        let signal = Arc::new(AtomicUsize::new(0));
+        for sig in [SIGINT, SIGTERM] {
+            // Registered first, so it sees the flag before this signal sets it: a second
+            // signal ends the process at once.
+            let installed =
+                signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())
+                    .and_then(|_| {
+                        signal_hook::flag::register_usize(sig, signal.clone(), sig as usize)
+                    })
+                    .and_then(|_| signal_hook::flag::register(sig, flag.clone()));
+            if let Err(e) = installed {
+                eprintln!("warning: no handler for signal {sig} ({e}); it will end training without saving");
+            }
+        }
+        Interrupt { flag, signal }
+    }
+
+    fn requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended.
+    fn exit_code(&self) -> u8 {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => 130,
+            s => (128 + s).min(255) as u8,
+        }
+    }
+}
+
+/// Testing aid: `SHADERGRAD_TEST_DESTROY_DEVICE_AT_STEP=N` destroys the device just before
+/// the N-th step of this run (1-based), to rehearse a device lost mid-training.
+const DESTROY_DEVICE_ENV: &str = "SHADERGRAD_TEST_DESTROY_DEVICE_AT_STEP";
 
 fn info() -> Result<()> {
     let instance =
@@ -183,7 +240,29 @@ fn info() -> Result<()> {
     Ok(())
 }
 
-fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
+/// Checks that `path` can take a file written at the end of the first epoch, so that a bad
+/// path fails now and not after an epoch of work.
+fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        let msg = format!("{} is a directory; give a file name", path.display());
+        return Err(Error::usage(flag, msg));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        let msg = format!(
+            "{}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+        return Err(Error::usage(flag, msg));
+    }
+    Ok(())
+}
+
+fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String>) -> Result<u8> {
     if args.epochs == 0 {
         return Err(Error::usage("--epochs", "must be at least 1"));
     }
@@ -201,6 +280,15 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             "--momentum",
             format!("{} is outside [0, 1)", args.momentum),
         ));
+    }
+    if !(0.0..1.0).contains(&args.validation_split) {
+        return Err(Error::usage(
+            "--validation-split",
+            format!("{} is outside [0, 1)", args.validation_split),
+        ));
+    }
+    if let Some(p) = &args.save {
+        check_writable("--save", p)?;
     }
     let optimizer = match args.optimizer {
         OptimizerKind::Adam => Optimizer::adam(args.lr),
@@ -225,8 +313,11 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let optimizer = resumed.as_ref().map_or(optimizer, |c| c.optimizer);
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
+    check_image_size(&dir, &mnist, &model)?;
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.describe());
+    // Refuse a batch the adapter cannot run before any GPU work.
+    check_batch(&gpu.limits, &model, cfg.batch_size, true)?;
     print!("{}", model.summary()?);
     let save = args.save.as_ref().or(args.resume.as_ref());
     let log_path = args
@@ -252,16 +343,31 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
 
     let mut trainer = Trainer::new(&gpu, model, optimizer, cfg.seed)?;
     let mut history: Vec<EpochLog> = Vec::new();
+    // What a failure leaves on disk, for the note after the error.
+    let mut kept = match (save, &resumed) {
+        (Some(p), Some(ck)) if Some(p) == args.resume.as_ref() => Some(format!(
+            "{} (the checkpoint resumed from, {}) is left as it was",
+            p.display(),
+            position(ck.epoch, ck.partial().as_ref())
+        )),
+        (Some(p), _) => Some(format!(
+            "nothing was saved to {}: no epoch had ended",
+            p.display()
+        )),
+        (None, _) => None,
+    };
+    let mut partial = None;
     if let (Some(ck), Some(p)) = (&resumed, &args.resume) {
         ck.restore(&mut trainer)?;
         history = ck.history.clone();
         for e in &history {
             write_json(e.to_json())?;
         }
+        partial = ck.partial();
         println!(
-            "resuming {} after epoch {} ({} optimizer steps)",
+            "resuming {} after {} ({} optimizer steps)",
             p.display(),
-            ck.epoch,
+            position(ck.epoch, partial.as_ref()),
             ck.steps
         );
     }
@@ -272,49 +378,171 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         mnist.train.len(),
         cfg.validation_split,
     )?;
+    let interrupt = Interrupt::install();
+    let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let steps_run = Cell::new(0u64);
+    let should_stop = || {
+        if interrupt.requested() {
+            return true;
+        }
+        steps_run.set(steps_run.get() + 1);
+        if destroy_at == Some(steps_run.get()) {
+            gpu.device.destroy();
+        }
+        false
+    };
     println!(
         "train on {} samples, validate on {}",
         split.n_train,
         mnist.train.len() - split.n_train
     );
     let first = resumed.as_ref().map_or(1, |c| c.epoch + 1);
-    for epoch in first..=cfg.epochs {
-        let entry = train_epoch(&mut trainer, &split, &cfg, epoch, &|| false)?;
-        println!("{}", entry.line(cfg.epochs));
-        write_json(entry.to_json())?;
-        history.push(entry);
-        if let Some(p) = &curves_path {
-            plot::write_curves(p, &history, &title)?;
+    let result = (|| -> Result<u8> {
+        for epoch in first..=cfg.epochs {
+            let from = partial.take();
+            let entry = match run_epoch(
+                &mut trainer,
+                &split,
+                &cfg,
+                epoch,
+                from.as_ref(),
+                &should_stop,
+            )? {
+                EpochEnd::Done(entry) => entry,
+                EpochEnd::Stopped(p) => {
+                    return stopped(
+                        &trainer, kind, &cfg, &history, save, p, &interrupt, &mut kept,
+                    );
+                }
+            };
+            let steps = split.n_train.div_ceil(cfg.batch_size);
+            println!("{}", entry.line(cfg.epochs));
+            write_json(entry.to_json())?;
+            history.push(entry);
+            if let Some(p) = &curves_path {
+                plot::write_curves(p, &history, &title)?;
+            }
+            match save {
+                Some(p) => {
+                    let metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
+                    let ck = Checkpoint::capture(&trainer, kind, &cfg, epoch, &history, metrics)?;
+                    check_params(&ck.model, &ck.params, epoch, steps)?;
+                    checkpoint::save(p, &ck)?;
+                    kept = Some(format!(
+                        "the last good checkpoint, {} (after epoch {epoch}), is kept",
+                        p.display()
+                    ));
+                }
+                None => check_params(&trainer.model, &trainer.read_params()?, epoch, steps)?,
+            }
+            if interrupt.requested() {
+                let saved = save.map_or("nothing saved (no --save)".to_string(), |p| {
+                    format!("saved {}", p.display())
+                });
+                eprintln!("interrupted after epoch {epoch}; {saved}");
+                return Ok(interrupt.exit_code());
+            }
         }
+        let test_set = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
+        let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
+        let test = trainer.add_source(test_set, &order)?;
+        let m = trainer.evaluate(test, cfg.batch_size)?;
+        if m.non_finite || !m.loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "test loss (the trained parameters)".into(),
+                epoch: cfg.epochs,
+                step: split.n_train.div_ceil(cfg.batch_size),
+            });
+        }
+        println!(
+            "test_loss: {:.4} - test_accuracy: {:.4}",
+            m.loss, m.accuracy
+        );
+        let test_json = serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy });
+        write_json(test_json.clone())?;
         if let Some(p) = save {
-            let metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
-            let ck = Checkpoint::capture(&trainer, kind, &cfg, epoch, &history, metrics)?;
+            let mut metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
+            if let (Some(obj), Some(test)) = (metrics.as_object_mut(), test_json.as_object()) {
+                obj.extend(test.clone());
+            }
+            let ck = Checkpoint::capture(&trainer, kind, &cfg, cfg.epochs, &history, metrics)?;
             checkpoint::save(p, &ck)?;
+            println!("saved {}", p.display());
         }
+        if let Some(p) = &curves_path {
+            println!("curves: {}", p.display());
+        }
+        Ok(0)
+    })();
+    // On a failure, say what is on disk (the last checkpoint written is never replaced by
+    // a failed epoch's state: checkpoints are written only after an epoch that ended well).
+    if result.is_err() {
+        *note = kept;
     }
-    let test_set = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
-    let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
-    let test = trainer.add_source(test_set, &order)?;
-    let m = trainer.evaluate(test, cfg.batch_size)?;
-    println!(
-        "test_loss: {:.4} - test_accuracy: {:.4}",
-        m.loss, m.accuracy
+    result
+}
+
+/// "epoch 2", "epoch 2 and 7 of the 15 steps of epoch 3", "7 of the 15 steps of epoch 1".
+fn position(epoch: usize, partial: Option<&Partial>) -> String {
+    match partial {
+        Some(p) => {
+            let steps = format!("{} of the {} steps of epoch {}", p.step, p.steps, p.epoch);
+            match epoch {
+                0 => steps,
+                _ => format!("epoch {epoch} and {steps}"),
+            }
+        }
+        None => format!("epoch {epoch}"),
+    }
+}
+
+/// Training was interrupted before step `p.step` of epoch `p.epoch`: save where it stands
+/// (when there is somewhere to save) so that `--resume` finishes the epoch exactly as an
+/// uninterrupted run would, and return the exit code.
+#[allow(clippy::too_many_arguments)]
+fn stopped(
+    trainer: &Trainer<'_>,
+    kind: &str,
+    cfg: &FitConfig,
+    history: &[EpochLog],
+    save: Option<&PathBuf>,
+    p: Partial,
+    interrupt: &Interrupt,
+    kept: &mut Option<String>,
+) -> Result<u8> {
+    let done = p.epoch - 1;
+    let at = if p.step == 0 {
+        format!("after epoch {done}")
+    } else {
+        format!("at epoch {}, step {} of {}", p.epoch, p.step, p.steps)
+    };
+    let Some(path) = save else {
+        eprintln!("interrupted {at}; nothing saved (no --save)");
+        return Ok(interrupt.exit_code());
+    };
+    // At step 0 nothing of the epoch ran: the state is the end of the previous one.
+    let (metrics, partial) = if p.step == 0 {
+        (
+            history.last().map(EpochLog::to_json).unwrap_or_default(),
+            None,
+        )
+    } else {
+        (p.to_json(), Some(&p))
+    };
+    let ck = Checkpoint::capture(trainer, kind, cfg, done, history, metrics)?;
+    check_params(&ck.model, &ck.params, p.epoch, p.step)?;
+    checkpoint::save(path, &ck)?;
+    *kept = None;
+    eprintln!(
+        "interrupted {at}; saved {} ({}). Continue with: shadergrad train --resume {} --epochs {}",
+        path.display(),
+        position(done, partial),
+        path.display(),
+        cfg.epochs
     );
-    let test_json = serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy });
-    write_json(test_json.clone())?;
-    if let Some(p) = save {
-        let mut metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
-        if let (Some(obj), Some(test)) = (metrics.as_object_mut(), test_json.as_object()) {
-            obj.extend(test.clone());
-        }
-        let ck = Checkpoint::capture(&trainer, kind, &cfg, cfg.epochs, &history, metrics)?;
-        checkpoint::save(p, &ck)?;
-        println!("saved {}", p.display());
-    }
-    if let Some(p) = &curves_path {
-        println!("curves: {}", p.display());
-    }
-    Ok(())
+    Ok(interrupt.exit_code())
 }
 
 /// Load the checkpoint to resume and take its settings into `cfg`; flags given on the
@@ -355,6 +583,7 @@ fn resume_settings(
         return Err(Error::usage(*flag, format!("differs from the checkpoint's setting; a resumed run keeps the settings of {} (model {}, optimizer {:?}, seed {}, batch size {}, validation split {}): leave the flag out", path.display(), ck.kind, ck.optimizer, ck.seed, ck.batch_size, ck.validation_split)));
     }
     if args.epochs <= ck.epoch {
+        // (A checkpoint interrupted in epoch ck.epoch + 1 needs --epochs >= ck.epoch + 1.)
         return Err(Error::usage(
             "--epochs",
             format!(
@@ -370,31 +599,57 @@ fn resume_settings(
 }
 
 /// A trainer holding a checkpoint's parameters, for inference.
-fn load_for_inference<'g>(gpu: &'g Gpu, path: &Path) -> Result<(Checkpoint, Trainer<'g>)> {
-    let ck = checkpoint::load(path, None)?;
+fn load_for_inference<'g>(gpu: &'g Gpu, path: &Path, ck: &Checkpoint) -> Result<Trainer<'g>> {
     println!("adapter: {}", gpu.describe());
     let (layers, n) = (describe_layers(&ck.model), ck.model.param_count()?);
-    let (kind, epoch) = (&ck.kind, ck.epoch);
+    let (kind, epoch) = (&ck.kind, position(ck.epoch, ck.partial().as_ref()));
     println!(
-        "checkpoint: {} - model {kind} ({layers}) - epoch {epoch} - {n} parameters",
+        "checkpoint: {} - model {kind} ({layers}) - {epoch} - {n} parameters",
         path.display()
     );
-    let trainer = ck.trainer(gpu)?;
-    Ok((ck, trainer))
+    ck.trainer(gpu)
+}
+
+/// The images must be the size the model takes.
+fn check_image_size(dir: &Path, mnist: &data::Mnist, model: &Sequential) -> Result<()> {
+    let [c, h, w] = model.input;
+    if c != 1 || (mnist.train.rows, mnist.train.cols) != (h, w) {
+        return Err(Error::data(
+            dir.join(data::TRAIN_IMAGES),
+            "dims",
+            format!(
+                "the images are {}x{} but the model takes {c}x{h}x{w}",
+                mnist.train.rows, mnist.train.cols
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn evaluate(args: EvaluateArgs) -> Result<()> {
     if args.batch_size == Some(0) {
         return Err(Error::usage("--batch-size", "must be at least 1"));
     }
-    let gpu = Gpu::new()?;
-    let (ck, mut trainer) = load_for_inference(&gpu, &args.checkpoint)?;
+    // Everything that can be checked without the GPU first.
+    let ck = checkpoint::load(&args.checkpoint, None)?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
+    check_image_size(&dir, &mnist, &ck.model)?;
+    let batch = args.batch_size.unwrap_or(ck.batch_size);
+    let gpu = Gpu::new()?;
+    check_batch(&gpu.limits, &ck.model, batch, false)?;
+    let mut trainer = load_for_inference(&gpu, &args.checkpoint, &ck)?;
     let test_set = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
     let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
     let test = trainer.add_source(test_set, &order)?;
-    let out = predict::infer(&mut trainer, test, args.batch_size.unwrap_or(ck.batch_size))?;
+    let out = predict::infer(&mut trainer, test, batch)?;
+    if out.metrics.non_finite || !out.metrics.loss.is_finite() {
+        return Err(Error::Checkpoint {
+            path: args.checkpoint.clone(),
+            field: "parameters".into(),
+            msg: "the test loss is NaN or infinite".into(),
+        });
+    }
     println!(
         "test_loss: {:.4} - test_accuracy: {:.4} ({} images)",
         out.metrics.loss, out.metrics.accuracy, out.metrics.count
@@ -405,8 +660,7 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let gpu = Gpu::new()?;
-    let (ck, mut trainer) = load_for_inference(&gpu, &args.checkpoint)?;
+    let ck = checkpoint::load(&args.checkpoint, None)?;
     if ck.model.input != [1, 28, 28] {
         let msg = format!("model input {:?} is not a 28x28 grey image", ck.model.input);
         return Err(Error::usage("--checkpoint", msg));
@@ -418,7 +672,14 @@ fn predict(args: PredictArgs) -> Result<()> {
             Err(e) => eprintln!("error: {e}"),
         }
     }
+    if read.is_empty() {
+        let msg = format!("none of the {} images could be read", args.images.len());
+        return Err(Error::usage("IMAGE", msg));
+    }
+    let gpu = Gpu::new()?;
+    let mut trainer = load_for_inference(&gpu, &args.checkpoint, &ck)?;
     let digits: Vec<Vec<u8>> = read.iter().map(|(_, d)| d.clone()).collect();
+    check_batch(&gpu.limits, &ck.model, digits.len().clamp(1, 128), false)?;
     let probs = predict::predict_digits(&mut trainer, &digits)?;
     let head: String = (0..10).map(|c| format!("{:>7}", format!("p{c}"))).collect();
     println!("digit{head}  image");

@@ -15,7 +15,11 @@ fn shadergrad(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Exits non-zero, mentions every needle, and does not panic.
@@ -46,8 +50,16 @@ fn bad_command_lines_are_usage_errors() {
     assert_fails(&["train", "--epochs", "0"], &[], &["--epochs"]);
     assert_fails(&["train", "--epochs", "-3"], &[], &["-3"]);
     assert_fails(&["train", "--batch-size", "0"], &[], &["--batch-size"]);
-    assert_fails(&["train", "--validation-split", "1.5"], &[], &["--validation-split"]);
-    assert_fails(&["train", "--validation-split=-0.1"], &[], &["--validation-split"]);
+    assert_fails(
+        &["train", "--validation-split", "1.5"],
+        &[],
+        &["--validation-split"],
+    );
+    assert_fails(
+        &["train", "--validation-split=-0.1"],
+        &[],
+        &["--validation-split"],
+    );
     assert_fails(&["train", "--lr", "nan"], &[], &["--lr"]);
     assert_fails(&["train", "--model", "resnet"], &[], &["resnet"]);
     assert_fails(&["frobnicate"], &[], &["frobnicate"]);
@@ -55,11 +67,19 @@ fn bad_command_lines_are_usage_errors() {
 
 #[test]
 fn missing_data_names_the_file() {
-    assert_fails(&["train", "--data-dir", "/nonexistent/mnist"], &[], &["/nonexistent/mnist"]);
+    assert_fails(
+        &["train", "--data-dir", "/nonexistent/mnist"],
+        &[],
+        &["/nonexistent/mnist"],
+    );
 }
 
 #[test]
 fn an_adapter_name_that_matches_nothing_lists_the_adapters() {
     let Some(gpu) = common::gpu() else { return };
-    assert_fails(&["train", "--epochs", "1"], &[("WGPU_ADAPTER_NAME", "no-such-adapter-xyz")], &["no-such-adapter-xyz", &gpu.info.name]);
+    assert_fails(
+        &["train", "--epochs", "1"],
+        &[("WGPU_ADAPTER_NAME", "no-such-adapter-xyz")],
+        &["no-such-adapter-xyz", &gpu.info.name],
+    );
 }

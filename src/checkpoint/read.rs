@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{
     describe_layers, preset, Checkpoint, OptimizerState, FORMAT, MAX_HEADER_BYTES, MODEL_KINDS,
 };
-use crate::fit::EpochLog;
+use crate::fit::{EpochLog, Partial};
 use crate::kernels::optim::Optimizer;
 use crate::model::Sequential;
 use crate::{Error, Result};
@@ -323,6 +323,22 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
     let to_usize = |k: &str, v: u64| {
         usize::try_from(v).map_err(|_| bad(path, format!("__metadata__.{k}"), "too large"))
     };
+    let metrics = json("metrics")?;
+    let epoch = to_usize("epoch", num("epoch", 0)?)?;
+    match Partial::from_json(&metrics) {
+        Err(msg) => return Err(bad(path, "__metadata__.metrics", msg)),
+        Ok(Some(p)) if p.epoch != epoch + 1 => {
+            return Err(bad(
+                path,
+                "__metadata__.metrics",
+                format!(
+                    "interrupted epoch {} does not follow the {epoch} epochs completed",
+                    p.epoch
+                ),
+            ))
+        }
+        _ => {}
+    }
     Ok(Checkpoint {
         kind,
         model,
@@ -330,12 +346,12 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
         optimizer,
         state,
         steps,
-        epoch: to_usize("epoch", num("epoch", 0)?)?,
+        epoch,
         seed: num("seed", 42)?,
         batch_size: to_usize("batch_size", num("batch_size", 128)?.max(1))?,
         validation_split,
         history,
-        metrics: json("metrics")?,
+        metrics,
     })
 }
 

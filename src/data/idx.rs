@@ -44,7 +44,23 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 
 /// [`read_idx`] with an explicit cap on the (decompressed) content size, header included.
 pub fn read_idx_with_cap(path: &Path, cap_bytes: u64) -> Result<IdxArray> {
-    let (mut r, gz) = open_content(path, cap_bytes)?;
+    let (r, gz) = open_content(path, cap_bytes)?;
+    parse_content(path, r, gz, cap_bytes)
+}
+
+/// [`read_idx_with_cap`] on a file's bytes already in memory (raw or gzip); `path` names
+/// them in errors. The fuzz tests drive the reader through this.
+pub fn parse_idx(path: &Path, bytes: &[u8], cap_bytes: u64) -> Result<IdxArray> {
+    let (r, gz) = content_reader(path, Box::new(bytes), cap_bytes)?;
+    parse_content(path, r, gz, cap_bytes)
+}
+
+fn parse_content(
+    path: &Path,
+    mut r: io::Take<Box<dyn Read + '_>>,
+    gz: bool,
+    cap_bytes: u64,
+) -> Result<IdxArray> {
     let ctx = ReadCtx { path, gz };
 
     let mut magic = [0u8; 4];
@@ -145,7 +161,14 @@ pub fn read_idx_with_cap(path: &Path, cap_bytes: u64) -> Result<IdxArray> {
 /// `cap + 1` bytes so callers can detect content over the cap, and whether it is gzip.
 pub(super) fn open_content(path: &Path, cap: u64) -> Result<(io::Take<Box<dyn Read>>, bool)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut br = BufReader::with_capacity(1 << 16, file);
+    content_reader(path, Box::new(BufReader::with_capacity(1 << 16, file)), cap)
+}
+
+fn content_reader<'a>(
+    path: &Path,
+    mut br: Box<dyn BufRead + 'a>,
+    cap: u64,
+) -> Result<(io::Take<Box<dyn Read + 'a>>, bool)> {
     let head = br.fill_buf().map_err(|e| Error::io(path, e))?;
     if head.is_empty() {
         return Err(Error::data(
@@ -155,7 +178,7 @@ pub(super) fn open_content(path: &Path, cap: u64) -> Result<(io::Take<Box<dyn Re
         ));
     }
     let gz = head.starts_with(&[0x1f, 0x8b]);
-    let inner: Box<dyn Read> = if gz {
+    let inner: Box<dyn Read + 'a> = if gz {
         Box::new(MultiGzDecoder::new(br))
     } else {
         Box::new(br)

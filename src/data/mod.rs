@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub mod idx;
 
 use idx::{open_content, ReadCtx};
-pub use idx::{read_idx, read_idx_with_cap, IdxArray, DEFAULT_CAP_BYTES};
+pub use idx::{parse_idx, read_idx, read_idx_with_cap, IdxArray, DEFAULT_CAP_BYTES};
 
 /// Name of the optional checksum manifest: `<sha256 hex>  <file name>` per line, giving the
 /// SHA-256 of each *decompressed* file (names without `.gz`).

@@ -28,7 +28,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64)
     let bad: Vec<usize> = (0..got.len())
         .filter(|&i| {
             let (g, w) = (got[i] as f64, want[i]);
-            !((g - w).abs() <= atol + rtol * w.abs())
+            // NaN compares false, so a NaN on either side counts as a mismatch.
+            let close = (g - w).abs() <= atol + rtol * w.abs();
+            !close
         })
         .collect();
     if !bad.is_empty() {
