@@ -47,16 +47,6 @@ pub fn gather_batch(
         }
     };
     expect_shape(op, "label", label, &[batch])?;
-    if start + batch > order.numel() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "batch {start}..{} past the {} indices",
-                start + batch,
-                order.numel()
-            ),
-        ));
-    }
     let params = Params {
         batch: batch as u32,
         pixels: p as u32,
@@ -65,20 +55,53 @@ pub fn gather_batch(
         targets: 0,
         _pad: [0; 3],
     };
+    gather_call(
+        gpu,
+        op,
+        &params,
+        [pixels, labels, order],
+        [x, label],
+        order,
+        batch * p,
+    )
+}
+
+/// Check that the batch lies inside `order`, then build the dispatch of `entry` over
+/// `invocations`: bindings 1-3 read (data, labels or targets, order), 4-5 written.
+fn gather_call(
+    gpu: &Gpu,
+    entry: &'static str,
+    params: &Params,
+    ins: [&Tensor; 3],
+    outs: [&Tensor; 2],
+    order: &Tensor,
+    invocations: usize,
+) -> Result<Dispatch> {
+    let (start, batch) = (params.start as usize, params.batch as usize);
+    if batch == 0 || start + batch > order.numel() {
+        return Err(Error::shape(
+            entry,
+            format!(
+                "batch {start}..{} past the {} indices",
+                start + batch,
+                order.numel()
+            ),
+        ));
+    }
     dispatch(
         gpu,
         &KernelCall {
             shader: Shader::Gather,
-            entry: op,
-            params: bytemuck::bytes_of(&params),
+            entry,
+            params: bytemuck::bytes_of(params),
             bindings: &[
-                (pixels, Access::Read),
-                (labels, Access::Read),
-                (order, Access::Read),
-                (x, Access::ReadWrite),
-                (label, Access::ReadWrite),
+                (ins[0], Access::Read),
+                (ins[1], Access::Read),
+                (ins[2], Access::Read),
+                (outs[0], Access::ReadWrite),
+                (outs[1], Access::ReadWrite),
             ],
-            workgroups: grid_1d(gpu, op, batch * p)?,
+            workgroups: grid_1d(gpu, entry, invocations)?,
             constants: &[],
         },
     )
@@ -120,16 +143,6 @@ pub fn gather_rows_f32(
     let batch = x.shape.first().copied().unwrap_or(0);
     expect_shape(op, "x", x, &[batch, d])?;
     expect_shape(op, "target", target, &[batch, t])?;
-    if batch == 0 || start + batch > order.numel() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "batch {start}..{} past the {} indices",
-                start + batch,
-                order.numel()
-            ),
-        ));
-    }
     let params = Params {
         batch: batch as u32,
         pixels: d as u32,
@@ -138,22 +151,15 @@ pub fn gather_rows_f32(
         targets: t as u32,
         _pad: [0; 3],
     };
-    dispatch(
+    let inputs = [features, targets, order];
+    gather_call(
         gpu,
-        &KernelCall {
-            shader: Shader::Gather,
-            entry: op,
-            params: bytemuck::bytes_of(&params),
-            bindings: &[
-                (features, Access::Read),
-                (targets, Access::Read),
-                (order, Access::Read),
-                (x, Access::ReadWrite),
-                (target, Access::ReadWrite),
-            ],
-            workgroups: grid_1d(gpu, op, batch * d.max(t))?,
-            constants: &[],
-        },
+        op,
+        &params,
+        inputs,
+        [x, target],
+        order,
+        batch * d.max(t),
     )
 }
 
