@@ -15,7 +15,7 @@ use shadergrad::executor::Trainer;
 use shadergrad::fit::{
     check_batch, check_params, run_epoch, split_sources, EpochEnd, EpochLog, FitConfig, Partial,
 };
-use shadergrad::gpu::{describe_adapter, enumerate_adapters, Gpu};
+use shadergrad::gpu::{describe_adapter, Gpu};
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::model::Sequential;
 use shadergrad::{data, plot, predict, Error, Result};
@@ -207,7 +207,9 @@ const DESTROY_DEVICE_ENV: &str = "SHADERGRAD_TEST_DESTROY_DEVICE_AT_STEP";
 fn info() -> Result<()> {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = enumerate_adapters(&instance);
+    // Every adapter on the backends of WGPU_BACKEND, or on all backends (OpenGL too).
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
     if adapters.is_empty() {
         println!("no adapters found");
     }
