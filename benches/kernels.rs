@@ -90,6 +90,20 @@ impl Bench<'_> {
         });
     }
 
+    /// Time `d` (`reps` runs) and record it under its kernel name.
+    fn measure(
+        &mut self,
+        d: &Dispatch,
+        reps: usize,
+        shape: &str,
+        flops: Option<f64>,
+        bytes: Option<f64>,
+    ) -> Result<()> {
+        let ms = self.time(d, reps)?;
+        self.record(d.name, shape.to_string(), ms, flops, bytes);
+        Ok(())
+    }
+
     fn matmul(&mut self, label: &str, spec: MatmulSpec, reps: usize) -> Result<()> {
         let (a, b) = (self.tensor(&spec.a_shape())?, self.tensor(&spec.b_shape())?);
         let c = Tensor::zeros(self.gpu, "c", &[spec.m, spec.n])?;
@@ -172,16 +186,13 @@ fn main() -> Result<()> {
     let y = Tensor::zeros(&gpu, "y", &s.y_shape())?;
     let shape = "128x1x28x28 -> 32x26x26, 3x3".to_string();
     let d = conv2d_forward(&gpu, &s, &x, &w, Some(&bias), true, &y)?;
-    let ms = b.time(&d, 3)?;
-    b.record(d.name, shape.clone(), ms, Some(s.flops()), None);
+    b.measure(&d, 3, &shape, Some(s.flops()), None)?;
     let part = Tensor::zeros(&gpu, "part", &[s.weight_chunks(), s.part_row()])?;
     let d = conv2d_backward_weight(&gpu, &s, &dy, &x, &part)?;
-    let ms = b.time(&d, 3)?;
-    b.record(d.name, shape.clone(), ms, Some(s.flops()), None);
+    b.measure(&d, 3, &shape, Some(s.flops()), None)?;
     let dx = Tensor::zeros(&gpu, "dx", &s.x_shape())?;
     let d = conv2d_backward_input(&gpu, &s, &dy, &w, &dx)?;
-    let ms = b.time(&d, 3)?;
-    b.record(d.name, shape, ms, Some(s.flops()), None);
+    b.measure(&d, 3, &shape, Some(s.flops()), None)?;
 
     // ---- max pool, relu backward ----
     let p = PoolSpec {
@@ -199,28 +210,25 @@ fn main() -> Result<()> {
     );
     let (n_in, n_out) = (128.0 * 32.0 * 676.0, 128.0 * 32.0 * 169.0);
     let d = max_pool2d_forward(&gpu, &p, &y, &arg, &py)?;
-    let ms = b.time(&d, 3)?;
-    b.record(
-        d.name,
-        "128x32x26x26, 2x2".into(),
-        ms,
+    b.measure(
+        &d,
+        3,
+        "128x32x26x26, 2x2",
         None,
         Some(4.0 * (n_in + 2.0 * n_out)),
-    );
+    )?;
     let pdx = Tensor::zeros(&gpu, "pdx", &p.x_shape())?;
     let d = max_pool2d_backward(&gpu, &p, &pdy, &arg, &pdx)?;
-    let ms = b.time(&d, 3)?;
-    b.record(
-        d.name,
-        "128x32x26x26, 2x2".into(),
-        ms,
+    b.measure(
+        &d,
+        3,
+        "128x32x26x26, 2x2",
         None,
         Some(4.0 * (n_in + 2.0 * n_out)),
-    );
+    )?;
     let gz = Tensor::zeros(&gpu, "gz", &s.y_shape())?;
     let d = activation_backward(&gpu, Activation::Relu, &dy, &y, &gz)?;
-    let ms = b.time(&d, 3)?;
-    b.record(d.name, "128x32x26x26".into(), ms, None, Some(12.0 * n_in));
+    b.measure(&d, 3, "128x32x26x26", None, Some(12.0 * n_in))?;
 
     // ---- softmax cross-entropy ----
     let (z, label) = (
@@ -239,23 +247,9 @@ fn main() -> Result<()> {
         prob: &prob,
     };
     let d = loss_forward(&gpu, Loss::SoftmaxCrossEntropy, &lt, &loss)?;
-    let ms = b.time(&d, 10)?;
-    b.record(
-        d.name,
-        "128x10".into(),
-        ms,
-        None,
-        Some(4.0 * (128.0 * 21.0 + 128.0)),
-    );
+    b.measure(&d, 10, "128x10", None, Some(4.0 * (128.0 * 21.0 + 128.0)))?;
     let d = loss_backward(&gpu, Loss::SoftmaxCrossEntropy, &lt, &dz)?;
-    let ms = b.time(&d, 10)?;
-    b.record(
-        d.name,
-        "128x10".into(),
-        ms,
-        None,
-        Some(4.0 * (128.0 * 20.0 + 128.0)),
-    );
+    b.measure(&d, 10, "128x10", None, Some(4.0 * (128.0 * 20.0 + 128.0)))?;
 
     // ---- Adam over the seed CNN's parameters ----
     let n = 693_962;
@@ -266,14 +260,13 @@ fn main() -> Result<()> {
         Tensor::zeros(&gpu, "v", &[n])?,
     );
     let d = optimizer_step(&gpu, &Optimizer::adam(1e-3), &g, &prm, &m, &v)?;
-    let ms = b.time(&d, 3)?;
-    b.record(
-        d.name,
-        format!("{n} params"),
-        ms,
+    b.measure(
+        &d,
+        3,
+        &format!("{n} params"),
         None,
         Some(4.0 * 7.0 * n as f64),
-    );
+    )?;
 
     // ---- gather + one training step on real MNIST ----
     let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
@@ -290,14 +283,13 @@ fn main() -> Result<()> {
     )?;
     let order = Tensor::from_u32(&gpu, "order", &[128], &(0..128).collect::<Vec<u32>>())?;
     let d = gather_batch(&gpu, &ds.pixels, &ds.labels, &order, 0, &x, &lbl)?;
-    let ms = b.time(&d, 10)?;
-    b.record(
-        d.name,
-        "128x784 u8 -> f32".into(),
-        ms,
+    b.measure(
+        &d,
+        10,
+        "128x784 u8 -> f32",
         None,
         Some(128.0 * (784.0 + 4.0 * 784.0)),
-    );
+    )?;
     let steps = 20;
     trainer.step(split.train, 0, 128, true)?;
     trainer.read_metrics()?;

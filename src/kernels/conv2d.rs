@@ -162,10 +162,24 @@ fn conv_call(
     ins: [&Tensor; 3],
     out: &Tensor,
 ) -> Result<Dispatch> {
+    let workgroups = grid_1d(gpu, entry, out.numel())?;
+    conv_dispatch(gpu, Shader::Conv2d, entry, p, ins, out, workgroups)
+}
+
+/// Every conv2d kernel binds three inputs and one output (see the shaders' headers).
+fn conv_dispatch(
+    gpu: &Gpu,
+    shader: Shader,
+    entry: &'static str,
+    p: &Params,
+    ins: [&Tensor; 3],
+    out: &Tensor,
+    workgroups: [u32; 3],
+) -> Result<Dispatch> {
     dispatch(
         gpu,
         &KernelCall {
-            shader: Shader::Conv2d,
+            shader,
             entry,
             params: bytemuck::bytes_of(p),
             bindings: &[
@@ -174,7 +188,7 @@ fn conv_call(
                 (ins[2], Access::Read),
                 (out, Access::ReadWrite),
             ],
-            workgroups: grid_1d(gpu, entry, out.numel())?,
+            workgroups,
             constants: &[],
         },
     )
@@ -257,20 +271,8 @@ fn subgroup_call(
             "the subgroup kernels need subgroups of at least 8",
         ));
     }
-    let call = KernelCall {
-        shader: Shader::Conv2dSubgroup,
-        entry,
-        params: bytemuck::bytes_of(p),
-        bindings: &[
-            (ins[0], Access::Read),
-            (ins[1], Access::Read),
-            (ins[2], Access::Read),
-            (out, Access::ReadWrite),
-        ],
-        workgroups: [groups as u32, c_out.div_ceil(8) as u32, 1],
-        constants: &[],
-    };
-    dispatch(gpu, &call).map(Some)
+    let workgroups = [groups as u32, c_out.div_ceil(8) as u32, 1];
+    conv_dispatch(gpu, Shader::Conv2dSubgroup, entry, p, ins, out, workgroups).map(Some)
 }
 
 /// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W].
