@@ -15,6 +15,7 @@ use shadergrad::kernels::loss::*;
 use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::optim::{optimizer_step, Optimizer};
 use shadergrad::kernels::pool::*;
+use shadergrad::kernels::transpose::transpose;
 use shadergrad::kernels::Dispatch;
 use shadergrad::model::Sequential;
 use shadergrad::rng::Rng;
@@ -47,14 +48,16 @@ impl Bench<'_> {
     }
 
     /// Milliseconds per run of `d`: one warm-up, then `reps` runs in one submit.
-    fn time(&self, d: &Dispatch, reps: usize) -> Result<f64> {
+    fn time(&self, ds: &[&Dispatch], reps: usize) -> Result<f64> {
         let run = |n: usize| -> Result<f64> {
             let started = Instant::now();
             let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for _ in 0..n {
-                    d.record(&mut pass);
+                    for d in ds {
+                        d.record(&mut pass);
+                    }
                 }
             }
             let index = self.gpu.queue.submit([encoder.finish()]);
@@ -99,7 +102,7 @@ impl Bench<'_> {
         flops: Option<f64>,
         bytes: Option<f64>,
     ) -> Result<()> {
-        let ms = self.time(d, reps)?;
+        let ms = self.time(&[d], reps)?;
         self.record(d.name, shape.to_string(), ms, flops, bytes);
         Ok(())
     }
@@ -107,14 +110,18 @@ impl Bench<'_> {
     fn matmul(&mut self, label: &str, spec: MatmulSpec, reps: usize) -> Result<()> {
         let (a, b) = (self.tensor(&spec.a_shape())?, self.tensor(&spec.b_shape())?);
         let c = Tensor::zeros(self.gpu, "c", &[spec.m, spec.n])?;
-        let d = matmul(self.gpu, &spec, &a, &b, None, &c)?;
-        let ms = self.time(&d, reps)?;
+        let ds = matmul(self.gpu, &spec, &a, &b, None, &c)?;
+        let ms = self.time(&ds.iter().collect::<Vec<_>>(), reps)?;
         let shape = format!(
             "{}x{}x{} ta={} tb={}",
             spec.m, spec.n, spec.k, spec.transpose_a as u8, spec.transpose_b as u8
         );
+        let name = match ds.len() {
+            1 => ds[0].name.to_string(),
+            n => format!("{} x{n}", ds[0].name),
+        };
         self.record(
-            &format!("{} ({label})", d.name),
+            &format!("{name} ({label})"),
             shape,
             ms,
             Some(spec.flops()),
@@ -165,6 +172,37 @@ fn main() -> Result<()> {
         3,
     )?;
     b.matmul("dense dinput", MatmulSpec::new(128, 5408, 128), 3)?;
+    // The same three as a training step runs them on CPU adapters: on x^T [5408, 128] and
+    // W^T [5408, 128], which cut into uniform windows, after two transposes.
+    b.matmul(
+        "dense fwd, x^T W^T",
+        MatmulSpec {
+            transpose_a: true,
+            ..MatmulSpec::new(128, 128, 5408)
+        },
+        3,
+    )?;
+    b.matmul(
+        "dense dweight, x^T",
+        MatmulSpec {
+            transpose_a: true,
+            transpose_b: true,
+            ..MatmulSpec::new(128, 5408, 128)
+        },
+        3,
+    )?;
+    b.matmul(
+        "dense dinput, W^T",
+        MatmulSpec {
+            transpose_b: true,
+            ..MatmulSpec::new(128, 5408, 128)
+        },
+        3,
+    )?;
+    let x = b.tensor(&[128, 5408])?;
+    let xt = Tensor::zeros(&gpu, "x^T", &[5408, 128])?;
+    let d = transpose(&gpu, &x, &xt)?;
+    b.measure(&d, 3, "128x5408", None, Some(2.0 * 4.0 * x.numel() as f64))?;
 
     // ---- conv2d at the seed shapes ----
     let s = Conv2dSpec {

@@ -1,74 +1,257 @@
-// matmul_subgroup.wgsl: C = op(A) · op(B) (+ bias) (ReLU), f32, row-major, for adapters
+// matmul_subgroup.wgsl: one block of C = op(A) · op(B) (+ bias) (ReLU), f32, for adapters
 // with subgroups of at least 8 invocations (llvmpipe/lavapipe: exactly 8).
 //
-//   C[m, n] = act( sum_k opA[m, k] * opB[k, n] + bias[n] )
-//   opA[m, k] = A[m*K + k], or with TRANSPOSE_A A[k*M + m];  opB[k, n] = B[k*N + n], or
-//   with TRANSPOSE_B B[n*K + k].  (The same contract as matmul.wgsl.)
+//   C[c_base + i*c_m + j] (+)= act( sum_kk opA[i, kk] * opB[kk, j] + bias[bias_base + j] )
+//   opA[i, kk] = A[a_base + i*a_m + kk*a_k],   opB[kk, j] = B[b_base + kk*b_k + j*b_n]
+//   for i < M, j < N, kk < K of the block. Strides express both layouts of each operand
+//   (A stored [M, K]: a_m = K, a_k = 1; stored [K, M]: a_m = 1, a_k = M; likewise B).
+//   With ACCUMULATE the block is added to what C holds (K split over several dispatches).
 //
-// Why a second matmul: on CPU adapters every per-invocation buffer load costs far more than
-// arithmetic, and subgroup broadcasts are cheap register shuffles. Each invocation owns a
-// 32 x 2 block of C: rows m0 + i (m0 = workgroup_id.y * 32, i < 32) and columns
+// Two entry points share the 32 x 2 register block and differ only in where A and B live:
+//   matmul_subgroup  A and B in storage buffers (a whole matmul is one block);
+//   matmul_window    A and B in 64 KiB uniform-buffer windows, one dispatch per block.
+// Why windows: on CPU adapters a storage-buffer load runs as a loop over the SIMD lanes with
+// two branches per lane (~4 ns a lane-load on lavapipe, 2 cores), a uniform-buffer load is a
+// straight gather (~0.4 ns), and subgroup broadcasts are register shuffles. On lavapipe,
+// 128 x 128 x 128: ~3.8 GFLOP/s from storage buffers, ~11 from windows.
+//
+// The block: each invocation owns rows m0 + i (m0 = workgroup_id.y * 32, i < 32) and columns
 // n_j = (workgroup_id.x * 2 + j) * WG + local_id.x (j < 2). Per k, lane l of each subgroup
-// loads opA[m0 + 8g + l, k] for g < 4, and subgroupBroadcast hands those 32 values to every
-// lane: 6 loads for 64 multiply-adds (the 4 x 4 register-tile kernel needs 8 per 16). The
-// 64 accumulators are spelled out, not a private array: llvmpipe keeps dynamically indexed
-// private arrays in memory. Lanes 0..7 must exist in every subgroup, hence the minimum
-// subgroup size of 8. Rows and columns past the edge are clamped for loading and skipped for
-// storing. On lavapipe (2 cores) 32 x 2 beat 16 x 1, 16 x 2, 16 x 4, 32 x 1, 32 x 3, 32 x 4,
-// 48 x 2 and 64 x 2 on the seed CNN's Dense shapes (~4 GFLOP/s against ~1 to 3).
+// loads opA[m0 + 8g + l, k] for g < 4 and subgroupBroadcast hands those 32 values to every
+// lane: 6 loads for 64 multiply-adds. Accumulators are indexed only by constants (llvmpipe
+// keeps dynamically indexed private arrays in memory). Lanes 0..7 must exist in every
+// subgroup, hence the minimum subgroup size of 8. Rows and columns past the edge are clamped
+// for loading and skipped for storing. 32 x 2 beat 16 x 1 ... 64 x 2 on the seed CNN's
+// Dense shapes.
 //
-// Bindings (group 0), as matmul.wgsl:
-//   0 uniform  Params { m, n, k, flags }   flags: 4 = add bias, 8 = ReLU epilogue
-//   1 storage read a   2 storage read b   3 storage read bias [N]   4 storage read_write c [M, N]
+// Bindings (group 0):
+//   0 uniform Params (below)   flags: 4 = add bias, 8 = ReLU, 32 = accumulate into C
+//   1 storage read a   2 storage read b           (matmul_subgroup)
+//   5 uniform a_win    6 uniform b_win            (matmul_window; array<vec4<f32>, 4096> each)
+//   3 storage read bias   4 storage read_write c  (both)
 //
-// Dispatch: (ceil(N / (2 * WG)), ceil(M / 32), 1) workgroups of WG invocations (WG a multiple of 8).
-// Overridable: WG, TRANSPOSE_A, TRANSPOSE_B.
+// Dispatch: (ceil(N / (2 * WG)), ceil(M / 32), 1) workgroups of WG invocations (WG a
+// multiple of 8). Overridable: WG.
 
 struct Params {
     m: u32,
     n: u32,
     k: u32,
     flags: u32,
+    a_base: u32,
+    a_m: u32,
+    a_k: u32,
+    b_base: u32,
+    b_k: u32,
+    b_n: u32,
+    c_base: u32,
+    c_m: u32,
+    bias_base: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 const BIAS: u32 = 4u;
 const RELU: u32 = 8u;
+const ACCUMULATE: u32 = 32u;
 
 override WG: u32 = 64u;
-override TRANSPOSE_A: bool = false;
-override TRANSPOSE_B: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<uniform> a_win: array<vec4<f32>, 4096>;
+@group(0) @binding(6) var<uniform> b_win: array<vec4<f32>, 4096>;
 
-fn load_a(m: u32, k: u32) -> f32 {
-    if (TRANSPOSE_A) {
-        return a[k * p.m + m];
-    }
-    return a[m * p.k + k];
+// The 32 x 2 block: acc[2 * i + j] += opA[m0 + i, k] * opB[k, n_j]. Lane l holds
+// opA[m0 + 8g + l, k] in a[g]; b0, b1 are this invocation's opB[k, n_0], opB[k, n_1].
+fn block_fma(acc: ptr<function, array<f32, 64>>, a: vec4<f32>, b0: f32, b1: f32) {
+    let s0 = subgroupBroadcast(a.x, 0u);
+    (*acc)[0] = fma(s0, b0, (*acc)[0]);
+    (*acc)[1] = fma(s0, b1, (*acc)[1]);
+    let s1 = subgroupBroadcast(a.x, 1u);
+    (*acc)[2] = fma(s1, b0, (*acc)[2]);
+    (*acc)[3] = fma(s1, b1, (*acc)[3]);
+    let s2 = subgroupBroadcast(a.x, 2u);
+    (*acc)[4] = fma(s2, b0, (*acc)[4]);
+    (*acc)[5] = fma(s2, b1, (*acc)[5]);
+    let s3 = subgroupBroadcast(a.x, 3u);
+    (*acc)[6] = fma(s3, b0, (*acc)[6]);
+    (*acc)[7] = fma(s3, b1, (*acc)[7]);
+    let s4 = subgroupBroadcast(a.x, 4u);
+    (*acc)[8] = fma(s4, b0, (*acc)[8]);
+    (*acc)[9] = fma(s4, b1, (*acc)[9]);
+    let s5 = subgroupBroadcast(a.x, 5u);
+    (*acc)[10] = fma(s5, b0, (*acc)[10]);
+    (*acc)[11] = fma(s5, b1, (*acc)[11]);
+    let s6 = subgroupBroadcast(a.x, 6u);
+    (*acc)[12] = fma(s6, b0, (*acc)[12]);
+    (*acc)[13] = fma(s6, b1, (*acc)[13]);
+    let s7 = subgroupBroadcast(a.x, 7u);
+    (*acc)[14] = fma(s7, b0, (*acc)[14]);
+    (*acc)[15] = fma(s7, b1, (*acc)[15]);
+    let s8 = subgroupBroadcast(a.y, 0u);
+    (*acc)[16] = fma(s8, b0, (*acc)[16]);
+    (*acc)[17] = fma(s8, b1, (*acc)[17]);
+    let s9 = subgroupBroadcast(a.y, 1u);
+    (*acc)[18] = fma(s9, b0, (*acc)[18]);
+    (*acc)[19] = fma(s9, b1, (*acc)[19]);
+    let s10 = subgroupBroadcast(a.y, 2u);
+    (*acc)[20] = fma(s10, b0, (*acc)[20]);
+    (*acc)[21] = fma(s10, b1, (*acc)[21]);
+    let s11 = subgroupBroadcast(a.y, 3u);
+    (*acc)[22] = fma(s11, b0, (*acc)[22]);
+    (*acc)[23] = fma(s11, b1, (*acc)[23]);
+    let s12 = subgroupBroadcast(a.y, 4u);
+    (*acc)[24] = fma(s12, b0, (*acc)[24]);
+    (*acc)[25] = fma(s12, b1, (*acc)[25]);
+    let s13 = subgroupBroadcast(a.y, 5u);
+    (*acc)[26] = fma(s13, b0, (*acc)[26]);
+    (*acc)[27] = fma(s13, b1, (*acc)[27]);
+    let s14 = subgroupBroadcast(a.y, 6u);
+    (*acc)[28] = fma(s14, b0, (*acc)[28]);
+    (*acc)[29] = fma(s14, b1, (*acc)[29]);
+    let s15 = subgroupBroadcast(a.y, 7u);
+    (*acc)[30] = fma(s15, b0, (*acc)[30]);
+    (*acc)[31] = fma(s15, b1, (*acc)[31]);
+    let s16 = subgroupBroadcast(a.z, 0u);
+    (*acc)[32] = fma(s16, b0, (*acc)[32]);
+    (*acc)[33] = fma(s16, b1, (*acc)[33]);
+    let s17 = subgroupBroadcast(a.z, 1u);
+    (*acc)[34] = fma(s17, b0, (*acc)[34]);
+    (*acc)[35] = fma(s17, b1, (*acc)[35]);
+    let s18 = subgroupBroadcast(a.z, 2u);
+    (*acc)[36] = fma(s18, b0, (*acc)[36]);
+    (*acc)[37] = fma(s18, b1, (*acc)[37]);
+    let s19 = subgroupBroadcast(a.z, 3u);
+    (*acc)[38] = fma(s19, b0, (*acc)[38]);
+    (*acc)[39] = fma(s19, b1, (*acc)[39]);
+    let s20 = subgroupBroadcast(a.z, 4u);
+    (*acc)[40] = fma(s20, b0, (*acc)[40]);
+    (*acc)[41] = fma(s20, b1, (*acc)[41]);
+    let s21 = subgroupBroadcast(a.z, 5u);
+    (*acc)[42] = fma(s21, b0, (*acc)[42]);
+    (*acc)[43] = fma(s21, b1, (*acc)[43]);
+    let s22 = subgroupBroadcast(a.z, 6u);
+    (*acc)[44] = fma(s22, b0, (*acc)[44]);
+    (*acc)[45] = fma(s22, b1, (*acc)[45]);
+    let s23 = subgroupBroadcast(a.z, 7u);
+    (*acc)[46] = fma(s23, b0, (*acc)[46]);
+    (*acc)[47] = fma(s23, b1, (*acc)[47]);
+    let s24 = subgroupBroadcast(a.w, 0u);
+    (*acc)[48] = fma(s24, b0, (*acc)[48]);
+    (*acc)[49] = fma(s24, b1, (*acc)[49]);
+    let s25 = subgroupBroadcast(a.w, 1u);
+    (*acc)[50] = fma(s25, b0, (*acc)[50]);
+    (*acc)[51] = fma(s25, b1, (*acc)[51]);
+    let s26 = subgroupBroadcast(a.w, 2u);
+    (*acc)[52] = fma(s26, b0, (*acc)[52]);
+    (*acc)[53] = fma(s26, b1, (*acc)[53]);
+    let s27 = subgroupBroadcast(a.w, 3u);
+    (*acc)[54] = fma(s27, b0, (*acc)[54]);
+    (*acc)[55] = fma(s27, b1, (*acc)[55]);
+    let s28 = subgroupBroadcast(a.w, 4u);
+    (*acc)[56] = fma(s28, b0, (*acc)[56]);
+    (*acc)[57] = fma(s28, b1, (*acc)[57]);
+    let s29 = subgroupBroadcast(a.w, 5u);
+    (*acc)[58] = fma(s29, b0, (*acc)[58]);
+    (*acc)[59] = fma(s29, b1, (*acc)[59]);
+    let s30 = subgroupBroadcast(a.w, 6u);
+    (*acc)[60] = fma(s30, b0, (*acc)[60]);
+    (*acc)[61] = fma(s30, b1, (*acc)[61]);
+    let s31 = subgroupBroadcast(a.w, 7u);
+    (*acc)[62] = fma(s31, b0, (*acc)[62]);
+    (*acc)[63] = fma(s31, b1, (*acc)[63]);
 }
 
-fn load_b(k: u32, n: u32) -> f32 {
-    if (TRANSPOSE_B) {
-        return b[n * p.k + k];
-    }
-    return b[k * p.n + n];
-}
-
-fn store(m: u32, n: u32, value: f32) {
+// C[c_base + m*c_m + n] (+)= act(v + bias), inside the block only.
+fn store_one(m: u32, n: u32, v: f32) {
     if (m < p.m && n < p.n) {
-        var v = value;
+        let at = p.c_base + m * p.c_m + n;
+        var x = v;
+        if ((p.flags & ACCUMULATE) != 0u) {
+            x += c[at];
+        }
         if ((p.flags & BIAS) != 0u) {
-            v += bias[n];
+            x += bias[p.bias_base + n];
         }
         if ((p.flags & RELU) != 0u) {
-            v = max(v, 0.0);
+            x = max(x, 0.0);
         }
-        c[m * p.n + n] = v;
+        c[at] = x;
     }
+}
+
+// Stores the 32 x 2 block: rows m0 + i, columns n0 and n1. Spelled out so that every
+// accumulator index is a constant.
+fn store_block(acc: ptr<function, array<f32, 64>>, m0: u32, n0: u32, n1: u32) {
+    store_one(m0 + 0u, n0, (*acc)[0]);
+    store_one(m0 + 0u, n1, (*acc)[1]);
+    store_one(m0 + 1u, n0, (*acc)[2]);
+    store_one(m0 + 1u, n1, (*acc)[3]);
+    store_one(m0 + 2u, n0, (*acc)[4]);
+    store_one(m0 + 2u, n1, (*acc)[5]);
+    store_one(m0 + 3u, n0, (*acc)[6]);
+    store_one(m0 + 3u, n1, (*acc)[7]);
+    store_one(m0 + 4u, n0, (*acc)[8]);
+    store_one(m0 + 4u, n1, (*acc)[9]);
+    store_one(m0 + 5u, n0, (*acc)[10]);
+    store_one(m0 + 5u, n1, (*acc)[11]);
+    store_one(m0 + 6u, n0, (*acc)[12]);
+    store_one(m0 + 6u, n1, (*acc)[13]);
+    store_one(m0 + 7u, n0, (*acc)[14]);
+    store_one(m0 + 7u, n1, (*acc)[15]);
+    store_one(m0 + 8u, n0, (*acc)[16]);
+    store_one(m0 + 8u, n1, (*acc)[17]);
+    store_one(m0 + 9u, n0, (*acc)[18]);
+    store_one(m0 + 9u, n1, (*acc)[19]);
+    store_one(m0 + 10u, n0, (*acc)[20]);
+    store_one(m0 + 10u, n1, (*acc)[21]);
+    store_one(m0 + 11u, n0, (*acc)[22]);
+    store_one(m0 + 11u, n1, (*acc)[23]);
+    store_one(m0 + 12u, n0, (*acc)[24]);
+    store_one(m0 + 12u, n1, (*acc)[25]);
+    store_one(m0 + 13u, n0, (*acc)[26]);
+    store_one(m0 + 13u, n1, (*acc)[27]);
+    store_one(m0 + 14u, n0, (*acc)[28]);
+    store_one(m0 + 14u, n1, (*acc)[29]);
+    store_one(m0 + 15u, n0, (*acc)[30]);
+    store_one(m0 + 15u, n1, (*acc)[31]);
+    store_one(m0 + 16u, n0, (*acc)[32]);
+    store_one(m0 + 16u, n1, (*acc)[33]);
+    store_one(m0 + 17u, n0, (*acc)[34]);
+    store_one(m0 + 17u, n1, (*acc)[35]);
+    store_one(m0 + 18u, n0, (*acc)[36]);
+    store_one(m0 + 18u, n1, (*acc)[37]);
+    store_one(m0 + 19u, n0, (*acc)[38]);
+    store_one(m0 + 19u, n1, (*acc)[39]);
+    store_one(m0 + 20u, n0, (*acc)[40]);
+    store_one(m0 + 20u, n1, (*acc)[41]);
+    store_one(m0 + 21u, n0, (*acc)[42]);
+    store_one(m0 + 21u, n1, (*acc)[43]);
+    store_one(m0 + 22u, n0, (*acc)[44]);
+    store_one(m0 + 22u, n1, (*acc)[45]);
+    store_one(m0 + 23u, n0, (*acc)[46]);
+    store_one(m0 + 23u, n1, (*acc)[47]);
+    store_one(m0 + 24u, n0, (*acc)[48]);
+    store_one(m0 + 24u, n1, (*acc)[49]);
+    store_one(m0 + 25u, n0, (*acc)[50]);
+    store_one(m0 + 25u, n1, (*acc)[51]);
+    store_one(m0 + 26u, n0, (*acc)[52]);
+    store_one(m0 + 26u, n1, (*acc)[53]);
+    store_one(m0 + 27u, n0, (*acc)[54]);
+    store_one(m0 + 27u, n1, (*acc)[55]);
+    store_one(m0 + 28u, n0, (*acc)[56]);
+    store_one(m0 + 28u, n1, (*acc)[57]);
+    store_one(m0 + 29u, n0, (*acc)[58]);
+    store_one(m0 + 29u, n1, (*acc)[59]);
+    store_one(m0 + 30u, n0, (*acc)[60]);
+    store_one(m0 + 30u, n1, (*acc)[61]);
+    store_one(m0 + 31u, n0, (*acc)[62]);
+    store_one(m0 + 31u, n1, (*acc)[63]);
 }
 
 @compute @workgroup_size(WG)
@@ -78,243 +261,44 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
     let m0 = wid.y * 32u;
     let n0 = (wid.x * 2u) * WG + lid.x;
     let n1 = n0 + WG;
-    let n0_load = min(n0, p.n - 1u);
-    let n1_load = min(n1, p.n - 1u);
+    let b0_at = p.b_base + min(n0, p.n - 1u) * p.b_n;
+    let b1_at = p.b_base + min(n1, p.n - 1u) * p.b_n;
     // Lanes 0..7 load rows m0 + 8g + lane; other lanes' loads go unused.
-    let row0 = min(m0 + 0u + (lane & 7u), p.m - 1u);
-    let row1 = min(m0 + 8u + (lane & 7u), p.m - 1u);
-    let row2 = min(m0 + 16u + (lane & 7u), p.m - 1u);
-    let row3 = min(m0 + 24u + (lane & 7u), p.m - 1u);
-    var c0_0 = 0.0;
-    var c0_1 = 0.0;
-    var c1_0 = 0.0;
-    var c1_1 = 0.0;
-    var c2_0 = 0.0;
-    var c2_1 = 0.0;
-    var c3_0 = 0.0;
-    var c3_1 = 0.0;
-    var c4_0 = 0.0;
-    var c4_1 = 0.0;
-    var c5_0 = 0.0;
-    var c5_1 = 0.0;
-    var c6_0 = 0.0;
-    var c6_1 = 0.0;
-    var c7_0 = 0.0;
-    var c7_1 = 0.0;
-    var c8_0 = 0.0;
-    var c8_1 = 0.0;
-    var c9_0 = 0.0;
-    var c9_1 = 0.0;
-    var c10_0 = 0.0;
-    var c10_1 = 0.0;
-    var c11_0 = 0.0;
-    var c11_1 = 0.0;
-    var c12_0 = 0.0;
-    var c12_1 = 0.0;
-    var c13_0 = 0.0;
-    var c13_1 = 0.0;
-    var c14_0 = 0.0;
-    var c14_1 = 0.0;
-    var c15_0 = 0.0;
-    var c15_1 = 0.0;
-    var c16_0 = 0.0;
-    var c16_1 = 0.0;
-    var c17_0 = 0.0;
-    var c17_1 = 0.0;
-    var c18_0 = 0.0;
-    var c18_1 = 0.0;
-    var c19_0 = 0.0;
-    var c19_1 = 0.0;
-    var c20_0 = 0.0;
-    var c20_1 = 0.0;
-    var c21_0 = 0.0;
-    var c21_1 = 0.0;
-    var c22_0 = 0.0;
-    var c22_1 = 0.0;
-    var c23_0 = 0.0;
-    var c23_1 = 0.0;
-    var c24_0 = 0.0;
-    var c24_1 = 0.0;
-    var c25_0 = 0.0;
-    var c25_1 = 0.0;
-    var c26_0 = 0.0;
-    var c26_1 = 0.0;
-    var c27_0 = 0.0;
-    var c27_1 = 0.0;
-    var c28_0 = 0.0;
-    var c28_1 = 0.0;
-    var c29_0 = 0.0;
-    var c29_1 = 0.0;
-    var c30_0 = 0.0;
-    var c30_1 = 0.0;
-    var c31_0 = 0.0;
-    var c31_1 = 0.0;
+    let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
+    let a_at = vec4<u32>(p.a_base) + rows * p.a_m;
+    var acc: array<f32, 64>;
     for (var k = 0u; k < p.k; k++) {
-        let b0 = load_b(k, n0_load);
-        let b1 = load_b(k, n1_load);
-        let a0 = load_a(row0, k);
-        let a1 = load_a(row1, k);
-        let a2 = load_a(row2, k);
-        let a3 = load_a(row3, k);
-        let s0 = subgroupBroadcast(a0, 0u);
-        c0_0 = fma(s0, b0, c0_0);
-        c0_1 = fma(s0, b1, c0_1);
-        let s1 = subgroupBroadcast(a0, 1u);
-        c1_0 = fma(s1, b0, c1_0);
-        c1_1 = fma(s1, b1, c1_1);
-        let s2 = subgroupBroadcast(a0, 2u);
-        c2_0 = fma(s2, b0, c2_0);
-        c2_1 = fma(s2, b1, c2_1);
-        let s3 = subgroupBroadcast(a0, 3u);
-        c3_0 = fma(s3, b0, c3_0);
-        c3_1 = fma(s3, b1, c3_1);
-        let s4 = subgroupBroadcast(a0, 4u);
-        c4_0 = fma(s4, b0, c4_0);
-        c4_1 = fma(s4, b1, c4_1);
-        let s5 = subgroupBroadcast(a0, 5u);
-        c5_0 = fma(s5, b0, c5_0);
-        c5_1 = fma(s5, b1, c5_1);
-        let s6 = subgroupBroadcast(a0, 6u);
-        c6_0 = fma(s6, b0, c6_0);
-        c6_1 = fma(s6, b1, c6_1);
-        let s7 = subgroupBroadcast(a0, 7u);
-        c7_0 = fma(s7, b0, c7_0);
-        c7_1 = fma(s7, b1, c7_1);
-        let s8 = subgroupBroadcast(a1, 0u);
-        c8_0 = fma(s8, b0, c8_0);
-        c8_1 = fma(s8, b1, c8_1);
-        let s9 = subgroupBroadcast(a1, 1u);
-        c9_0 = fma(s9, b0, c9_0);
-        c9_1 = fma(s9, b1, c9_1);
-        let s10 = subgroupBroadcast(a1, 2u);
-        c10_0 = fma(s10, b0, c10_0);
-        c10_1 = fma(s10, b1, c10_1);
-        let s11 = subgroupBroadcast(a1, 3u);
-        c11_0 = fma(s11, b0, c11_0);
-        c11_1 = fma(s11, b1, c11_1);
-        let s12 = subgroupBroadcast(a1, 4u);
-        c12_0 = fma(s12, b0, c12_0);
-        c12_1 = fma(s12, b1, c12_1);
-        let s13 = subgroupBroadcast(a1, 5u);
-        c13_0 = fma(s13, b0, c13_0);
-        c13_1 = fma(s13, b1, c13_1);
-        let s14 = subgroupBroadcast(a1, 6u);
-        c14_0 = fma(s14, b0, c14_0);
-        c14_1 = fma(s14, b1, c14_1);
-        let s15 = subgroupBroadcast(a1, 7u);
-        c15_0 = fma(s15, b0, c15_0);
-        c15_1 = fma(s15, b1, c15_1);
-        let s16 = subgroupBroadcast(a2, 0u);
-        c16_0 = fma(s16, b0, c16_0);
-        c16_1 = fma(s16, b1, c16_1);
-        let s17 = subgroupBroadcast(a2, 1u);
-        c17_0 = fma(s17, b0, c17_0);
-        c17_1 = fma(s17, b1, c17_1);
-        let s18 = subgroupBroadcast(a2, 2u);
-        c18_0 = fma(s18, b0, c18_0);
-        c18_1 = fma(s18, b1, c18_1);
-        let s19 = subgroupBroadcast(a2, 3u);
-        c19_0 = fma(s19, b0, c19_0);
-        c19_1 = fma(s19, b1, c19_1);
-        let s20 = subgroupBroadcast(a2, 4u);
-        c20_0 = fma(s20, b0, c20_0);
-        c20_1 = fma(s20, b1, c20_1);
-        let s21 = subgroupBroadcast(a2, 5u);
-        c21_0 = fma(s21, b0, c21_0);
-        c21_1 = fma(s21, b1, c21_1);
-        let s22 = subgroupBroadcast(a2, 6u);
-        c22_0 = fma(s22, b0, c22_0);
-        c22_1 = fma(s22, b1, c22_1);
-        let s23 = subgroupBroadcast(a2, 7u);
-        c23_0 = fma(s23, b0, c23_0);
-        c23_1 = fma(s23, b1, c23_1);
-        let s24 = subgroupBroadcast(a3, 0u);
-        c24_0 = fma(s24, b0, c24_0);
-        c24_1 = fma(s24, b1, c24_1);
-        let s25 = subgroupBroadcast(a3, 1u);
-        c25_0 = fma(s25, b0, c25_0);
-        c25_1 = fma(s25, b1, c25_1);
-        let s26 = subgroupBroadcast(a3, 2u);
-        c26_0 = fma(s26, b0, c26_0);
-        c26_1 = fma(s26, b1, c26_1);
-        let s27 = subgroupBroadcast(a3, 3u);
-        c27_0 = fma(s27, b0, c27_0);
-        c27_1 = fma(s27, b1, c27_1);
-        let s28 = subgroupBroadcast(a3, 4u);
-        c28_0 = fma(s28, b0, c28_0);
-        c28_1 = fma(s28, b1, c28_1);
-        let s29 = subgroupBroadcast(a3, 5u);
-        c29_0 = fma(s29, b0, c29_0);
-        c29_1 = fma(s29, b1, c29_1);
-        let s30 = subgroupBroadcast(a3, 6u);
-        c30_0 = fma(s30, b0, c30_0);
-        c30_1 = fma(s30, b1, c30_1);
-        let s31 = subgroupBroadcast(a3, 7u);
-        c31_0 = fma(s31, b0, c31_0);
-        c31_1 = fma(s31, b1, c31_1);
+        let ak = a_at + vec4<u32>(k * p.a_k);
+        let av = vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]);
+        block_fma(&acc, av, b[b0_at + k * p.b_k], b[b1_at + k * p.b_k]);
     }
-    store(m0 + 0u, n0, c0_0);
-    store(m0 + 0u, n1, c0_1);
-    store(m0 + 1u, n0, c1_0);
-    store(m0 + 1u, n1, c1_1);
-    store(m0 + 2u, n0, c2_0);
-    store(m0 + 2u, n1, c2_1);
-    store(m0 + 3u, n0, c3_0);
-    store(m0 + 3u, n1, c3_1);
-    store(m0 + 4u, n0, c4_0);
-    store(m0 + 4u, n1, c4_1);
-    store(m0 + 5u, n0, c5_0);
-    store(m0 + 5u, n1, c5_1);
-    store(m0 + 6u, n0, c6_0);
-    store(m0 + 6u, n1, c6_1);
-    store(m0 + 7u, n0, c7_0);
-    store(m0 + 7u, n1, c7_1);
-    store(m0 + 8u, n0, c8_0);
-    store(m0 + 8u, n1, c8_1);
-    store(m0 + 9u, n0, c9_0);
-    store(m0 + 9u, n1, c9_1);
-    store(m0 + 10u, n0, c10_0);
-    store(m0 + 10u, n1, c10_1);
-    store(m0 + 11u, n0, c11_0);
-    store(m0 + 11u, n1, c11_1);
-    store(m0 + 12u, n0, c12_0);
-    store(m0 + 12u, n1, c12_1);
-    store(m0 + 13u, n0, c13_0);
-    store(m0 + 13u, n1, c13_1);
-    store(m0 + 14u, n0, c14_0);
-    store(m0 + 14u, n1, c14_1);
-    store(m0 + 15u, n0, c15_0);
-    store(m0 + 15u, n1, c15_1);
-    store(m0 + 16u, n0, c16_0);
-    store(m0 + 16u, n1, c16_1);
-    store(m0 + 17u, n0, c17_0);
-    store(m0 + 17u, n1, c17_1);
-    store(m0 + 18u, n0, c18_0);
-    store(m0 + 18u, n1, c18_1);
-    store(m0 + 19u, n0, c19_0);
-    store(m0 + 19u, n1, c19_1);
-    store(m0 + 20u, n0, c20_0);
-    store(m0 + 20u, n1, c20_1);
-    store(m0 + 21u, n0, c21_0);
-    store(m0 + 21u, n1, c21_1);
-    store(m0 + 22u, n0, c22_0);
-    store(m0 + 22u, n1, c22_1);
-    store(m0 + 23u, n0, c23_0);
-    store(m0 + 23u, n1, c23_1);
-    store(m0 + 24u, n0, c24_0);
-    store(m0 + 24u, n1, c24_1);
-    store(m0 + 25u, n0, c25_0);
-    store(m0 + 25u, n1, c25_1);
-    store(m0 + 26u, n0, c26_0);
-    store(m0 + 26u, n1, c26_1);
-    store(m0 + 27u, n0, c27_0);
-    store(m0 + 27u, n1, c27_1);
-    store(m0 + 28u, n0, c28_0);
-    store(m0 + 28u, n1, c28_1);
-    store(m0 + 29u, n0, c29_0);
-    store(m0 + 29u, n1, c29_1);
-    store(m0 + 30u, n0, c30_0);
-    store(m0 + 30u, n1, c30_1);
-    store(m0 + 31u, n0, c31_0);
-    store(m0 + 31u, n1, c31_1);
+    store_block(&acc, m0, n0, n1);
+}
+
+fn win_a(i: u32) -> f32 {
+    return a_win[i >> 2u][i & 3u];
+}
+
+fn win_b(i: u32) -> f32 {
+    return b_win[i >> 2u][i & 3u];
+}
+
+@compute @workgroup_size(WG)
+fn matmul_window(@builtin(local_invocation_id) lid: vec3<u32>,
+                 @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = wid.y * 32u;
+    let n0 = (wid.x * 2u) * WG + lid.x;
+    let n1 = n0 + WG;
+    let b0_at = p.b_base + min(n0, p.n - 1u) * p.b_n;
+    let b1_at = p.b_base + min(n1, p.n - 1u) * p.b_n;
+    let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
+    let a_at = vec4<u32>(p.a_base) + rows * p.a_m;
+    var acc: array<f32, 64>;
+    for (var k = 0u; k < p.k; k++) {
+        let ak = a_at + vec4<u32>(k * p.a_k);
+        let av = vec4<f32>(win_a(ak.x), win_a(ak.y), win_a(ak.z), win_a(ak.w));
+        block_fma(&acc, av, win_b(b0_at + k * p.b_k), win_b(b1_at + k * p.b_k));
+    }
+    store_block(&acc, m0, n0, n1);
 }

@@ -22,6 +22,9 @@ pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
 pub enum Access {
     Read,
     ReadWrite,
+    /// A read-only uniform-buffer window of [`crate::tensor::WINDOW_BYTES`] (see
+    /// matmul_subgroup.wgsl: on CPU adapters uniform loads cost a tenth of storage loads).
+    Window,
 }
 
 /// A compute pipeline with the explicit bind group layout it was built with.
@@ -441,13 +444,17 @@ impl Gpu {
             count: None,
         }];
         for (i, a) in access.iter().enumerate() {
+            let ty = match a {
+                Access::Window => wgpu::BufferBindingType::Uniform,
+                _ => wgpu::BufferBindingType::Storage {
+                    read_only: *a == Access::Read,
+                },
+            };
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding: i as u32 + 1,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: *a == Access::Read,
-                    },
+                    ty,
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },

@@ -9,12 +9,13 @@ use crate::kernels::activation::{activation_backward, activation_forward, Activa
 use crate::kernels::conv2d::*;
 use crate::kernels::gather::{gather_batch, gather_rows_f32};
 use crate::kernels::loss::{loss_backward, loss_forward, Loss, LossTensors};
-use crate::kernels::matmul::{matmul, MatmulSpec};
+use crate::kernels::matmul::{matmul, runs_windowed, MatmulSpec};
 use crate::kernels::optim::{optimizer_step, Optimizer};
 use crate::kernels::pool::*;
 use crate::kernels::reduce::{
     accumulate_metrics, sum_outer_inner, sum_outer_inner_range, Accuracy,
 };
+use crate::kernels::transpose::transpose;
 use crate::kernels::Dispatch;
 use crate::model::{Activation, Layer, Sequential};
 use crate::params::ParamStore;
@@ -92,6 +93,14 @@ struct Saved {
     /// Activation applied after the affine part, not fused into the loss.
     act: Option<Act>,
     argmax: Option<Tensor>,
+    /// Dense layers whose matmuls read uniform windows: the input and weight transposed,
+    /// x^T [IN, B] and W^T [IN, OUT], made in the forward pass and reused backward.
+    transposed: Option<(Tensor, Tensor)>,
+}
+
+/// `x` viewed as [B, rest].
+fn rows(x: &Tensor, batch: usize) -> Tensor {
+    x.view(0, &[batch, x.numel() / batch])
 }
 
 fn zeros(gpu: &Gpu, label: &str, shape: &[usize]) -> Result<Tensor> {
@@ -162,6 +171,7 @@ pub fn build_plan(
         // The last layer's activation is fused into the loss.
         let act = |a: Activation| if is_last { None } else { kernel_act(a) };
         let input = cur.clone();
+        let mut transposed = None;
         let (output, act_k, argmax) = match layer {
             Layer::Conv2d {
                 padding,
@@ -205,15 +215,25 @@ pub fn build_plan(
                     ..spec
                 };
                 let z = zeros(gpu, "dense out", &out_shape)?;
-                // [B, IN] x [OUT, IN]^T + b -> [B, OUT]
-                d.push(matmul(
-                    gpu,
-                    &spec,
-                    &input.view(0, &[batch, n_in]),
-                    &w,
-                    Some(&b),
-                    &z,
-                )?);
+                // Uniform windows (CPU adapters) need the forward's operands K-major:
+                // x^T [IN, B] and W^T [IN, OUT], transposed here once per step.
+                let flipped = MatmulSpec {
+                    transpose_a: true,
+                    transpose_b: false,
+                    ..spec
+                };
+                if !runs_windowed(gpu, &spec) && runs_windowed(gpu, &flipped) {
+                    let xt = zeros(gpu, "dense input^T", &[n_in, batch])?;
+                    let wt = zeros(gpu, "dense weight^T", &[n_in, *units])?;
+                    d.push(transpose(gpu, &rows(&input, batch), &xt)?);
+                    d.push(transpose(gpu, &w, &wt)?);
+                    // [IN, B]^T x [IN, OUT] + b -> [B, OUT]
+                    d.extend(matmul(gpu, &flipped, &xt, &wt, Some(&b), &z)?);
+                    transposed = Some((xt, wt));
+                } else {
+                    // [B, IN] x [OUT, IN]^T + b -> [B, OUT]
+                    d.extend(matmul(gpu, &spec, &rows(&input, batch), &w, Some(&b), &z)?);
+                }
                 split_activation(gpu, &mut d, a, z)?
             }
             Layer::MaxPool2d { pool, stride } => {
@@ -241,6 +261,7 @@ pub fn build_plan(
             output,
             act: act_k,
             argmax,
+            transposed,
         });
     }
 
@@ -344,13 +365,22 @@ pub fn build_plan(
             Layer::Dense { units, .. } => {
                 let wi = store.specs.iter().position(|s| s.layer == i).unwrap_or(0);
                 let n_in = sv.input.numel() / batch;
-                let x2 = sv.input.view(0, &[batch, n_in]);
-                // dweight [OUT, IN] = gz^T [OUT, B] x x [B, IN]
+                let x2 = rows(&sv.input, batch);
+                // dweight [OUT, IN] = gz^T [OUT, B] x x [B, IN]  (or x^T [IN, B] transposed)
                 let dw = MatmulSpec {
                     transpose_a: true,
                     ..MatmulSpec::new(*units, n_in, batch)
                 };
-                d.push(matmul(gpu, &dw, &gz, &x2, None, &store.grad(wi))?);
+                let dw_t = MatmulSpec {
+                    transpose_b: true,
+                    ..dw
+                };
+                d.extend(match &sv.transposed {
+                    Some((xt, _)) if !runs_windowed(gpu, &dw) && runs_windowed(gpu, &dw_t) => {
+                        matmul(gpu, &dw_t, &gz, xt, None, &store.grad(wi))?
+                    }
+                    _ => matmul(gpu, &dw, &gz, &x2, None, &store.grad(wi))?,
+                });
                 // dbias [OUT] = column sums of gz [B, OUT]
                 d.push(sum_outer_inner(
                     gpu,
@@ -361,17 +391,20 @@ pub fn build_plan(
                 if !needs_dx {
                     break;
                 }
-                // dinput [B, IN] = gz [B, OUT] x W [OUT, IN]
+                // dinput [B, IN] = gz [B, OUT] x W [OUT, IN]  (or W^T [IN, OUT] transposed)
                 let dx = zeros(gpu, "dense dinput", &sv.input.shape)?;
                 let spec = MatmulSpec::new(batch, n_in, *units);
-                d.push(matmul(
-                    gpu,
-                    &spec,
-                    &gz,
-                    &store.param(wi),
-                    None,
-                    &dx.view(0, &[batch, n_in]),
-                )?);
+                let spec_t = MatmulSpec {
+                    transpose_b: true,
+                    ..spec
+                };
+                let w = store.param(wi);
+                d.extend(match &sv.transposed {
+                    Some((_, wt)) if !runs_windowed(gpu, &spec) && runs_windowed(gpu, &spec_t) => {
+                        matmul(gpu, &spec_t, &gz, wt, None, &rows(&dx, batch))?
+                    }
+                    _ => matmul(gpu, &spec, &gz, &w, None, &rows(&dx, batch))?,
+                });
                 dx
             }
             Layer::MaxPool2d { pool, stride } => {

@@ -11,6 +11,10 @@ use crate::{Error, Result};
 /// `min_storage_buffer_offset_alignment` is at most 256 on every backend).
 pub const ALIGN_BYTES: u64 = 256;
 
+/// Bytes of one uniform-buffer window (the most WebGPU guarantees for a uniform binding).
+/// Every buffer gets this much slack past its data, so that a window may start anywhere in it.
+pub const WINDOW_BYTES: u64 = 65536;
+
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub buffer: Arc<wgpu::Buffer>,
@@ -40,8 +44,9 @@ pub fn storage_buffer(gpu: &Gpu, label: &str, bytes: u64) -> Result<Arc<wgpu::Bu
     Ok(Arc::new(gpu.device.create_buffer(
         &wgpu::BufferDescriptor {
             label: Some(label),
-            size: padded,
+            size: padded + WINDOW_BYTES,
             usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
@@ -126,6 +131,26 @@ impl Tensor {
         gpu.queue
             .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
         Ok(())
+    }
+
+    /// A [`WINDOW_BYTES`] uniform window holding elements `first..first + len`: its start
+    /// (aligned down to `align` bytes) and the index of element `first` inside it. None when
+    /// the elements do not fit one window.
+    pub fn window(&self, first: usize, len: usize, align: u64) -> Option<(Tensor, u32)> {
+        let start = self.offset + first as u64 * 4;
+        let at = start - start % align;
+        let base = (start - at) / 4;
+        let fits = (base + len as u64) * 4 <= WINDOW_BYTES
+            && first + len <= self.numel()
+            && at + WINDOW_BYTES <= self.buffer.size();
+        fits.then(|| {
+            let t = Tensor {
+                buffer: self.buffer.clone(),
+                offset: at,
+                shape: vec![WINDOW_BYTES as usize / 4],
+            };
+            (t, base as u32)
+        })
     }
 
     /// Read back as f32 (tests, metrics, checkpoints only).

@@ -244,7 +244,8 @@ fn matmul_gpu(d: &mut Dev, s: &MatmulSpec) {
     };
     let [sa, sb] = backward_specs(s);
     let fwd = matmul(gpu, s, &ta, &tb, s.bias.then_some(&tbias), &c).unwrap();
-    let mut ds = vec![grad(sa, &tb, &da), grad(sb, &ta, &db)];
+    let mut ds: Vec<Dispatch> = grad(sa, &tb, &da);
+    ds.extend(grad(sb, &ta, &db));
     if s.relu {
         ds.insert(
             0,
@@ -256,12 +257,17 @@ fn matmul_gpu(d: &mut Dev, s: &MatmulSpec) {
         ds.push(sum_outer_inner(gpu, dz, (s.m, s.n, 1), &dbias).unwrap());
         inputs.push(("dbias", &tbias, &dbias));
     }
-    d.run(&[&fwd].into_iter().chain(&ds).collect::<Vec<_>>());
+    d.run(&fwd.iter().chain(&ds).collect::<Vec<_>>());
     let (g, mask) = (f64s(&g), positive(&read(gpu, &c)));
-    d.check(&format!("{s:?}"), &inputs, &[&fwd], || {
-        let y = read(gpu, &c);
-        (!s.relu || positive(&y) == mask).then(|| dot(&g, &y))
-    });
+    d.check(
+        &format!("{s:?}"),
+        &inputs,
+        &fwd.iter().collect::<Vec<_>>(),
+        || {
+            let y = read(gpu, &c);
+            (!s.relu || positive(&y) == mask).then(|| dot(&g, &y))
+        },
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::optim::*;
 use shadergrad::kernels::pool::*;
 use shadergrad::kernels::reduce::*;
-use shadergrad::kernels::{f64s, run, WG_1D};
+use shadergrad::kernels::{f64s, run, run_all, WG_1D};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
 
@@ -83,12 +83,13 @@ fn matmul_matches_reference() {
             })];
             if subgroups {
                 kernels.push(MatmulKernel::Subgroup { wg: 64 });
+                kernels.push(MatmulKernel::Window { wg: 64 });
             }
             for kernel in kernels {
                 let c = Tensor::zeros(gpu, "c", &[m, n]).unwrap();
                 let d = matmul_with(gpu, &spec, kernel, &ta_, &tb_, bias.then_some(&tbias), &c)
                     .unwrap();
-                run(gpu, &[&d]).unwrap();
+                run_all(gpu, &d).unwrap();
                 assert_close(
                     &format!("matmul {spec:?} {kernel:?}"),
                     &c.to_f32(gpu).unwrap(),
@@ -128,12 +129,14 @@ fn matmul_every_tile_shape_agrees() {
         kernels.extend([
             MatmulKernel::Subgroup { wg: 8 },
             MatmulKernel::Subgroup { wg: 64 },
+            MatmulKernel::Window { wg: 8 },
+            MatmulKernel::Window { wg: 64 },
         ]);
     }
     for kernel in kernels {
         let c = Tensor::zeros(gpu, "c", &[23, 71]).unwrap();
         let d = matmul_with(gpu, &spec, kernel, &ta, &tb, None, &c).unwrap();
-        run(gpu, &[&d]).unwrap();
+        run_all(gpu, &d).unwrap();
         assert_close(
             &format!("matmul {kernel:?}"),
             &c.to_f32(gpu).unwrap(),

@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod transpose;
 
 /// Most loop iterations one invocation may run, all loops together. llvmpipe (lavapipe)
 /// silently ends an invocation's loops after 65,535 iterations in all, so kernels split
@@ -26,6 +27,7 @@ pub const LOOP_BUDGET: usize = 32_768;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shader {
     Gather,
+    Transpose,
     Matmul,
     MatmulSubgroup,
     Conv2d,
@@ -38,8 +40,9 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 10] = [
+    pub const ALL: [Shader; 11] = [
         Shader::Gather,
+        Shader::Transpose,
         Shader::Matmul,
         Shader::MatmulSubgroup,
         Shader::Conv2d,
@@ -54,6 +57,7 @@ impl Shader {
     pub fn file(self) -> &'static str {
         match self {
             Shader::Gather => "shaders/gather.wgsl",
+            Shader::Transpose => "shaders/transpose.wgsl",
             Shader::Matmul => "shaders/matmul.wgsl",
             Shader::MatmulSubgroup => "shaders/matmul_subgroup.wgsl",
             Shader::Conv2d => "shaders/conv2d.wgsl",
@@ -69,6 +73,7 @@ impl Shader {
     pub fn source(self) -> &'static str {
         match self {
             Shader::Gather => include_str!("../../shaders/gather.wgsl"),
+            Shader::Transpose => include_str!("../../shaders/transpose.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Shader::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
@@ -90,8 +95,9 @@ impl Shader {
     pub fn entry_points(self) -> &'static [&'static str] {
         match self {
             Shader::Gather => &["gather_batch", "gather_rows_f32"],
+            Shader::Transpose => &["transpose"],
             Shader::Matmul => &["matmul"],
-            Shader::MatmulSubgroup => &["matmul_subgroup"],
+            Shader::MatmulSubgroup => &["matmul_subgroup", "matmul_window"],
             Shader::Conv2d => &[
                 "conv2d_forward",
                 "conv2d_backward_input",
@@ -259,6 +265,11 @@ pub fn grid_1d(gpu: &Gpu, op: &str, n: usize) -> Result<[u32; 3]> {
         });
     }
     Ok([x as u32, y as u32, 1])
+}
+
+/// [`run`] for dispatches held by value (a matmul may be several).
+pub fn run_all(gpu: &Gpu, dispatches: &[Dispatch]) -> Result<()> {
+    run(gpu, &dispatches.iter().collect::<Vec<_>>())
 }
 
 /// Record `dispatches` into one compute pass, submit, and wait (tests and one-off work).
