@@ -225,6 +225,11 @@ fn main() -> Result<()> {
     let shape = "128x1x28x28 -> 32x26x26, 3x3".to_string();
     let d = conv2d_forward(&gpu, &s, &x, &w, Some(&bias), true, &y)?;
     b.measure(&d, 3, &shape, Some(s.flops()), None)?;
+    if let Some(ds) = conv2d_forward_windowed(&gpu, &s, &x, &w, Some(&bias), true, &y)? {
+        let ms = b.time(&ds.iter().collect::<Vec<_>>(), 3)?;
+        let name = format!("conv2d_forward_subgroup WINDOW x{}", ds.len());
+        b.record(&name, shape.clone(), ms, Some(s.flops()), None);
+    }
     let part = Tensor::zeros(&gpu, "part", &[s.weight_chunks(), s.part_row()])?;
     let d = conv2d_backward_weight(&gpu, &s, &dy, &x, &part)?;
     b.measure(&d, 3, &shape, Some(s.flops()), None)?;

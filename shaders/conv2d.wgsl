@@ -41,6 +41,10 @@ struct Params {
     flags: u32,       // 1 = add bias, 2 = ReLU (forward only)
     chunk: u32,       // batch images per partial sum (backward_weight)
     chunks: u32,      // ceil(batch / chunk)
+    batch0: u32,      // conv2d_forward_subgroup with WINDOW: first image of the dispatch
+    x_base: u32,      // ... and where its x, w and bias start in their windows
+    w_base: u32,
+    bias_base: u32,
     _pad0: u32,
     _pad1: u32,
 }

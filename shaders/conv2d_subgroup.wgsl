@@ -19,10 +19,17 @@
 // l, the weight of channel co0 + l; subgroupBroadcast hands the 8 weights to every lane:
 // 2 loads per 8 multiply-adds instead of 2 per 1. Out-of-image taps read as zero.
 //
+// With the override WINDOW the forward reads x, w and bias from uniform-buffer windows
+// (binding 5-7) instead of storage buffers: on CPU adapters a uniform load costs a tenth of
+// a storage load (see matmul_subgroup.wgsl). One dispatch then covers `batch` images from
+// image batch0 on, whose pixels start at x_base in the x window; w and bias start at
+// w_base and bias_base in theirs. Without WINDOW, batch0 = x_base = w_base = bias_base = 0.
+//
 // Bindings (group 0), as conv2d.wgsl:
 //   0 uniform  Params (as conv2d.wgsl)      1 storage read x [B,CI,H,W]
 //   2 storage read w [CO,CI,KH,KW]          3 storage read bias [CO]
 //   4 storage read_write y [B,CO,OH,OW]
+//   5, 6, 7 uniform x_win, w_win, bias_win (array<vec4<f32>, 4096> each; forward only)
 //   backward_weight: 1 x, 2 dy [B,CO,OH,OW], 3 unused, 4 part [CHUNKS, NW + CO]
 //
 // Dispatch (forward): (ceil(B*OH*OW / 64), ceil(CO / 8), 1) workgroups of 64 invocations.
@@ -42,6 +49,10 @@ struct Params {
     flags: u32,       // 1 = add bias, 2 = ReLU
     chunk: u32,
     chunks: u32,
+    batch0: u32,      // conv2d_forward_subgroup with WINDOW: first image of the dispatch
+    x_base: u32,      // ... and where its x, w and bias start in their windows
+    w_base: u32,
+    bias_base: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -54,12 +65,38 @@ const RELU: u32 = 2u;
 @group(0) @binding(2) var<storage, read> w: array<f32>;  // backward_weight: dy
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<uniform> x_win: array<vec4<f32>, 4096>;
+@group(0) @binding(6) var<uniform> w_win: array<vec4<f32>, 4096>;
+@group(0) @binding(7) var<uniform> bias_win: array<vec4<f32>, 4096>;
+
+override WINDOW: bool = false;
+
+fn load_x(i: u32) -> f32 {
+    if (WINDOW) {
+        return x_win[i >> 2u][i & 3u];
+    }
+    return x[i];
+}
+
+fn load_w(i: u32) -> f32 {
+    if (WINDOW) {
+        return w_win[i >> 2u][i & 3u];
+    }
+    return w[i];
+}
+
+fn load_bias(i: u32) -> f32 {
+    if (WINDOW) {
+        return bias_win[i >> 2u][i & 3u];
+    }
+    return bias[i];
+}
 
 fn finish(acc: f32, co: u32, at: u32) {
     if (co < p.c_out) {
         var v = acc;
         if ((p.flags & BIAS) != 0u) {
-            v += bias[co];
+            v += load_bias(p.bias_base + co);
         }
         if ((p.flags & RELU) != 0u) {
             v = max(v, 0.0);
@@ -78,7 +115,7 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
     let qc = min(q, p.batch * pixels - 1u);
     let ox = qc % p.out_w;
     let oy = (qc / p.out_w) % p.out_h;
-    let bi = qc / pixels;
+    let bi = qc / pixels;  // image of this dispatch; p.batch0 + bi of the batch
     let co0 = wid.y * 8u;
     let my_co = min(co0 + (lane & 7u), p.c_out - 1u);
     var a0 = 0.0;
@@ -90,8 +127,8 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
     var a6 = 0.0;
     var a7 = 0.0;
     for (var ci = 0u; ci < p.c_in; ci++) {
-        let x_plane = (bi * p.c_in + ci) * p.h * p.w;
-        let w_plane = (my_co * p.c_in + ci) * p.kh * p.kw;
+        let x_plane = p.x_base + (bi * p.c_in + ci) * p.h * p.w;
+        let w_plane = p.w_base + (my_co * p.c_in + ci) * p.kh * p.kw;
         for (var ky = 0u; ky < p.kh; ky++) {
             let iy = i32(oy + ky) - i32(p.pad_h);
             let row_ok = iy >= 0 && iy < i32(p.h);
@@ -100,8 +137,8 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
                 let inside = row_ok && ix >= 0 && ix < i32(p.w);
                 // Every lane takes part in the broadcasts, so no lane may skip the loads.
                 let at = x_plane + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix, 0, i32(p.w) - 1));
-                let xv = select(0.0, x[at], inside);
-                let wv = w[w_plane + ky * p.kw + kx];
+                let xv = select(0.0, load_x(at), inside);
+                let wv = load_w(w_plane + ky * p.kw + kx);
                 a0 = fma(xv, subgroupBroadcast(wv, 0u), a0);
                 a1 = fma(xv, subgroupBroadcast(wv, 1u), a1);
                 a2 = fma(xv, subgroupBroadcast(wv, 2u), a2);
@@ -114,7 +151,7 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
         }
     }
     if (valid) {
-        let base = (bi * p.c_out + co0) * pixels + oy * p.out_w + ox;
+        let base = ((p.batch0 + bi) * p.c_out + co0) * pixels + oy * p.out_w + ox;
         finish(a0, co0 + 0u, base + 0u * pixels);
         finish(a1, co0 + 1u, base + 1u * pixels);
         finish(a2, co0 + 2u, base + 2u * pixels);

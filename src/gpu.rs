@@ -56,6 +56,7 @@ pub struct Gpu {
     readbacks: std::sync::atomic::AtomicUsize,
     /// A 16-byte buffer bound where a kernel's binding is unused (a bias that is off).
     dummy: std::sync::OnceLock<crate::tensor::Tensor>,
+    dummy_window: std::sync::OnceLock<crate::tensor::Tensor>,
     /// Longest single wait on the GPU, in microseconds (see [`Gpu::set_timeout`]).
     timeout_us: AtomicU64,
 }
@@ -277,6 +278,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             dummy: std::sync::OnceLock::new(),
+            dummy_window: std::sync::OnceLock::new(),
             readbacks: std::sync::atomic::AtomicUsize::new(0),
             timeout_us: AtomicU64::new(timeout.as_micros().min(u64::MAX as u128) as u64),
         })
@@ -298,6 +300,20 @@ impl Gpu {
             op: op.to_string(),
             seconds: self.timeout().as_secs_f64(),
         }
+    }
+
+    /// A zeroed uniform window for window bindings a kernel variant does not read.
+    pub fn dummy_window(&self) -> &crate::tensor::Tensor {
+        self.dummy_window.get_or_init(|| crate::tensor::Tensor {
+            buffer: Arc::new(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("unused window"),
+                size: crate::tensor::WINDOW_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM,
+                mapped_at_creation: false,
+            })),
+            offset: 0,
+            shape: vec![crate::tensor::WINDOW_BYTES as usize / 4],
+        })
     }
 
     /// A 4-element buffer for bindings a kernel does not read. It must never be bound where
@@ -330,6 +346,13 @@ impl Gpu {
         self.features.contains(wgpu::Features::SUBGROUP)
             && self.info.subgroup_min_size >= 8
             && std::env::var("SHADERGRAD_NO_SUBGROUPS").as_deref() != Ok("1")
+    }
+
+    /// Whether kernels should read through uniform windows where they have a window variant:
+    /// on CPU adapters (lavapipe) a uniform load costs a tenth of a storage load. The
+    /// window kernels are subgroup kernels.
+    pub fn windows(&self) -> bool {
+        self.subgroups() && self.is_cpu()
     }
 
     pub fn is_cpu(&self) -> bool {

@@ -189,15 +189,16 @@ pub fn build_plan(
                 param_index += 2;
                 let a = act(*activation);
                 let z = zeros(gpu, "conv out", &out_shape)?;
-                d.push(conv2d_forward(
-                    gpu,
-                    &s,
-                    &input,
-                    &w,
-                    Some(&b),
-                    a == Some(Act::Relu),
-                    &z,
-                )?);
+                let relu = a == Some(Act::Relu);
+                let windowed = if gpu.windows() {
+                    conv2d_forward_windowed(gpu, &s, &input, &w, Some(&b), relu, &z)?
+                } else {
+                    None
+                };
+                match windowed {
+                    Some(ds) => d.extend(ds),
+                    None => d.push(conv2d_forward(gpu, &s, &input, &w, Some(&b), relu, &z)?),
+                }
                 split_activation(gpu, &mut d, a, z)?
             }
             Layer::Dense { units, activation } => {

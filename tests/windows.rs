@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, gpu};
+use shadergrad::kernels::conv2d::*;
 use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::transpose::{transpose, transpose_ref};
 use shadergrad::kernels::{f64s, run, run_all};
@@ -148,4 +149,62 @@ fn transpose_matches_reference() {
     let x = Tensor::zeros(gpu, "x", &[3, 4]).unwrap();
     let err = transpose(gpu, &x, &bad).err().unwrap().to_string();
     assert!(err.contains("transpose") && err.contains("[4, 3]"), "{err}");
+}
+
+#[test]
+fn windowed_conv2d_forward_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.subgroups() {
+        eprintln!(
+            "windowed_conv2d_forward_matches_reference: NOT TESTED here: {} has no subgroups \
+             of at least 8 lanes, so the engine never runs the window kernel on it",
+            gpu.describe()
+        );
+        return;
+    }
+    let mut rng = Rng::new(13);
+    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        padding,
+    };
+    for (s, min_dispatches) in [
+        (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 7), // the seed CNN: 20 images a window
+        (conv(3, 2, 7, 5, 11, 3, Padding::Same), 1),
+        (conv(1, 1, 1, 1, 1, 1, Padding::Valid), 1),
+        (conv(31, 5, 13, 17, 3, 2, Padding::Valid), 3), // 1,105 floats an image: 14 a window
+    ] {
+        let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
+        let w = rng.uniform_vec(s.w_shape().iter().product(), -1.0, 1.0);
+        let b = rng.uniform_vec(s.c_out, -1.0, 1.0);
+        for relu in [false, true] {
+            let tx = Tensor::from_f32(gpu, "x", &s.x_shape(), &x).unwrap();
+            let tw = Tensor::from_f32(gpu, "w", &s.w_shape(), &w).unwrap();
+            let tb = Tensor::from_f32(gpu, "b", &[s.c_out], &b).unwrap();
+            let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+            let ds = conv2d_forward_windowed(gpu, &s, &tx, &tw, Some(&tb), relu, &y)
+                .unwrap()
+                .expect("these shapes fit windows");
+            assert!(
+                ds.len() >= min_dispatches.min(s.batch),
+                "{s:?}: {} dispatches",
+                ds.len()
+            );
+            run_all(gpu, &ds).unwrap();
+            let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), relu);
+            let taps = (s.c_in * s.kh * s.kw) as f64;
+            assert_close(
+                &format!("windowed conv2d_forward {s:?} relu {relu}"),
+                &y.to_f32(gpu).unwrap(),
+                &want,
+                1e-4,
+                1e-6 * taps,
+            );
+        }
+    }
 }

@@ -130,6 +130,10 @@ struct Params {
     flags: u32,
     chunk: u32,
     chunks: u32,
+    batch0: u32,
+    x_base: u32,
+    w_base: u32,
+    bias_base: u32,
     _pad: [u32; 2],
 }
 
@@ -151,6 +155,10 @@ fn params(s: &Conv2dSpec, flags: u32) -> Params {
         flags,
         chunk: s.weight_chunk() as u32,
         chunks: s.weight_chunks() as u32,
+        batch0: 0,
+        x_base: 0,
+        w_base: 0,
+        bias_base: 0,
         _pad: [0; 2],
     }
 }
@@ -166,7 +174,8 @@ fn conv_call(
     conv_dispatch(gpu, Shader::Conv2d, entry, p, ins, out, workgroups)
 }
 
-/// Every conv2d kernel binds three inputs and one output (see the shaders' headers).
+/// Every conv2d kernel binds three inputs and one output (see the shaders' headers); the
+/// subgroup forward also three uniform windows (dummies unless WINDOW).
 fn conv_dispatch(
     gpu: &Gpu,
     shader: Shader,
@@ -176,23 +185,29 @@ fn conv_dispatch(
     out: &Tensor,
     workgroups: [u32; 3],
 ) -> Result<Dispatch> {
+    let mut bindings = vec![
+        (ins[0], Access::Read),
+        (ins[1], Access::Read),
+        (ins[2], Access::Read),
+        (out, Access::ReadWrite),
+    ];
+    if entry == FORWARD_SUBGROUP {
+        bindings.extend([(gpu.dummy_window(), Access::Window); 3]);
+    }
     dispatch(
         gpu,
         &KernelCall {
             shader,
             entry,
             params: bytemuck::bytes_of(p),
-            bindings: &[
-                (ins[0], Access::Read),
-                (ins[1], Access::Read),
-                (ins[2], Access::Read),
-                (out, Access::ReadWrite),
-            ],
+            bindings: &bindings,
             workgroups,
             constants: &[],
         },
     )
 }
+
+const FORWARD_SUBGROUP: &str = "conv2d_forward_subgroup";
 
 /// y = act(conv2d(x, w) + bias): x [B,CI,H,W], w [CO,CI,KH,KW], bias [CO], y [B,CO,OH,OW].
 /// Uses the subgroup kernel where the adapter has one.
@@ -236,7 +251,7 @@ pub fn conv2d_forward_with(
     // 46 ms with eight channels per invocation.
     let (oh, ow) = s.out_hw();
     let groups = (s.batch * oh * ow).div_ceil(64);
-    let sg = "conv2d_forward_subgroup";
+    let sg = FORWARD_SUBGROUP;
     match subgroup_call(
         gpu,
         subgroup,
@@ -249,6 +264,84 @@ pub fn conv2d_forward_with(
         Some(d) => Ok(d),
         None => conv_call(gpu, op, &p, [x, weight, bias], y),
     }
+}
+
+/// [`conv2d_forward`] as the subgroup kernel with WINDOW, reading x, w and bias through
+/// uniform windows: one dispatch per run of images that fits one window. None where the
+/// adapter has no subgroups or one image, w or bias does not fit a window.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_windowed(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+) -> Result<Option<Vec<Dispatch>>> {
+    s.validate()?;
+    let op = "conv2d_forward";
+    expect_shape(op, "x", x, &s.x_shape())?;
+    expect_shape(op, "weight", weight, &s.w_shape())?;
+    expect_shape(op, "y", y, &s.y_shape())?;
+    if let Some(b) = bias {
+        expect_shape(op, "bias", b, &[s.c_out])?;
+    }
+    let align = gpu.limits.min_uniform_buffer_offset_alignment as u64;
+    let cap = (crate::tensor::WINDOW_BYTES - align) as usize / 4;
+    let image = s.c_in * s.h * s.w;
+    let per_window = cap / image;
+    let w_win = weight.window(0, weight.numel(), align);
+    let b_win = match bias {
+        Some(b) => b.window(0, s.c_out, align),
+        None => Some((gpu.dummy_window().clone(), 0)),
+    };
+    let (Some((w_win, w_base)), Some((b_win, bias_base))) = (w_win, b_win) else {
+        return Ok(None);
+    };
+    if !gpu.subgroups() || per_window == 0 {
+        return Ok(None);
+    }
+    let (oh, ow) = s.out_hw();
+    let mut out = Vec::new();
+    for batch0 in (0..s.batch).step_by(per_window) {
+        let images = per_window.min(s.batch - batch0);
+        let Some((x_win, x_base)) = x.window(batch0 * image, images * image, align) else {
+            return Ok(None);
+        };
+        let p = Params {
+            batch: images as u32,
+            batch0: batch0 as u32,
+            x_base,
+            w_base,
+            bias_base,
+            ..params(s, bias.is_some() as u32 | (relu as u32) << 1)
+        };
+        let groups = (images * oh * ow).div_ceil(64);
+        if groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
+            return Ok(None);
+        }
+        out.push(dispatch(
+            gpu,
+            &KernelCall {
+                shader: Shader::Conv2dSubgroup,
+                entry: FORWARD_SUBGROUP,
+                params: bytemuck::bytes_of(&p),
+                bindings: &[
+                    (gpu.dummy(), Access::Read),
+                    (gpu.dummy(), Access::Read),
+                    (gpu.dummy(), Access::Read),
+                    (y, Access::ReadWrite),
+                    (&x_win, Access::Window),
+                    (&w_win, Access::Window),
+                    (&b_win, Access::Window),
+                ],
+                workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
+                constants: &[("WINDOW", 1.0)],
+            },
+        )?);
+    }
+    Ok(Some(out))
 }
 
 /// The subgroup kernel `entry` over `groups` x ceil(CO / 8) workgroups, or None when the

@@ -89,7 +89,7 @@ impl MatmulKernel {
     /// On CPU adapters uniform-buffer loads are ~10x cheaper than storage loads, so the
     /// window kernel runs the Dense shapes at ~11 GFLOP/s; GPUs keep storage buffers.
     pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
-        if gpu.subgroups() && gpu.is_cpu() {
+        if gpu.windows() {
             MatmulKernel::Window { wg: 64 }
         } else if gpu.subgroups() {
             MatmulKernel::Subgroup { wg: 64 }
