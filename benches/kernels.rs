@@ -260,6 +260,18 @@ fn main() -> Result<()> {
         None,
         Some(4.0 * (n_in + 2.0 * n_out)),
     )?;
+    // The seed CNN's forward on CPU adapters: conv + ReLU + pool in one kernel.
+    if let Some(ds) = conv2d_relu_pool_windowed(&gpu, &s, &p, &x, &w, &bias, &py, &arg)? {
+        let ms = b.time(&ds.iter().collect::<Vec<_>>(), 3)?;
+        let name = format!("conv2d_relu_pool_subgroup x{}", ds.len());
+        b.record(
+            &name,
+            format!("{shape}, pool 2x2"),
+            ms,
+            Some(s.flops()),
+            None,
+        );
+    }
     let pdx = Tensor::zeros(&gpu, "pdx", &p.x_shape())?;
     let d = max_pool2d_backward(&gpu, &p, &pdy, &arg, &pdx)?;
     b.measure(

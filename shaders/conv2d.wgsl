@@ -45,6 +45,10 @@ struct Params {
     x_base: u32,      // ... and where its x, w and bias start in their windows
     w_base: u32,
     bias_base: u32,
+    pool: u32,        // conv2d_subgroup.wgsl's fused conv + ReLU + max pool only
+    stride: u32,
+    pool_h: u32,
+    pool_w: u32,
     _pad0: u32,
     _pad1: u32,
 }

@@ -30,9 +30,14 @@
 //   2 storage read w [CO,CI,KH,KW]          3 storage read bias [CO]
 //   4 storage read_write y [B,CO,OH,OW]
 //   5, 6, 7 uniform x_win, w_win, bias_win (array<vec4<f32>, 4096> each; forward only)
+//   8 storage read_write argmax [B,CO,PH,PW] u32 (conv2d_relu_pool_subgroup only; y is then
+//     the pooled output [B,CO,PH,PW])
+//   9, 10, 11 uniform g_win, pooled_win, at_win: the pool's gradient, output and argmax
+//     (conv2d_relu_pool_backward_weight only, with 5 x_win; y is then part)
 //   backward_weight: 1 x, 2 dy [B,CO,OH,OW], 3 unused, 4 part [CHUNKS, NW + CO]
 //
-// Dispatch (forward): (ceil(B*OH*OW / 64), ceil(CO / 8), 1) workgroups of 64 invocations.
+// Dispatch (forward): (ceil(B*OH*OW / 64), ceil(CO / 8), 1) workgroups of 64 invocations;
+// conv2d_relu_pool_subgroup: (ceil(B*PH*PW / 64), ceil(CO / 8), 1).
 
 struct Params {
     batch: u32,
@@ -53,8 +58,16 @@ struct Params {
     x_base: u32,      // ... and where its x, w and bias start in their windows
     w_base: u32,
     bias_base: u32,
+    pool: u32,        // conv2d_relu_pool_subgroup: window PK, stride S, pooled PH x PW
+    stride: u32,
+    pool_h: u32,
+    pool_w: u32,
+    g_base: u32,      // conv2d_relu_pool_backward_weight: window bases of g, pooled, argmax,
+    y_base: u32,
+    at_base: u32,
+    slices: u32,      // ... position slices per dispatch, first partial-sum row
+    part_row0: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 const BIAS: u32 = 1u;
@@ -68,6 +81,10 @@ const RELU: u32 = 2u;
 @group(0) @binding(5) var<uniform> x_win: array<vec4<f32>, 4096>;
 @group(0) @binding(6) var<uniform> w_win: array<vec4<f32>, 4096>;
 @group(0) @binding(7) var<uniform> bias_win: array<vec4<f32>, 4096>;
+@group(0) @binding(8) var<storage, read_write> argmax: array<u32>;
+@group(0) @binding(9) var<uniform> g_win: array<vec4<f32>, 4096>;
+@group(0) @binding(10) var<uniform> pooled_win: array<vec4<f32>, 4096>;
+@group(0) @binding(11) var<uniform> at_win: array<vec4<u32>, 4096>;
 
 override WINDOW: bool = false;
 
@@ -105,19 +122,10 @@ fn finish(acc: f32, co: u32, at: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
-                           @builtin(workgroup_id) wid: vec3<u32>,
-                           @builtin(subgroup_invocation_id) lane: u32) {
-    let pixels = p.out_h * p.out_w;
-    let q = gid.x;
-    let valid = q < p.batch * pixels;
-    let qc = min(q, p.batch * pixels - 1u);
-    let ox = qc % p.out_w;
-    let oy = (qc / p.out_w) % p.out_h;
-    let bi = qc / pixels;  // image of this dispatch; p.batch0 + bi of the batch
-    let co0 = wid.y * 8u;
-    let my_co = min(co0 + (lane & 7u), p.c_out - 1u);
+// The conv sums (before bias) of output pixel (oy, ox) of image bi of this dispatch for
+// channels co0..co0+8; lane l supplies the weights of channel my_co = co0 + l. Every lane
+// of the subgroup must call it (broadcasts), even those past the end.
+fn conv8(bi: u32, oy: u32, ox: u32, my_co: u32) -> array<f32, 8> {
     var a0 = 0.0;
     var a1 = 0.0;
     var a2 = 0.0;
@@ -150,16 +158,113 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
             }
         }
     }
+    return array<f32, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
+}
+
+@compute @workgroup_size(64)
+fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
+                           @builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(subgroup_invocation_id) lane: u32) {
+    let pixels = p.out_h * p.out_w;
+    let q = gid.x;
+    let valid = q < p.batch * pixels;
+    let qc = min(q, p.batch * pixels - 1u);
+    let ox = qc % p.out_w;
+    let oy = (qc / p.out_w) % p.out_h;
+    let bi = qc / pixels;  // image of this dispatch; p.batch0 + bi of the batch
+    let co0 = wid.y * 8u;
+    let a = conv8(bi, oy, ox, min(co0 + (lane & 7u), p.c_out - 1u));
     if (valid) {
         let base = ((p.batch0 + bi) * p.c_out + co0) * pixels + oy * p.out_w + ox;
-        finish(a0, co0 + 0u, base + 0u * pixels);
-        finish(a1, co0 + 1u, base + 1u * pixels);
-        finish(a2, co0 + 2u, base + 2u * pixels);
-        finish(a3, co0 + 3u, base + 3u * pixels);
-        finish(a4, co0 + 4u, base + 4u * pixels);
-        finish(a5, co0 + 5u, base + 5u * pixels);
-        finish(a6, co0 + 6u, base + 6u * pixels);
-        finish(a7, co0 + 7u, base + 7u * pixels);
+        finish(a[0], co0 + 0u, base + 0u * pixels);
+        finish(a[1], co0 + 1u, base + 1u * pixels);
+        finish(a[2], co0 + 2u, base + 2u * pixels);
+        finish(a[3], co0 + 3u, base + 3u * pixels);
+        finish(a[4], co0 + 4u, base + 4u * pixels);
+        finish(a[5], co0 + 5u, base + 5u * pixels);
+        finish(a[6], co0 + 6u, base + 6u * pixels);
+        finish(a[7], co0 + 7u, base + 7u * pixels);
+    }
+}
+
+// relu(conv + bias) of channel co at conv position `at` into the running max of its window
+// (first maximum wins, a NaN anywhere wins: as pool.wgsl).
+fn keep_max(conv: f32, co: u32, at: u32, first: bool, best: ptr<function, f32>, best_at: ptr<function, u32>) {
+    let v = max(conv + load_bias(p.bias_base + min(co, p.c_out - 1u)), 0.0);
+    if (first || v > *best || (v != v && *best == *best)) {
+        *best = v;
+        *best_at = at;
+    }
+}
+
+fn store_pooled(co: u32, i: u32, v: f32, at: u32) {
+    if (co < p.c_out) {
+        y[i] = v;
+        argmax[i] = at;
+    }
+}
+
+// conv2d_relu_pool_subgroup (WINDOW only): max_pool2d_forward(relu(conv2d + bias)) without
+// the conv output: invocation q = (bi * PH + py) * PW + px owns pooled pixel (py, px) of 8
+// channels, computes the conv at each of its PK x PK window positions, and writes the max
+// to y [B,CO,PH,PW] and its position oy * OW + ox in the conv output plane to argmax
+// (first maximum in row-major order wins, a NaN anywhere wins: as pool.wgsl).
+@compute @workgroup_size(64)
+fn conv2d_relu_pool_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
+                             @builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(subgroup_invocation_id) lane: u32) {
+    let pooled = p.pool_h * p.pool_w;
+    let q = gid.x;
+    let valid = q < p.batch * pooled;
+    let qc = min(q, p.batch * pooled - 1u);
+    let px = qc % p.pool_w;
+    let py = (qc / p.pool_w) % p.pool_h;
+    let bi = qc / pooled;
+    let co0 = wid.y * 8u;
+    let my_co = min(co0 + (lane & 7u), p.c_out - 1u);
+    var best0 = 0.0;
+    var at0 = 0u;
+    var best1 = 0.0;
+    var at1 = 0u;
+    var best2 = 0.0;
+    var at2 = 0u;
+    var best3 = 0.0;
+    var at3 = 0u;
+    var best4 = 0.0;
+    var at4 = 0u;
+    var best5 = 0.0;
+    var at5 = 0u;
+    var best6 = 0.0;
+    var at6 = 0u;
+    var best7 = 0.0;
+    var at7 = 0u;
+    for (var ky = 0u; ky < p.pool; ky++) {
+        for (var kx = 0u; kx < p.pool; kx++) {
+            let oy = py * p.stride + ky;
+            let ox = px * p.stride + kx;
+            let a = conv8(bi, oy, ox, my_co);
+            let first = ky == 0u && kx == 0u;
+            let at = oy * p.out_w + ox;
+            keep_max(a[0], co0 + 0u, at, first, &best0, &at0);
+            keep_max(a[1], co0 + 1u, at, first, &best1, &at1);
+            keep_max(a[2], co0 + 2u, at, first, &best2, &at2);
+            keep_max(a[3], co0 + 3u, at, first, &best3, &at3);
+            keep_max(a[4], co0 + 4u, at, first, &best4, &at4);
+            keep_max(a[5], co0 + 5u, at, first, &best5, &at5);
+            keep_max(a[6], co0 + 6u, at, first, &best6, &at6);
+            keep_max(a[7], co0 + 7u, at, first, &best7, &at7);
+        }
+    }
+    if (valid) {
+        let base = ((p.batch0 + bi) * p.c_out + co0) * pooled + py * p.pool_w + px;
+        store_pooled(co0 + 0u, base + 0u * pooled, best0, at0);
+        store_pooled(co0 + 1u, base + 1u * pooled, best1, at1);
+        store_pooled(co0 + 2u, base + 2u * pooled, best2, at2);
+        store_pooled(co0 + 3u, base + 3u * pooled, best3, at3);
+        store_pooled(co0 + 4u, base + 4u * pooled, best4, at4);
+        store_pooled(co0 + 5u, base + 5u * pooled, best5, at5);
+        store_pooled(co0 + 6u, base + 6u * pooled, best6, at6);
+        store_pooled(co0 + 7u, base + 7u * pooled, best7, at7);
     }
 }
 
@@ -372,5 +477,99 @@ fn conv2d_backward_weight_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
         if (tg == 0u && ci == 0u) {
             y[row + n_w + co] = sum_dy;
         }
+    }
+}
+
+// x at tap t of conv output position (oy, ox) of image bi of the dispatch, input channel ci,
+// from the x window; zero outside the image.
+fn x_tap(bi: u32, ci: u32, oy: u32, ox: u32, t: u32) -> f32 {
+    let iy = i32(oy + t / p.kw) - i32(p.pad_h);
+    let ix = i32(ox + t % p.kw) - i32(p.pad_w);
+    let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
+    let row = u32(clamp(iy, 0, i32(p.h) - 1));
+    let at = p.x_base + ((bi * p.c_in + ci) * p.h + row) * p.w + u32(clamp(ix, 0, i32(p.w) - 1));
+    return select(0.0, load_x(at), inside);
+}
+
+// conv2d_relu_pool_backward_weight (WINDOW only): dweight and dbias of a conv whose ReLU
+// and max pool ran fused (conv2d_relu_pool_subgroup), straight from the pool's gradient g,
+// output and argmax [B,CO,PH,PW]: the conv gradient is g at each window's argmax where the
+// pooled value is > 0 and zero elsewhere, so only those positions are visited and the conv
+// gradient is never written. Invocation (co fastest, then tap group of 9, ci, slice) sums
+// over its slice of the dispatch's pooled positions; it writes partial row part_row0 +
+// slice of part [rows, CO*CI*KH*KW + CO], laid out as conv2d_backward_weight's (sum the rows
+// with reduce.wgsl). Lanes are output channels: each loads its own g, pooled value and
+// argmax, then the 9 input taps at its own position: 12 uniform loads per 9 multiply-adds.
+// Dispatch: (ceil(CO * ceil(KH*KW / 9) * CI * slices / 64), 1, 1) workgroups of 64.
+@compute @workgroup_size(64)
+fn conv2d_relu_pool_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let taps = p.kh * p.kw;
+    let tap_groups = (taps + 8u) / 9u;
+    let co = gid.x % p.c_out;
+    let tg = (gid.x / p.c_out) % tap_groups;
+    let ci = (gid.x / (p.c_out * tap_groups)) % p.c_in;
+    let slice = gid.x / (p.c_out * tap_groups * p.c_in);
+    if (slice >= p.slices) {
+        return;
+    }
+    let pooled = p.pool_h * p.pool_w;
+    let total = p.batch * pooled;
+    let per = (total + p.slices - 1u) / p.slices;
+    let q_end = min(slice * per + per, total);
+    // This invocation's taps (clamped; the extra ones are never stored).
+    let t0 = min(tg * 9u + 0u, taps - 1u);
+    let t1 = min(tg * 9u + 1u, taps - 1u);
+    let t2 = min(tg * 9u + 2u, taps - 1u);
+    let t3 = min(tg * 9u + 3u, taps - 1u);
+    let t4 = min(tg * 9u + 4u, taps - 1u);
+    let t5 = min(tg * 9u + 5u, taps - 1u);
+    let t6 = min(tg * 9u + 6u, taps - 1u);
+    let t7 = min(tg * 9u + 7u, taps - 1u);
+    let t8 = min(tg * 9u + 8u, taps - 1u);
+    var s0 = 0.0;
+    var s1 = 0.0;
+    var s2 = 0.0;
+    var s3 = 0.0;
+    var s4 = 0.0;
+    var s5 = 0.0;
+    var s6 = 0.0;
+    var s7 = 0.0;
+    var s8 = 0.0;
+    var sum_g = 0.0;
+    for (var q = slice * per; q < q_end; q++) {
+        let bi = q / pooled;
+        let o = (bi * p.c_out + co) * pooled + q % pooled;
+        let i_y = p.y_base + o;
+        let i_g = p.g_base + o;
+        let i_at = p.at_base + o;
+        let at = at_win[i_at >> 2u][i_at & 3u];
+        let g = select(0.0, g_win[i_g >> 2u][i_g & 3u], pooled_win[i_y >> 2u][i_y & 3u] > 0.0);
+        let oy = at / p.out_w;
+        let ox = at % p.out_w;
+        sum_g += g;
+        s0 = fma(g, x_tap(bi, ci, oy, ox, t0), s0);
+        s1 = fma(g, x_tap(bi, ci, oy, ox, t1), s1);
+        s2 = fma(g, x_tap(bi, ci, oy, ox, t2), s2);
+        s3 = fma(g, x_tap(bi, ci, oy, ox, t3), s3);
+        s4 = fma(g, x_tap(bi, ci, oy, ox, t4), s4);
+        s5 = fma(g, x_tap(bi, ci, oy, ox, t5), s5);
+        s6 = fma(g, x_tap(bi, ci, oy, ox, t6), s6);
+        s7 = fma(g, x_tap(bi, ci, oy, ox, t7), s7);
+        s8 = fma(g, x_tap(bi, ci, oy, ox, t8), s8);
+    }
+    let n_w = p.c_out * p.c_in * taps;
+    let row = (p.part_row0 + slice) * (n_w + p.c_out);
+    let at_w = row + (co * p.c_in + ci) * taps + tg * 9u;
+    if (tg * 9u + 0u < taps) { y[at_w + 0u] = s0; }
+    if (tg * 9u + 1u < taps) { y[at_w + 1u] = s1; }
+    if (tg * 9u + 2u < taps) { y[at_w + 2u] = s2; }
+    if (tg * 9u + 3u < taps) { y[at_w + 3u] = s3; }
+    if (tg * 9u + 4u < taps) { y[at_w + 4u] = s4; }
+    if (tg * 9u + 5u < taps) { y[at_w + 5u] = s5; }
+    if (tg * 9u + 6u < taps) { y[at_w + 6u] = s6; }
+    if (tg * 9u + 7u < taps) { y[at_w + 7u] = s7; }
+    if (tg * 9u + 8u < taps) { y[at_w + 8u] = s8; }
+    if (tg == 0u && ci == 0u) {
+        y[row + n_w + co] = sum_g;
     }
 }

@@ -96,6 +96,8 @@ struct Saved {
     /// Dense layers whose matmuls read uniform windows: the input and weight transposed,
     /// x^T [IN, B] and W^T [IN, OUT], made in the forward pass and reused backward.
     transposed: Option<(Tensor, Tensor)>,
+    /// A max pool computed by its conv's kernel (conv2d_relu_pool_windowed).
+    fused_with_conv: bool,
 }
 
 /// `x` viewed as [B, rest].
@@ -164,6 +166,8 @@ pub fn build_plan(
     let mut cur = x.view(0, &[batch, c0, h0, w0]); // [B, C, H, W]
     let mut saved: Vec<Saved> = Vec::new();
     let mut param_index = 0;
+    // A conv + ReLU whose max pool ran fused with it: the pool's outputs (y, argmax).
+    let mut fused_pool: Option<(Tensor, Tensor)> = None;
     for (i, layer) in model.layers.iter().enumerate() {
         let mut out_shape = vec![batch];
         out_shape.extend(&shapes[i]);
@@ -172,6 +176,7 @@ pub fn build_plan(
         let act = |a: Activation| if is_last { None } else { kernel_act(a) };
         let input = cur.clone();
         let mut transposed = None;
+        let fused_with_conv = matches!(layer, Layer::MaxPool2d { .. }) && fused_pool.is_some();
         let (output, act_k, argmax) = match layer {
             Layer::Conv2d {
                 padding,
@@ -190,14 +195,35 @@ pub fn build_plan(
                 let a = act(*activation);
                 let z = zeros(gpu, "conv out", &out_shape)?;
                 let relu = a == Some(Act::Relu);
-                let windowed = if gpu.windows() {
-                    conv2d_forward_windowed(gpu, &s, &input, &w, Some(&b), relu, &z)?
-                } else {
-                    None
-                };
-                match windowed {
-                    Some(ds) => d.extend(ds),
-                    None => d.push(conv2d_forward(gpu, &s, &input, &w, Some(&b), relu, &z)?),
+                // On window adapters a conv + ReLU followed by a max pool runs as one kernel
+                // that never writes z (the backward needs only the pool's argmax and output,
+                // see the pool's fused ReLU backward), else the conv alone.
+                if let (true, true, Some(Layer::MaxPool2d { pool, stride })) =
+                    (gpu.windows(), relu, model.layers.get(i + 1))
+                {
+                    let ps = pool_spec(batch, &out_shape, *pool, *stride);
+                    let pooled = ps.y_shape();
+                    let (y, arg) = (
+                        zeros(gpu, "pool out", &pooled)?,
+                        zeros(gpu, "argmax", &pooled)?,
+                    );
+                    if let Some(ds) =
+                        conv2d_relu_pool_windowed(gpu, &s, &ps, &input, &w, &b, &y, &arg)?
+                    {
+                        d.extend(ds);
+                        fused_pool = Some((y, arg));
+                    }
+                }
+                if fused_pool.is_none() {
+                    let windowed = if gpu.windows() {
+                        conv2d_forward_windowed(gpu, &s, &input, &w, Some(&b), relu, &z)?
+                    } else {
+                        None
+                    };
+                    match windowed {
+                        Some(ds) => d.extend(ds),
+                        None => d.push(conv2d_forward(gpu, &s, &input, &w, Some(&b), relu, &z)?),
+                    }
                 }
                 split_activation(gpu, &mut d, a, z)?
             }
@@ -237,15 +263,18 @@ pub fn build_plan(
                 }
                 split_activation(gpu, &mut d, a, z)?
             }
-            Layer::MaxPool2d { pool, stride } => {
-                let s = pool_spec(batch, &input.shape, *pool, *stride);
-                let (y, arg) = (
-                    zeros(gpu, "pool out", &out_shape)?,
-                    zeros(gpu, "argmax", &out_shape)?,
-                );
-                d.push(max_pool2d_forward(gpu, &s, &input, &arg, &y)?);
-                (y, None, Some(arg))
-            }
+            Layer::MaxPool2d { pool, stride } => match fused_pool.take() {
+                Some((y, arg)) => (y, None, Some(arg)),
+                None => {
+                    let s = pool_spec(batch, &input.shape, *pool, *stride);
+                    let (y, arg) = (
+                        zeros(gpu, "pool out", &out_shape)?,
+                        zeros(gpu, "argmax", &out_shape)?,
+                    );
+                    d.push(max_pool2d_forward(gpu, &s, &input, &arg, &y)?);
+                    (y, None, Some(arg))
+                }
+            },
             Layer::Flatten => (input.view(0, &out_shape), None, None),
             Layer::Activation(a) => match act(*a) {
                 Some(k) => {
@@ -263,6 +292,7 @@ pub fn build_plan(
             act: act_k,
             argmax,
             transposed,
+            fused_with_conv,
         });
     }
 
@@ -313,8 +343,13 @@ pub fn build_plan(
         .map(|s| s.layer)
         .unwrap_or(model.layers.len());
     let mut relu_done = false;
+    // The first layer's conv gradients came with its fused pool's backward.
+    let mut conv_done = false;
     for (i, layer) in model.layers.iter().enumerate().rev() {
         if i < first_param_layer {
+            break;
+        }
+        if conv_done {
             break;
         }
         let sv = &saved[i];
@@ -410,6 +445,17 @@ pub fn build_plan(
             }
             Layer::MaxPool2d { pool, stride } => {
                 let s = pool_spec(batch, &sv.input.shape, *pool, *stride);
+                // A first-layer conv + ReLU + pool that ran fused: its dweight and dbias come
+                // straight from the pool's gradient, and no conv gradient is formed.
+                if sv.fused_with_conv && i == first_param_layer + 1 {
+                    if let Some(dispatches) =
+                        fused_conv_grads(gpu, store, model, i - 1, &saved[i - 1], &s, sv, &gz)?
+                    {
+                        d.extend(dispatches);
+                        conv_done = true;
+                        continue;
+                    }
+                }
                 let dx = zeros(gpu, "pool dinput", &sv.input.shape)?;
                 let relu_before = i > 0 && saved[i - 1].act == Some(Act::Relu);
                 if let Some(arg) = &sv.argmax {
@@ -450,6 +496,63 @@ pub fn build_plan(
 
 /// A sigmoid after a conv/dense runs as its own kernel; ReLU was fused into the producer.
 /// Returns (output, activation to undo in backward, argmax).
+/// The dispatches that leave conv layer `ci`'s dweight and dbias in the gradient buffer
+/// from its fused pool's gradient `g`, or None where the windows do not fit.
+#[allow(clippy::too_many_arguments)]
+fn fused_conv_grads(
+    gpu: &Gpu,
+    store: &ParamStore,
+    model: &Sequential,
+    ci: usize,
+    conv: &Saved,
+    ps: &PoolSpec,
+    pool: &Saved,
+    g: &Tensor,
+) -> Result<Option<Vec<Dispatch>>> {
+    let Layer::Conv2d { padding, .. } = model.layers[ci] else {
+        return Ok(None);
+    };
+    let (Some(arg), Some(wi)) = (&pool.argmax, store.specs.iter().position(|p| p.layer == ci))
+    else {
+        return Ok(None);
+    };
+    let s = conv_spec(
+        ps.batch,
+        &conv.input.shape,
+        &ps.x_shape(),
+        &store.specs[wi].shape,
+        padding,
+    );
+    let Some(rows) = relu_pool_weight_rows(gpu, &s, ps) else {
+        return Ok(None);
+    };
+    let part = zeros(gpu, "conv dweight partials", &[rows, s.part_row()])?;
+    let Some(mut d) = conv2d_relu_pool_backward_weight_windowed(
+        gpu,
+        &s,
+        ps,
+        &conv.input,
+        g,
+        &pool.output,
+        arg,
+        &part,
+    )?
+    else {
+        return Ok(None);
+    };
+    let dims = (rows, s.part_row(), 1);
+    let n_w = store.specs[wi].numel();
+    d.push(sum_outer_inner_range(gpu, &part, dims, 0, &store.grad(wi))?);
+    d.push(sum_outer_inner_range(
+        gpu,
+        &part,
+        dims,
+        n_w,
+        &store.grad(wi + 1),
+    )?);
+    Ok(Some(d))
+}
+
 fn split_activation(
     gpu: &Gpu,
     d: &mut Vec<Dispatch>,

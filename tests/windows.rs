@@ -5,8 +5,11 @@
 mod common;
 
 use common::{assert_close, gpu};
+#[allow(unused_imports)]
+use shadergrad::kernels::conv2d::relu_pool_weight_rows;
 use shadergrad::kernels::conv2d::*;
 use shadergrad::kernels::matmul::*;
+use shadergrad::kernels::pool::PoolSpec;
 use shadergrad::kernels::transpose::{transpose, transpose_ref};
 use shadergrad::kernels::{f64s, run, run_all};
 use shadergrad::rng::Rng;
@@ -207,4 +210,276 @@ fn windowed_conv2d_forward_matches_reference() {
             );
         }
     }
+}
+
+#[test]
+fn fused_conv_relu_pool_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.subgroups() {
+        eprintln!(
+            "fused_conv_relu_pool_matches_reference: NOT TESTED here: {} has no subgroups of \
+             at least 8 lanes, so the engine never runs the fused kernel on it",
+            gpu.describe()
+        );
+        return;
+    }
+    let mut rng = Rng::new(14);
+    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        padding,
+    };
+    for (s, pool, stride) in [
+        (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 2, 2), // the seed CNN
+        (conv(3, 2, 9, 8, 11, 3, Padding::Same), 3, 2),      // overlapping windows
+        (conv(5, 3, 11, 13, 5, 2, Padding::Valid), 2, 3),    // odd edges left over
+        (conv(1, 1, 2, 2, 1, 1, Padding::Valid), 2, 2),
+    ] {
+        let [b, co, oh, ow] = s.y_shape();
+        let ps = PoolSpec {
+            batch: b,
+            channels: co,
+            h: oh,
+            w: ow,
+            pool,
+            stride,
+        };
+        let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
+        let w = rng.uniform_vec(s.w_shape().iter().product(), -1.0, 1.0);
+        let bias = rng.uniform_vec(co, -0.5, 0.5);
+        let tx = Tensor::from_f32(gpu, "x", &s.x_shape(), &x).unwrap();
+        let tw = Tensor::from_f32(gpu, "w", &s.w_shape(), &w).unwrap();
+        let tb = Tensor::from_f32(gpu, "b", &[co], &bias).unwrap();
+        let y = Tensor::zeros(gpu, "y", &ps.y_shape()).unwrap();
+        let arg = Tensor::zeros(gpu, "argmax", &ps.y_shape()).unwrap();
+        let ds = conv2d_relu_pool_windowed(gpu, &s, &ps, &tx, &tw, &tb, &y, &arg)
+            .unwrap()
+            .expect("these shapes fit windows");
+        run_all(gpu, &ds).unwrap();
+        let (x, w, bias) = (f64s(&x), f64s(&w), f64s(&bias));
+        let (want_y, want_arg) = conv2d_relu_pool_ref(&s, &ps, &x, &w, &bias);
+        let tol = 1e-6 * (s.c_in * s.kh * s.kw) as f64;
+        assert_close(
+            &format!("fused conv relu pool {s:?} pool {pool} stride {stride}"),
+            &y.to_f32(gpu).unwrap(),
+            &want_y,
+            1e-4,
+            tol,
+        );
+        // The argmax must point into its window at a value equal to the max (ties between
+        // values closer than f32 rounding may pick either); nearly always the same one.
+        let z = conv2d_forward_ref(&s, &x, &w, Some(&bias), true);
+        let got_arg = arg.to_u32(gpu).unwrap();
+        let (ph, pw) = ps.out_hw();
+        let mut same = 0;
+        for (o, (&g, &want)) in got_arg.iter().zip(&want_arg).enumerate() {
+            let (py, px, plane) = ((o / pw) % ph, o % pw, o / (ph * pw));
+            let (gy, gx) = (g as usize / ow, g as usize % ow);
+            assert!(
+                (py * stride..py * stride + pool).contains(&gy)
+                    && (px * stride..px * stride + pool).contains(&gx),
+                "{s:?}: argmax {g} of pooled pixel {o} outside its window"
+            );
+            let at = plane * oh * ow + g as usize;
+            assert!(
+                (z[at] - want_y[o]).abs() <= 1e-4 * want_y[o].abs() + tol,
+                "{s:?} {o}"
+            );
+            same += (g == want) as usize;
+        }
+        assert!(
+            same * 100 >= got_arg.len() * 99,
+            "{s:?}: {same} of {} argmax agree",
+            got_arg.len()
+        );
+    }
+}
+
+/// A conv with ReLU and max pool, its parameters and the upstream gradient: the fused
+/// forward on the GPU, then the fused dweight/dbias summed over their partial rows.
+struct FusedCase {
+    s: Conv2dSpec,
+    ps: PoolSpec,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    g: Vec<f32>,
+}
+
+impl FusedCase {
+    fn new(rng: &mut Rng, s: Conv2dSpec, pool: usize, stride: usize) -> Self {
+        let [b, co, oh, ow] = s.y_shape();
+        let ps = PoolSpec {
+            batch: b,
+            channels: co,
+            h: oh,
+            w: ow,
+            pool,
+            stride,
+        };
+        let numel = |shape: &[usize]| shape.iter().product::<usize>();
+        FusedCase {
+            x: rng.uniform_vec(numel(&s.x_shape()), -1.0, 1.0),
+            w: rng.uniform_vec(numel(&s.w_shape()), -1.0, 1.0),
+            bias: rng.uniform_vec(co, -0.5, 0.5),
+            g: rng.uniform_vec(numel(&ps.y_shape()), -1.0, 1.0),
+            s,
+            ps,
+        }
+    }
+
+    /// (dweight, dbias, pooled y, argmax) from the GPU.
+    fn gpu_grads(&self, gpu: &shadergrad::gpu::Gpu) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<u32>) {
+        let (s, ps) = (&self.s, &self.ps);
+        let up = |shape: &[usize], v: &[f32]| Tensor::from_f32(gpu, "t", shape, v).unwrap();
+        let (tx, tw, tb) = (
+            up(&s.x_shape(), &self.x),
+            up(&s.w_shape(), &self.w),
+            up(&[s.c_out], &self.bias),
+        );
+        let tg = up(&ps.y_shape(), &self.g);
+        let y = Tensor::zeros(gpu, "y", &ps.y_shape()).unwrap();
+        let arg = Tensor::zeros(gpu, "argmax", &ps.y_shape()).unwrap();
+        let rows = relu_pool_weight_rows(gpu, s, ps).unwrap();
+        let part = Tensor::zeros(gpu, "part", &[rows, s.part_row()]).unwrap();
+        let mut ds = conv2d_relu_pool_windowed(gpu, s, ps, &tx, &tw, &tb, &y, &arg)
+            .unwrap()
+            .unwrap();
+        ds.extend(
+            conv2d_relu_pool_backward_weight_windowed(gpu, s, ps, &tx, &tg, &y, &arg, &part)
+                .unwrap()
+                .expect("these shapes fit windows"),
+        );
+        run_all(gpu, &ds).unwrap();
+        let part = part.to_f32(gpu).unwrap();
+        let width = s.part_row();
+        let n_w = width - s.c_out;
+        let col =
+            |c: usize| -> f32 { (0..rows).map(|r| part[r * width + c] as f64).sum::<f64>() as f32 };
+        (
+            (0..n_w).map(col).collect(),
+            (n_w..width).map(col).collect(),
+            y.to_f32(gpu).unwrap(),
+            arg.to_u32(gpu).unwrap(),
+        )
+    }
+
+    /// sum(g * pool(relu(conv(x, w) + bias))) in f64.
+    fn loss(&self, w: &[f64], bias: &[f64]) -> f64 {
+        let (y, _) = conv2d_relu_pool_ref(&self.s, &self.ps, &f64s(&self.x), w, bias);
+        y.iter().zip(&self.g).map(|(a, &b)| a * b as f64).sum()
+    }
+}
+
+#[test]
+fn fused_conv_relu_pool_backward_weight_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.subgroups() {
+        eprintln!(
+            "fused_conv_relu_pool_backward_weight_matches_reference: NOT TESTED here: {} has \
+             no subgroups of at least 8 lanes, so the engine never runs the fused kernels on it",
+            gpu.describe()
+        );
+        return;
+    }
+    let mut rng = Rng::new(15);
+    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        padding,
+    };
+    for (s, pool, stride) in [
+        (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 2, 2), // the seed CNN: 43 dispatches
+        (conv(3, 2, 9, 8, 11, 3, Padding::Same), 3, 2),
+        (conv(5, 3, 11, 13, 5, 2, Padding::Valid), 2, 3),
+        (conv(2, 1, 9, 9, 3, 4, Padding::Valid), 2, 2), // 16 taps: two tap groups
+        (conv(1, 1, 2, 2, 1, 1, Padding::Valid), 2, 2),
+    ] {
+        let case = FusedCase::new(&mut rng, s, pool, stride);
+        let (dw, db, y, arg) = case.gpu_grads(gpu);
+        let (want_dw, want_db) = conv2d_relu_pool_backward_weight_ref(
+            &s,
+            &case.ps,
+            &f64s(&case.x),
+            &f64s(&case.g),
+            &f64s(&y),
+            &arg,
+        );
+        let terms = (s.batch * case.ps.y_shape()[2] * case.ps.y_shape()[3]) as f64;
+        let what = format!("fused dweight {s:?} pool {pool} stride {stride}");
+        assert_close(&what, &dw, &want_dw, 1e-4, 1e-6 * terms);
+        assert_close(
+            &format!("fused dbias {s:?}"),
+            &db,
+            &want_db,
+            1e-4,
+            1e-6 * terms,
+        );
+    }
+}
+
+#[test]
+fn fused_conv_relu_pool_gradients_pass_finite_differences() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.subgroups() {
+        eprintln!(
+            "fused_conv_relu_pool_gradients_pass_finite_differences: NOT TESTED here: {} has \
+             no subgroups of at least 8 lanes",
+            gpu.describe()
+        );
+        return;
+    }
+    let mut rng = Rng::new(16);
+    let s = Conv2dSpec {
+        batch: 2,
+        c_in: 2,
+        h: 7,
+        w: 6,
+        c_out: 3,
+        kh: 3,
+        kw: 3,
+        padding: Padding::Same,
+    };
+    let case = FusedCase::new(&mut rng, s, 2, 2);
+    let (dw, db, _, _) = case.gpu_grads(gpu);
+    let (w, bias) = (f64s(&case.w), f64s(&case.bias));
+    let eps = 1e-5;
+    let numeric = |which: usize, i: usize| {
+        let (mut wp, mut bp) = (w.clone(), bias.clone());
+        let (mut wm, mut bm) = (w.clone(), bias.clone());
+        if which == 0 {
+            wp[i] += eps;
+            wm[i] -= eps;
+        } else {
+            bp[i] += eps;
+            bm[i] -= eps;
+        }
+        (case.loss(&wp, &bp) - case.loss(&wm, &bm)) / (2.0 * eps)
+    };
+    let want_dw: Vec<f64> = (0..w.len()).map(|i| numeric(0, i)).collect();
+    let want_db: Vec<f64> = (0..bias.len()).map(|i| numeric(1, i)).collect();
+    assert_close(
+        "fused dweight vs finite differences",
+        &dw,
+        &want_dw,
+        1e-3,
+        1e-4,
+    );
+    assert_close(
+        "fused dbias vs finite differences",
+        &db,
+        &want_db,
+        1e-3,
+        1e-4,
+    );
 }

@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::pool::PoolSpec;
 use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
@@ -134,7 +135,16 @@ struct Params {
     x_base: u32,
     w_base: u32,
     bias_base: u32,
-    _pad: [u32; 2],
+    pool: u32,
+    stride: u32,
+    pool_h: u32,
+    pool_w: u32,
+    g_base: u32,
+    y_base: u32,
+    at_base: u32,
+    slices: u32,
+    part_row0: u32,
+    _pad: u32,
 }
 
 fn params(s: &Conv2dSpec, flags: u32) -> Params {
@@ -159,7 +169,16 @@ fn params(s: &Conv2dSpec, flags: u32) -> Params {
         x_base: 0,
         w_base: 0,
         bias_base: 0,
-        _pad: [0; 2],
+        pool: 0,
+        stride: 0,
+        pool_h: 0,
+        pool_w: 0,
+        g_base: 0,
+        y_base: 0,
+        at_base: 0,
+        slices: 0,
+        part_row0: 0,
+        _pad: 0,
     }
 }
 
@@ -279,11 +298,53 @@ pub fn conv2d_forward_windowed(
     relu: bool,
     y: &Tensor,
 ) -> Result<Option<Vec<Dispatch>>> {
+    expect_shape("conv2d_forward", "y", y, &s.y_shape())?;
+    windowed(gpu, s, x, weight, bias, relu, y, None)
+}
+
+/// y = max_pool2d(relu(conv2d(x, w) + bias)) in one pass that never writes the conv output:
+/// y and argmax [B,CO,PH,PW] as [`super::pool::max_pool2d_forward`] would leave them on the
+/// conv output (argmax indexes its OH x OW plane). Window kernel only: None where
+/// [`conv2d_forward_windowed`] would be.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_relu_pool_windowed(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    pool: &PoolSpec,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    y: &Tensor,
+    argmax: &Tensor,
+) -> Result<Option<Vec<Dispatch>>> {
+    let op = "conv2d_relu_pool";
+    let [b, co, oh, ow] = s.y_shape();
+    if pool.x_shape() != [b, co, oh, ow] || pool.pool == 0 || pool.stride == 0 {
+        return Err(Error::shape(
+            op,
+            format!("{pool:?} does not pool the conv output {:?}", s.y_shape()),
+        ));
+    }
+    expect_shape(op, "y", y, &pool.y_shape())?;
+    expect_shape(op, "argmax", argmax, &pool.y_shape())?;
+    windowed(gpu, s, x, weight, Some(bias), true, y, Some((pool, argmax)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn windowed(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+    pool: Option<(&PoolSpec, &Tensor)>,
+) -> Result<Option<Vec<Dispatch>>> {
     s.validate()?;
     let op = "conv2d_forward";
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "weight", weight, &s.w_shape())?;
-    expect_shape(op, "y", y, &s.y_shape())?;
     if let Some(b) = bias {
         expect_shape(op, "bias", b, &[s.c_out])?;
     }
@@ -303,6 +364,11 @@ pub fn conv2d_forward_windowed(
         return Ok(None);
     }
     let (oh, ow) = s.out_hw();
+    let (ph, pw) = pool.map_or((oh, ow), |(ps, _)| ps.out_hw());
+    let (entry, argmax) = match pool {
+        Some((_, arg)) => ("conv2d_relu_pool_subgroup", arg),
+        None => (FORWARD_SUBGROUP, gpu.dummy()),
+    };
     let mut out = Vec::new();
     for batch0 in (0..s.batch).step_by(per_window) {
         let images = per_window.min(s.batch - batch0);
@@ -315,28 +381,155 @@ pub fn conv2d_forward_windowed(
             x_base,
             w_base,
             bias_base,
+            pool: pool.map_or(0, |(ps, _)| ps.pool as u32),
+            stride: pool.map_or(0, |(ps, _)| ps.stride as u32),
+            pool_h: ph as u32,
+            pool_w: pw as u32,
             ..params(s, bias.is_some() as u32 | (relu as u32) << 1)
         };
-        let groups = (images * oh * ow).div_ceil(64);
+        let groups = (images * ph * pw).div_ceil(64);
         if groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
             return Ok(None);
+        }
+        let mut bindings = vec![
+            (gpu.dummy(), Access::Read),
+            (gpu.dummy(), Access::Read),
+            (gpu.dummy(), Access::Read),
+            (y, Access::ReadWrite),
+            (&x_win, Access::Window),
+            (&w_win, Access::Window),
+            (&b_win, Access::Window),
+        ];
+        if pool.is_some() {
+            bindings.push((argmax, Access::ReadWrite));
         }
         out.push(dispatch(
             gpu,
             &KernelCall {
                 shader: Shader::Conv2dSubgroup,
-                entry: FORWARD_SUBGROUP,
+                entry,
+                params: bytemuck::bytes_of(&p),
+                bindings: &bindings,
+                workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
+                constants: &[("WINDOW", 1.0)],
+            },
+        )?);
+    }
+    Ok(Some(out))
+}
+
+/// How [`conv2d_relu_pool_backward_weight_windowed`] splits the batch: images per dispatch
+/// (the x window and the pool-sized windows must each hold them) and position slices per
+/// dispatch (so that a dispatch has enough invocations). None when one image does not fit.
+pub fn relu_pool_weight_plan(gpu: &Gpu, s: &Conv2dSpec, pool: &PoolSpec) -> Option<(usize, usize)> {
+    let align = gpu.limits.min_uniform_buffer_offset_alignment as u64;
+    let cap = (crate::tensor::WINDOW_BYTES - align) as usize / 4;
+    let [_, co, ph, pw] = pool.y_shape();
+    let images = (cap / (s.c_in * s.h * s.w)).min(cap / (co * ph * pw));
+    if images == 0 || !gpu.subgroups() {
+        return None;
+    }
+    // ~512 invocations a dispatch; never more slices than positions.
+    let per_slice = co * s.c_in * (s.kh * s.kw).div_ceil(9);
+    let positions = images.min(s.batch) * ph * pw;
+    let slices = 512usize.div_ceil(per_slice).clamp(1, positions);
+    // LOOP_BUDGET: positions per slice.
+    let slices = slices.max(positions.div_ceil(LOOP_BUDGET));
+    Some((images, slices))
+}
+
+/// Partial-sum rows [`conv2d_relu_pool_backward_weight_windowed`] writes.
+pub fn relu_pool_weight_rows(gpu: &Gpu, s: &Conv2dSpec, pool: &PoolSpec) -> Option<usize> {
+    relu_pool_weight_plan(gpu, s, pool).map(|(images, slices)| s.batch.div_ceil(images) * slices)
+}
+
+/// dweight and dbias partial sums of a conv whose ReLU and max pool ran fused
+/// ([`conv2d_relu_pool_windowed`]), from the pool's gradient g, output y and argmax
+/// [B,CO,PH,PW] and the conv input x: part [rows, CO*CI*KH*KW + CO] as
+/// [`conv2d_backward_weight`] lays it out (rows from [`relu_pool_weight_rows`]). The conv
+/// gradient is never formed, so there is no input gradient: for a first layer. None where
+/// the windows do not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_relu_pool_backward_weight_windowed(
+    gpu: &Gpu,
+    s: &Conv2dSpec,
+    pool: &PoolSpec,
+    x: &Tensor,
+    g: &Tensor,
+    y: &Tensor,
+    argmax: &Tensor,
+    part: &Tensor,
+) -> Result<Option<Vec<Dispatch>>> {
+    s.validate()?;
+    let op = "conv2d_relu_pool_backward_weight";
+    expect_shape(op, "x", x, &s.x_shape())?;
+    for (name, t) in [("g", g), ("y", y), ("argmax", argmax)] {
+        expect_shape(op, name, t, &pool.y_shape())?;
+    }
+    let Some((images, slices)) = relu_pool_weight_plan(gpu, s, pool) else {
+        return Ok(None);
+    };
+    let rows = s.batch.div_ceil(images) * slices;
+    expect_shape(op, "part", part, &[rows, s.part_row()])?;
+    let align = gpu.limits.min_uniform_buffer_offset_alignment as u64;
+    let [_, co, ph, pw] = pool.y_shape();
+    let (image, pooled) = (s.c_in * s.h * s.w, co * ph * pw);
+    let per_slice = co * s.c_in * (s.kh * s.kw).div_ceil(9);
+    let mut out = Vec::new();
+    for (d, batch0) in (0..s.batch).step_by(images).enumerate() {
+        let n = images.min(s.batch - batch0);
+        let win = |t: &Tensor, per: usize| t.window(batch0 * per, n * per, align);
+        let (
+            Some((x_win, x_base)),
+            Some((g_win, g_base)),
+            Some((y_win, y_base)),
+            Some((a_win, at_base)),
+        ) = (
+            win(x, image),
+            win(g, pooled),
+            win(y, pooled),
+            win(argmax, pooled),
+        )
+        else {
+            return Ok(None);
+        };
+        let p = Params {
+            batch: n as u32,
+            batch0: batch0 as u32,
+            x_base,
+            pool: pool.pool as u32,
+            stride: pool.stride as u32,
+            pool_h: ph as u32,
+            pool_w: pw as u32,
+            g_base,
+            y_base,
+            at_base,
+            slices: slices as u32,
+            part_row0: (d * slices) as u32,
+            ..params(s, 0)
+        };
+        let dummy = gpu.dummy_window();
+        out.push(dispatch(
+            gpu,
+            &KernelCall {
+                shader: Shader::Conv2dSubgroup,
+                entry: "conv2d_relu_pool_backward_weight",
                 params: bytemuck::bytes_of(&p),
                 bindings: &[
                     (gpu.dummy(), Access::Read),
                     (gpu.dummy(), Access::Read),
                     (gpu.dummy(), Access::Read),
-                    (y, Access::ReadWrite),
+                    (part, Access::ReadWrite),
                     (&x_win, Access::Window),
-                    (&w_win, Access::Window),
-                    (&b_win, Access::Window),
+                    (dummy, Access::Window),
+                    (dummy, Access::Window),
+                    // argmax storage of the forward: unused here, so read-only will do.
+                    (gpu.dummy(), Access::Read),
+                    (&g_win, Access::Window),
+                    (&y_win, Access::Window),
+                    (&a_win, Access::Window),
                 ],
-                workgroups: [groups as u32, s.c_out.div_ceil(8) as u32, 1],
+                workgroups: [(per_slice * slices).div_ceil(64) as u32, 1, 1],
                 constants: &[("WINDOW", 1.0)],
             },
         )?);
@@ -463,6 +656,36 @@ fn for_each_tap(s: &Conv2dSpec, mut f: impl FnMut(usize, usize, usize, usize, us
             }
         }
     }
+}
+
+/// CPU reference of [`conv2d_relu_pool_windowed`]: the conv reference with ReLU, then the
+/// pool reference (pooled values and argmax in the conv output plane).
+pub fn conv2d_relu_pool_ref(
+    s: &Conv2dSpec,
+    pool: &PoolSpec,
+    x: &[f64],
+    weight: &[f64],
+    bias: &[f64],
+) -> (Vec<f64>, Vec<u32>) {
+    let z = conv2d_forward_ref(s, x, weight, Some(bias), true);
+    super::pool::max_pool2d_forward_ref(pool, &z)
+}
+
+/// CPU reference of [`conv2d_relu_pool_backward_weight_windowed`] (summed over the rows):
+/// the pool's ReLU backward into the conv output plane, then the conv's dweight and dbias.
+pub fn conv2d_relu_pool_backward_weight_ref(
+    s: &Conv2dSpec,
+    pool: &PoolSpec,
+    x: &[f64],
+    g: &[f64],
+    y: &[f64],
+    argmax: &[u32],
+) -> (Vec<f64>, Vec<f64>) {
+    let dz = super::pool::max_pool2d_relu_backward_ref(pool, g, argmax, y);
+    (
+        conv2d_backward_weight_ref(s, &dz, x),
+        conv2d_backward_bias_ref(s, &dz),
+    )
 }
 
 pub fn conv2d_forward_ref(

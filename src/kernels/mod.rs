@@ -103,9 +103,12 @@ impl Shader {
                 "conv2d_backward_input",
                 "conv2d_backward_weight",
             ],
-            Shader::Conv2dSubgroup => {
-                &["conv2d_forward_subgroup", "conv2d_backward_weight_subgroup"]
-            }
+            Shader::Conv2dSubgroup => &[
+                "conv2d_forward_subgroup",
+                "conv2d_relu_pool_subgroup",
+                "conv2d_backward_weight_subgroup",
+                "conv2d_relu_pool_backward_weight",
+            ],
             Shader::Pool => &[
                 "max_pool2d_forward",
                 "max_pool2d_backward",
