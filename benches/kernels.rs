@@ -271,6 +271,23 @@ fn main() -> Result<()> {
             Some(s.flops()),
             None,
         );
+        // ... and its dweight/dbias from the pool's gradient (a quarter of the positions).
+        let rows = relu_pool_weight_rows(&gpu, &s, &p).unwrap_or(1);
+        let part = Tensor::zeros(&gpu, "part", &[rows, s.part_row()])?;
+        let g = b.tensor(&p.y_shape())?;
+        if let Some(ds) =
+            conv2d_relu_pool_backward_weight_windowed(&gpu, &s, &p, &x, &g, &py, &arg, &part)?
+        {
+            let ms = b.time(&ds.iter().collect::<Vec<_>>(), 3)?;
+            let name = format!("conv2d_relu_pool_backward_weight x{}", ds.len());
+            b.record(
+                &name,
+                format!("{shape}, pool 2x2"),
+                ms,
+                Some(s.flops() / 4.0),
+                None,
+            );
+        }
     }
     let pdx = Tensor::zeros(&gpu, "pdx", &p.x_shape())?;
     let d = max_pool2d_backward(&gpu, &p, &pdy, &arg, &pdx)?;

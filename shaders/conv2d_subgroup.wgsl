@@ -480,14 +480,20 @@ fn conv2d_backward_weight_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// x at tap t of conv output position (oy, ox) of image bi of the dispatch, input channel ci,
-// from the x window; zero outside the image.
-fn x_tap(bi: u32, ci: u32, oy: u32, ox: u32, t: u32) -> f32 {
-    let iy = i32(oy + t / p.kw) - i32(p.pad_h);
-    let ix = i32(ox + t % p.kw) - i32(p.pad_w);
+// a / b for a < 2^22 through f32: llvmpipe has no vector integer division (each lane
+// divides on its own, ~10x the cost), and a float division rounds to the right integer with
+// this margin. Used on window positions only, which are < 16,384.
+fn div_small(a: u32, b: u32) -> u32 {
+    return u32((f32(a) + 0.5) / f32(b));
+}
+
+// x at input row oy + ky - PH, column ox + kx - PW of the plane starting at `plane` in the
+// x window; zero outside the image.
+fn x_tap(plane: u32, oy: u32, ox: u32, ky: u32, kx: u32) -> f32 {
+    let iy = i32(oy + ky) - i32(p.pad_h);
+    let ix = i32(ox + kx) - i32(p.pad_w);
     let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-    let row = u32(clamp(iy, 0, i32(p.h) - 1));
-    let at = p.x_base + ((bi * p.c_in + ci) * p.h + row) * p.w + u32(clamp(ix, 0, i32(p.w) - 1));
+    let at = plane + u32(clamp(iy, 0, i32(p.h) - 1)) * p.w + u32(clamp(ix, 0, i32(p.w) - 1));
     return select(0.0, load_x(at), inside);
 }
 
@@ -516,16 +522,34 @@ fn conv2d_relu_pool_backward_weight(@builtin(global_invocation_id) gid: vec3<u32
     let total = p.batch * pooled;
     let per = (total + p.slices - 1u) / p.slices;
     let q_end = min(slice * per + per, total);
-    // This invocation's taps (clamped; the extra ones are never stored).
+    // This invocation's taps (clamped; the extra ones are never stored) as (ky, kx).
     let t0 = min(tg * 9u + 0u, taps - 1u);
+    let ky0 = t0 / p.kw;
+    let kx0 = t0 % p.kw;
     let t1 = min(tg * 9u + 1u, taps - 1u);
+    let ky1 = t1 / p.kw;
+    let kx1 = t1 % p.kw;
     let t2 = min(tg * 9u + 2u, taps - 1u);
+    let ky2 = t2 / p.kw;
+    let kx2 = t2 % p.kw;
     let t3 = min(tg * 9u + 3u, taps - 1u);
+    let ky3 = t3 / p.kw;
+    let kx3 = t3 % p.kw;
     let t4 = min(tg * 9u + 4u, taps - 1u);
+    let ky4 = t4 / p.kw;
+    let kx4 = t4 % p.kw;
     let t5 = min(tg * 9u + 5u, taps - 1u);
+    let ky5 = t5 / p.kw;
+    let kx5 = t5 % p.kw;
     let t6 = min(tg * 9u + 6u, taps - 1u);
+    let ky6 = t6 / p.kw;
+    let kx6 = t6 % p.kw;
     let t7 = min(tg * 9u + 7u, taps - 1u);
+    let ky7 = t7 / p.kw;
+    let kx7 = t7 % p.kw;
     let t8 = min(tg * 9u + 8u, taps - 1u);
+    let ky8 = t8 / p.kw;
+    let kx8 = t8 % p.kw;
     var s0 = 0.0;
     var s1 = 0.0;
     var s2 = 0.0;
@@ -537,25 +561,26 @@ fn conv2d_relu_pool_backward_weight(@builtin(global_invocation_id) gid: vec3<u32
     var s8 = 0.0;
     var sum_g = 0.0;
     for (var q = slice * per; q < q_end; q++) {
-        let bi = q / pooled;
-        let o = (bi * p.c_out + co) * pooled + q % pooled;
+        let bi = div_small(q, pooled);
+        let o = (bi * p.c_out + co) * pooled + (q - bi * pooled);
         let i_y = p.y_base + o;
         let i_g = p.g_base + o;
         let i_at = p.at_base + o;
         let at = at_win[i_at >> 2u][i_at & 3u];
         let g = select(0.0, g_win[i_g >> 2u][i_g & 3u], pooled_win[i_y >> 2u][i_y & 3u] > 0.0);
-        let oy = at / p.out_w;
-        let ox = at % p.out_w;
+        let oy = div_small(at, p.out_w);
+        let ox = at - oy * p.out_w;
+        let plane = p.x_base + (bi * p.c_in + ci) * p.h * p.w;
         sum_g += g;
-        s0 = fma(g, x_tap(bi, ci, oy, ox, t0), s0);
-        s1 = fma(g, x_tap(bi, ci, oy, ox, t1), s1);
-        s2 = fma(g, x_tap(bi, ci, oy, ox, t2), s2);
-        s3 = fma(g, x_tap(bi, ci, oy, ox, t3), s3);
-        s4 = fma(g, x_tap(bi, ci, oy, ox, t4), s4);
-        s5 = fma(g, x_tap(bi, ci, oy, ox, t5), s5);
-        s6 = fma(g, x_tap(bi, ci, oy, ox, t6), s6);
-        s7 = fma(g, x_tap(bi, ci, oy, ox, t7), s7);
-        s8 = fma(g, x_tap(bi, ci, oy, ox, t8), s8);
+        s0 = fma(g, x_tap(plane, oy, ox, ky0, kx0), s0);
+        s1 = fma(g, x_tap(plane, oy, ox, ky1, kx1), s1);
+        s2 = fma(g, x_tap(plane, oy, ox, ky2, kx2), s2);
+        s3 = fma(g, x_tap(plane, oy, ox, ky3, kx3), s3);
+        s4 = fma(g, x_tap(plane, oy, ox, ky4, kx4), s4);
+        s5 = fma(g, x_tap(plane, oy, ox, ky5, kx5), s5);
+        s6 = fma(g, x_tap(plane, oy, ox, ky6, kx6), s6);
+        s7 = fma(g, x_tap(plane, oy, ox, ky7, kx7), s7);
+        s8 = fma(g, x_tap(plane, oy, ox, ky8, kx8), s8);
     }
     let n_w = p.c_out * p.c_in * taps;
     let row = (p.part_row0 + slice) * (n_w + p.c_out);

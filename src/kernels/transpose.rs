@@ -41,7 +41,7 @@ pub fn transpose(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
             entry: "transpose",
             params: bytemuck::bytes_of(&params),
             bindings: &[(x, Access::Read), (y, Access::ReadWrite)],
-            workgroups: grid_1d(gpu, op, rows * cols)?,
+            workgroups: grid_1d(gpu, op, rows.div_ceil(64) * cols)?,
             constants: &[],
         },
     )
