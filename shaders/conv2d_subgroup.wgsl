@@ -268,6 +268,24 @@ fn conv2d_relu_pool_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
+// Partial-sum row `row` of part (binding 4): dweight [CO, CI, KH, KW] then dbias [CO]. One
+// invocation's 9 taps (tap group tg: taps tg * 9 + j that exist) for (co, ci), and the dbias
+// of co from the invocations of tap group 0 and ci 0.
+fn store_part(row: u32, co: u32, ci: u32, tg: u32, s: array<f32, 9>, sum_g: f32) {
+    let taps = p.kh * p.kw;
+    let n_w = p.c_out * p.c_in * taps;
+    let row_at = row * (n_w + p.c_out);
+    let at = row_at + (co * p.c_in + ci) * taps + tg * 9u;
+    for (var j = 0u; j < 9u; j++) {
+        if (tg * 9u + j < taps) {
+            y[at + j] = s[j];
+        }
+    }
+    if (tg == 0u && ci == 0u) {
+        y[row_at + n_w + co] = sum_g;
+    }
+}
+
 @compute @workgroup_size(8)
 fn conv2d_backward_weight_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
                                    @builtin(workgroup_id) wid: vec3<u32>,
@@ -462,21 +480,7 @@ fn conv2d_backward_weight_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
         }
     }
     if (co < p.c_out) {
-        let n_w = p.c_out * p.c_in * taps;
-        let row = chunk * (n_w + p.c_out);
-        let w_base = row + (co * p.c_in + ci) * taps;
-        if (tg * 9u + 0u < taps) { y[w_base + tg * 9u + 0u] = s0; }
-        if (tg * 9u + 1u < taps) { y[w_base + tg * 9u + 1u] = s1; }
-        if (tg * 9u + 2u < taps) { y[w_base + tg * 9u + 2u] = s2; }
-        if (tg * 9u + 3u < taps) { y[w_base + tg * 9u + 3u] = s3; }
-        if (tg * 9u + 4u < taps) { y[w_base + tg * 9u + 4u] = s4; }
-        if (tg * 9u + 5u < taps) { y[w_base + tg * 9u + 5u] = s5; }
-        if (tg * 9u + 6u < taps) { y[w_base + tg * 9u + 6u] = s6; }
-        if (tg * 9u + 7u < taps) { y[w_base + tg * 9u + 7u] = s7; }
-        if (tg * 9u + 8u < taps) { y[w_base + tg * 9u + 8u] = s8; }
-        if (tg == 0u && ci == 0u) {
-            y[row + n_w + co] = sum_dy;
-        }
+        store_part(chunk, co, ci, tg, array<f32, 9>(s0, s1, s2, s3, s4, s5, s6, s7, s8), sum_dy);
     }
 }
 
@@ -582,19 +586,5 @@ fn conv2d_relu_pool_backward_weight(@builtin(global_invocation_id) gid: vec3<u32
         s7 = fma(g, x_tap(plane, oy, ox, ky7, kx7), s7);
         s8 = fma(g, x_tap(plane, oy, ox, ky8, kx8), s8);
     }
-    let n_w = p.c_out * p.c_in * taps;
-    let row = (p.part_row0 + slice) * (n_w + p.c_out);
-    let at_w = row + (co * p.c_in + ci) * taps + tg * 9u;
-    if (tg * 9u + 0u < taps) { y[at_w + 0u] = s0; }
-    if (tg * 9u + 1u < taps) { y[at_w + 1u] = s1; }
-    if (tg * 9u + 2u < taps) { y[at_w + 2u] = s2; }
-    if (tg * 9u + 3u < taps) { y[at_w + 3u] = s3; }
-    if (tg * 9u + 4u < taps) { y[at_w + 4u] = s4; }
-    if (tg * 9u + 5u < taps) { y[at_w + 5u] = s5; }
-    if (tg * 9u + 6u < taps) { y[at_w + 6u] = s6; }
-    if (tg * 9u + 7u < taps) { y[at_w + 7u] = s7; }
-    if (tg * 9u + 8u < taps) { y[at_w + 8u] = s8; }
-    if (tg == 0u && ci == 0u) {
-        y[row + n_w + co] = sum_g;
-    }
+    store_part(p.part_row0 + slice, co, ci, tg, array<f32, 9>(s0, s1, s2, s3, s4, s5, s6, s7, s8), sum_g);
 }

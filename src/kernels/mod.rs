@@ -167,18 +167,33 @@ pub struct KernelCall<'a> {
 
 pub fn dispatch(gpu: &Gpu, call: &KernelCall<'_>) -> Result<Dispatch> {
     let access: Vec<Access> = call.bindings.iter().map(|(_, a)| *a).collect();
-    let max_storage = gpu.limits.max_storage_buffers_per_shader_stage;
-    if access.len() > max_storage as usize {
-        return Err(Error::Limit {
-            op: call.entry.to_string(),
-            what: "storage buffers per shader stage".into(),
-            requested: access.len() as u64,
-            limit: max_storage as u64,
-            hint: format!(
-                "{} cannot run this kernel (OpenGL ES 3.1 guarantees only 4); choose another adapter with WGPU_BACKEND or WGPU_ADAPTER_NAME",
-                gpu.describe()
-            ),
-        });
+    let windows = access.iter().filter(|a| **a == Access::Window).count();
+    let l = &gpu.limits;
+    // (what, requested, limit): storage bindings, and uniform ones (params + windows).
+    for (what, requested, limit) in [
+        (
+            "storage buffers per shader stage",
+            access.len() - windows,
+            l.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "uniform buffers per shader stage",
+            windows + 1,
+            l.max_uniform_buffers_per_shader_stage,
+        ),
+    ] {
+        if requested > limit as usize {
+            return Err(Error::Limit {
+                op: call.entry.to_string(),
+                what: what.into(),
+                requested: requested as u64,
+                limit: limit as u64,
+                hint: format!(
+                    "{} cannot run this kernel (OpenGL ES 3.1 guarantees only 4 storage buffers); choose another adapter with WGPU_BACKEND or WGPU_ADAPTER_NAME",
+                    gpu.describe()
+                ),
+            });
+        }
     }
     let pipeline = gpu.pipeline(call.shader, call.entry, &access, call.constants)?;
     let max_wg = gpu.limits.max_compute_workgroups_per_dimension;
