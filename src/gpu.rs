@@ -14,6 +14,10 @@ use crate::{Error, Result};
 /// `SHADERGRAD_GPU_TIMEOUT` (seconds) or [`Gpu::set_timeout`] says otherwise.
 pub const GPU_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The most uniform bindings a window kernel uses (conv2d_relu_pool_backward_weight: its
+/// params and 6 windows).
+pub const WINDOW_UNIFORMS: u32 = 7;
+
 /// Environment variable overriding [`GPU_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
 
@@ -350,9 +354,14 @@ impl Gpu {
 
     /// Whether kernels should read through uniform windows where they have a window variant:
     /// on CPU adapters (lavapipe) a uniform load costs a tenth of a storage load. The
-    /// window kernels are subgroup kernels.
+    /// window kernels are subgroup kernels, bind up to [`WINDOW_UNIFORMS`] uniform buffers and need whole 64 KiB windows; a device with
+    /// smaller limits keeps the storage-buffer kernels.
     pub fn windows(&self) -> bool {
-        self.subgroups() && self.is_cpu()
+        let l = &self.limits;
+        self.subgroups()
+            && self.is_cpu()
+            && l.max_uniform_buffer_binding_size >= crate::tensor::WINDOW_BYTES
+            && l.max_uniform_buffers_per_shader_stage >= WINDOW_UNIFORMS
     }
 
     pub fn is_cpu(&self) -> bool {

@@ -1142,6 +1142,28 @@ fn a_smaller_gpu_either_runs_or_refuses_naming_the_limit() {
     assert!(matches!(e, Error::Limit { .. }), "{e:?}");
     assert!(e.to_string().contains("the adapter allows"), "{e}");
 
+    // Uniform bindings below the window kernels' needs (16 KiB, or 4 a stage): the device
+    // keeps the storage-buffer kernels and trains with them.
+    for (what, shrink) in [
+        (
+            "16 KiB uniform bindings",
+            (|l: &mut wgpu::Limits| l.max_uniform_buffer_binding_size = 16 << 10)
+                as fn(&mut wgpu::Limits),
+        ),
+        ("4 uniform buffers a stage", |l: &mut wgpu::Limits| {
+            l.max_uniform_buffers_per_shader_stage = 4
+        }),
+    ] {
+        let Some(g) = private_gpu(shrink) else {
+            return;
+        };
+        assert!(!g.windows(), "{what}");
+        let (mut t, src) = small_trainer(&g, Sequential::mnist_cnn(), 8);
+        t.step(src, 0, 8, true).unwrap();
+        assert!(!t.read_metrics().unwrap().non_finite);
+        println!("case {what}: the storage-buffer kernels run");
+    }
+
     // No workgroup memory at all: no kernel uses any, so training still runs.
     let Some(g) = private_gpu(|l| l.max_compute_workgroup_storage_size = 0) else {
         return;

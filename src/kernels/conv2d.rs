@@ -288,7 +288,8 @@ pub fn conv2d_forward_with(
 }
 
 /// The subgroup kernel `entry` over `groups` x ceil(CO / 8) workgroups, or None when the
-/// caller asked for the portable kernel or the grid is too wide (the caller falls back).
+/// caller asked for the portable kernel, the grid is too wide or the device cannot bind the
+/// forward's uniform windows (the caller falls back).
 fn subgroup_call(
     gpu: &Gpu,
     subgroup: bool,
@@ -298,7 +299,12 @@ fn subgroup_call(
     out: &Tensor,
     [groups, c_out]: [usize; 2],
 ) -> Result<Option<Dispatch>> {
-    if !subgroup || groups > gpu.limits.max_compute_workgroups_per_dimension as usize {
+    let l = &gpu.limits;
+    // The subgroup forward also declares its (unused without WINDOW) 64 KiB uniform windows.
+    let windows_bindable = entry != FORWARD_SUBGROUP
+        || (l.max_uniform_buffer_binding_size >= crate::tensor::WINDOW_BYTES
+            && l.max_uniform_buffers_per_shader_stage >= 4);
+    if !subgroup || !windows_bindable || groups > l.max_compute_workgroups_per_dimension as usize {
         return Ok(None);
     }
     if !gpu.subgroups() {
