@@ -381,16 +381,7 @@ pub fn build_plan(
                     &[s.weight_chunks(), s.part_row()],
                 )?;
                 d.push(conv2d_backward_weight(gpu, &s, &gz, &sv.input, &part)?);
-                let dims = (s.weight_chunks(), s.part_row(), 1);
-                let n_w = store.specs[wi].numel();
-                d.push(sum_outer_inner_range(gpu, &part, dims, 0, &store.grad(wi))?);
-                d.push(sum_outer_inner_range(
-                    gpu,
-                    &part,
-                    dims,
-                    n_w,
-                    &store.grad(wi + 1),
-                )?);
+                d.extend(sum_conv_partials(gpu, store, wi, &part)?);
                 if !needs_dx {
                     break;
                 }
@@ -540,17 +531,24 @@ fn fused_conv_grads(
     else {
         return Ok(None);
     };
-    let dims = (rows, s.part_row(), 1);
-    let n_w = store.specs[wi].numel();
-    d.push(sum_outer_inner_range(gpu, &part, dims, 0, &store.grad(wi))?);
-    d.push(sum_outer_inner_range(
-        gpu,
-        &part,
-        dims,
-        n_w,
-        &store.grad(wi + 1),
-    )?);
+    d.extend(sum_conv_partials(gpu, store, wi, &part)?);
     Ok(Some(d))
+}
+
+/// Sum the partial rows [rows, NW + CO] of a conv's dweight and dbias into the gradients
+/// of parameters `wi` (weight) and `wi + 1` (bias).
+fn sum_conv_partials(
+    gpu: &Gpu,
+    store: &ParamStore,
+    wi: usize,
+    part: &Tensor,
+) -> Result<[Dispatch; 2]> {
+    let dims = (part.shape[0], part.shape[1], 1);
+    let n_w = store.specs[wi].numel();
+    Ok([
+        sum_outer_inner_range(gpu, part, dims, 0, &store.grad(wi))?,
+        sum_outer_inner_range(gpu, part, dims, n_w, &store.grad(wi + 1))?,
+    ])
 }
 
 fn split_activation(
