@@ -236,7 +236,17 @@ fn info() -> Result<()> {
         );
     }
     match Gpu::new() {
-        Ok(gpu) => println!("selected: {}", gpu.describe()),
+        Ok(gpu) => {
+            println!("selected: {}", gpu.describe());
+            let kernels = if gpu.windows() {
+                "uniform-window kernels for Dense and conv + pool (CPU adapter), subgroup kernels elsewhere"
+            } else if gpu.subgroups() {
+                "subgroup kernels (storage buffers)"
+            } else {
+                "portable kernels"
+            };
+            println!("  kernels: {kernels}");
+        }
         Err(e) => println!("selected: none ({e})"),
     }
     Ok(())
