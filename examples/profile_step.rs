@@ -21,9 +21,21 @@ fn main() -> shadergrad::Result<()> {
     let split = split_sources(&mut trainer, set, mnist.train.len(), 0.2)?;
     let rows = trainer.profile_step(split.train, batch, true, 5)?;
     let total: f64 = rows.iter().map(|r| r.1).sum();
-    for (name, ms) in rows {
-        println!("{name:<28} {ms:>9.3} ms");
+    // One line per kernel in step order, its dispatches summed (a window kernel runs as
+    // many dispatches; each is timed in its own submit, so small ones carry that overhead).
+    let mut kernels: Vec<(&str, usize, f64)> = Vec::new();
+    for (name, ms) in &rows {
+        match kernels.iter_mut().find(|k| k.0 == *name) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += ms;
+            }
+            None => kernels.push((name, 1, *ms)),
+        }
     }
-    println!("{:<28} {total:>9.3} ms", "total");
+    for (name, n, ms) in kernels {
+        println!("{name:<34} x{n:<4} {ms:>9.3} ms");
+    }
+    println!("{:<40} {total:>9.3} ms", "total");
     Ok(())
 }
