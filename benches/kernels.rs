@@ -47,22 +47,73 @@ impl Bench<'_> {
         )
     }
 
-    /// Milliseconds per run of `d`: one warm-up, then `reps` runs in one submit.
+    /// Milliseconds per run of `ds`: one warm-up, then `reps` runs in one compute pass and
+    /// one submit, timed by GPU timestamp queries at the pass's start and end where the
+    /// adapter has them, else by the wall clock around the submit and its wait.
     fn time(&self, ds: &[&Dispatch], reps: usize) -> Result<f64> {
+        let gpu = self.gpu;
+        let timestamps = gpu
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY);
+        let queries = timestamps.then(|| {
+            let set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
+            let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench timestamps"),
+                size: 16,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            (set, resolved)
+        });
         let run = |n: usize| -> Result<f64> {
             let started = Instant::now();
-            let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
             {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
+                let timestamp_writes =
+                    queries
+                        .as_ref()
+                        .map(|(set, _)| wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("bench"),
+                    timestamp_writes,
+                });
                 for _ in 0..n {
                     for d in ds {
                         d.record(&mut pass);
                     }
                 }
             }
-            let index = self.gpu.queue.submit([encoder.finish()]);
-            self.gpu.wait("bench", Some(index))?;
-            Ok(started.elapsed().as_secs_f64() * 1e3 / n as f64)
+            if let Some((set, resolved)) = &queries {
+                encoder.resolve_query_set(set, 0..2, resolved, 0);
+            }
+            let index = gpu.queue.submit([encoder.finish()]);
+            gpu.wait("bench", Some(index))?;
+            let wall = started.elapsed().as_secs_f64() * 1e3;
+            let ms = match &queries {
+                Some((_, resolved)) => {
+                    let bytes = gpu.read_bytes(resolved, 0, 16)?;
+                    let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+                    let ns = ticks[1].saturating_sub(ticks[0]) as f64
+                        * gpu.queue.get_timestamp_period() as f64;
+                    // A driver that writes no timestamps leaves zeros: use the wall clock.
+                    if ns > 0.0 {
+                        ns / 1e6
+                    } else {
+                        wall
+                    }
+                }
+                None => wall,
+            };
+            Ok(ms / n as f64)
         };
         run(1)?;
         run(reps)
@@ -134,7 +185,17 @@ impl Bench<'_> {
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "quick");
     let gpu = Gpu::new()?;
-    println!("adapter: {}\n", gpu.describe());
+    println!("adapter: {}", gpu.describe());
+    let timer = if gpu
+        .device
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        "GPU timestamp queries around each kernel's pass"
+    } else {
+        "wall clock around a submit that is waited on"
+    };
+    println!("kernel rows timed by {timer}; the training step by the wall clock over 20 steps\n");
     let mut b = Bench {
         gpu: &gpu,
         rows: Vec::new(),
