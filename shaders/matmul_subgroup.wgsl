@@ -254,25 +254,37 @@ fn store_block(acc: ptr<function, array<f32, 64>>, m0: u32, n0: u32, n1: u32) {
     store_one(m0 + 31u, n1, (*acc)[63]);
 }
 
+// Where this invocation's block starts: its first row m0 and column n0 (the second column
+// is n0 + WG), the offsets of opB[0, n0] and opB[0, n0 + WG] (clamped), and of opA[r, 0] for
+// the rows r = m0 + 8g + lane that this lane loads (lanes 0..7; other lanes' loads go
+// unused). Both entry points step these by k * a_k and k * b_k.
+struct Origin {
+    m0: u32,
+    n0: u32,
+    b_at: vec2<u32>,
+    a_at: vec4<u32>,
+}
+
+fn block_origin(lid: vec3<u32>, wid: vec3<u32>, lane: u32) -> Origin {
+    let m0 = wid.y * 32u;
+    let n0 = (wid.x * 2u) * WG + lid.x;
+    let cols = min(vec2<u32>(n0, n0 + WG), vec2<u32>(p.n - 1u));
+    let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
+    return Origin(m0, n0, vec2<u32>(p.b_base) + cols * p.b_n, vec4<u32>(p.a_base) + rows * p.a_m);
+}
+
 @compute @workgroup_size(WG)
 fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
                    @builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(subgroup_invocation_id) lane: u32) {
-    let m0 = wid.y * 32u;
-    let n0 = (wid.x * 2u) * WG + lid.x;
-    let n1 = n0 + WG;
-    let b0_at = p.b_base + min(n0, p.n - 1u) * p.b_n;
-    let b1_at = p.b_base + min(n1, p.n - 1u) * p.b_n;
-    // Lanes 0..7 load rows m0 + 8g + lane; other lanes' loads go unused.
-    let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
-    let a_at = vec4<u32>(p.a_base) + rows * p.a_m;
+    let o = block_origin(lid, wid, lane);
     var acc: array<f32, 64>;
     for (var k = 0u; k < p.k; k++) {
-        let ak = a_at + vec4<u32>(k * p.a_k);
-        let av = vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]);
-        block_fma(&acc, av, b[b0_at + k * p.b_k], b[b1_at + k * p.b_k]);
+        let ak = o.a_at + vec4<u32>(k * p.a_k);
+        let bk = o.b_at + vec2<u32>(k * p.b_k);
+        block_fma(&acc, vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]), b[bk.x], b[bk.y]);
     }
-    store_block(&acc, m0, n0, n1);
+    store_block(&acc, o.m0, o.n0, o.n0 + WG);
 }
 
 fn win_a(i: u32) -> f32 {
@@ -287,18 +299,13 @@ fn win_b(i: u32) -> f32 {
 fn matmul_window(@builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(subgroup_invocation_id) lane: u32) {
-    let m0 = wid.y * 32u;
-    let n0 = (wid.x * 2u) * WG + lid.x;
-    let n1 = n0 + WG;
-    let b0_at = p.b_base + min(n0, p.n - 1u) * p.b_n;
-    let b1_at = p.b_base + min(n1, p.n - 1u) * p.b_n;
-    let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
-    let a_at = vec4<u32>(p.a_base) + rows * p.a_m;
+    let o = block_origin(lid, wid, lane);
     var acc: array<f32, 64>;
     for (var k = 0u; k < p.k; k++) {
-        let ak = a_at + vec4<u32>(k * p.a_k);
+        let ak = o.a_at + vec4<u32>(k * p.a_k);
+        let bk = o.b_at + vec2<u32>(k * p.b_k);
         let av = vec4<f32>(win_a(ak.x), win_a(ak.y), win_a(ak.z), win_a(ak.w));
-        block_fma(&acc, av, win_b(b0_at + k * p.b_k), win_b(b1_at + k * p.b_k));
+        block_fma(&acc, av, win_b(bk.x), win_b(bk.y));
     }
-    store_block(&acc, m0, n0, n1);
+    store_block(&acc, o.m0, o.n0, o.n0 + WG);
 }

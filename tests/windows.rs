@@ -25,6 +25,28 @@ fn spec(m: usize, n: usize, k: usize, ta: bool, tb: bool, bias: bool, relu: bool
     }
 }
 
+/// A square-kernel conv: batch, input channels, height, width, output channels, kernel size.
+fn conv(
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    padding: Padding,
+) -> Conv2dSpec {
+    Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        padding,
+    }
+}
+
 #[test]
 fn window_blocks_tile_the_product_exactly_once() {
     for slack in [0, 8, 64] {
@@ -166,16 +188,6 @@ fn windowed_conv2d_forward_matches_reference() {
         return;
     }
     let mut rng = Rng::new(13);
-    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        kh: k,
-        kw: k,
-        padding,
-    };
     for (s, min_dispatches) in [
         (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 7), // the seed CNN: 20 images a window
         (conv(3, 2, 7, 5, 11, 3, Padding::Same), 1),
@@ -224,16 +236,6 @@ fn fused_conv_relu_pool_matches_reference() {
         return;
     }
     let mut rng = Rng::new(14);
-    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        kh: k,
-        kw: k,
-        padding,
-    };
     for (s, pool, stride) in [
         (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 2, 2), // the seed CNN
         (conv(3, 2, 9, 8, 11, 3, Padding::Same), 3, 2),      // overlapping windows
@@ -388,16 +390,6 @@ fn fused_conv_relu_pool_backward_weight_matches_reference() {
         return;
     }
     let mut rng = Rng::new(15);
-    let conv = |batch, c_in, h, w, c_out, k, padding| Conv2dSpec {
-        batch,
-        c_in,
-        h,
-        w,
-        c_out,
-        kh: k,
-        kw: k,
-        padding,
-    };
     for (s, pool, stride) in [
         (conv(128, 1, 28, 28, 32, 3, Padding::Valid), 2, 2), // the seed CNN: 43 dispatches
         (conv(3, 2, 9, 8, 11, 3, Padding::Same), 3, 2),
