@@ -123,7 +123,12 @@ impl Checkpoint {
         let (m, v) = trainer.read_optimizer_state()?;
         Ok(Checkpoint {
             kind: kind.into(),
-            model: trainer.model.clone(),
+            model: trainer.model.as_sequential().cloned().ok_or_else(|| {
+                crate::Error::usage(
+                    "checkpoint",
+                    "only Sequential models are saved in checkpoints",
+                )
+            })?,
             params: trainer.read_params()?,
             optimizer: trainer.optimizer,
             state: Some(OptimizerState { m, v }),

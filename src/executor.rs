@@ -10,7 +10,7 @@ use crate::graph::{build_plan, BatchSource, Plan};
 use crate::kernels::gather::START_OFFSET;
 use crate::kernels::optim::{step_params, Optimizer};
 use crate::kernels::reduce::METRICS_LEN;
-use crate::model::Sequential;
+use crate::nn::Model;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -164,7 +164,7 @@ struct PlanKey {
 
 pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
-    pub model: Sequential,
+    pub model: Box<dyn Model>,
     pub optimizer: Optimizer,
     pub store: ParamStore,
     /// Optimizer updates applied so far (Adam's t).
@@ -177,9 +177,17 @@ pub struct Trainer<'g> {
 
 impl<'g> Trainer<'g> {
     /// Allocate parameters (Keras initialisation from `seed`) and optimizer state.
-    pub fn new(gpu: &'g Gpu, model: Sequential, optimizer: Optimizer, seed: u64) -> Result<Self> {
-        let store = ParamStore::new(gpu, model.params()?)?;
-        store.write(gpu, &store.params, &model.init_params(seed)?)?;
+    pub fn new(
+        gpu: &'g Gpu,
+        model: impl Model + 'static,
+        optimizer: Optimizer,
+        seed: u64,
+    ) -> Result<Self> {
+        let specs = crate::nn::params(&model)?;
+        let init = crate::nn::init_params(&specs, seed);
+        let store = ParamStore::new(gpu, specs)?;
+        store.write(gpu, &store.params, &init)?;
+        let model: Box<dyn Model> = Box::new(model);
         Ok(Trainer {
             gpu,
             model,
@@ -195,7 +203,7 @@ impl<'g> Trainer<'g> {
 
     /// Upload a dataset once; returns its id for [`Trainer::add_source`].
     pub fn add_dataset(&mut self, images: &[u8], labels: &[u8]) -> Result<usize> {
-        let [c, h, w] = self.model.input;
+        let [c, h, w] = self.model.input();
         self.datasets.push(Dataset::Images(GpuDataset::upload(
             self.gpu,
             images,
@@ -209,7 +217,7 @@ impl<'g> Trainer<'g> {
     /// (C * H * W) and `targets` [N, T] with T its outputs, both f32 row-major. The model
     /// must end with a linear output (mean squared error). Returns its id.
     pub fn add_dataset_f32(&mut self, features: &[f32], targets: &[f32]) -> Result<usize> {
-        let [c, h, w] = self.model.input;
+        let [c, h, w] = self.model.input();
         let outputs = self.model.outputs()?;
         self.datasets.push(Dataset::Rows(GpuDatasetF32::upload(
             self.gpu,
@@ -271,7 +279,7 @@ impl<'g> Trainer<'g> {
             let opt = key.train.then_some(&self.optimizer);
             let plan = build_plan(
                 self.gpu,
-                &self.model,
+                self.model.as_ref(),
                 &self.store,
                 key.batch,
                 &source,

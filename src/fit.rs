@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::executor::{Metrics, Trainer};
 use crate::kernels::LOOP_BUDGET;
 use crate::model::{Layer, Sequential};
+use crate::nn::Model;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -148,8 +149,8 @@ fn check_finite(m: &Metrics, epoch: usize, since: usize, step: usize) -> Result<
 
 /// The first parameter value that is NaN or infinite, as `name[index] = value`; `params`
 /// in [`crate::model::Sequential::params`] order.
-pub fn first_non_finite(model: &Sequential, params: &[Vec<f32>]) -> Result<Option<String>> {
-    let specs = model.params()?;
+pub fn first_non_finite(model: &dyn Model, params: &[Vec<f32>]) -> Result<Option<String>> {
+    let specs = crate::nn::params(model)?;
     for (spec, values) in specs.iter().zip(params) {
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Ok(Some(format!("{}[{i}] = {v}", spec.name)));
@@ -163,7 +164,7 @@ pub fn first_non_finite(model: &Sequential, params: &[Vec<f32>]) -> Result<Optio
 /// (except where a ReLU hides it), so this host check runs where the parameters are read
 /// back anyway (before every checkpoint) and at every epoch end.
 pub fn check_params(
-    model: &Sequential,
+    model: &dyn Model,
     params: &[Vec<f32>],
     epoch: usize,
     step: usize,

@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+pub mod nn;
 pub mod params;
 pub mod plot;
 pub mod predict;

@@ -447,7 +447,12 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
                         p.display()
                     ));
                 }
-                None => check_params(&trainer.model, &trainer.read_params()?, epoch, steps)?,
+                None => check_params(
+                    trainer.model.as_ref(),
+                    &trainer.read_params()?,
+                    epoch,
+                    steps,
+                )?,
             }
             if interrupt.requested() {
                 let saved = save.map_or("nothing saved (no --save)".to_string(), |p| {

@@ -1,8 +1,10 @@
 //! A Keras-like `Sequential` model: layers, shape inference, parameters and summary.
 //! Shapes here are per sample (no batch axis): [C, H, W] for images, [N] for vectors.
 
+use crate::graph::ir::{Graph, Id};
 use crate::kernels::conv2d::Padding;
-use crate::rng::Rng;
+use crate::kernels::loss::Loss;
+use crate::nn::{self, Model};
 use crate::{Error, Result};
 
 /// What follows a layer's affine part. The last layer's activation picks the loss:
@@ -282,68 +284,10 @@ impl Sequential {
         Ok(self.shapes()?.last().map(|s| s[0]).unwrap_or(0))
     }
 
-    /// Every parameter tensor, in layer order, weight before bias.
+    /// Every parameter tensor, in layer order, weight before bias (the order the forward
+    /// pass registers them in).
     pub fn params(&self) -> Result<Vec<ParamSpec>> {
-        let shapes = self.shapes()?;
-        let n_conv = self
-            .layers
-            .iter()
-            .filter(|l| matches!(l, Layer::Conv2d { .. }))
-            .count();
-        let (mut conv, mut fc) = (0, 0);
-        let mut specs = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let input = if i == 0 {
-                self.input.to_vec()
-            } else {
-                shapes[i - 1].clone()
-            };
-            let (name, weight, fan_in, fan_out, bias) = match layer {
-                Layer::Conv2d {
-                    filters, kernel, ..
-                } => {
-                    conv += 1;
-                    let name = if n_conv == 1 {
-                        "conv".to_string()
-                    } else {
-                        format!("conv{conv}")
-                    };
-                    let c_in = input[0];
-                    let area = kernel * kernel;
-                    (
-                        name,
-                        vec![*filters, c_in, *kernel, *kernel],
-                        c_in * area,
-                        filters * area,
-                        *filters,
-                    )
-                }
-                Layer::Dense { units, .. } => {
-                    fc += 1;
-                    (
-                        format!("fc{fc}"),
-                        vec![*units, input[0]],
-                        input[0],
-                        *units,
-                        *units,
-                    )
-                }
-                _ => continue,
-            };
-            specs.push(ParamSpec {
-                name: format!("{name}.weight"),
-                shape: weight,
-                init: Init::GlorotUniform { fan_in, fan_out },
-                layer: i,
-            });
-            specs.push(ParamSpec {
-                name: format!("{name}.bias"),
-                shape: vec![bias],
-                init: Init::Zeros,
-                layer: i,
-            });
-        }
-        Ok(specs)
+        crate::nn::params(self)
     }
 
     pub fn param_count(&self) -> Result<usize> {
@@ -384,17 +328,74 @@ impl Sequential {
 
     /// Initial parameter values, Keras-style, from `seed`.
     pub fn init_params(&self, seed: u64) -> Result<Vec<Vec<f32>>> {
-        let mut rng = Rng::new(seed);
-        Ok(self
-            .params()?
+        Ok(crate::nn::init_params(&self.params()?, seed))
+    }
+}
+
+fn activate(g: &mut Graph, x: Id, a: Activation) -> Result<Id> {
+    match a {
+        Activation::Relu => g.relu(x),
+        Activation::Sigmoid => g.sigmoid(x),
+        Activation::Linear | Activation::Softmax => Ok(x),
+    }
+}
+
+impl Model for Sequential {
+    fn input(&self) -> [usize; 3] {
+        self.input
+    }
+
+    fn loss(&self) -> Loss {
+        crate::graph::loss_of(self.output_activation())
+    }
+
+    fn as_sequential(&self) -> Option<&Sequential> {
+        Some(self)
+    }
+
+    /// The layers in order; the last layer's activation is left to the loss (softmax and
+    /// sigmoid are fused with it). Parameters are named as PyTorch would: `conv` (or
+    /// `conv1`, `conv2`, ... when there are several), `fc1`, `fc2`, ...
+    fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
+        self.shapes()?;
+        let n_conv = self
+            .layers
             .iter()
-            .map(|p| match p.init {
-                Init::GlorotUniform { fan_in, fan_out } => {
-                    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                    rng.uniform_vec(p.numel(), -limit, limit)
+            .filter(|l| matches!(l, Layer::Conv2d { .. }))
+            .count();
+        let (mut conv, mut fc) = (0, 0);
+        let last = self.layers.len() - 1;
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let act = |a: Activation| if i == last { Activation::Linear } else { a };
+            h = match layer {
+                Layer::Conv2d {
+                    filters,
+                    kernel,
+                    padding,
+                    activation,
+                } => {
+                    conv += 1;
+                    let name = match n_conv {
+                        1 => "conv".to_string(),
+                        _ => format!("conv{conv}"),
+                    };
+                    let c_in = g.shape(h)[1];
+                    let l = nn::Conv2d::new(g, &name, c_in, *filters, *kernel, i).padding(*padding);
+                    let y = l.forward(g, h)?; // [B, CO, OH, OW]
+                    activate(g, y, act(*activation))?
                 }
-                Init::Zeros => vec![0.0; p.numel()],
-            })
-            .collect())
+                Layer::MaxPool2d { pool, stride } => g.max_pool2d(h, *pool, *stride)?,
+                Layer::Flatten => g.flatten(h)?, // [B, C*H*W]
+                Layer::Dense { units, activation } => {
+                    fc += 1;
+                    let n_in = g.shape(h)[1];
+                    let y = nn::Dense::new(g, &format!("fc{fc}"), n_in, *units, i).forward(g, h)?;
+                    activate(g, y, act(*activation))?
+                }
+                Layer::Activation(a) => activate(g, h, act(*a))?,
+            };
+        }
+        Ok(h)
     }
 }

@@ -1,0 +1,227 @@
+//! Peephole fusion passes. Each rewrites the last node of a pattern in place into a fused
+//! op, guarded so that no value another node (or the caller) reads disappears: every
+//! absorbed node has exactly one reader and is not an output. The absorbed nodes become
+//! dead and the planner drops them; `Graph::toposort` restores the order a rewrite may
+//! have broken.
+
+use super::ir::*;
+
+/// Which fusions the adapter's kernels allow (see lower.rs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FuseOptions {
+    /// conv + bias + ReLU + max pool as one kernel (uniform-window adapters).
+    pub conv_relu_pool: bool,
+}
+
+/// Run every pass to a fixpoint; returns the number of rewrites.
+pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
+    let mut total = 0;
+    loop {
+        let mut n = bias_into_producer(g) + relu_into_producer(g);
+        n += relu_into_pool_backward(g) + conv_bias_grad(g);
+        if opts.conv_relu_pool {
+            n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
+        }
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
+}
+
+fn single_use(g: &Graph, uses: &[usize], id: Id) -> bool {
+    uses[id.index()] == 1 && !g.is_output(id)
+}
+
+/// The parameter behind a bias operand: `b` [N] itself, or `b` reshaped to [N, 1, 1].
+fn bias_source(g: &Graph, b: Id, channels_first: bool) -> Option<Id> {
+    let n = g.node(b);
+    match (&n.op, channels_first) {
+        (Op::Reshape, true) if n.shape.len() == 3 && n.shape[1..] == [1, 1] => {
+            let src = n.inputs[0];
+            (g.shape(src).len() == 1).then_some(src)
+        }
+        (_, false) if n.shape.len() == 1 => Some(b),
+        _ => None,
+    }
+}
+
+/// Add(MatMul(a, w), b [N]) -> MatMul{bias}(a, w, b); Add(Conv2d(x, w), b [C,1,1]) ->
+/// Conv2d{bias}(x, w, b).
+fn bias_into_producer(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for id in g.ids() {
+        let node = g.node(id);
+        if node.op != Op::Binary(BinaryOp::Add) {
+            continue;
+        }
+        let (p, b) = (node.inputs[0], node.inputs[1]);
+        if !single_use(g, &uses, p) {
+            continue;
+        }
+        let pn = g.node(p).clone();
+        let fused = match pn.op {
+            Op::MatMul(mut t) if !t.bias && !t.relu && pn.shape.len() == 2 => {
+                bias_source(g, b, false).map(|src| {
+                    t.bias = true;
+                    (Op::MatMul(t), src)
+                })
+            }
+            Op::Conv2d(mut c) if !c.bias && !c.relu => bias_source(g, b, true).map(|src| {
+                c.bias = true;
+                (Op::Conv2d(c), src)
+            }),
+            _ => None,
+        };
+        let Some((op, src)) = fused else { continue };
+        // The bias runs along axis 1: N of a matmul [M, N], C of a conv [B, C, H, W].
+        if g.shape(src)[0] != pn.shape[1] {
+            continue;
+        }
+        let node = &mut g.nodes[id.index()];
+        node.op = op;
+        node.inputs = vec![pn.inputs[0], pn.inputs[1], src];
+        n += 1;
+    }
+    n
+}
+
+/// Relu(MatMul{bias} or Conv2d{bias}) -> the producer with `relu` set.
+fn relu_into_producer(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for id in g.ids() {
+        let node = g.node(id);
+        if node.op != Op::Unary(UnaryOp::Relu) || !single_use(g, &uses, node.inputs[0]) {
+            continue;
+        }
+        let p = g.node(node.inputs[0]).clone();
+        let op = match p.op {
+            Op::MatMul(mut t) if t.bias && !t.relu => {
+                t.relu = true;
+                Op::MatMul(t)
+            }
+            Op::Conv2d(mut c) if c.bias && !c.relu => {
+                c.relu = true;
+                Op::Conv2d(c)
+            }
+            _ => continue,
+        };
+        let node = &mut g.nodes[id.index()];
+        node.op = op;
+        node.inputs = p.inputs;
+        n += 1;
+    }
+    n
+}
+
+/// ReluBackward(y, MaxPool2dBackward(pool = MaxPool(y), g)) -> MaxPool2dBackward{relu}:
+/// the pool's output is positive exactly where the ReLU let its gradient through.
+fn relu_into_pool_backward(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for id in g.ids() {
+        let node = g.node(id);
+        let Op::UnaryBackward(UnaryOp::Relu) = node.op else {
+            continue;
+        };
+        let (y, gp) = (node.inputs[0], node.inputs[1]);
+        let Op::MaxPool2dBackward { pool, relu: false } = g.node(gp).op else {
+            continue;
+        };
+        let pool_node = g.node(gp).inputs[0];
+        if g.node(pool_node).inputs[0] != y || !single_use(g, &uses, gp) {
+            continue;
+        }
+        let inputs = g.node(gp).inputs.clone();
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::MaxPool2dBackward { pool, relu: true };
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// Sum(dy, [0, 2, 3]) beside Conv2dBackwardWeight(dy, x): the conv kernel's partial rows
+/// hold dbias too, so the sum becomes its aux output.
+fn conv_bias_grad(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for id in g.ids() {
+        let node = g.node(id);
+        if node.op != Op::Reduce(ReduceOp::Sum, vec![0, 2, 3]) {
+            continue;
+        }
+        let dy = node.inputs[0];
+        let bw = g.ids().find(|&c| {
+            matches!(g.node(c).op, Op::Conv2dBackwardWeight { bias: false, .. })
+                && g.node(c).inputs[0] == dy
+        });
+        let Some(bw) = bw else { continue };
+        let shape = g.node(id).shape.clone();
+        let cn = &mut g.nodes[bw.index()];
+        if let Op::Conv2dBackwardWeight { bias, .. } = &mut cn.op {
+            *bias = true;
+        }
+        cn.aux = vec![(shape, DType::F32)];
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::Aux(0);
+        node.inputs = vec![bw];
+        n += 1;
+    }
+    n
+}
+
+/// MaxPool2d(Conv2d{bias, relu}(x, w, b)) -> ConvReluPool(x, w, b): the conv's output is
+/// never written.
+fn conv_relu_pool(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::MaxPool2d(pool) = g.node(id).op else {
+            continue;
+        };
+        let c = g.node(id).inputs[0];
+        let Op::Conv2d(conv) = g.node(c).op else {
+            continue;
+        };
+        if !(conv.bias && conv.relu && conv.stride == 1) || !single_use(g, &uses, c) {
+            continue;
+        }
+        let inputs = g.node(c).inputs.clone();
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::ConvReluPool { conv, pool };
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// Conv2dBackwardWeight{bias}(MaxPool2dBackward{relu}(p = ConvReluPool(x, ..), g), x) ->
+/// ConvReluPoolBackwardWeight(x, g, p): dweight and dbias straight from the pool's
+/// gradient at the argmax positions; the conv's gradient is never formed.
+fn conv_relu_pool_backward_weight(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::Conv2dBackwardWeight { conv, bias: true } = g.node(id).op else {
+            continue;
+        };
+        let (gz, x) = (g.node(id).inputs[0], g.node(id).inputs[1]);
+        let Op::MaxPool2dBackward { pool, relu: true } = g.node(gz).op else {
+            continue;
+        };
+        let (p, gp) = (g.node(gz).inputs[0], g.node(gz).inputs[1]);
+        let fused = matches!(g.node(p).op, Op::ConvReluPool { .. }) && g.node(p).inputs[0] == x;
+        // gz's readers: this node and its dbias sum (now its aux), nothing else.
+        if !fused || uses[gz.index()] != 1 || g.is_output(gz) {
+            continue;
+        }
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::ConvReluPoolBackwardWeight { conv, pool };
+        node.inputs = vec![x, gp, p];
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,274 @@
+//! One compiled step for one batch size: gather -> forward -> loss -> metrics and, when
+//! training, backward -> optimizer, as a static list of dispatches over planned buffers.
+//!
+//! B = batch. Images are batch-major NCHW ([B, C, H, W]).
+
+use std::collections::HashMap;
+
+use super::fuse::{fuse, FuseOptions};
+use super::ir::*;
+use super::{autodiff, lower, plan, tune};
+use crate::gpu::Gpu;
+use crate::kernels::gather::{gather_batch, gather_rows_f32};
+use crate::kernels::loss::Loss;
+use crate::kernels::optim::{optimizer_step, Optimizer};
+use crate::kernels::reduce::{accumulate_metrics, Accuracy};
+use crate::kernels::Dispatch;
+use crate::model::Activation;
+use crate::nn::Model;
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Where a plan's batches come from: a GPU-resident dataset and an index order into it.
+pub enum BatchSource<'a> {
+    /// u8 images packed four per word and their u8 class labels (see gather.wgsl), for
+    /// classification (softmax or sigmoid outputs).
+    Images {
+        pixels: &'a Tensor,
+        labels: &'a Tensor,
+        order: &'a Tensor,
+    },
+    /// f32 feature rows [N, D] and f32 target rows [N, T], for regression (linear outputs,
+    /// mean squared error).
+    Rows {
+        features: &'a Tensor,
+        targets: &'a Tensor,
+        order: &'a Tensor,
+    },
+}
+
+/// The compiled step. `dispatches[0]` is the gather; in training the last is the optimizer.
+pub struct Plan {
+    pub batch: usize,
+    pub dispatches: Vec<Dispatch>,
+    pub train: bool,
+    /// Outputs of the forward pass, readable after a step (evaluate, predict).
+    pub prob: Tensor,
+    /// Class labels [B] (all zero for an f32 row dataset, which has targets instead).
+    pub label: Tensor,
+    /// Regression targets [B, T] (f32 row datasets only).
+    pub target: Option<Tensor>,
+    pub loss: Tensor,
+    /// Bytes of the transient values: as planned, and with a buffer each.
+    pub activation_bytes: (u64, u64),
+}
+
+impl Plan {
+    pub fn gather(&self) -> &Dispatch {
+        &self.dispatches[0]
+    }
+
+    pub fn optimizer(&self) -> Option<&Dispatch> {
+        if self.train {
+            self.dispatches.last()
+        } else {
+            None
+        }
+    }
+}
+
+/// The loss an output activation implies.
+pub fn loss_of(output: Activation) -> Loss {
+    match output {
+        Activation::Softmax => Loss::SoftmaxCrossEntropy,
+        Activation::Sigmoid => Loss::SigmoidBinaryCrossEntropy,
+        _ => Loss::MeanSquaredError,
+    }
+}
+
+/// The step's graph: forward, loss and (training) gradients, with the ids the step needs.
+struct StepGraph {
+    g: Graph,
+    x: Id,
+    target: Id,
+    loss: Id,
+    prob: Id,
+    grads: Vec<Id>,
+}
+
+fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) -> Result<StepGraph> {
+    let mut g = Graph::new();
+    let [c, h, w] = model.input();
+    let x = g.input("x", &[batch, c, h, w], DType::F32);
+    let z = model.forward(&mut g, x)?; // [B, classes]
+    let classes = g.shape(z).get(1).copied().unwrap_or(0);
+    let target = match regression {
+        true => g.input("target", &[batch, classes], DType::F32),
+        false => g.input("label", &[batch], DType::U32),
+    };
+    let loss = g.loss(model.loss(), z, target)?; // [B]
+    let prob = g.aux(loss, 0); // [B, classes]
+    g.mark_output(loss);
+    g.mark_output(prob);
+    let mut grads = Vec::new();
+    if train {
+        let root = g.mean(loss, &[0])?; // scalar
+        let params: Vec<Id> = g
+            .ids()
+            .filter(|&i| matches!(g.node(i).op, Op::Param(_)))
+            .collect();
+        grads = autodiff::grad(&mut g, root, &params)?;
+        grads = separate_grads(&mut g, &grads)?;
+        for &gr in &grads {
+            g.mark_output(gr);
+        }
+    }
+    Ok(StepGraph {
+        g,
+        x,
+        target,
+        loss,
+        prob,
+        grads,
+    })
+}
+
+/// Each parameter's gradient must be a value of its own, written into the gradient
+/// buffer: a gradient that is a leaf, or shared with another parameter, gets a copy (+ 0).
+fn separate_grads(g: &mut Graph, grads: &[Id]) -> Result<Vec<Id>> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for &gr in grads {
+        let root = g.storage_of(gr);
+        let leaf = g.node(root.0).op.is_leaf();
+        let gr = if !leaf && !seen.contains(&root) && !matches!(g.node(gr).op, Op::Const(0.0)) {
+            gr
+        } else if matches!(g.node(gr).op, Op::Const(0.0)) {
+            gr // unused parameter: its gradient stays zero
+        } else {
+            let zero = g.constant(0.0, &[]);
+            g.push(
+                Op::Binary(BinaryOp::Add),
+                vec![gr, zero],
+                g.shape(gr).to_vec(),
+                DType::F32,
+            )
+        };
+        seen.push(g.storage_of(gr));
+        out.push(gr);
+    }
+    Ok(out)
+}
+
+/// Compile `model` for batches of `batch` from `source`. With `optimizer`, the plan trains
+/// (backward and update); without, it only evaluates. `metrics` receives loss sums and
+/// correct counts.
+pub fn build_plan(
+    gpu: &Gpu,
+    model: &dyn Model,
+    store: &ParamStore,
+    batch: usize,
+    source: &BatchSource<'_>,
+    optimizer: Option<&Optimizer>,
+    metrics: &Tensor,
+) -> Result<Plan> {
+    let regression = check_source(model.loss(), source)?;
+    let mut sg = step_graph(model, batch, regression, optimizer.is_some())?;
+    fuse(
+        &mut sg.g,
+        FuseOptions {
+            conv_relu_pool: gpu.windows(),
+        },
+    );
+    tune::choose_layouts(gpu, &mut sg.g)?;
+    let (g, map) = sg.g.toposort();
+    let at = |id: Id| {
+        map[id.index()].ok_or_else(|| Error::shape("build_plan", "a step value was pruned"))
+    };
+    let (x, target, loss, prob) = (at(sg.x)?, at(sg.target)?, at(sg.loss)?, at(sg.prob)?);
+    // Parameters and their gradients live in the flat store buffers.
+    let mut external = HashMap::new();
+    for id in g.ids() {
+        if let Op::Param(i) = g.node(id).op {
+            external.insert((id, 0), store.param(i));
+        }
+    }
+    for (i, gr) in sg.grads.iter().enumerate() {
+        if let Some(gr) = map[gr.index()] {
+            if !matches!(g.node(gr).op, Op::Const(_)) {
+                let (s, k) = g.storage_of(gr);
+                external.insert((s, k), store.grad(i).view(0, &[store.specs[i].numel()]));
+            }
+        }
+    }
+    let mem = plan::plan(
+        &g,
+        &|id, k| external.contains_key(&(id, k)),
+        plan::reuse_from_env(),
+    );
+    let ts = lower::allocate(gpu, &g, &mem, &external)?;
+    let choices = tune::choose_kernels(gpu, &g)?;
+    let (xt, tt) = (ts.get(&g, x)?, ts.get(&g, target)?);
+    let mut d = vec![gather(gpu, source, &xt, &tt)?];
+    d.extend(lower::lower(gpu, &g, &ts, &choices)?);
+    let (loss_t, prob_t) = (ts.get(&g, loss)?, ts.get(&g, prob)?);
+    let label = if regression {
+        Tensor::zeros(gpu, "label", &[batch])?
+    } else {
+        tt.clone()
+    };
+    let accuracy = if regression {
+        Accuracy::None
+    } else {
+        Accuracy::Classification
+    };
+    d.push(accumulate_metrics(
+        gpu, &loss_t, &prob_t, &label, accuracy, metrics,
+    )?);
+    if let Some(opt) = optimizer {
+        d.push(optimizer_step(
+            gpu,
+            opt,
+            &store.grads,
+            &store.params,
+            &store.m,
+            &store.v,
+        )?);
+    }
+    log::debug!("step graph (batch {batch}):\n{}", g.dump());
+    Ok(Plan {
+        batch,
+        dispatches: d,
+        train: optimizer.is_some(),
+        prob: prob_t,
+        label,
+        target: regression.then_some(tt),
+        loss: loss_t,
+        activation_bytes: (mem.planned_bytes(), mem.naive_bytes),
+    })
+}
+
+/// Whether the source holds regression rows (else labelled images), checked against the
+/// model's loss.
+fn check_source(loss: Loss, source: &BatchSource<'_>) -> Result<bool> {
+    match (source, loss) {
+        (BatchSource::Images { .. }, Loss::MeanSquaredError) => Err(Error::usage(
+            "model",
+            "a linear output (mean squared error) needs f32 regression targets, which image datasets do not have; add the data with Trainer::add_dataset_f32, or end with softmax (or sigmoid on 1 unit)",
+        )),
+        (BatchSource::Rows { .. }, Loss::MeanSquaredError) => Ok(true),
+        (BatchSource::Rows { .. }, _) => Err(Error::usage(
+            "model",
+            "an f32 row dataset holds regression targets, which need a linear output (mean squared error); add classification data with Trainer::add_dataset (u8 labels)",
+        )),
+        (BatchSource::Images { .. }, _) => Ok(false),
+    }
+}
+
+/// The gather dispatch: the batch's samples into x [B, C*H*W] and the labels or targets.
+fn gather(gpu: &Gpu, source: &BatchSource<'_>, x: &Tensor, t: &Tensor) -> Result<Dispatch> {
+    let rows = x.view(0, &[x.shape[0], x.numel() / x.shape[0].max(1)]);
+    match *source {
+        BatchSource::Images {
+            pixels,
+            labels,
+            order,
+        } => gather_batch(gpu, pixels, labels, order, 0, &rows, t),
+        BatchSource::Rows {
+            features,
+            targets,
+            order,
+        } => gather_rows_f32(gpu, features, targets, order, 0, &rows, t),
+    }
+}

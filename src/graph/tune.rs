@@ -1,0 +1,266 @@
+//! Kernel choice by measurement. Where several kernels (or operand layouts) can compute a
+//! node, each is timed once on the node's real shapes when the plan is built, and the
+//! fastest is kept. The choice is cached in memory and on disk, keyed by adapter, driver and
+//! shape: kernels round differently, so the cache is what keeps reruns bit-identical.
+//! `SHADERGRAD_TUNE=0` skips the timing and the cache and takes the table's default (the
+//! first candidate), for runs that must not depend on a cache. Choices are logged at
+//! `RUST_LOG=info`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::ir::*;
+use super::lower::matmul_spec;
+use crate::gpu::Gpu;
+use crate::kernels::matmul::{matmul_with, runs_windowed, MatmulKernel, MatmulSpec};
+use crate::kernels::transpose::transpose;
+use crate::kernels::{run_all, Dispatch};
+use crate::tensor::Tensor;
+use crate::Result;
+
+pub const TUNE_ENV: &str = "SHADERGRAD_TUNE";
+/// Directory of the on-disk cache (default `$XDG_CACHE_HOME/shadergrad` or
+/// `~/.cache/shadergrad`).
+pub const CACHE_ENV: &str = "SHADERGRAD_CACHE_DIR";
+
+static MEMORY: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+pub fn tuning_on() -> bool {
+    std::env::var(TUNE_ENV).map_or(true, |v| v != "0")
+}
+
+fn cache_file() -> Option<PathBuf> {
+    let dir = std::env::var_os(CACHE_ENV).map(PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("shadergrad"))
+    })?;
+    Some(dir.join("kernel-choices.json"))
+}
+
+fn load_disk() -> HashMap<String, String> {
+    cache_file()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// A cached choice for `key`, if any.
+fn cached(key: &str) -> Option<String> {
+    let mut m = MEMORY.lock().ok()?;
+    m.get_or_insert_with(load_disk).get(key).cloned()
+}
+
+fn remember(key: &str, choice: &str) {
+    let Ok(mut m) = MEMORY.lock() else { return };
+    let map = m.get_or_insert_with(load_disk);
+    map.insert(key.into(), choice.into());
+    // Merge with what other processes wrote since, then replace the file atomically.
+    let mut disk = load_disk();
+    disk.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let (Some(p), Ok(bytes)) = (cache_file(), serde_json::to_vec_pretty(&disk)) {
+        let ok = p.parent().map(std::fs::create_dir_all).is_some()
+            && crate::checkpoint::write_atomic(&p, &bytes).is_ok();
+        if !ok {
+            log::warn!("could not write the kernel-choice cache {}", p.display());
+        }
+    }
+}
+
+/// Wall-clock milliseconds of the dispatches, best of 3 after a warm-up, waiting for the GPU.
+fn time(gpu: &Gpu, d: &[Dispatch]) -> Result<f64> {
+    run_all(gpu, d)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        run_all(gpu, d)?;
+        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(best)
+}
+
+/// Index of the chosen candidate for `what`: the cached one, else the fastest measured
+/// (`build(i)` makes candidate i's dispatches on scratch tensors), else 0.
+pub fn choose(
+    gpu: &Gpu,
+    what: &str,
+    labels: &[String],
+    build: &dyn Fn(usize) -> Result<Vec<Dispatch>>,
+) -> Result<usize> {
+    if labels.len() < 2 || !tuning_on() {
+        return Ok(0);
+    }
+    let info = &gpu.info;
+    let key = format!(
+        "{} | {:?} | {} {} | {what}",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    if let Some(c) = cached(&key).and_then(|c| labels.iter().position(|l| *l == c)) {
+        return Ok(c);
+    }
+    let mut ms = Vec::new();
+    for i in 0..labels.len() {
+        ms.push(time(gpu, &build(i)?)?);
+    }
+    let best = (0..labels.len())
+        .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
+        .unwrap_or(0);
+    let report: Vec<String> = labels
+        .iter()
+        .zip(&ms)
+        .map(|(l, m)| format!("{l} {m:.2} ms"))
+        .collect();
+    log::info!(
+        "kernel choice {what}: {} (measured {})",
+        labels[best],
+        report.join(", ")
+    );
+    remember(&key, &labels[best]);
+    Ok(best)
+}
+
+/// The kernel each matmul node runs (ids of the sorted graph).
+#[derive(Default)]
+pub struct Choices {
+    matmul: HashMap<Id, MatmulKernel>,
+}
+
+impl Choices {
+    pub fn matmul(&self, gpu: &Gpu, id: Id, _spec: &MatmulSpec) -> MatmulKernel {
+        self.matmul
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| MatmulKernel::for_gpu(gpu))
+    }
+}
+
+/// Candidate kernels of one product, the table's default first.
+pub fn matmul_candidates(gpu: &Gpu, _spec: &MatmulSpec) -> Vec<MatmulKernel> {
+    let mut c = vec![MatmulKernel::for_gpu(gpu)];
+    if gpu.windows() && gpu.subgroups() {
+        c.push(MatmulKernel::Subgroup { wg: 64 });
+    }
+    c
+}
+
+/// Scratch operands of a product: A, B, bias, C.
+fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
+    Ok([
+        Tensor::zeros(gpu, "tune A", &s.a_shape())?,
+        Tensor::zeros(gpu, "tune B", &s.b_shape())?,
+        Tensor::zeros(gpu, "tune bias", &[s.n])?,
+        Tensor::zeros(gpu, "tune C", &[s.m, s.n])?,
+    ])
+}
+
+/// Pick each matmul node's kernel by measurement.
+pub fn choose_kernels(gpu: &Gpu, g: &Graph) -> Result<Choices> {
+    let mut choices = Choices::default();
+    for id in g.ids() {
+        let Op::MatMul(t) = g.node(id).op else {
+            continue;
+        };
+        let spec = matmul_spec(g, id, t)?;
+        let cands = matmul_candidates(gpu, &spec);
+        let labels: Vec<String> = cands.iter().map(|k| format!("{k:?}")).collect();
+        let [a, b, bias, c] = scratch(gpu, &spec)?;
+        let bias = spec.bias.then_some(&bias);
+        let i = choose(gpu, &format!("matmul {spec:?}"), &labels, &|i| {
+            matmul_with(gpu, &spec, cands[i], &a, &b, bias, &c)
+        })?;
+        choices.matmul.insert(id, cands[i]);
+    }
+    Ok(choices)
+}
+
+/// On uniform-window adapters a product whose operands do not cut into windows may run
+/// windowed with one or both operands transposed first. Time the product as it is against
+/// the fewest transposes that make it windowed, and rewrite the graph to the faster (the
+/// transposes of one value are shared by every product that reads it).
+pub fn choose_layouts(gpu: &Gpu, g: &mut Graph) -> Result<()> {
+    if !gpu.windows() {
+        return Ok(());
+    }
+    for id in g.ids().collect::<Vec<_>>() {
+        let Op::MatMul(t) = g.node(id).op else {
+            continue;
+        };
+        let spec = matmul_spec(g, id, t)?;
+        if runs_windowed(gpu, &spec) {
+            continue;
+        }
+        let flips = [(true, false), (false, true), (true, true)];
+        let Some(&(fa, fb)) = flips.iter().find(|(fa, fb)| {
+            runs_windowed(
+                gpu,
+                &MatmulSpec {
+                    transpose_a: spec.transpose_a ^ fa,
+                    transpose_b: spec.transpose_b ^ fb,
+                    ..spec
+                },
+            )
+        }) else {
+            continue;
+        };
+        let flipped = MatmulSpec {
+            transpose_a: spec.transpose_a ^ fa,
+            transpose_b: spec.transpose_b ^ fb,
+            ..spec
+        };
+        let [a, b, bias, c] = scratch(gpu, &spec)?;
+        let (at, bt) = (
+            Tensor::zeros(gpu, "tune A^T", &flipped.a_shape())?,
+            Tensor::zeros(gpu, "tune B^T", &flipped.b_shape())?,
+        );
+        let bias = spec.bias.then_some(&bias);
+        let labels = [
+            "as stored".to_string(),
+            format!("transposed (A {fa}, B {fb})"),
+        ];
+        let k = MatmulKernel::for_gpu(gpu);
+        let pick = choose(gpu, &format!("matmul layout {spec:?}"), &labels, &|i| {
+            if i == 0 {
+                return matmul_with(gpu, &spec, k, &a, &b, bias, &c);
+            }
+            let mut d = Vec::new();
+            if fa {
+                d.push(transpose(gpu, &a, &at)?)
+            }
+            if fb {
+                d.push(transpose(gpu, &b, &bt)?)
+            }
+            d.extend(matmul_with(
+                gpu,
+                &flipped,
+                k,
+                if fa { &at } else { &a },
+                if fb { &bt } else { &b },
+                bias,
+                &c,
+            )?);
+            Ok(d)
+        })?;
+        if pick == 1 {
+            flip_operands(g, id, fa, fb)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrite matmul `id` to read its operands transposed (materialised, shared through CSE).
+fn flip_operands(g: &mut Graph, id: Id, fa: bool, fb: bool) -> Result<()> {
+    let (a, b) = (g.node(id).inputs[0], g.node(id).inputs[1]);
+    let a2 = if fa { g.transpose(a)? } else { a };
+    let b2 = if fb { g.transpose(b)? } else { b };
+    let node = &mut g.nodes[id.index()];
+    if let Op::MatMul(t) = &mut node.op {
+        t.ta ^= fa;
+        t.tb ^= fb;
+    }
+    node.inputs[0] = a2;
+    node.inputs[1] = b2;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Layers over the graph API, and the `Model` trait the executor trains. A layer registers
+//! its parameters (PyTorch's names and layouts, Keras's initialisation) when it is built
+//! and adds its ops when called on a value.
+
+use crate::graph::ir::{Graph, Id};
+use crate::kernels::conv2d::Padding;
+use crate::kernels::loss::Loss;
+use crate::model::{Init, ParamSpec, Sequential};
+use crate::rng::Rng;
+use crate::Result;
+
+/// Anything the executor can train: a forward pass from an image batch to outputs.
+pub trait Model {
+    /// Per-sample input shape [C, H, W].
+    fn input(&self) -> [usize; 3];
+    /// The loss its outputs feed (softmax cross-entropy, sigmoid BCE or MSE).
+    fn loss(&self) -> Loss;
+    /// Build the forward pass: x [B, C, H, W] -> outputs [B, classes] (the values the
+    /// loss's activation is applied to), registering parameters in a fixed order.
+    fn forward(&self, g: &mut Graph, x: Id) -> Result<Id>;
+    /// The Keras `Sequential` behind it, if any (checkpoints, summaries, the CLI).
+    fn as_sequential(&self) -> Option<&Sequential> {
+        None
+    }
+    /// Outputs per sample (classes, or regression targets).
+    fn outputs(&self) -> Result<usize> {
+        let mut g = Graph::new();
+        let [c, h, w] = self.input();
+        let x = g.input("x", &[1, c, h, w], crate::graph::DType::F32);
+        let z = self.forward(&mut g, x)?;
+        Ok(g.shape(z).get(1).copied().unwrap_or(0))
+    }
+}
+
+/// The parameters `model` registers, in order.
+pub fn params(model: &dyn Model) -> Result<Vec<ParamSpec>> {
+    let mut g = Graph::new();
+    let [c, h, w] = model.input();
+    let x = g.input("x", &[1, c, h, w], crate::graph::DType::F32);
+    model.forward(&mut g, x)?;
+    Ok(g.params)
+}
+
+/// Initial values of `specs`, Keras-style (Glorot-uniform kernels, zero biases), drawn in
+/// order from one stream seeded with `seed`.
+pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(seed);
+    specs
+        .iter()
+        .map(|p| match p.init {
+            Init::GlorotUniform { fan_in, fan_out } => {
+                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                rng.uniform_vec(p.numel(), -limit, limit)
+            }
+            Init::Zeros => vec![0.0; p.numel()],
+        })
+        .collect()
+}
+
+fn register(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usize) -> Id {
+    g.param(ParamSpec {
+        name,
+        shape,
+        init,
+        layer,
+    })
+}
+
+/// y = x Wᵀ + b: x [B, IN], W [OUT, IN], b [OUT].
+pub struct Dense {
+    pub weight: Id,
+    pub bias: Id,
+}
+
+impl Dense {
+    /// Parameters `{name}.weight` and `{name}.bias`; `layer` is the index reported in
+    /// summaries.
+    pub fn new(g: &mut Graph, name: &str, n_in: usize, n_out: usize, layer: usize) -> Self {
+        let init = Init::GlorotUniform {
+            fan_in: n_in,
+            fan_out: n_out,
+        };
+        Dense {
+            weight: register(g, format!("{name}.weight"), vec![n_out, n_in], init, layer),
+            bias: register(g, format!("{name}.bias"), vec![n_out], Init::Zeros, layer),
+        }
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
+        let y = g.matmul(x, self.weight, false, true)?; // [B, OUT]
+        g.add(y, self.bias)
+    }
+}
+
+/// y = conv2d(x, W) + b: x [B, CI, H, W], W [CO, CI, K, K], b [CO].
+pub struct Conv2d {
+    pub weight: Id,
+    pub bias: Id,
+    pub stride: usize,
+    pub padding: Padding,
+}
+
+impl Conv2d {
+    pub fn new(
+        g: &mut Graph,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        layer: usize,
+    ) -> Self {
+        let init = Init::GlorotUniform {
+            fan_in: c_in * k * k,
+            fan_out: c_out * k * k,
+        };
+        Conv2d {
+            weight: register(
+                g,
+                format!("{name}.weight"),
+                vec![c_out, c_in, k, k],
+                init,
+                layer,
+            ),
+            bias: register(g, format!("{name}.bias"), vec![c_out], Init::Zeros, layer),
+            stride: 1,
+            padding: Padding::Valid,
+        }
+    }
+
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
+        let y = g.conv2d(x, self.weight, self.stride, self.padding)?; // [B, CO, OH, OW]
+        let co = g.shape(self.bias)[0];
+        let b = g.reshape(self.bias, &[co, 1, 1])?;
+        g.add(y, b)
+    }
+}
