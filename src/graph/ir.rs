@@ -300,10 +300,12 @@ impl Graph {
         self.outputs.contains(&id)
     }
 
-    /// How many nodes read `id`, counting outputs as readers.
+    /// How many live nodes read each node, counting outputs as readers (dead nodes, such
+    /// as the input gradient of a first layer, do not count).
     pub fn uses(&self) -> Vec<usize> {
+        let live = self.live_from(&self.outputs);
         let mut uses = vec![0; self.nodes.len()];
-        for n in &self.nodes {
+        for (n, _) in self.nodes.iter().zip(&live).filter(|(_, &l)| l) {
             for i in &n.inputs {
                 uses[i.index()] += 1;
             }
