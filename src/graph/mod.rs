@@ -11,6 +11,7 @@ mod lower_ew;
 pub mod ops;
 pub mod plan;
 pub mod reference;
+pub mod session;
 pub mod step;
 pub mod tune;
 

@@ -1,0 +1,80 @@
+//! Run any graph: its parameters and inputs in buffers of their own, the rest planned and
+//! lowered as a training step is. For tests (gradient checks), tools and models outside
+//! the fixed training step.
+
+use std::collections::HashMap;
+
+use super::fuse::{fuse, FuseOptions};
+use super::ir::*;
+use super::{lower, plan, tune};
+use crate::gpu::Gpu;
+use crate::kernels::{run_all, Dispatch};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+pub struct Session<'g> {
+    gpu: &'g Gpu,
+    g: Graph,
+    map: Vec<Option<Id>>,
+    tensors: lower::Tensors,
+    dispatches: Vec<Dispatch>,
+}
+
+impl<'g> Session<'g> {
+    /// Compile `g` so that its `outputs` can be read after [`Session::run`]; `fused` runs
+    /// the fusion passes first.
+    pub fn new(gpu: &'g Gpu, g: &Graph, fused: bool) -> Result<Self> {
+        let mut g = g.clone();
+        if fused {
+            fuse(&mut g, FuseOptions { conv_relu_pool: gpu.windows() });
+        }
+        tune::choose_layouts(gpu, &mut g)?;
+        let (g, map) = g.toposort();
+        let mem = plan::plan(&g, &|_, _| false, plan::reuse_from_env());
+        let mut own = HashMap::new();
+        for id in g.ids() {
+            if let Op::Param(_) = g.node(id).op {
+                own.insert((id, 0), Tensor::zeros(gpu, "param", &g.node(id).shape)?);
+            }
+        }
+        let tensors = lower::allocate(gpu, &g, &mem, &own)?;
+        let choices = tune::choose_kernels(gpu, &g)?;
+        let dispatches = lower::lower(gpu, &g, &tensors, &choices)?;
+        Ok(Session { gpu, g, map, tensors, dispatches })
+    }
+
+    fn tensor(&self, id: Id) -> Result<Tensor> {
+        let new = self.map.get(id.index()).copied().flatten().ok_or_else(|| {
+            Error::shape("session", format!("%{} is not live in the compiled graph", id.0))
+        })?;
+        self.tensors.get(&self.g, new)
+    }
+
+    /// Write an input or parameter leaf (f32).
+    pub fn write(&self, id: Id, values: &[f32]) -> Result<()> {
+        self.tensor(id)?.write_f32(self.gpu, values)
+    }
+
+    pub fn write_u32(&self, id: Id, values: &[u32]) -> Result<()> {
+        let t = self.tensor(id)?;
+        if values.len() != t.numel() {
+            return Err(Error::shape("session", format!("{} values for {:?}", values.len(), t.shape)));
+        }
+        self.gpu.queue.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(values));
+        Ok(())
+    }
+
+    /// One submit of every dispatch, waiting for it.
+    pub fn run(&self) -> Result<()> {
+        run_all(self.gpu, &self.dispatches)
+    }
+
+    pub fn read(&self, id: Id) -> Result<Vec<f32>> {
+        self.tensor(id)?.to_f32(self.gpu)
+    }
+
+    /// Kernel names of the compiled dispatches, in order.
+    pub fn kernels(&self) -> Vec<&'static str> {
+        self.dispatches.iter().map(|d| d.name).collect()
+    }
+}
