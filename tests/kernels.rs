@@ -59,13 +59,11 @@ fn matmul_matches_reference() {
             (true, true, true, false),
         ] {
             let spec = MatmulSpec {
-                m,
-                n,
-                k,
                 transpose_a: ta,
                 transpose_b: tb,
                 bias,
                 relu,
+                ..MatmulSpec::new(m, n, k)
             };
             let a = rng.uniform_vec(m * k, -1.0, 1.0);
             let b = rng.uniform_vec(k * n, -1.0, 1.0);
@@ -714,4 +712,202 @@ fn adapter_meets_the_kernels_needs() {
     assert!(l.max_compute_invocations_per_workgroup >= WG_1D as u32);
     assert!(l.max_compute_workgroup_size_x >= WG_1D as u32);
     assert!(l.min_storage_buffer_offset_alignment as u64 <= shadergrad::tensor::ALIGN_BYTES);
+}
+
+/// One matmul of `spec` with `kernel` on random data against [`matmul_ref`].
+fn check_matmul(
+    gpu: &shadergrad::gpu::Gpu,
+    rng: &mut Rng,
+    spec: &MatmulSpec,
+    kernel: MatmulKernel,
+) {
+    let (bt, m, n, k) = (spec.batch, spec.m, spec.n, spec.k);
+    let a = rng.uniform_vec(bt * m * k, -1.0, 1.0);
+    let b = rng.uniform_vec(spec.b_len(), -1.0, 1.0);
+    let bv = rng.uniform_vec(n, -1.0, 1.0);
+    let [a0, a1] = spec.a_shape();
+    let [b0, b1] = spec.b_shape();
+    let ta = upload(gpu, &[bt, a0, a1], &a);
+    let tb = upload(gpu, &[spec.b_len() / (b0 * b1), b0, b1], &b);
+    let tbias = upload(gpu, &[n], &bv);
+    let want = matmul_ref(
+        spec,
+        &f64s(&a),
+        &f64s(&b),
+        spec.bias.then_some(&f64s(&bv)[..]),
+    );
+    let c = Tensor::zeros(gpu, "c", &[bt, m, n]).unwrap();
+    let d = matmul_with(gpu, spec, kernel, &ta, &tb, spec.bias.then_some(&tbias), &c).unwrap();
+    run_all(gpu, &d).unwrap();
+    assert_close(
+        &format!("matmul {spec:?} {kernel:?}"),
+        &c.to_f32(gpu).unwrap(),
+        &want,
+        1e-4,
+        1e-5 * k as f64,
+    );
+}
+
+/// The tiled kernel (the gpu family's) on awkward shapes, every operand layout and
+/// epilogue, the fit (edge-free) and guarded paths, several tile shapes and split-K.
+#[test]
+fn tiled_matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    let configs = [
+        TileConfig::new(64, 64, 16, 4, 4),
+        TileConfig::new(32, 32, 16, 4, 4),
+        TileConfig::new(128, 128, 8, 8, 8),
+        TileConfig::new(32, 64, 8, 2, 8),
+        TileConfig {
+            splits: 3,
+            ..TileConfig::new(32, 32, 16, 4, 4)
+        },
+    ];
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 3),
+        (13, 1, 5),
+        (17, 31, 29),
+        (64, 64, 64),
+        (128, 128, 32),
+        (37, 130, 263),
+    ];
+    for &(m, n, k) in &shapes {
+        for (ta, tb, bias, relu) in [
+            (false, false, false, false),
+            (false, true, true, true),
+            (true, false, false, false),
+            (true, true, true, false),
+        ] {
+            let spec = MatmulSpec {
+                transpose_a: ta,
+                transpose_b: tb,
+                bias,
+                relu,
+                ..MatmulSpec::new(m, n, k)
+            };
+            for t in configs {
+                check_matmul(gpu, &mut rng, &spec, MatmulKernel::Tiled(t));
+            }
+        }
+    }
+}
+
+/// Split-K where K is long: the candidates' default for Dense1 of the seed CNN (128 x 128 x
+/// 5408, bias + ReLU) and a K beyond one invocation's loop budget.
+#[test]
+fn tiled_matmul_split_k_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(12);
+    let dense1 = MatmulSpec {
+        transpose_b: true,
+        bias: true,
+        relu: true,
+        ..MatmulSpec::new(128, 128, 5408)
+    };
+    let long = MatmulSpec::new(3, 5, 30_011);
+    for spec in [dense1, long] {
+        let split = TileConfig {
+            splits: 8,
+            ..TileConfig::new(32, 32, 16, 4, 4)
+        };
+        check_matmul(gpu, &mut rng, &spec, MatmulKernel::Tiled(split));
+        check_matmul(
+            gpu,
+            &mut rng,
+            &spec,
+            MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+        );
+    }
+    // Split-K results are the same bits run after run (fixed reduction order).
+    let spec = dense1;
+    let a = rng.uniform_vec(128 * 5408, -1.0, 1.0);
+    let b = rng.uniform_vec(128 * 5408, -1.0, 1.0);
+    let (ta, tb) = (
+        upload(gpu, &spec.a_shape(), &a),
+        upload(gpu, &spec.b_shape(), &b),
+    );
+    let bias = upload(gpu, &[128], &[0.5; 128]);
+    let kernel = MatmulKernel::Tiled(TileConfig {
+        splits: 8,
+        ..TileConfig::new(32, 32, 16, 4, 4)
+    });
+    let mut runs = vec![];
+    for _ in 0..2 {
+        let c = Tensor::zeros(gpu, "c", &[128, 128]).unwrap();
+        run_all(
+            gpu,
+            &matmul_with(gpu, &spec, kernel, &ta, &tb, Some(&bias), &c).unwrap(),
+        )
+        .unwrap();
+        runs.push(c.to_f32(gpu).unwrap());
+    }
+    assert!(runs[0] == runs[1], "split-K is not deterministic");
+}
+
+/// Batched products (B per product or shared) on the kernels that take batches, and every
+/// candidate of the adapter's family for a few shapes.
+#[test]
+fn batched_matmul_and_candidates_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(13);
+    for (bt, m, n, k) in [
+        (2, 1, 1, 1),
+        (3, 17, 31, 29),
+        (5, 64, 64, 64),
+        (2, 37, 70, 130),
+    ] {
+        for (shared_b, tb) in [(false, false), (true, true), (true, false)] {
+            let spec = MatmulSpec {
+                batch: bt,
+                shared_b,
+                transpose_b: tb,
+                bias: true,
+                ..MatmulSpec::new(m, n, k)
+            };
+            let kernels = [
+                MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+                MatmulKernel::Tiled(TileConfig {
+                    splits: 2,
+                    ..TileConfig::new(32, 32, 16, 4, 4)
+                }),
+                MatmulKernel::RegisterTile(Tiles {
+                    wg: 64,
+                    tm: 4,
+                    tn: 4,
+                }),
+            ];
+            for kernel in kernels {
+                check_matmul(gpu, &mut rng, &spec, kernel);
+            }
+            let candidates = matmul_candidates(gpu, &spec);
+            assert!(!candidates.is_empty(), "no candidate for {spec:?}");
+            for kernel in candidates {
+                assert!(
+                    !matches!(
+                        kernel,
+                        MatmulKernel::Subgroup { .. } | MatmulKernel::Window { .. }
+                    ),
+                    "{kernel:?} offered for a batch"
+                );
+            }
+        }
+    }
+    for spec in [
+        MatmulSpec::new(1, 1, 1),
+        MatmulSpec {
+            transpose_b: true,
+            bias: true,
+            relu: true,
+            ..MatmulSpec::new(128, 128, 784)
+        },
+        MatmulSpec::new(33, 10, 128),
+    ] {
+        let candidates = matmul_candidates(gpu, &spec);
+        assert!(!candidates.is_empty(), "no candidate for {spec:?}");
+        for kernel in candidates {
+            check_matmul(gpu, &mut rng, &spec, kernel);
+        }
+    }
 }
