@@ -18,6 +18,16 @@ pub const GPU_TIMEOUT: Duration = Duration::from_secs(600);
 /// params and 6 windows).
 pub const WINDOW_UNIFORMS: u32 = 7;
 
+/// Environment variable that keeps naga's runtime checks (bounds clamps, loop bounding) in
+/// the shaders of a release build: `SHADERGRAD_SHADER_CHECKS=1`.
+pub const SHADER_CHECKS_ENV: &str = "SHADERGRAD_SHADER_CHECKS";
+
+/// Whether shader modules keep naga's runtime checks: always in debug and test builds
+/// (debug assertions on), in release builds only with `SHADERGRAD_SHADER_CHECKS=1`.
+pub fn shader_checks() -> bool {
+    cfg!(debug_assertions) || std::env::var(SHADER_CHECKS_ENV).as_deref() == Ok("1")
+}
+
 /// Environment variable overriding [`GPU_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
 
@@ -498,8 +508,18 @@ impl Gpu {
             label: Some(shader.file()),
             source: wgpu::ShaderSource::Wgsl(shader.source().into()),
         };
-        // Runtime bounds checks stay on: measured on lavapipe, dropping them gained nothing.
-        let module = self.device.create_shader_module(desc);
+        let module = if shader_checks() {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel guards its own indexing (bounds-checked loads and stores,
+            // grids sized with div_ceil) and tests/kernels.rs runs each against its reference
+            // on awkward shapes with the checks on (debug and test builds, CI); release
+            // builds drop naga's clamps and loop counters, worth up to a third of a GEMM.
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 file: shader.file().into(),

@@ -583,6 +583,7 @@ fn conv_spec(
         kh: weight[2],
         kw: weight[3],
         padding,
+        stride: 1,
     }
 }
 

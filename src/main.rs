@@ -245,6 +245,12 @@ fn info() -> Result<()> {
                 _ => "the adapter's default",
             };
             println!("  kernels: {family} ({how}): {}", family.describe());
+            let checks = if shadergrad::gpu::shader_checks() {
+                "on"
+            } else {
+                "off (release build; SHADERGRAD_SHADER_CHECKS=1 turns them on)"
+            };
+            println!("  shader runtime checks: {checks}");
         }
         Err(e) => println!("selected: none ({e})"),
     }

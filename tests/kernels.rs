@@ -12,7 +12,7 @@ use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::optim::*;
 use shadergrad::kernels::pool::*;
 use shadergrad::kernels::reduce::*;
-use shadergrad::kernels::{f64s, run, run_all, WG_1D};
+use shadergrad::kernels::{f64s, run, run_all, Family, WG_1D};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
 
@@ -155,6 +155,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         kh,
         kw,
         padding,
+        stride: 1,
     };
     vec![
         s(1, 1, 1, 1, 1, 1, 1, Padding::Valid),
@@ -199,7 +200,17 @@ fn conv2d_matches_reference() {
             let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
             run(
                 gpu,
-                &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()],
+                &[&conv2d_forward_with(
+                    gpu,
+                    Conv2dKernel::Direct,
+                    &s,
+                    &tx,
+                    &tw,
+                    Some(&tb),
+                    false,
+                    &y1,
+                )
+                .unwrap()],
             )
             .unwrap();
             let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
@@ -213,7 +224,10 @@ fn conv2d_matches_reference() {
             let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
             run(
                 gpu,
-                &[&conv2d_backward_weight_with(gpu, false, &s, &tdy, &tx, &part).unwrap()],
+                &[
+                    &conv2d_backward_weight_with(gpu, Conv2dKernel::Direct, &s, &tdy, &tx, &part)
+                        .unwrap(),
+                ],
             )
             .unwrap();
             let got = part.to_f32(gpu).unwrap();
@@ -908,6 +922,151 @@ fn batched_matmul_and_candidates_match_reference() {
         assert!(!candidates.is_empty(), "no candidate for {spec:?}");
         for kernel in candidates {
             check_matmul(gpu, &mut rng, &spec, kernel);
+        }
+    }
+}
+
+/// Forward, input gradient and weight gradient (+ dbias, summed over the partial rows on
+/// the host) of `s` with `kernel` against the references; Subgroup skips backward_input.
+fn check_conv_kernel(
+    gpu: &shadergrad::gpu::Gpu,
+    rng: &mut Rng,
+    s: &Conv2dSpec,
+    kernel: Conv2dKernel,
+) {
+    let n = |shape: [usize; 4]| shape.iter().product::<usize>();
+    let x = rng.uniform_vec(n(s.x_shape()), -1.0, 1.0);
+    let w = rng.uniform_vec(n(s.w_shape()), -1.0, 1.0);
+    let b = rng.uniform_vec(s.c_out, -1.0, 1.0);
+    let dy = rng.uniform_vec(n(s.y_shape()), -1.0, 1.0);
+    let (tx, tw, tb, tdy) = (
+        upload(gpu, &s.x_shape(), &x),
+        upload(gpu, &s.w_shape(), &w),
+        upload(gpu, &[s.c_out], &b),
+        upload(gpu, &s.y_shape(), &dy),
+    );
+    let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
+    let what = format!("{kernel:?} {s:?}");
+    let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+    run(
+        gpu,
+        &[&conv2d_forward_with(gpu, kernel, s, &tx, &tw, Some(&tb), true, &y).unwrap()],
+    )
+    .unwrap();
+    assert_close(
+        &format!("conv2d_forward {what}"),
+        &y.to_f32(gpu).unwrap(),
+        &conv2d_forward_ref(s, &x, &w, Some(&b), true),
+        1e-4,
+        1e-5 * (s.c_in * s.kh * s.kw) as f64,
+    );
+    if kernel != Conv2dKernel::Subgroup {
+        let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
+        run(
+            gpu,
+            &[&conv2d_backward_input_with(gpu, kernel, s, &tdy, &tw, &dx).unwrap()],
+        )
+        .unwrap();
+        assert_close(
+            &format!("conv2d_backward_input {what}"),
+            &dx.to_f32(gpu).unwrap(),
+            &conv2d_backward_input_ref(s, &dy, &w),
+            1e-4,
+            1e-5 * (s.c_out * s.kh * s.kw) as f64,
+        );
+    }
+    let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
+    run(
+        gpu,
+        &[&conv2d_backward_weight_with(gpu, kernel, s, &tdy, &tx, &part).unwrap()],
+    )
+    .unwrap();
+    let got = part.to_f32(gpu).unwrap();
+    let sum = |j: usize| {
+        (0..s.weight_chunks())
+            .map(|c| got[c * s.part_row() + j] as f64)
+            .sum::<f64>() as f32
+    };
+    let (oh, ow) = s.out_hw();
+    let n_w = n(s.w_shape());
+    let atol = 1e-5 * (s.batch * oh * ow) as f64;
+    let dw: Vec<f32> = (0..n_w).map(sum).collect();
+    assert_close(
+        &format!("conv2d_backward_weight {what}"),
+        &dw,
+        &conv2d_backward_weight_ref(s, &dy, &x),
+        1e-4,
+        atol,
+    );
+    let db: Vec<f32> = (n_w..s.part_row()).map(sum).collect();
+    assert_close(
+        &format!("conv2d dbias {what}"),
+        &db,
+        &conv2d_backward_bias_ref(s, &dy),
+        1e-4,
+        atol,
+    );
+}
+
+/// The implicit-GEMM conv (the gpu family's, c_in >= 8) and the direct kernels with stride
+/// 1 and 2, valid and same padding, on awkward shapes; and every candidate of each pass.
+#[test]
+fn conv2d_implicit_gemm_and_stride_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(14);
+    let s = |[batch, c_in, h, w, c_out, kh, kw, stride]: [usize; 8], padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        padding,
+        stride,
+    };
+    let specs = [
+        s([1, 8, 1, 1, 1, 1, 1, 1], Padding::Valid),
+        s([2, 8, 7, 5, 5, 3, 3, 1], Padding::Same),
+        s([3, 9, 11, 13, 7, 5, 3, 2], Padding::Same),
+        s([2, 16, 9, 9, 33, 3, 3, 2], Padding::Valid),
+        s([5, 8, 13, 10, 3, 2, 2, 2], Padding::Same),
+        s([17, 11, 8, 8, 70, 3, 3, 1], Padding::Valid),
+        s([3, 2, 9, 8, 9, 4, 5, 2], Padding::Same),
+        s([2, 1, 28, 28, 4, 3, 3, 2], Padding::Valid),
+    ];
+    let gemm = [
+        TileConfig::new(64, 64, 16, 4, 4),
+        TileConfig::new(32, 32, 16, 4, 4),
+        TileConfig::new(32, 64, 8, 2, 8),
+    ];
+    for spec in &specs {
+        check_conv_kernel(gpu, &mut rng, spec, Conv2dKernel::Direct);
+        for t in gemm {
+            check_conv_kernel(gpu, &mut rng, spec, Conv2dKernel::ImplicitGemm(t));
+        }
+        for k in conv2d_forward_candidates(gpu, spec) {
+            assert!(
+                spec.stride == 1 || k != Conv2dKernel::Subgroup,
+                "{k:?} for stride 2"
+            );
+            check_conv_kernel(gpu, &mut rng, spec, k);
+        }
+        let all = [
+            conv2d_backward_input_candidates(gpu, spec),
+            conv2d_backward_weight_candidates(gpu, spec),
+        ];
+        for (pass, list) in all.iter().enumerate() {
+            assert!(!list.is_empty(), "no candidate for pass {pass} of {spec:?}");
+        }
+        let gemm_offered = all[1]
+            .iter()
+            .any(|k| matches!(k, Conv2dKernel::ImplicitGemm(_)));
+        if gpu.family() == Family::Gpu && spec.c_in >= IMPLICIT_GEMM_MIN_C_IN {
+            assert!(
+                gemm_offered,
+                "gpu family offers no implicit GEMM for {spec:?}"
+            );
         }
     }
 }
