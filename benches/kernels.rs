@@ -275,6 +275,7 @@ fn main() -> Result<()> {
         kh: 3,
         kw: 3,
         padding: Padding::Valid,
+        stride: 1,
     };
     let (x, w, bias, dy) = (
         b.tensor(&s.x_shape())?,

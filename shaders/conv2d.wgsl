@@ -1,14 +1,15 @@
-// conv2d.wgsl: 2-D convolution (cross-correlation, as PyTorch and Keras), NCHW, stride 1.
+// conv2d.wgsl: 2-D convolution (cross-correlation, as PyTorch and Keras), NCHW, stride S.
 //
 // B = batch, CI = input channels, H x W = input size, CO = output channels,
-// KH x KW = kernel size, (PH, PW) = top/left zero padding, OH x OW = output size
-// (valid: OH = H - KH + 1; same: OH = H).
+// KH x KW = kernel size, (PH, PW) = top/left zero padding, S = stride (conv_stride),
+// OH x OW = output size (valid: OH = (H - KH) / S + 1; same: OH = ceil(H / S)).
 //
 //   conv2d_forward:          y[b,co,oy,ox] = act(bias[co] + sum_{ci,ky,kx}
-//                                 x[b,ci,oy+ky-PH,ox+kx-PW] * w[co,ci,ky,kx])
-//   conv2d_backward_input:   dx[b,ci,iy,ix] = sum_{co,ky,kx} dy[b,co,iy-ky+PH,ix-kx+PW] * w[co,ci,ky,kx]
+//                                 x[b,ci,oy*S+ky-PH,ox*S+kx-PW] * w[co,ci,ky,kx])
+//   conv2d_backward_input:   dx[b,ci,iy,ix] = sum_{co,ky,kx} dy[b,co,(iy-ky+PH)/S,(ix-kx+PW)/S] * w[co,ci,ky,kx]
+//                                 over the taps where S divides iy-ky+PH and ix-kx+PW
 //   conv2d_backward_weight:  part[chunk, wi] for wi = ((co*CI + ci)*KH + ky)*KW + kx < NW:
-//                                 sum_{b in chunk,oy,ox} dy[b,co,oy,ox] * x[b,ci,oy+ky-PH,ox+kx-PW]
+//                                 sum_{b in chunk,oy,ox} dy[b,co,oy,ox] * x[b,ci,oy*S+ky-PH,ox*S+kx-PW]
 //                            part[chunk, NW + co] = sum_{b in chunk,oy,ox} dy[b,co,oy,ox]  (dbias)
 //                            Partial sums over chunks of CHUNK images keep every invocation's
 //                            loop short (llvmpipe ends any invocation's loops after 65,535
@@ -49,8 +50,12 @@ struct Params {
     stride: u32,
     pool_h: u32,
     pool_w: u32,
-    _pad0: u32,
-    _pad1: u32,
+    g_base: u32,      // g_base .. part_row0: conv2d_subgroup.wgsl's window kernels only
+    y_base: u32,
+    at_base: u32,
+    slices: u32,
+    part_row0: u32,
+    conv_stride: u32, // S
 }
 
 const BIAS: u32 = 1u;
@@ -84,12 +89,12 @@ fn conv2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
         let x_plane = (bi * p.c_in + ci) * p.h * p.w;
         let w_plane = (co * p.c_in + ci) * p.kh * p.kw;
         for (var ky = 0u; ky < p.kh; ky++) {
-            let iy = i32(oy + ky) - i32(p.pad_h);
+            let iy = i32(oy * p.conv_stride + ky) - i32(p.pad_h);
             if (iy < 0 || iy >= i32(p.h)) {
                 continue;
             }
             for (var kx = 0u; kx < p.kw; kx++) {
-                let ix = i32(ox + kx) - i32(p.pad_w);
+                let ix = i32(ox * p.conv_stride + kx) - i32(p.pad_w);
                 if (ix < 0 || ix >= i32(p.w)) {
                     continue;
                 }
@@ -124,14 +129,16 @@ fn conv2d_backward_input(@builtin(global_invocation_id) gid: vec3<u32>,
         let dy_plane = (bi * p.c_out + co) * p.out_h * p.out_w;
         let w_plane = (co * p.c_in + ci) * p.kh * p.kw;
         for (var ky = 0u; ky < p.kh; ky++) {
-            // oy = iy - ky + PH must lie in [0, OH)
-            let oy = i32(iy + p.pad_h) - i32(ky);
-            if (oy < 0 || oy >= i32(p.out_h)) {
+            // oy = (iy - ky + PH) / S must be whole and lie in [0, OH)
+            let ty = i32(iy + p.pad_h) - i32(ky);
+            let oy = ty / i32(p.conv_stride);
+            if (ty < 0 || oy * i32(p.conv_stride) != ty || oy >= i32(p.out_h)) {
                 continue;
             }
             for (var kx = 0u; kx < p.kw; kx++) {
-                let ox = i32(ix + p.pad_w) - i32(kx);
-                if (ox < 0 || ox >= i32(p.out_w)) {
+                let tx = i32(ix + p.pad_w) - i32(kx);
+                let ox = tx / i32(p.conv_stride);
+                if (tx < 0 || ox * i32(p.conv_stride) != tx || ox >= i32(p.out_w)) {
                     continue;
                 }
                 acc = fma(in1[dy_plane + u32(oy) * p.out_w + u32(ox)], in2[w_plane + ky * p.kw + kx], acc);
@@ -171,20 +178,22 @@ fn conv2d_backward_weight(@builtin(global_invocation_id) gid: vec3<u32>,
     let ky = (wi / p.kw) % p.kh;
     let ci = (wi / (p.kw * p.kh)) % p.c_in;
     let co = wi / (p.kw * p.kh * p.c_in);
-    // Output rows/columns whose tap (ky, kx) lands inside the image.
-    let oy_lo = u32(max(i32(p.pad_h) - i32(ky), 0));
-    let oy_hi = u32(clamp(i32(p.h + p.pad_h) - i32(ky), 0, i32(p.out_h)));
-    let ox_lo = u32(max(i32(p.pad_w) - i32(kx), 0));
-    let ox_hi = u32(clamp(i32(p.w + p.pad_w) - i32(kx), 0, i32(p.out_w)));
+    // Output rows/columns whose tap (ky, kx) lands inside the image:
+    // 0 <= oy*S + ky - PH < H  <=>  ceil((PH - ky) / S) <= oy < ceil((H + PH - ky) / S).
+    let st = i32(p.conv_stride);
+    let oy_lo = u32((max(i32(p.pad_h) - i32(ky), 0) + st - 1) / st);
+    let oy_hi = u32(clamp((i32(p.h + p.pad_h) - i32(ky) + st - 1) / st, 0, i32(p.out_h)));
+    let ox_lo = u32((max(i32(p.pad_w) - i32(kx), 0) + st - 1) / st);
+    let ox_hi = u32(clamp((i32(p.w + p.pad_w) - i32(kx) + st - 1) / st, 0, i32(p.out_w)));
     var acc = 0.0;
     for (var bi = chunk * p.chunk; bi < b_end; bi++) {
         let dy_plane = (bi * p.c_out + co) * p.out_h * p.out_w;
         let x_plane = (bi * p.c_in + ci) * p.h * p.w;
         for (var oy = oy_lo; oy < oy_hi; oy++) {
             let dy_row = dy_plane + oy * p.out_w;
-            let x_row = x_plane + (oy + ky - p.pad_h) * p.w + kx - p.pad_w;
+            let x_row = x_plane + (oy * p.conv_stride + ky - p.pad_h) * p.w + kx - p.pad_w;
             for (var ox = ox_lo; ox < ox_hi; ox++) {
-                acc = fma(in1[dy_row + ox], in2[x_row + ox], acc);
+                acc = fma(in1[dy_row + ox], in2[x_row + ox * p.conv_stride], acc);
             }
         }
     }

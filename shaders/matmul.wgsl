@@ -4,10 +4,13 @@
 //   opA[m, k] = A[m*K + k]  (A stored [M, K])   or, transposed, A[k*M + m]  (A stored [K, M])
 //   opB[k, n] = B[k*N + n]  (B stored [K, N])   or, transposed, B[n*K + k]  (B stored [N, K])
 //
+// Batched: workgroup z is the batch index b; A, B and C start at b * a_batch, b * b_batch
+// and b * c_batch (b_batch 0 shares B across the batch).
+//
 // Covers Dense forward (X · W^T + b), dweight (dY^T · X) and dinput (dY · W).
 //
 // Bindings (group 0):
-//   0 uniform  Params { m, n, k, flags }   flags: 1 = transpose A, 2 = transpose B,
+//   0 uniform  Params { m, n, k, flags, a_batch, b_batch, c_batch }   flags: 1 = transpose A, 2 = transpose B,
 //                                                   4 = add bias, 8 = ReLU epilogue
 //   1 storage read        a     : array<f32>
 //   2 storage read        b     : array<f32>
@@ -23,7 +26,7 @@
 // Out-of-range rows and columns are clamped for loading and skipped for storing, so the
 // inner loop has no branches.
 //
-// Dispatch: (ceil(N / (WG * TN)), ceil(M / TM), 1) workgroups of WG invocations.
+// Dispatch: (ceil(N / (WG * TN)), ceil(M / TM), batch) workgroups of WG invocations.
 // Overridable: WG (workgroup size), TM <= 8, TN <= 4.
 
 struct Params {
@@ -31,6 +34,10 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
+    _pad: u32,
 }
 
 const TRANSPOSE_A: u32 = 1u;
@@ -64,12 +71,15 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     let m0 = wid.y * TM;
     var a_row: array<u32, MAX_TM>;  // clamped row offsets into a
     var b_col: array<u32, MAX_TN>;  // clamped column offsets into b
+    let a0 = wid.z * p.a_batch;
+    let b0 = wid.z * p.b_batch;
+    let c0 = wid.z * p.c_batch;
     for (var i = 0u; i < TM; i++) {
-        a_row[i] = min(m0 + i, p.m - 1u) * a_m;
+        a_row[i] = a0 + min(m0 + i, p.m - 1u) * a_m;
     }
     for (var j = 0u; j < TN; j++) {
         let n = (wid.x * TN + j) * WG + lid.x;
-        b_col[j] = min(n, p.n - 1u) * b_n;
+        b_col[j] = b0 + min(n, p.n - 1u) * b_n;
     }
 
     var acc: array<f32, 32>;  // MAX_TM * MAX_TN, row i at acc[i * MAX_TN]
@@ -98,7 +108,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 if ((p.flags & RELU) != 0u) {
                     v = max(v, 0.0);
                 }
-                c[m * p.n + n] = v;
+                c[c0 + m * p.n + n] = v;
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kernels::Shader;
+use crate::kernels::{Family, Shader};
 use crate::{Error, Result};
 
 /// How long any single wait on the GPU may take before we call the device hung, unless
@@ -17,6 +17,16 @@ pub const GPU_TIMEOUT: Duration = Duration::from_secs(600);
 /// The most uniform bindings a window kernel uses (conv2d_relu_pool_backward_weight: its
 /// params and 6 windows).
 pub const WINDOW_UNIFORMS: u32 = 7;
+
+/// Environment variable that keeps naga's runtime checks (bounds clamps, loop bounding) in
+/// the shaders of a release build: `SHADERGRAD_SHADER_CHECKS=1`.
+pub const SHADER_CHECKS_ENV: &str = "SHADERGRAD_SHADER_CHECKS";
+
+/// Whether shader modules keep naga's runtime checks: always in debug and test builds
+/// (debug assertions on), in release builds only with `SHADERGRAD_SHADER_CHECKS=1`.
+pub fn shader_checks() -> bool {
+    cfg!(debug_assertions) || std::env::var(SHADER_CHECKS_ENV).as_deref() == Ok("1")
+}
 
 /// Environment variable overriding [`GPU_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
@@ -63,6 +73,8 @@ pub struct Gpu {
     dummy_window: std::sync::OnceLock<crate::tensor::Tensor>,
     /// Longest single wait on the GPU, in microseconds (see [`Gpu::set_timeout`]).
     timeout_us: AtomicU64,
+    /// The kernel family forced by `SHADERGRAD_KERNELS` when the device was opened.
+    forced: Option<Family>,
 }
 
 /// One line per adapter, for `shadergrad info` and for "no adapter" errors.
@@ -237,6 +249,7 @@ impl Gpu {
     pub fn with_adapter_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
         let info = adapter.get_info();
         let timeout = timeout_from_env()?;
+        let forced = Family::from_env()?;
         let features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let desc = wgpu::DeviceDescriptor {
@@ -285,7 +298,67 @@ impl Gpu {
             dummy_window: std::sync::OnceLock::new(),
             readbacks: std::sync::atomic::AtomicUsize::new(0),
             timeout_us: AtomicU64::new(timeout.as_micros().min(u64::MAX as u128) as u64),
+            forced: None,
         })
+        .and_then(|mut gpu| {
+            if let Some(f) = forced {
+                gpu.force_family(f)?;
+            }
+            Ok(gpu)
+        })
+    }
+
+    /// Run the kernels of `family` from now on (what `SHADERGRAD_KERNELS` does at creation);
+    /// Err, naming what is missing, when this adapter cannot run them.
+    pub fn force_family(&mut self, family: Family) -> Result<()> {
+        let missing = match family {
+            Family::Gpu => (self.limits.max_compute_workgroup_storage_size
+                < crate::kernels::matmul::TILED_MIN_WORKGROUP_BYTES)
+                .then_some("workgroup memory for the tiled kernels"),
+            Family::Window => (!self.window_capable())
+                .then_some("subgroups of at least 8 lanes and 7 uniform buffers of 64 KiB"),
+            Family::Subgroup => {
+                (!self.subgroup_capable()).then_some("subgroups of at least 8 lanes")
+            }
+            Family::Portable => None,
+        };
+        if let Some(missing) = missing {
+            return Err(Error::usage(
+                crate::kernels::family::KERNELS_ENV,
+                format!(
+                    "{family}: {} lacks {missing}; use another family (gpu, window, subgroup, portable) or unset it",
+                    self.describe()
+                ),
+            ));
+        }
+        self.forced = Some(family);
+        Ok(())
+    }
+
+    /// The kernel family this device runs: the forced one, else the adapter's default
+    /// (gpu for discrete, integrated and virtual GPUs; window for CPU adapters that can
+    /// bind the windows; subgroup; else portable). See [`crate::kernels::family`].
+    pub fn family(&self) -> Family {
+        if let Some(f) = self.forced {
+            return f;
+        }
+        use wgpu::DeviceType::*;
+        let gpu_like = matches!(
+            self.info.device_type,
+            DiscreteGpu | IntegratedGpu | VirtualGpu
+        );
+        if gpu_like
+            && self.limits.max_compute_workgroup_storage_size
+                >= crate::kernels::matmul::TILED_MIN_WORKGROUP_BYTES
+        {
+            Family::Gpu
+        } else if self.window_capable() && self.is_cpu() {
+            Family::Window
+        } else if self.subgroup_capable() {
+            Family::Subgroup
+        } else {
+            Family::Portable
+        }
     }
 
     /// The longest any single wait on the GPU may take before it fails with
@@ -344,24 +417,35 @@ impl Gpu {
         describe_adapter(&self.info)
     }
 
-    /// Subgroup kernels are usable: the device has subgroup operations with subgroups of at
-    /// least 8 invocations, and `SHADERGRAD_NO_SUBGROUPS=1` is not set.
-    pub fn subgroups(&self) -> bool {
+    /// The device has subgroup operations with subgroups of at least 8 invocations, and
+    /// `SHADERGRAD_NO_SUBGROUPS=1` is not set.
+    fn subgroup_capable(&self) -> bool {
         self.features.contains(wgpu::Features::SUBGROUP)
             && self.info.subgroup_min_size >= 8
             && std::env::var("SHADERGRAD_NO_SUBGROUPS").as_deref() != Ok("1")
     }
 
-    /// Whether kernels should read through uniform windows where they have a window variant:
-    /// on CPU adapters (lavapipe) a uniform load costs a tenth of a storage load. The
-    /// window kernels are subgroup kernels, bind up to [`WINDOW_UNIFORMS`] uniform buffers and need whole 64 KiB windows; a device with
-    /// smaller limits keeps the storage-buffer kernels.
-    pub fn windows(&self) -> bool {
+    /// The window kernels are subgroup kernels, bind up to [`WINDOW_UNIFORMS`] uniform
+    /// buffers and need whole 64 KiB windows.
+    fn window_capable(&self) -> bool {
         let l = &self.limits;
-        self.subgroups()
-            && self.is_cpu()
+        self.subgroup_capable()
             && l.max_uniform_buffer_binding_size >= crate::tensor::WINDOW_BYTES
             && l.max_uniform_buffers_per_shader_stage >= WINDOW_UNIFORMS
+    }
+
+    /// Subgroup kernels are usable and the family runs them (window, subgroup, and gpu
+    /// where the adapter has subgroups; never portable).
+    pub fn subgroups(&self) -> bool {
+        self.subgroup_capable() && self.family() != Family::Portable
+    }
+
+    /// Whether kernels should read through uniform windows where they have a window variant:
+    /// the window family (by default on CPU adapters such as lavapipe, where a uniform load
+    /// costs a tenth of a storage load). A device with smaller limits keeps the
+    /// storage-buffer kernels.
+    pub fn windows(&self) -> bool {
+        self.window_capable() && self.family() == Family::Window
     }
 
     pub fn is_cpu(&self) -> bool {
@@ -424,8 +508,18 @@ impl Gpu {
             label: Some(shader.file()),
             source: wgpu::ShaderSource::Wgsl(shader.source().into()),
         };
-        // Runtime bounds checks stay on: measured on lavapipe, dropping them gained nothing.
-        let module = self.device.create_shader_module(desc);
+        let module = if shader_checks() {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel guards its own indexing (bounds-checked loads and stores,
+            // grids sized with div_ceil) and tests/kernels.rs runs each against its reference
+            // on awkward shapes with the checks on (debug and test builds, CI); release
+            // builds drop naga's clamps and loop counters, worth up to a third of a GEMM.
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
                 file: shader.file().into(),

@@ -17,6 +17,7 @@ use shadergrad::fit::{
 };
 use shadergrad::gpu::{describe_adapter, Gpu};
 use shadergrad::kernels::optim::Optimizer;
+use shadergrad::kernels::Family;
 use shadergrad::model::Sequential;
 use shadergrad::{data, plot, predict, Error, Result};
 
@@ -238,14 +239,18 @@ fn info() -> Result<()> {
     match Gpu::new() {
         Ok(gpu) => {
             println!("selected: {}", gpu.describe());
-            let kernels = if gpu.windows() {
-                "uniform-window kernels for Dense and conv + pool (CPU adapter), subgroup kernels elsewhere"
-            } else if gpu.subgroups() {
-                "subgroup kernels (storage buffers)"
-            } else {
-                "portable kernels"
+            let family = gpu.family();
+            let how = match Family::from_env() {
+                Ok(Some(_)) => "forced by SHADERGRAD_KERNELS",
+                _ => "the adapter's default",
             };
-            println!("  kernels: {kernels}");
+            println!("  kernels: {family} ({how}): {}", family.describe());
+            let checks = if shadergrad::gpu::shader_checks() {
+                "on"
+            } else {
+                "off (release build; SHADERGRAD_SHADER_CHECKS=1 turns them on)"
+            };
+            println!("  shader runtime checks: {checks}");
         }
         Err(e) => println!("selected: none ({e})"),
     }
@@ -327,7 +332,7 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
     let mnist = data::load_mnist(&dir)?;
     check_image_size(&dir, &mnist, &model)?;
     let gpu = Gpu::new()?;
-    println!("adapter: {}", gpu.describe());
+    println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
     // Refuse a batch the adapter cannot run before any GPU work.
     check_batch(&gpu.limits, &model, cfg.batch_size, true)?;
     print!("{}", model.summary()?);

@@ -42,15 +42,10 @@ fn info_lists_the_adapter_and_its_backend() {
     assert!(all.contains(&gpu.info.name), "{all}");
     assert!(all.contains(&format!("{:?}", gpu.info.backend)), "{all}");
     assert!(all.contains("max storage buffer binding"), "{all}");
-    // Which kernel family this adapter runs (Vulkan lavapipe: windows; GL: portable).
-    let kernels = if gpu.windows() {
-        "uniform-window kernels"
-    } else if gpu.subgroups() {
-        "subgroup kernels"
-    } else {
-        "portable kernels"
-    };
-    assert!(all.contains(&format!("kernels: {kernels}")), "{all}");
+    // Which kernel family this adapter runs (Vulkan lavapipe: window; GL: portable).
+    let family = gpu.family();
+    assert!(all.contains(&format!("kernels: {family} (")), "{all}");
+    assert!(all.contains(family.describe()), "{all}");
 }
 
 #[test]

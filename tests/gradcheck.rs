@@ -317,6 +317,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         kh,
         kw,
         padding,
+        stride: 1,
     };
     vec![
         s([1, 1, 1, 1, 1, 1, 1], Padding::Valid),

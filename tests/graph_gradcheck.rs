@@ -65,7 +65,8 @@ fn check_with(
     for (p, v) in params.iter().zip(&values) {
         s.write(*p, v).unwrap();
     }
-    s.write(coef, &rng.uniform_vec(ys.iter().product(), -1.0, 1.0)).unwrap();
+    s.write(coef, &rng.uniform_vec(ys.iter().product(), -1.0, 1.0))
+        .unwrap();
     if let (Some(l), Some((n, classes))) = (label, labels) {
         let l_values: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % classes) as u32).collect();
         s.write_u32(l, &l_values).unwrap();
@@ -95,48 +96,67 @@ fn matmul_every_layout() {
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
         let a: &[usize] = if ta { &[5, 3] } else { &[3, 5] };
         let b: &[usize] = if tb { &[4, 5] } else { &[5, 4] };
-        check(&format!("matmul ta={ta} tb={tb}"), &[a, b], false, |g, p| {
-            g.matmul(p[0], p[1], ta, tb).unwrap()
-        });
+        check(
+            &format!("matmul ta={ta} tb={tb}"),
+            &[a, b],
+            false,
+            |g, p| g.matmul(p[0], p[1], ta, tb).unwrap(),
+        );
     }
 }
 
 #[test]
 fn dense_bias_relu_fused() {
     // x W^T + b, ReLU: fused into one matmul (bias, relu) and its backward.
-    check("dense+bias+relu", &[&[3, 6], &[4, 6], &[4]], true, |g, p| {
-        let y = g.matmul(p[0], p[1], false, true).unwrap();
-        let y = g.add(y, p[2]).unwrap();
-        g.relu(y).unwrap()
-    });
+    check(
+        "dense+bias+relu",
+        &[&[3, 6], &[4, 6], &[4]],
+        true,
+        |g, p| {
+            let y = g.matmul(p[0], p[1], false, true).unwrap();
+            let y = g.add(y, p[2]).unwrap();
+            g.relu(y).unwrap()
+        },
+    );
 }
 
 #[test]
 fn conv2d_valid_and_same() {
     for padding in [Padding::Valid, Padding::Same] {
-        check(&format!("conv2d {padding:?}"), &[&[2, 2, 5, 4], &[3, 2, 3, 3]], false, |g, p| {
-            g.conv2d(p[0], p[1], 1, padding).unwrap()
-        });
+        check(
+            &format!("conv2d {padding:?}"),
+            &[&[2, 2, 5, 4], &[3, 2, 3, 3]],
+            false,
+            |g, p| g.conv2d(p[0], p[1], 1, padding).unwrap(),
+        );
     }
 }
 
 #[test]
 fn conv_bias_relu_pool_fused() {
-    check("conv+bias+relu+pool", &[&[2, 1, 6, 6], &[3, 1, 3, 3], &[3]], true, |g, p| {
-        let y = g.conv2d(p[0], p[1], 1, Padding::Valid).unwrap();
-        let b = g.reshape(p[2], &[3, 1, 1]).unwrap();
-        let y = g.add(y, b).unwrap();
-        let y = g.relu(y).unwrap();
-        g.max_pool2d(y, 2, 2).unwrap()
-    });
+    check(
+        "conv+bias+relu+pool",
+        &[&[2, 1, 6, 6], &[3, 1, 3, 3], &[3]],
+        true,
+        |g, p| {
+            let y = g.conv2d(p[0], p[1], 1, Padding::Valid).unwrap();
+            let b = g.reshape(p[2], &[3, 1, 1]).unwrap();
+            let y = g.add(y, b).unwrap();
+            let y = g.relu(y).unwrap();
+            g.max_pool2d(y, 2, 2).unwrap()
+        },
+    );
 }
 
 #[test]
 fn max_pool2d_disjoint_and_overlapping() {
     for (pool, stride) in [(2, 2), (3, 2)] {
-        check(&format!("max_pool2d {pool}/{stride}"), &[&[2, 2, 5, 5]], false, |g, p| {
-            g.max_pool2d(p[0], pool, stride).unwrap()
-        });
+        check(
+            &format!("max_pool2d {pool}/{stride}"),
+            &[&[2, 2, 5, 5]],
+            false,
+            |g, p| g.max_pool2d(p[0], pool, stride).unwrap(),
+        );
     }
 }
 
@@ -153,7 +173,9 @@ fn unary_ops() {
         UnaryOp::LeakyRelu(0.1),
     ];
     for op in ops {
-        check(&format!("{op:?}"), &[&[3, 7]], false, |g, p| g.unary(op, p[0]).unwrap());
+        check(&format!("{op:?}"), &[&[3, 7]], false, |g, p| {
+            g.unary(op, p[0]).unwrap()
+        });
     }
     // Positive domains: x^2 + 0.5 feeds log, sqrt, rsqrt, recip.
     for op in [UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Recip] {
@@ -169,9 +191,12 @@ fn unary_ops() {
 #[test]
 fn binary_ops_with_broadcasting() {
     for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Max] {
-        check(&format!("{op:?} [3,1,5]x[4,1]"), &[&[3, 1, 5], &[4, 1]], false, |g, p| {
-            g.binary(op, p[0], p[1]).unwrap()
-        });
+        check(
+            &format!("{op:?} [3,1,5]x[4,1]"),
+            &[&[3, 1, 5], &[4, 1]],
+            false,
+            |g, p| g.binary(op, p[0], p[1]).unwrap(),
+        );
     }
     check("div", &[&[2, 3], &[3]], false, |g, p| {
         let sq = g.unary(UnaryOp::Square, p[1]).unwrap();
@@ -189,23 +214,43 @@ fn binary_ops_with_broadcasting() {
 
 #[test]
 fn reductions_and_expand() {
-    check("sum [1]", &[&[2, 3, 4]], false, |g, p| g.sum(p[0], &[1]).unwrap());
-    check("sum [0, 2]", &[&[2, 3, 4]], false, |g, p| g.sum(p[0], &[0, 2]).unwrap());
+    check("sum [1]", &[&[2, 3, 4]], false, |g, p| {
+        g.sum(p[0], &[1]).unwrap()
+    });
+    check("sum [0, 2]", &[&[2, 3, 4]], false, |g, p| {
+        g.sum(p[0], &[0, 2]).unwrap()
+    });
     check("max [2]", &[&[2, 3, 4]], false, |g, p| {
         g.reduce(ReduceOp::Max, p[0], &[2]).unwrap()
     });
-    check("mean [0]", &[&[5, 3]], false, |g, p| g.mean(p[0], &[0]).unwrap());
-    check("expand", &[&[3, 1]], false, |g, p| g.expand(p[0], &[2, 3, 4]).unwrap());
+    check("mean [0]", &[&[5, 3]], false, |g, p| {
+        g.mean(p[0], &[0]).unwrap()
+    });
+    check("expand", &[&[3, 1]], false, |g, p| {
+        g.expand(p[0], &[2, 3, 4]).unwrap()
+    });
 }
 
 #[test]
 fn movement_ops() {
-    check("reshape", &[&[2, 6]], false, |g, p| g.reshape(p[0], &[3, 4]).unwrap());
-    check("transpose", &[&[3, 5]], false, |g, p| g.transpose(p[0]).unwrap());
-    check("permute", &[&[2, 3, 4]], false, |g, p| g.permute(p[0], &[2, 0, 1]).unwrap());
-    check("slice", &[&[3, 5]], false, |g, p| g.slice(p[0], 1, 1, 3).unwrap());
-    check("pad", &[&[3, 2]], false, |g, p| g.pad(p[0], 0, 1, 5).unwrap());
-    check("concat", &[&[2, 3], &[2, 2]], false, |g, p| g.concat(&[p[0], p[1]], 1).unwrap());
+    check("reshape", &[&[2, 6]], false, |g, p| {
+        g.reshape(p[0], &[3, 4]).unwrap()
+    });
+    check("transpose", &[&[3, 5]], false, |g, p| {
+        g.transpose(p[0]).unwrap()
+    });
+    check("permute", &[&[2, 3, 4]], false, |g, p| {
+        g.permute(p[0], &[2, 0, 1]).unwrap()
+    });
+    check("slice", &[&[3, 5]], false, |g, p| {
+        g.slice(p[0], 1, 1, 3).unwrap()
+    });
+    check("pad", &[&[3, 2]], false, |g, p| {
+        g.pad(p[0], 0, 1, 5).unwrap()
+    });
+    check("concat", &[&[2, 3], &[2, 2]], false, |g, p| {
+        g.concat(&[p[0], p[1]], 1).unwrap()
+    });
     check("where", &[&[2, 4], &[2, 4]], false, |g, p| {
         let zero = g.constant(0.0, &[]);
         let mask = g.binary(BinaryOp::CmpGt, p[0], zero).unwrap();
@@ -215,10 +260,16 @@ fn movement_ops() {
 
 #[test]
 fn losses_mid_graph() {
-    check_with("softmax cross-entropy", &[&[4, 5]], false, Some((4, 5)), |g, p| {
-        let l = g.find_input("label").unwrap();
-        g.loss(Loss::SoftmaxCrossEntropy, p[0], l).unwrap()
-    });
+    check_with(
+        "softmax cross-entropy",
+        &[&[4, 5]],
+        false,
+        Some((4, 5)),
+        |g, p| {
+            let l = g.find_input("label").unwrap();
+            g.loss(Loss::SoftmaxCrossEntropy, p[0], l).unwrap()
+        },
+    );
     check_with("sigmoid bce", &[&[4, 1]], false, Some((4, 2)), |g, p| {
         let l = g.find_input("label").unwrap();
         g.loss(Loss::SigmoidBinaryCrossEntropy, p[0], l).unwrap()

@@ -12,7 +12,7 @@ use shadergrad::kernels::matmul::*;
 use shadergrad::kernels::optim::*;
 use shadergrad::kernels::pool::*;
 use shadergrad::kernels::reduce::*;
-use shadergrad::kernels::{f64s, run, run_all, WG_1D};
+use shadergrad::kernels::{f64s, run, run_all, Family, WG_1D};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
 
@@ -59,13 +59,11 @@ fn matmul_matches_reference() {
             (true, true, true, false),
         ] {
             let spec = MatmulSpec {
-                m,
-                n,
-                k,
                 transpose_a: ta,
                 transpose_b: tb,
                 bias,
                 relu,
+                ..MatmulSpec::new(m, n, k)
             };
             let a = rng.uniform_vec(m * k, -1.0, 1.0);
             let b = rng.uniform_vec(k * n, -1.0, 1.0);
@@ -157,6 +155,7 @@ fn conv_specs() -> Vec<Conv2dSpec> {
         kh,
         kw,
         padding,
+        stride: 1,
     };
     vec![
         s(1, 1, 1, 1, 1, 1, 1, Padding::Valid),
@@ -201,7 +200,17 @@ fn conv2d_matches_reference() {
             let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
             run(
                 gpu,
-                &[&conv2d_forward_with(gpu, false, &s, &tx, &tw, Some(&tb), false, &y1).unwrap()],
+                &[&conv2d_forward_with(
+                    gpu,
+                    Conv2dKernel::Direct,
+                    &s,
+                    &tx,
+                    &tw,
+                    Some(&tb),
+                    false,
+                    &y1,
+                )
+                .unwrap()],
             )
             .unwrap();
             let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
@@ -215,7 +224,10 @@ fn conv2d_matches_reference() {
             let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
             run(
                 gpu,
-                &[&conv2d_backward_weight_with(gpu, false, &s, &tdy, &tx, &part).unwrap()],
+                &[
+                    &conv2d_backward_weight_with(gpu, Conv2dKernel::Direct, &s, &tdy, &tx, &part)
+                        .unwrap(),
+                ],
             )
             .unwrap();
             let got = part.to_f32(gpu).unwrap();
@@ -714,4 +726,347 @@ fn adapter_meets_the_kernels_needs() {
     assert!(l.max_compute_invocations_per_workgroup >= WG_1D as u32);
     assert!(l.max_compute_workgroup_size_x >= WG_1D as u32);
     assert!(l.min_storage_buffer_offset_alignment as u64 <= shadergrad::tensor::ALIGN_BYTES);
+}
+
+/// One matmul of `spec` with `kernel` on random data against [`matmul_ref`].
+fn check_matmul(
+    gpu: &shadergrad::gpu::Gpu,
+    rng: &mut Rng,
+    spec: &MatmulSpec,
+    kernel: MatmulKernel,
+) {
+    let (bt, m, n, k) = (spec.batch, spec.m, spec.n, spec.k);
+    let a = rng.uniform_vec(bt * m * k, -1.0, 1.0);
+    let b = rng.uniform_vec(spec.b_len(), -1.0, 1.0);
+    let bv = rng.uniform_vec(n, -1.0, 1.0);
+    let [a0, a1] = spec.a_shape();
+    let [b0, b1] = spec.b_shape();
+    let ta = upload(gpu, &[bt, a0, a1], &a);
+    let tb = upload(gpu, &[spec.b_len() / (b0 * b1), b0, b1], &b);
+    let tbias = upload(gpu, &[n], &bv);
+    let want = matmul_ref(
+        spec,
+        &f64s(&a),
+        &f64s(&b),
+        spec.bias.then_some(&f64s(&bv)[..]),
+    );
+    let c = Tensor::zeros(gpu, "c", &[bt, m, n]).unwrap();
+    let d = matmul_with(gpu, spec, kernel, &ta, &tb, spec.bias.then_some(&tbias), &c).unwrap();
+    run_all(gpu, &d).unwrap();
+    assert_close(
+        &format!("matmul {spec:?} {kernel:?}"),
+        &c.to_f32(gpu).unwrap(),
+        &want,
+        1e-4,
+        1e-5 * k as f64,
+    );
+}
+
+/// The tiled kernel (the gpu family's) on awkward shapes, every operand layout and
+/// epilogue, the fit (edge-free) and guarded paths, several tile shapes and split-K.
+#[test]
+fn tiled_matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    let configs = [
+        TileConfig::new(64, 64, 16, 4, 4),
+        TileConfig::new(32, 32, 16, 4, 4),
+        TileConfig::new(128, 128, 8, 8, 8),
+        TileConfig::new(32, 64, 8, 2, 8),
+        TileConfig {
+            splits: 3,
+            ..TileConfig::new(32, 32, 16, 4, 4)
+        },
+    ];
+    let shapes = [
+        (1, 1, 1),
+        (1, 7, 3),
+        (13, 1, 5),
+        (17, 31, 29),
+        (64, 64, 64),
+        (128, 128, 32),
+        (37, 130, 263),
+    ];
+    for &(m, n, k) in &shapes {
+        for (ta, tb, bias, relu) in [
+            (false, false, false, false),
+            (false, true, true, true),
+            (true, false, false, false),
+            (true, true, true, false),
+        ] {
+            let spec = MatmulSpec {
+                transpose_a: ta,
+                transpose_b: tb,
+                bias,
+                relu,
+                ..MatmulSpec::new(m, n, k)
+            };
+            for t in configs {
+                check_matmul(gpu, &mut rng, &spec, MatmulKernel::Tiled(t));
+            }
+        }
+    }
+}
+
+/// Split-K where K is long: the candidates' default for Dense1 of the seed CNN (128 x 128 x
+/// 5408, bias + ReLU) and a K beyond one invocation's loop budget.
+#[test]
+fn tiled_matmul_split_k_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(12);
+    let dense1 = MatmulSpec {
+        transpose_b: true,
+        bias: true,
+        relu: true,
+        ..MatmulSpec::new(128, 128, 5408)
+    };
+    let long = MatmulSpec::new(3, 5, 30_011);
+    for spec in [dense1, long] {
+        let split = TileConfig {
+            splits: 8,
+            ..TileConfig::new(32, 32, 16, 4, 4)
+        };
+        check_matmul(gpu, &mut rng, &spec, MatmulKernel::Tiled(split));
+        check_matmul(
+            gpu,
+            &mut rng,
+            &spec,
+            MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+        );
+    }
+    // Split-K results are the same bits run after run (fixed reduction order).
+    let spec = dense1;
+    let a = rng.uniform_vec(128 * 5408, -1.0, 1.0);
+    let b = rng.uniform_vec(128 * 5408, -1.0, 1.0);
+    let (ta, tb) = (
+        upload(gpu, &spec.a_shape(), &a),
+        upload(gpu, &spec.b_shape(), &b),
+    );
+    let bias = upload(gpu, &[128], &[0.5; 128]);
+    let kernel = MatmulKernel::Tiled(TileConfig {
+        splits: 8,
+        ..TileConfig::new(32, 32, 16, 4, 4)
+    });
+    let mut runs = vec![];
+    for _ in 0..2 {
+        let c = Tensor::zeros(gpu, "c", &[128, 128]).unwrap();
+        run_all(
+            gpu,
+            &matmul_with(gpu, &spec, kernel, &ta, &tb, Some(&bias), &c).unwrap(),
+        )
+        .unwrap();
+        runs.push(c.to_f32(gpu).unwrap());
+    }
+    assert!(runs[0] == runs[1], "split-K is not deterministic");
+}
+
+/// Batched products (B per product or shared) on the kernels that take batches, and every
+/// candidate of the adapter's family for a few shapes.
+#[test]
+fn batched_matmul_and_candidates_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(13);
+    for (bt, m, n, k) in [
+        (2, 1, 1, 1),
+        (3, 17, 31, 29),
+        (5, 64, 64, 64),
+        (2, 37, 70, 130),
+    ] {
+        for (shared_b, tb) in [(false, false), (true, true), (true, false)] {
+            let spec = MatmulSpec {
+                batch: bt,
+                shared_b,
+                transpose_b: tb,
+                bias: true,
+                ..MatmulSpec::new(m, n, k)
+            };
+            let kernels = [
+                MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+                MatmulKernel::Tiled(TileConfig {
+                    splits: 2,
+                    ..TileConfig::new(32, 32, 16, 4, 4)
+                }),
+                MatmulKernel::RegisterTile(Tiles {
+                    wg: 64,
+                    tm: 4,
+                    tn: 4,
+                }),
+            ];
+            for kernel in kernels {
+                check_matmul(gpu, &mut rng, &spec, kernel);
+            }
+            let candidates = matmul_candidates(gpu, &spec);
+            assert!(!candidates.is_empty(), "no candidate for {spec:?}");
+            for kernel in candidates {
+                assert!(
+                    !matches!(
+                        kernel,
+                        MatmulKernel::Subgroup { .. } | MatmulKernel::Window { .. }
+                    ),
+                    "{kernel:?} offered for a batch"
+                );
+            }
+        }
+    }
+    for spec in [
+        MatmulSpec::new(1, 1, 1),
+        MatmulSpec {
+            transpose_b: true,
+            bias: true,
+            relu: true,
+            ..MatmulSpec::new(128, 128, 784)
+        },
+        MatmulSpec::new(33, 10, 128),
+    ] {
+        let candidates = matmul_candidates(gpu, &spec);
+        assert!(!candidates.is_empty(), "no candidate for {spec:?}");
+        for kernel in candidates {
+            check_matmul(gpu, &mut rng, &spec, kernel);
+        }
+    }
+}
+
+/// Forward, input gradient and weight gradient (+ dbias, summed over the partial rows on
+/// the host) of `s` with `kernel` against the references; Subgroup skips backward_input.
+fn check_conv_kernel(
+    gpu: &shadergrad::gpu::Gpu,
+    rng: &mut Rng,
+    s: &Conv2dSpec,
+    kernel: Conv2dKernel,
+) {
+    let n = |shape: [usize; 4]| shape.iter().product::<usize>();
+    let x = rng.uniform_vec(n(s.x_shape()), -1.0, 1.0);
+    let w = rng.uniform_vec(n(s.w_shape()), -1.0, 1.0);
+    let b = rng.uniform_vec(s.c_out, -1.0, 1.0);
+    let dy = rng.uniform_vec(n(s.y_shape()), -1.0, 1.0);
+    let (tx, tw, tb, tdy) = (
+        upload(gpu, &s.x_shape(), &x),
+        upload(gpu, &s.w_shape(), &w),
+        upload(gpu, &[s.c_out], &b),
+        upload(gpu, &s.y_shape(), &dy),
+    );
+    let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
+    let what = format!("{kernel:?} {s:?}");
+    let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+    run(
+        gpu,
+        &[&conv2d_forward_with(gpu, kernel, s, &tx, &tw, Some(&tb), true, &y).unwrap()],
+    )
+    .unwrap();
+    assert_close(
+        &format!("conv2d_forward {what}"),
+        &y.to_f32(gpu).unwrap(),
+        &conv2d_forward_ref(s, &x, &w, Some(&b), true),
+        1e-4,
+        1e-5 * (s.c_in * s.kh * s.kw) as f64,
+    );
+    if kernel != Conv2dKernel::Subgroup {
+        let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
+        run(
+            gpu,
+            &[&conv2d_backward_input_with(gpu, kernel, s, &tdy, &tw, &dx).unwrap()],
+        )
+        .unwrap();
+        assert_close(
+            &format!("conv2d_backward_input {what}"),
+            &dx.to_f32(gpu).unwrap(),
+            &conv2d_backward_input_ref(s, &dy, &w),
+            1e-4,
+            1e-5 * (s.c_out * s.kh * s.kw) as f64,
+        );
+    }
+    let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
+    run(
+        gpu,
+        &[&conv2d_backward_weight_with(gpu, kernel, s, &tdy, &tx, &part).unwrap()],
+    )
+    .unwrap();
+    let got = part.to_f32(gpu).unwrap();
+    let sum = |j: usize| {
+        (0..s.weight_chunks())
+            .map(|c| got[c * s.part_row() + j] as f64)
+            .sum::<f64>() as f32
+    };
+    let (oh, ow) = s.out_hw();
+    let n_w = n(s.w_shape());
+    let atol = 1e-5 * (s.batch * oh * ow) as f64;
+    let dw: Vec<f32> = (0..n_w).map(sum).collect();
+    assert_close(
+        &format!("conv2d_backward_weight {what}"),
+        &dw,
+        &conv2d_backward_weight_ref(s, &dy, &x),
+        1e-4,
+        atol,
+    );
+    let db: Vec<f32> = (n_w..s.part_row()).map(sum).collect();
+    assert_close(
+        &format!("conv2d dbias {what}"),
+        &db,
+        &conv2d_backward_bias_ref(s, &dy),
+        1e-4,
+        atol,
+    );
+}
+
+/// The implicit-GEMM conv (the gpu family's, c_in >= 8) and the direct kernels with stride
+/// 1 and 2, valid and same padding, on awkward shapes; and every candidate of each pass.
+#[test]
+fn conv2d_implicit_gemm_and_stride_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(14);
+    let s = |[batch, c_in, h, w, c_out, kh, kw, stride]: [usize; 8], padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        padding,
+        stride,
+    };
+    let specs = [
+        s([1, 8, 1, 1, 1, 1, 1, 1], Padding::Valid),
+        s([2, 8, 7, 5, 5, 3, 3, 1], Padding::Same),
+        s([3, 9, 11, 13, 7, 5, 3, 2], Padding::Same),
+        s([2, 16, 9, 9, 33, 3, 3, 2], Padding::Valid),
+        s([5, 8, 13, 10, 3, 2, 2, 2], Padding::Same),
+        s([17, 11, 8, 8, 70, 3, 3, 1], Padding::Valid),
+        s([3, 2, 9, 8, 9, 4, 5, 2], Padding::Same),
+        s([2, 1, 28, 28, 4, 3, 3, 2], Padding::Valid),
+    ];
+    let gemm = [
+        TileConfig::new(64, 64, 16, 4, 4),
+        TileConfig::new(32, 32, 16, 4, 4),
+        TileConfig::new(32, 64, 8, 2, 8),
+    ];
+    for spec in &specs {
+        check_conv_kernel(gpu, &mut rng, spec, Conv2dKernel::Direct);
+        for t in gemm {
+            check_conv_kernel(gpu, &mut rng, spec, Conv2dKernel::ImplicitGemm(t));
+        }
+        for k in conv2d_forward_candidates(gpu, spec) {
+            assert!(
+                spec.stride == 1 || k != Conv2dKernel::Subgroup,
+                "{k:?} for stride 2"
+            );
+            check_conv_kernel(gpu, &mut rng, spec, k);
+        }
+        let all = [
+            conv2d_backward_input_candidates(gpu, spec),
+            conv2d_backward_weight_candidates(gpu, spec),
+        ];
+        for (pass, list) in all.iter().enumerate() {
+            assert!(!list.is_empty(), "no candidate for pass {pass} of {spec:?}");
+        }
+        let gemm_offered = all[1]
+            .iter()
+            .any(|k| matches!(k, Conv2dKernel::ImplicitGemm(_)));
+        if gpu.family() == Family::Gpu && spec.c_in >= IMPLICIT_GEMM_MIN_C_IN {
+            assert!(
+                gemm_offered,
+                "gpu family offers no implicit GEMM for {spec:?}"
+            );
+        }
+    }
 }

@@ -76,6 +76,7 @@ fn conv_spec(batch: usize, in_shape: &[usize], weight: &[usize], padding: Paddin
         kh,
         kw,
         padding,
+        stride: 1,
     }
 }
 

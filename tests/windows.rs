@@ -44,6 +44,7 @@ fn conv(
         kh: k,
         kw: k,
         padding,
+        stride: 1,
     }
 }
 
@@ -441,6 +442,7 @@ fn fused_conv_relu_pool_gradients_pass_finite_differences() {
         kh: 3,
         kw: 3,
         padding: Padding::Same,
+        stride: 1,
     };
     let case = FusedCase::new(&mut rng, s, 2, 2);
     let (dw, db, _, _) = case.gpu_grads(gpu);

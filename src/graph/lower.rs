@@ -290,13 +290,8 @@ pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
 /// The conv of input `x` [B, CI, H, W] and weight `w` [CO, CI, KH, KW].
 fn conv_spec(g: &Graph, x: Id, w: Id, c: ConvAttrs) -> Result<Conv2dSpec> {
     let (xs, ws) = (g.shape(x), g.shape(w));
-    if c.stride != 1 {
-        return Err(Error::shape(
-            "conv2d",
-            format!("stride {} has no kernel on this build", c.stride),
-        ));
-    }
     Ok(Conv2dSpec {
+        stride: c.stride,
         batch: xs[0],
         c_in: xs[1],
         h: xs[2],

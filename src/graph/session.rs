@@ -26,7 +26,12 @@ impl<'g> Session<'g> {
     pub fn new(gpu: &'g Gpu, g: &Graph, fused: bool) -> Result<Self> {
         let mut g = g.clone();
         if fused {
-            fuse(&mut g, FuseOptions { conv_relu_pool: gpu.windows() });
+            fuse(
+                &mut g,
+                FuseOptions {
+                    conv_relu_pool: gpu.windows(),
+                },
+            );
         }
         tune::choose_layouts(gpu, &mut g)?;
         let (g, map) = g.toposort();
@@ -40,12 +45,21 @@ impl<'g> Session<'g> {
         let tensors = lower::allocate(gpu, &g, &mem, &own)?;
         let choices = tune::choose_kernels(gpu, &g)?;
         let dispatches = lower::lower(gpu, &g, &tensors, &choices)?;
-        Ok(Session { gpu, g, map, tensors, dispatches })
+        Ok(Session {
+            gpu,
+            g,
+            map,
+            tensors,
+            dispatches,
+        })
     }
 
     fn tensor(&self, id: Id) -> Result<Tensor> {
         let new = self.map.get(id.index()).copied().flatten().ok_or_else(|| {
-            Error::shape("session", format!("%{} is not live in the compiled graph", id.0))
+            Error::shape(
+                "session",
+                format!("%{} is not live in the compiled graph", id.0),
+            )
         })?;
         self.tensors.get(&self.g, new)
     }
@@ -58,9 +72,14 @@ impl<'g> Session<'g> {
     pub fn write_u32(&self, id: Id, values: &[u32]) -> Result<()> {
         let t = self.tensor(id)?;
         if values.len() != t.numel() {
-            return Err(Error::shape("session", format!("{} values for {:?}", values.len(), t.shape)));
+            return Err(Error::shape(
+                "session",
+                format!("{} values for {:?}", values.len(), t.shape),
+            ));
         }
-        self.gpu.queue.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(values));
+        self.gpu
+            .queue
+            .write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(values));
         Ok(())
     }
 

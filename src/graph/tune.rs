@@ -14,7 +14,9 @@ use std::time::Instant;
 use super::ir::*;
 use super::lower::matmul_spec;
 use crate::gpu::Gpu;
-use crate::kernels::matmul::{matmul_with, runs_windowed, MatmulKernel, MatmulSpec};
+use crate::kernels::matmul::{
+    matmul_candidates, matmul_with, runs_windowed, MatmulKernel, MatmulSpec,
+};
 use crate::kernels::transpose::transpose;
 use crate::kernels::{run_all, Dispatch};
 use crate::tensor::Tensor;
@@ -129,30 +131,27 @@ pub struct Choices {
 }
 
 impl Choices {
-    pub fn matmul(&self, gpu: &Gpu, id: Id, _spec: &MatmulSpec) -> MatmulKernel {
-        self.matmul
-            .get(&id)
-            .copied()
-            .unwrap_or_else(|| MatmulKernel::for_gpu(gpu))
+    pub fn matmul(&self, gpu: &Gpu, id: Id, spec: &MatmulSpec) -> MatmulKernel {
+        self.matmul.get(&id).copied().unwrap_or_else(|| {
+            matmul_candidates(gpu, spec)
+                .first()
+                .copied()
+                .unwrap_or_else(|| MatmulKernel::for_gpu(gpu))
+        })
     }
-}
-
-/// Candidate kernels of one product, the table's default first.
-pub fn matmul_candidates(gpu: &Gpu, _spec: &MatmulSpec) -> Vec<MatmulKernel> {
-    let mut c = vec![MatmulKernel::for_gpu(gpu)];
-    if gpu.windows() && gpu.subgroups() {
-        c.push(MatmulKernel::Subgroup { wg: 64 });
-    }
-    c
 }
 
 /// Scratch operands of a product: A, B, bias, C.
 fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
     Ok([
-        Tensor::zeros(gpu, "tune A", &s.a_shape())?,
-        Tensor::zeros(gpu, "tune B", &s.b_shape())?,
+        Tensor::zeros(gpu, "tune A", &[s.batch * s.m * s.k])?,
+        Tensor::zeros(
+            gpu,
+            "tune B",
+            &[if s.shared_b { 1 } else { s.batch } * s.n * s.k],
+        )?,
         Tensor::zeros(gpu, "tune bias", &[s.n])?,
-        Tensor::zeros(gpu, "tune C", &[s.m, s.n])?,
+        Tensor::zeros(gpu, "tune C", &[s.batch * s.m * s.n])?,
     ])
 }
 
@@ -189,7 +188,7 @@ pub fn choose_layouts(gpu: &Gpu, g: &mut Graph) -> Result<()> {
             continue;
         };
         let spec = matmul_spec(g, id, t)?;
-        if runs_windowed(gpu, &spec) {
+        if spec.batch > 1 || runs_windowed(gpu, &spec) {
             continue;
         }
         let flips = [(true, false), (false, true), (true, true)];

@@ -1,4 +1,5 @@
-//! 2-D convolution, NCHW, stride 1: shaders/conv2d.wgsl, its wrappers and references.
+//! 2-D convolution, NCHW, any stride: shaders/conv2d.wgsl (direct), the implicit-GEMM
+//! kernels on matmul_tiled.wgsl's tiles, their wrappers and references.
 //! B = batch, CI/CO = input/output channels, H x W = input, KH x KW = kernel,
 //! OH x OW = output. dbias is [`super::reduce::sum_outer_inner`] over dy.
 
@@ -7,7 +8,8 @@ use bytemuck::{Pod, Zeroable};
 mod windowed;
 pub use windowed::*;
 
-use super::{dispatch, expect_shape, grid_1d, Dispatch, KernelCall, Shader, LOOP_BUDGET};
+use super::matmul::{tiled, Mode, TileConfig, TiledParams, BIAS_ROW, TRANSPOSE_A, TRANSPOSE_B};
+use super::{dispatch, expect_shape, grid_1d, Dispatch, Family, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -30,20 +32,33 @@ pub struct Conv2dSpec {
     pub kh: usize,
     pub kw: usize,
     pub padding: Padding,
+    /// Step between output positions, both axes (1 = dense).
+    pub stride: usize,
 }
 
 impl Conv2dSpec {
+    /// Top and left zero padding: none for valid; for same, half of what makes
+    /// OH = ceil(H / stride) (the smaller half on top, as TensorFlow).
     pub fn pad(&self) -> (usize, usize) {
+        let (oh, ow) = self.out_hw();
+        let s = self.stride.max(1);
         match self.padding {
             Padding::Valid => (0, 0),
-            Padding::Same => ((self.kh - 1) / 2, (self.kw - 1) / 2),
+            Padding::Same => (
+                ((oh - 1) * s + self.kh).saturating_sub(self.h) / 2,
+                ((ow - 1) * s + self.kw).saturating_sub(self.w) / 2,
+            ),
         }
     }
 
     pub fn out_hw(&self) -> (usize, usize) {
+        let s = self.stride.max(1);
         match self.padding {
-            Padding::Valid => (self.h + 1 - self.kh, self.w + 1 - self.kw),
-            Padding::Same => (self.h, self.w),
+            Padding::Valid => (
+                self.h.saturating_sub(self.kh) / s + 1,
+                self.w.saturating_sub(self.kw) / s + 1,
+            ),
+            Padding::Same => (self.h.div_ceil(s), self.w.div_ceil(s)),
         }
     }
 
@@ -85,7 +100,14 @@ impl Conv2dSpec {
 
     fn validate(&self) -> Result<()> {
         let dims = [
-            self.batch, self.c_in, self.h, self.w, self.c_out, self.kh, self.kw,
+            self.batch,
+            self.c_in,
+            self.h,
+            self.w,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride,
         ];
         if dims.contains(&0) {
             return Err(Error::shape(
@@ -146,7 +168,7 @@ struct Params {
     at_base: u32,
     slices: u32,
     part_row0: u32,
-    _pad: u32,
+    conv_stride: u32,
 }
 
 fn params(s: &Conv2dSpec, flags: u32) -> Params {
@@ -180,7 +202,7 @@ fn params(s: &Conv2dSpec, flags: u32) -> Params {
         at_base: 0,
         slices: 0,
         part_row0: 0,
-        _pad: 0,
+        conv_stride: s.stride as u32,
     }
 }
 
@@ -230,8 +252,128 @@ fn conv_dispatch(
 
 const FORWARD_SUBGROUP: &str = "conv2d_forward_subgroup";
 
-/// y = act(conv2d(x, w) + bias): x [B,CI,H,W], w [CO,CI,KH,KW], bias [CO], y [B,CO,OH,OW].
-/// Uses the subgroup kernel where the adapter has one.
+/// Which conv2d kernel runs (forward, backward_input or backward_weight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conv2dKernel {
+    /// conv2d.wgsl: one invocation per output element; any shape and stride.
+    Direct,
+    /// conv2d_subgroup.wgsl (forward and backward_weight; backward_input has none): eight
+    /// channels per invocation sharing x through subgroup broadcasts; stride 1 only.
+    Subgroup,
+    /// Implicit GEMM on matmul_tiled.wgsl's tiles (the gpu family's kernel for layers with
+    /// at least [`IMPLICIT_GEMM_MIN_C_IN`] input channels): forward M = CO, N = OH*OW,
+    /// K = CI*KH*KW per image; backward_input M = CI, N = H*W, K = CO*KH*KW; backward_weight
+    /// M = CO, N = CI*KH*KW + 1 (dbias), K = the chunk's images x OH*OW.
+    ImplicitGemm(TileConfig),
+}
+
+/// Input channels from which the implicit-GEMM kernels are offered: below, K is shorter
+/// than a tile's step and the direct kernels win (a first layer of one channel).
+pub const IMPLICIT_GEMM_MIN_C_IN: usize = 8;
+
+/// Which pass a candidate list is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    BackwardInput,
+    BackwardWeight,
+}
+
+fn candidates(gpu: &Gpu, s: &Conv2dSpec, pass: Pass) -> Vec<Conv2dKernel> {
+    let subgroup = pass != Pass::BackwardInput && s.stride == 1 && gpu.subgroups();
+    let gemm: Vec<Conv2dKernel> = if s.c_in >= IMPLICIT_GEMM_MIN_C_IN {
+        [
+            TileConfig::new(64, 64, 16, 4, 4),
+            TileConfig::new(32, 32, 16, 4, 4),
+        ]
+        .into_iter()
+        .filter(|t| implicit_gemm_fits(gpu, s, pass, t))
+        .map(Conv2dKernel::ImplicitGemm)
+        .collect()
+    } else {
+        vec![]
+    };
+    let mut out = vec![];
+    match gpu.family() {
+        Family::Gpu => {
+            out.extend(gemm);
+            if subgroup {
+                out.push(Conv2dKernel::Subgroup);
+            }
+            out.push(Conv2dKernel::Direct);
+        }
+        Family::Window | Family::Subgroup => {
+            if subgroup {
+                out.push(Conv2dKernel::Subgroup);
+            }
+            out.push(Conv2dKernel::Direct);
+            out.extend(gemm.into_iter().take(1));
+        }
+        Family::Portable => out.push(Conv2dKernel::Direct),
+    }
+    out
+}
+
+fn implicit_gemm_fits(gpu: &Gpu, s: &Conv2dSpec, pass: Pass, t: &TileConfig) -> bool {
+    let (oh, ow) = s.out_hw();
+    t.check(gpu, "conv2d").is_ok()
+        && (pass != Pass::BackwardWeight || s.weight_chunk() * oh * ow <= t.max_k_chunk(gpu))
+        && s.batch <= gpu.limits.max_compute_workgroups_per_dimension as usize
+}
+
+/// Every forward kernel that can run `s` on `gpu` under [`Gpu::family`], the default first
+/// (the lowering times them and keeps the fastest).
+pub fn conv2d_forward_candidates(gpu: &Gpu, s: &Conv2dSpec) -> Vec<Conv2dKernel> {
+    candidates(gpu, s, Pass::Forward)
+}
+
+/// As [`conv2d_forward_candidates`], for [`conv2d_backward_input`].
+pub fn conv2d_backward_input_candidates(gpu: &Gpu, s: &Conv2dSpec) -> Vec<Conv2dKernel> {
+    candidates(gpu, s, Pass::BackwardInput)
+}
+
+/// As [`conv2d_forward_candidates`], for [`conv2d_backward_weight`].
+pub fn conv2d_backward_weight_candidates(gpu: &Gpu, s: &Conv2dSpec) -> Vec<Conv2dKernel> {
+    candidates(gpu, s, Pass::BackwardWeight)
+}
+
+/// The implicit-GEMM params: the conv geometry on the tiled GEMM's shapes.
+fn gemm_params(s: &Conv2dSpec, [m, n, k]: [usize; 3], flags: u32, batch: usize) -> TiledParams {
+    let (ph, pw) = s.pad();
+    let (oh, ow) = s.out_hw();
+    TiledParams {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags,
+        batch: batch as u32,
+        splits: 1,
+        k_chunk: k as u32,
+        c_batch: (m * n) as u32,
+        c_in: s.c_in as u32,
+        h: s.h as u32,
+        w: s.w as u32,
+        c_out: s.c_out as u32,
+        kh: s.kh as u32,
+        kw: s.kw as u32,
+        pad_h: ph as u32,
+        pad_w: pw as u32,
+        out_h: oh as u32,
+        out_w: ow as u32,
+        stride: s.stride as u32,
+        ..Default::default()
+    }
+}
+
+fn one(op: &str, mut d: Vec<Dispatch>) -> Result<Dispatch> {
+    match d.len() {
+        1 => Ok(d.remove(0)),
+        n => Err(Error::gpu(op, format!("expected one dispatch, built {n}"))),
+    }
+}
+
+/// y = act(conv2d(x, w) + bias): x [B,CI,H,W], w [CO,CI,KH,KW], bias [CO], y [B,CO,OH,OW],
+/// with the default of [`conv2d_forward_candidates`].
 pub fn conv2d_forward(
     gpu: &Gpu,
     s: &Conv2dSpec,
@@ -241,15 +383,19 @@ pub fn conv2d_forward(
     relu: bool,
     y: &Tensor,
 ) -> Result<Dispatch> {
-    conv2d_forward_with(gpu, gpu.subgroups(), s, x, weight, bias, relu, y)
+    let kernel = conv2d_forward_candidates(gpu, s)
+        .into_iter()
+        .next()
+        .unwrap_or(Conv2dKernel::Direct);
+    conv2d_forward_with(gpu, kernel, s, x, weight, bias, relu, y)
 }
 
-/// [`conv2d_forward`] with the kernel chosen by the caller (`subgroup` needs
-/// [`Gpu::subgroups`]).
+/// [`conv2d_forward`] with the kernel chosen by the caller (Subgroup needs
+/// [`Gpu::subgroups`] and stride 1; where its grid is too wide it runs Direct).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_with(
     gpu: &Gpu,
-    subgroup: bool,
+    kernel: Conv2dKernel,
     s: &Conv2dSpec,
     x: &Tensor,
     weight: &Tensor,
@@ -266,11 +412,19 @@ pub fn conv2d_forward_with(
         expect_shape(op, "bias", b, &[s.c_out])?;
     }
     let flags = bias.is_some() as u32 | (relu as u32) << 1;
+    let (oh, ow) = s.out_hw();
+    if let Conv2dKernel::ImplicitGemm(t) = kernel {
+        let gflags = if bias.is_some() { BIAS_ROW } else { 0 } | if relu { 8 } else { 0 };
+        let taps = s.c_in * s.kh * s.kw;
+        let p = gemm_params(s, [s.c_out, oh * ow, taps], gflags, s.batch);
+        let d = tiled(gpu, op, t, Mode::ConvForward, p, weight, x, bias, y)?;
+        return one(op, d);
+    }
+    let subgroup = check_subgroup(gpu, op, kernel, s)?;
     let bias = bias.unwrap_or(gpu.dummy());
     let p = params(s, flags);
     // Seed shapes on lavapipe: 300 ms per batch of 128 with one invocation per output,
     // 46 ms with eight channels per invocation.
-    let (oh, ow) = s.out_hw();
     let groups = (s.batch * oh * ow).div_ceil(64);
     let sg = FORWARD_SUBGROUP;
     match subgroup_call(
@@ -285,6 +439,21 @@ pub fn conv2d_forward_with(
         Some(d) => Ok(d),
         None => conv_call(gpu, op, &p, [x, weight, bias], y),
     }
+}
+
+/// Whether `kernel` is Subgroup, refusing it for a stride other than 1.
+fn check_subgroup(gpu: &Gpu, op: &str, kernel: Conv2dKernel, s: &Conv2dSpec) -> Result<bool> {
+    let subgroup = kernel == Conv2dKernel::Subgroup;
+    if subgroup && (s.stride != 1 || !gpu.subgroups()) {
+        return Err(Error::usage(
+            op,
+            format!(
+                "the subgroup kernel needs stride 1 (got {}) and subgroups of at least 8; use Direct",
+                s.stride
+            ),
+        ));
+    }
+    Ok(subgroup)
 }
 
 /// The subgroup kernel `entry` over `groups` x ceil(CO / 8) workgroups, or None when the
@@ -317,9 +486,26 @@ fn subgroup_call(
     conv_dispatch(gpu, Shader::Conv2dSubgroup, entry, p, ins, out, workgroups).map(Some)
 }
 
-/// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W].
+/// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W], with the default
+/// of [`conv2d_backward_input_candidates`].
 pub fn conv2d_backward_input(
     gpu: &Gpu,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    weight: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    let kernel = conv2d_backward_input_candidates(gpu, s)
+        .into_iter()
+        .next()
+        .unwrap_or(Conv2dKernel::Direct);
+    conv2d_backward_input_with(gpu, kernel, s, dy, weight, dx)
+}
+
+/// [`conv2d_backward_input`] with the kernel chosen by the caller (Direct or ImplicitGemm).
+pub fn conv2d_backward_input_with(
+    gpu: &Gpu,
+    kernel: Conv2dKernel,
     s: &Conv2dSpec,
     dy: &Tensor,
     weight: &Tensor,
@@ -330,12 +516,25 @@ pub fn conv2d_backward_input(
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "weight", weight, &s.w_shape())?;
     expect_shape(op, "dx", dx, &s.x_shape())?;
-    conv_call(gpu, op, &params(s, 0), [dy, weight, weight], dx)
+    match kernel {
+        Conv2dKernel::ImplicitGemm(t) => {
+            let k = s.c_out * s.kh * s.kw;
+            // A (w gathered) is read m-fast: ci runs along a row of w.
+            let p = gemm_params(s, [s.c_in, s.h * s.w, k], TRANSPOSE_A, s.batch);
+            let d = tiled(gpu, op, t, Mode::ConvBackwardInput, p, weight, dy, None, dx)?;
+            one(op, d)
+        }
+        Conv2dKernel::Subgroup => Err(Error::usage(
+            op,
+            "there is no subgroup kernel for the input gradient; use Direct or ImplicitGemm",
+        )),
+        Conv2dKernel::Direct => conv_call(gpu, op, &params(s, 0), [dy, weight, weight], dx),
+    }
 }
 
 /// Partial dweight and dbias sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
 /// part [CHUNKS, CO*CI*KH*KW + CO]; sum the chunks with `reduce::sum_outer_inner`.
-/// Uses the subgroup kernel where the adapter has one.
+/// Uses the default of [`conv2d_backward_weight_candidates`].
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
     s: &Conv2dSpec,
@@ -343,13 +542,17 @@ pub fn conv2d_backward_weight(
     x: &Tensor,
     part: &Tensor,
 ) -> Result<Dispatch> {
-    conv2d_backward_weight_with(gpu, gpu.subgroups(), s, dy, x, part)
+    let kernel = conv2d_backward_weight_candidates(gpu, s)
+        .into_iter()
+        .next()
+        .unwrap_or(Conv2dKernel::Direct);
+    conv2d_backward_weight_with(gpu, kernel, s, dy, x, part)
 }
 
 /// [`conv2d_backward_weight`] with the kernel chosen by the caller.
 pub fn conv2d_backward_weight_with(
     gpu: &Gpu,
-    subgroup: bool,
+    kernel: Conv2dKernel,
     s: &Conv2dSpec,
     dy: &Tensor,
     x: &Tensor,
@@ -360,6 +563,18 @@ pub fn conv2d_backward_weight_with(
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "part", part, &[s.weight_chunks(), s.part_row()])?;
+    let (oh, ow) = s.out_hw();
+    if let Conv2dKernel::ImplicitGemm(t) = kernel {
+        let taps = s.c_in * s.kh * s.kw;
+        // A (dy) is k-fast; B (x gathered) is read k-fast too (along an output row).
+        let mut p = gemm_params(s, [s.c_out, taps + 1, s.batch * oh * ow], TRANSPOSE_B, 1);
+        p.splits = s.weight_chunks() as u32;
+        p.k_chunk = (s.weight_chunk() * oh * ow) as u32;
+        p.c_split = s.part_row() as u32;
+        let d = tiled(gpu, op, t, Mode::ConvBackwardWeight, p, dy, x, None, part)?;
+        return one(op, d);
+    }
+    let subgroup = check_subgroup(gpu, op, kernel, s)?;
     let p = params(s, 0);
     // Seed shapes on lavapipe: 226 ms per batch of 128 with one weight per invocation,
     // 25 ms with 9 taps x 8 channels per subgroup.
@@ -392,12 +607,12 @@ fn for_each_tap(s: &Conv2dSpec, mut f: impl FnMut(usize, usize, usize, usize, us
                 for oy in 0..oh {
                     for ox in 0..ow {
                         for ky in 0..s.kh {
-                            let iy = (oy + ky).wrapping_sub(ph);
+                            let iy = (oy * s.stride + ky).wrapping_sub(ph);
                             if iy >= s.h {
                                 continue;
                             }
                             for kx in 0..s.kw {
-                                let ix = (ox + kx).wrapping_sub(pw);
+                                let ix = (ox * s.stride + kx).wrapping_sub(pw);
                                 if ix >= s.w {
                                     continue;
                                 }

@@ -7,12 +7,21 @@ use super::{dispatch, Dispatch, KernelCall, Shader, LOOP_BUDGET};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 
+mod tiled;
 mod windows;
+use crate::kernels::Family;
 use crate::{Error, Result};
+#[allow(unused_imports)]
+pub(crate) use tiled::{tiled, Mode, TiledParams, BIAS_ROW, TRANSPOSE_A, TRANSPOSE_B};
+pub use tiled::{TileConfig, MAX_SPLITS, TILED_MIN_WORKGROUP_BYTES};
 pub use windows::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
+    /// Independent products: A, B and C are [batch, ...] contiguous (1 = a plain matmul).
+    pub batch: usize,
+    /// With batch > 1, one B for every product (B is then [K, N] or [N, K], not batched).
+    pub shared_b: bool,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -27,6 +36,8 @@ pub struct MatmulSpec {
 impl MatmulSpec {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
         MatmulSpec {
+            batch: 1,
+            shared_b: false,
             m,
             n,
             k,
@@ -53,8 +64,14 @@ impl MatmulSpec {
         }
     }
 
+    /// Elements of B (all of the batch's, or the one shared).
+    pub fn b_len(&self) -> usize {
+        let b = if self.shared_b { 1 } else { self.batch };
+        b * self.n * self.k
+    }
+
     pub fn flops(&self) -> f64 {
-        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+        2.0 * self.batch as f64 * self.m as f64 * self.n as f64 * self.k as f64
     }
 }
 
@@ -83,6 +100,10 @@ pub enum MatmulKernel {
     /// per block of C and chunk of K (see [`windows`]); Subgroup where the operands' layouts
     /// do not cut into windows.
     Window { wg: u32 },
+    /// matmul_tiled.wgsl: BM x BN blocks staged through workgroup memory, a TM x TN register
+    /// tile per invocation, split-K with a deterministic reduce pass; batched. The GPU
+    /// family's kernel.
+    Tiled(TileConfig),
 }
 
 impl MatmulKernel {
@@ -92,7 +113,9 @@ impl MatmulKernel {
     /// On CPU adapters uniform-buffer loads are ~10x cheaper than storage loads, so the
     /// window kernel runs the Dense shapes at ~11 GFLOP/s; GPUs keep storage buffers.
     pub fn for_gpu(gpu: &Gpu) -> MatmulKernel {
-        if gpu.windows() {
+        if gpu.family() == Family::Gpu {
+            MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4))
+        } else if gpu.windows() {
             MatmulKernel::Window { wg: 64 }
         } else if gpu.subgroups() {
             MatmulKernel::Subgroup { wg: 64 }
@@ -113,6 +136,10 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
+    _pad: u32,
 }
 
 /// Params of matmul_subgroup.wgsl: one block of C, operands addressed by strides.
@@ -147,8 +174,21 @@ fn check(
     c: &Tensor,
 ) -> Result<()> {
     let op = "matmul";
-    if spec.m == 0 || spec.n == 0 || spec.k == 0 {
+    if spec.m == 0 || spec.n == 0 || spec.k == 0 || spec.batch == 0 {
         return Err(Error::shape(op, format!("empty product {spec:?}")));
+    }
+    if spec.shared_b && spec.batch == 1 {
+        return Err(Error::shape(
+            op,
+            format!("shared_b needs batch > 1 in {spec:?}"),
+        ));
+    }
+    let big = (spec.batch * spec.m.max(spec.n) * spec.k).max(spec.batch * spec.m * spec.n);
+    if big > u32::MAX as usize {
+        return Err(Error::shape(
+            op,
+            format!("{spec:?} has more than 2^32 elements in an operand; split the batch"),
+        ));
     }
     let want = |name: &str, t: &Tensor, shape: &[usize]| -> Result<()> {
         if t.numel() != shape.iter().product::<usize>() {
@@ -162,9 +202,12 @@ fn check(
         }
         Ok(())
     };
-    want("A", a, &spec.a_shape())?;
-    want("B", b, &spec.b_shape())?;
-    want("C", c, &[spec.m, spec.n])?;
+    let bt = spec.batch;
+    let [a0, a1] = spec.a_shape();
+    let [b0, b1] = spec.b_shape();
+    want("A", a, &[bt, a0, a1])?;
+    want("B", b, &[spec.b_len() / (b0 * b1), b0, b1])?;
+    want("C", c, &[bt, spec.m, spec.n])?;
     match (spec.bias, bias) {
         (true, Some(t)) => want("bias", t, &[spec.n]),
         (false, None) => Ok(()),
@@ -182,7 +225,90 @@ pub fn matmul(
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    matmul_with(gpu, spec, MatmulKernel::for_gpu(gpu), a, b, bias, c)
+    let kernel =
+        matmul_candidates(gpu, spec)
+            .into_iter()
+            .next()
+            .unwrap_or(MatmulKernel::RegisterTile(Tiles {
+                wg: 64,
+                tm: 4,
+                tn: 4,
+            }));
+    matmul_with(gpu, spec, kernel, a, b, bias, c)
+}
+
+/// Every kernel (with its tiles and splits) that can run `spec` on `gpu` under
+/// [`Gpu::family`], the default first: what the lowering times to keep the fastest.
+/// gpu: tiled configurations (split-K first where M x N is small and K large), then the
+/// register tiles; window: window, subgroup, register tiles; subgroup: subgroup, register
+/// tiles; portable: register tiles. The subgroup and window kernels decline batches.
+pub fn matmul_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
+    let register = MatmulKernel::RegisterTile(Tiles {
+        wg: 64,
+        tm: 4,
+        tn: 4,
+    });
+    let single = spec.batch == 1;
+    let subgroup = MatmulKernel::Subgroup { wg: 64 };
+    let mut out = vec![];
+    match gpu.family() {
+        Family::Gpu => {
+            out.extend(tiled_candidates(gpu, spec));
+            out.push(register);
+            if single && gpu.subgroups() {
+                out.push(subgroup);
+            }
+        }
+        Family::Window => {
+            if single {
+                out.extend([MatmulKernel::Window { wg: 64 }, subgroup]);
+            }
+            out.push(register);
+            out.extend(tiled_candidates(gpu, spec).into_iter().take(1));
+        }
+        Family::Subgroup => {
+            if single {
+                out.push(subgroup);
+            }
+            out.push(register);
+            out.extend(tiled_candidates(gpu, spec).into_iter().take(1));
+        }
+        Family::Portable => out.push(register),
+    }
+    out.retain(|k| match k {
+        MatmulKernel::Tiled(t) => t.check(gpu, "matmul").is_ok(),
+        MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. } => spec.k <= LOOP_BUDGET,
+        MatmulKernel::Window { .. } => true,
+    });
+    out
+}
+
+/// Tiled configurations for `spec`, the default first: 128 x 128 blocks of 8 x 8 for big
+/// products, 64 x 64 of 4 x 4 otherwise, split-K on 32 x 32 blocks when fewer than 64
+/// blocks of 64 x 64 would run and K >= 1024 (Dense1 of the seed CNN: 128 x 128 x 5408).
+fn tiled_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
+    let mid = TileConfig::new(64, 64, 16, 4, 4);
+    let big = TileConfig::new(128, 128, 8, 8, 8);
+    let small = TileConfig::new(32, 32, 16, 4, 4);
+    let blocks = |t: &TileConfig| {
+        spec.batch * spec.m.div_ceil(t.bm as usize) * spec.n.div_ceil(t.bn as usize)
+    };
+    // Splits that bring the 32 x 32 grid to ~256 workgroups, K per split at least 256.
+    let splits = (256 / blocks(&small).max(1))
+        .min(spec.k / 256)
+        .clamp(1, MAX_SPLITS as usize) as u32;
+    let split = TileConfig { splits, ..small };
+    let mut out = if blocks(&mid) < 64 && spec.k >= 1024 && splits > 1 {
+        vec![split, small, mid]
+    } else if spec.m >= 512 && spec.n >= 512 {
+        vec![big, mid]
+    } else {
+        vec![mid, small]
+    };
+    if gpu.limits.max_compute_workgroup_storage_size < TILED_MIN_WORKGROUP_BYTES {
+        out.clear();
+    }
+    out.into_iter().map(MatmulKernel::Tiled).collect()
 }
 
 pub fn matmul_with(
@@ -195,7 +321,36 @@ pub fn matmul_with(
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     check(spec, a, b, bias, c)?;
+    if let MatmulKernel::Tiled(t) = kernel {
+        let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
+        let flags = spec.transpose_a as u32 * TRANSPOSE_A
+            | spec.transpose_b as u32 * TRANSPOSE_B
+            | if spec.bias { BIAS } else { 0 }
+            | if spec.relu { RELU } else { 0 };
+        let p = TiledParams {
+            m,
+            n,
+            k,
+            flags,
+            batch: spec.batch as u32,
+            a_batch: m * k,
+            b_batch: if spec.shared_b { 0 } else { n * k },
+            c_batch: m * n,
+            ..Default::default()
+        };
+        return tiled(gpu, "matmul", t, Mode::Matmul, p, a, b, bias, c);
+    }
+    if spec.batch > 1 && !matches!(kernel, MatmulKernel::RegisterTile(_)) {
+        return Err(Error::usage(
+            "matmul kernel",
+            format!(
+                "{kernel:?} runs single products only; use Tiled or RegisterTile for batch {}",
+                spec.batch
+            ),
+        ));
+    }
     match kernel {
+        MatmulKernel::Tiled(_) => {}
         MatmulKernel::RegisterTile(t) => {
             if t.tm == 0 || t.tn == 0 || t.tm > Tiles::MAX_TM || t.tn > Tiles::MAX_TN {
                 return Err(Error::usage(
@@ -220,6 +375,15 @@ pub fn matmul_with(
         },
         k => k,
     };
+    let (a_batch, b_batch, c_batch) = (
+        (spec.m * spec.k) as u32,
+        if spec.shared_b {
+            0
+        } else {
+            (spec.n * spec.k) as u32
+        },
+        (spec.m * spec.n) as u32,
+    );
     if spec.k > LOOP_BUDGET {
         return Err(Error::Limit {
             op: "matmul".into(),
@@ -234,7 +398,16 @@ pub fn matmul_with(
     let (shader, entry, params, workgroups, constants) = match kernel {
         MatmulKernel::RegisterTile(t) => {
             let flags = spec.transpose_a as u32 | (spec.transpose_b as u32) << 1 | epilogue;
-            let params = Params { m, n, k, flags };
+            let params = Params {
+                m,
+                n,
+                k,
+                flags,
+                a_batch,
+                b_batch,
+                c_batch,
+                _pad: 0,
+            };
             (
                 Shader::Matmul,
                 "matmul",
@@ -242,7 +415,7 @@ pub fn matmul_with(
                 [
                     spec.n.div_ceil((t.wg * t.tn) as usize) as u32,
                     spec.m.div_ceil(t.tm as usize) as u32,
-                    1,
+                    spec.batch as u32,
                 ],
                 vec![
                     ("WG", t.wg as f64),
@@ -251,6 +424,7 @@ pub fn matmul_with(
                 ],
             )
         }
+        MatmulKernel::Tiled(_) => unreachable!("handled above"),
         MatmulKernel::Subgroup { wg } | MatmulKernel::Window { wg } => {
             // One block: the whole product, operands addressed by strides.
             let (a_m, a_k) = if spec.transpose_a { (1, m) } else { (k, 1) };
@@ -301,37 +475,41 @@ fn subgroup_grid(m: usize, n: usize, wg: u32) -> [u32; 3] {
     [n.div_ceil(2 * wg as usize) as u32, m.div_ceil(32) as u32, 1]
 }
 
-/// CPU reference of [`matmul`], accumulating in f64.
+/// CPU reference of [`matmul`], accumulating in f64: [batch, M, N].
 pub fn matmul_ref(spec: &MatmulSpec, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let (m, n, k) = (spec.m, spec.n, spec.k);
-    let op_a = |i: usize, kk: usize| {
-        if spec.transpose_a {
-            a[kk * m + i]
-        } else {
-            a[i * k + kk]
-        }
-    };
-    let op_b = |kk: usize, j: usize| {
-        if spec.transpose_b {
-            b[j * k + kk]
-        } else {
-            b[kk * n + j]
-        }
-    };
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let mut acc = 0.0;
-            for kk in 0..k {
-                acc += op_a(i, kk) * op_b(kk, j);
+    let mut c = vec![0.0; spec.batch * m * n];
+    for bi in 0..spec.batch {
+        let a = &a[bi * m * k..];
+        let b = &b[if spec.shared_b { 0 } else { bi * n * k }..];
+        let op_a = |i: usize, kk: usize| {
+            if spec.transpose_a {
+                a[kk * m + i]
+            } else {
+                a[i * k + kk]
             }
-            if let Some(bias) = bias {
-                acc += bias[j];
+        };
+        let op_b = |kk: usize, j: usize| {
+            if spec.transpose_b {
+                b[j * k + kk]
+            } else {
+                b[kk * n + j]
             }
-            if spec.relu {
-                acc = acc.max(0.0);
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0;
+                for kk in 0..k {
+                    acc += op_a(i, kk) * op_b(kk, j);
+                }
+                if let Some(bias) = bias {
+                    acc += bias[j];
+                }
+                if spec.relu {
+                    acc = acc.max(0.0);
+                }
+                c[(bi * m + i) * n + j] = acc;
             }
-            c[i * n + j] = acc;
         }
     }
     c

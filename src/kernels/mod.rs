@@ -8,8 +8,11 @@ use crate::gpu::{Access, Gpu, Pipeline};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+pub use family::Family;
+
 pub mod activation;
 pub mod conv2d;
+pub mod family;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
@@ -29,6 +32,7 @@ pub enum Shader {
     Gather,
     Transpose,
     Matmul,
+    MatmulTiled,
     MatmulSubgroup,
     Conv2d,
     Conv2dSubgroup,
@@ -40,10 +44,11 @@ pub enum Shader {
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
+        Shader::MatmulTiled,
         Shader::MatmulSubgroup,
         Shader::Conv2d,
         Shader::Conv2dSubgroup,
@@ -59,6 +64,7 @@ impl Shader {
             Shader::Gather => "shaders/gather.wgsl",
             Shader::Transpose => "shaders/transpose.wgsl",
             Shader::Matmul => "shaders/matmul.wgsl",
+            Shader::MatmulTiled => "shaders/matmul_tiled.wgsl",
             Shader::MatmulSubgroup => "shaders/matmul_subgroup.wgsl",
             Shader::Conv2d => "shaders/conv2d.wgsl",
             Shader::Conv2dSubgroup => "shaders/conv2d_subgroup.wgsl",
@@ -75,6 +81,7 @@ impl Shader {
             Shader::Gather => include_str!("../../shaders/gather.wgsl"),
             Shader::Transpose => include_str!("../../shaders/transpose.wgsl"),
             Shader::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Shader::MatmulTiled => include_str!("../../shaders/matmul_tiled.wgsl"),
             Shader::MatmulSubgroup => include_str!("../../shaders/matmul_subgroup.wgsl"),
             Shader::Conv2d => include_str!("../../shaders/conv2d.wgsl"),
             Shader::Conv2dSubgroup => include_str!("../../shaders/conv2d_subgroup.wgsl"),
@@ -97,6 +104,7 @@ impl Shader {
             Shader::Gather => &["gather_batch", "gather_rows_f32"],
             Shader::Transpose => &["transpose"],
             Shader::Matmul => &["matmul"],
+            Shader::MatmulTiled => &["matmul_tiled", "matmul_split_reduce"],
             Shader::MatmulSubgroup => &["matmul_subgroup", "matmul_window"],
             Shader::Conv2d => &[
                 "conv2d_forward",

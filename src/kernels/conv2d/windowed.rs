@@ -68,6 +68,10 @@ fn windowed(
     pool: Option<(&PoolSpec, &Tensor)>,
 ) -> Result<Option<Vec<Dispatch>>> {
     s.validate()?;
+    // The window kernels are stride-1 kernels.
+    if s.stride != 1 {
+        return Ok(None);
+    }
     let op = "conv2d_forward";
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "weight", weight, &s.w_shape())?;
@@ -152,7 +156,7 @@ pub fn relu_pool_weight_plan(gpu: &Gpu, s: &Conv2dSpec, pool: &PoolSpec) -> Opti
     let cap = (WINDOW_BYTES - align) as usize / 4;
     let [_, co, ph, pw] = pool.y_shape();
     let images = (cap / (s.c_in * s.h * s.w)).min(cap / (co * ph * pw));
-    if images == 0 || !gpu.subgroups() {
+    if images == 0 || !gpu.subgroups() || s.stride != 1 {
         return None;
     }
     // ~512 invocations a dispatch; never more slices than positions.
