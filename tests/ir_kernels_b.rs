@@ -1,0 +1,289 @@
+//! The graph IR's part-B kernels against their CPU references (f64) on random data and
+//! awkward shapes (1, primes, rows longer than a workgroup, a row of 1), and
+//! finite-difference checks of every backward rule (on the f64 references, which the GPU
+//! backward kernels are then held to).
+
+mod common;
+
+use common::{assert_close, gpu};
+use shadergrad::gpu::Gpu;
+use shadergrad::kernels::softmax::*;
+use shadergrad::kernels::{f64s, run};
+use shadergrad::rng::Rng;
+use shadergrad::tensor::Tensor;
+
+fn upload(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::from_f32(gpu, "test input", shape, data).unwrap()
+}
+
+fn zeros(gpu: &Gpu, shape: &[usize]) -> Tensor {
+    Tensor::zeros(gpu, "test output", shape).unwrap()
+}
+
+/// Central differences of the scalar `f` at `x` against the analytic gradient `grad`, at
+/// up to 40 coordinates spread over x: |fd - grad| <= 1e-6 + 1e-5 |grad|.
+fn fd_check(what: &str, f: impl Fn(&[f64]) -> f64, x: &[f64], grad: &[f64]) {
+    let h = 1e-6;
+    let step = (x.len() / 40).max(1);
+    for i in (0..x.len()).step_by(step) {
+        let mut xp = x.to_vec();
+        xp[i] += h;
+        let mut xm = x.to_vec();
+        xm[i] -= h;
+        let fd = (f(&xp) - f(&xm)) / (2.0 * h);
+        assert!(
+            (fd - grad[i]).abs() <= 1e-6 + 1e-5 * grad[i].abs(),
+            "{what}: d/dx[{i}] finite difference {fd} vs backward {}",
+            grad[i]
+        );
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+// ---- softmax -------------------------------------------------------------------------------
+
+fn softmax_specs() -> Vec<SoftmaxSpec> {
+    let s = |rows, cols, causal, log, lanes| SoftmaxSpec {
+        rows,
+        cols,
+        causal,
+        log,
+        lanes,
+    };
+    vec![
+        s(1, 1, None, false, 0),
+        s(1, 7, None, false, 0),
+        s(3, 1, None, true, 0),
+        s(5, 13, None, false, 1),
+        s(5, 13, None, true, 8),
+        s(37, 300, None, false, 0),
+        s(37, 300, None, false, 256),
+        s(7, 1000, None, true, 32),
+        s(2 * 17, 17, Some(17), false, 0),
+        s(2 * 17, 17, Some(17), false, 16),
+        s(3 * 4 * 64, 64, Some(64), false, 0),
+        s(6, 5, Some(3), false, 4),
+        s(131, 65, None, false, 64),
+    ]
+}
+
+#[test]
+fn softmax_rows_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(11);
+    for s in softmax_specs() {
+        let n = s.rows * s.cols;
+        let mut x = rng.uniform_vec(n, -4.0, 4.0);
+        x[0] = 90.0; // large logits stay finite
+        let dy = rng.uniform_vec(n, -1.0, 1.0);
+        let (tx, tdy) = (upload(gpu, &[s.rows, s.cols], &x), upload(gpu, &[n], &dy));
+        let tdy = tdy.view(0, &[s.rows, s.cols]);
+        let (y, dx) = (zeros(gpu, &[s.rows, s.cols]), zeros(gpu, &[s.rows, s.cols]));
+        let f = softmax_rows(gpu, &s, &tx, &y).unwrap();
+        let b = softmax_rows_backward(gpu, &s, &y, &tdy, &dx).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        let want_y = softmax_rows_ref(&s, &f64s(&x));
+        let got_y = y.to_f32(gpu).unwrap();
+        let what = format!("{s:?}");
+        assert_close(&format!("{what} y"), &got_y, &want_y, 1e-5, 1e-6);
+        assert_close(
+            &format!("{what} dx"),
+            &dx.to_f32(gpu).unwrap(),
+            &softmax_rows_backward_ref(&s, &f64s(&got_y), &f64s(&dy)),
+            1e-4,
+            1e-6,
+        );
+        if let Some(t) = s.causal {
+            for (i, &v) in got_y.iter().enumerate() {
+                let (r, j) = (i / s.cols, i % s.cols);
+                if j > r % t {
+                    assert_eq!(v, 0.0, "{what}: masked y[{r}, {j}]");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_rows_backward_matches_finite_differences() {
+    let mut rng = Rng::new(12);
+    for s in softmax_specs()
+        .into_iter()
+        .filter(|s| s.rows * s.cols <= 2000)
+    {
+        let x = f64s(&rng.uniform_vec(s.rows * s.cols, -3.0, 3.0));
+        let w = f64s(&rng.uniform_vec(s.rows * s.cols, -1.0, 1.0));
+        // L = sum w * softmax(x): dL/dy = w.
+        let y = softmax_rows_ref(&s, &x);
+        let dx = softmax_rows_backward_ref(&s, &y, &w);
+        fd_check(
+            &format!("{s:?}"),
+            |x| dot(&softmax_rows_ref(&s, x), &w),
+            &x,
+            &dx,
+        );
+    }
+}
+
+#[test]
+fn softmax_rows_is_deterministic_and_refuses_bad_specs() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(13);
+    let s = SoftmaxSpec {
+        lanes: 64,
+        ..SoftmaxSpec::new(9, 333)
+    };
+    let x = upload(gpu, &[9, 333], &rng.uniform_vec(9 * 333, -3.0, 3.0));
+    let runs: Vec<Vec<f32>> = (0..2)
+        .map(|_| {
+            let y = zeros(gpu, &[9, 333]);
+            run(gpu, &[&softmax_rows(gpu, &s, &x, &y).unwrap()]).unwrap();
+            y.to_f32(gpu).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        runs[0].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        runs[1].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let y = zeros(gpu, &[9, 333]);
+    let bad = [
+        SoftmaxSpec::new(9, 332),
+        SoftmaxSpec {
+            causal: Some(4),
+            ..SoftmaxSpec::new(9, 333)
+        },
+        SoftmaxSpec {
+            causal: Some(9),
+            log: true,
+            ..SoftmaxSpec::new(9, 333)
+        },
+        SoftmaxSpec {
+            lanes: 3,
+            ..SoftmaxSpec::new(9, 333)
+        },
+        SoftmaxSpec {
+            lanes: 1,
+            ..SoftmaxSpec::new(1, 9 * 333)
+        },
+    ];
+    for s in bad {
+        let err = softmax_rows(gpu, &s, &x, &y).err();
+        assert!(err.is_some(), "{s:?} accepted");
+        eprintln!("{s:?}: {}", err.unwrap());
+    }
+    // One row of 20,000 columns: one lane would pass the loop budget, so lanes are added.
+    let long = SoftmaxSpec::new(1, 20_000);
+    let xl = rng.uniform_vec(20_000, -3.0, 3.0);
+    let (tx, y) = (upload(gpu, &[1, 20_000], &xl), zeros(gpu, &[1, 20_000]));
+    run(gpu, &[&softmax_rows(gpu, &long, &tx, &y).unwrap()]).unwrap();
+    assert_close(
+        "softmax 1 x 20000",
+        &y.to_f32(gpu).unwrap(),
+        &softmax_rows_ref(&long, &f64s(&xl)),
+        1e-4,
+        1e-9,
+    );
+}
+
+// ---- token cross-entropy -------------------------------------------------------------------
+
+#[test]
+fn token_cross_entropy_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(14);
+    for (rows, classes, lanes) in [
+        (1, 1, 0),
+        (1, 65, 0),
+        (7, 3, 4),
+        (64 * 3, 65, 0),
+        (13, 300, 256),
+        (129, 256, 32),
+        (5, 1, 1),
+    ] {
+        let s = CrossEntropySpec {
+            rows,
+            classes,
+            lanes,
+        };
+        let mut z = rng.uniform_vec(rows * classes, -5.0, 5.0);
+        z[0] = 80.0;
+        let mut target: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+        if rows > 2 {
+            target[1] = classes as u32 + 5; // no class: loss 0, gradient 0
+        }
+        let g = 0.37; // the incoming gradient: the rule must chain it
+        let tz = upload(gpu, &[rows, classes], &z);
+        let tt = Tensor::from_u32(gpu, "target", &[rows], &target).unwrap();
+        let tg = upload(gpu, &[1], &[g]);
+        let (loss, lse, dz) = (
+            zeros(gpu, &[rows]),
+            zeros(gpu, &[rows]),
+            zeros(gpu, &[rows, classes]),
+        );
+        let f = token_cross_entropy(gpu, &s, &tz, &tt, &loss, &lse).unwrap();
+        let b = token_cross_entropy_backward(gpu, &s, &tz, &tt, &lse, &tg, &dz).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        let (want_loss, want_lse) = token_cross_entropy_ref(classes, &f64s(&z), &target);
+        let what = format!("{s:?}");
+        assert_close(
+            &format!("{what} loss"),
+            &loss.to_f32(gpu).unwrap(),
+            &want_loss,
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} lse"),
+            &lse.to_f32(gpu).unwrap(),
+            &want_lse,
+            1e-6,
+            1e-5,
+        );
+        let want_dz = token_cross_entropy_backward_ref(classes, &f64s(&z), &target, g as f64);
+        assert_close(
+            &format!("{what} dz"),
+            &dz.to_f32(gpu).unwrap(),
+            &want_dz,
+            1e-4,
+            1e-7,
+        );
+    }
+}
+
+#[test]
+fn token_cross_entropy_backward_matches_finite_differences() {
+    let mut rng = Rng::new(15);
+    for (rows, classes) in [(1, 1), (3, 7), (11, 5)] {
+        let z = f64s(&rng.uniform_vec(rows * classes, -3.0, 3.0));
+        let mut target: Vec<u32> = (0..rows).map(|_| rng.below(classes) as u32).collect();
+        target[0] = classes as u32; // no class
+        let g = -1.7;
+        // L = g * mean_n loss[n]
+        let loss = |z: &[f64]| {
+            let (l, _) = token_cross_entropy_ref(classes, z, &target);
+            g * l.iter().sum::<f64>() / rows as f64
+        };
+        let dz = token_cross_entropy_backward_ref(classes, &z, &target, g);
+        fd_check(&format!("xent {rows}x{classes}"), loss, &z, &dz);
+    }
+}
+
+#[test]
+fn token_cross_entropy_refuses_bad_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let s = CrossEntropySpec {
+        rows: 4,
+        classes: 5,
+        lanes: 0,
+    };
+    let z = zeros(gpu, &[4, 5]);
+    let t = Tensor::from_u32(gpu, "t", &[3], &[0, 1, 2]).unwrap();
+    let (l, lse) = (zeros(gpu, &[4]), zeros(gpu, &[4]));
+    let e = token_cross_entropy(gpu, &s, &z, &t, &l, &lse)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("token_xent_forward"), "{e}");
+}
