@@ -7,6 +7,7 @@ mod common;
 
 use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
+use shadergrad::kernels::layernorm::*;
 use shadergrad::kernels::softmax::*;
 use shadergrad::kernels::{f64s, run};
 use shadergrad::rng::Rng;
@@ -286,4 +287,167 @@ fn token_cross_entropy_refuses_bad_shapes() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("token_xent_forward"), "{e}");
+}
+
+// ---- layer norm ----------------------------------------------------------------------------
+
+#[test]
+fn layer_norm_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(21);
+    for (rows, cols, lanes) in [
+        (1, 1, 0),
+        (1, 7, 0),
+        (3, 1, 4),
+        (5, 13, 1),
+        (64, 128, 0),
+        (65, 128, 32),
+        (129, 300, 256),
+        (64 * 3 + 1, 31, 0),
+        (17, 1000, 64),
+    ] {
+        let s = LayerNormSpec {
+            lanes,
+            ..LayerNormSpec::new(rows, cols)
+        };
+        let n = rows * cols;
+        let mut x = rng.uniform_vec(n, -2.0, 2.0);
+        for v in x.iter_mut().take(cols) {
+            *v += 50.0; // a large offset: the two-pass variance must not cancel
+        }
+        let gamma = rng.uniform_vec(cols, 0.5, 1.5);
+        let beta = rng.uniform_vec(cols, -1.0, 1.0);
+        let dy = rng.uniform_vec(n, -1.0, 1.0);
+        let (tx, tg, tb, tdy) = (
+            upload(gpu, &[rows, cols], &x),
+            upload(gpu, &[cols], &gamma),
+            upload(gpu, &[cols], &beta),
+            upload(gpu, &[rows, cols], &dy),
+        );
+        let (y, dx) = (zeros(gpu, &[rows, cols]), zeros(gpu, &[rows, cols]));
+        let (mean, rstd) = (zeros(gpu, &[rows]), zeros(gpu, &[rows]));
+        // dgamma and dbeta as neighbouring views of one buffer, as in a flat gradient buffer.
+        let at = cols.next_multiple_of(64); // 256-byte aligned
+        let grads = zeros(gpu, &[at + cols]);
+        let (dgamma, dbeta) = (grads.view(0, &[cols]), grads.view(at, &[cols]));
+        let partial = zeros(gpu, &[s.partial_len().max(1)]);
+        let stats = LayerNormStats {
+            mean: &mean,
+            rstd: &rstd,
+        };
+        let pgrads = LayerNormParamGrads {
+            dgamma: &dgamma,
+            dbeta: &dbeta,
+            partial: (s.partial_len() > 0).then_some(&partial),
+        };
+        let mut ds = vec![
+            layer_norm(gpu, &s, &tx, &tg, &tb, &y, &stats).unwrap(),
+            layer_norm_backward_input(gpu, &s, &tx, &tg, &stats, &tdy, &dx).unwrap(),
+        ];
+        ds.extend(layer_norm_backward_params(gpu, &s, &tx, &stats, &tdy, &pgrads).unwrap());
+        run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+        let (x64, g64) = (f64s(&x), f64s(&gamma));
+        let (want_y, want_mean, want_rstd) = layer_norm_ref(&s, &x64, &g64, &f64s(&beta));
+        let (want_dx, want_dg, want_db) = layer_norm_backward_ref(&s, &x64, &g64, &f64s(&dy));
+        let what = format!("{s:?}");
+        let y_got = y.to_f32(gpu).unwrap();
+        assert_close(&format!("{what} y"), &y_got, &want_y, 1e-4, 1e-4);
+        assert_close(
+            &format!("{what} mean"),
+            &mean.to_f32(gpu).unwrap(),
+            &want_mean,
+            1e-5,
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} rstd"),
+            &rstd.to_f32(gpu).unwrap(),
+            &want_rstd,
+            1e-3,
+            1e-5,
+        );
+        assert_close(
+            &format!("{what} dx"),
+            &dx.to_f32(gpu).unwrap(),
+            &want_dx,
+            1e-3,
+            1e-4,
+        );
+        let atol = 1e-5 * rows as f64;
+        assert_close(
+            &format!("{what} dgamma"),
+            &dgamma.to_f32(gpu).unwrap(),
+            &want_dg,
+            1e-4,
+            atol,
+        );
+        assert_close(
+            &format!("{what} dbeta"),
+            &dbeta.to_f32(gpu).unwrap(),
+            &want_db,
+            1e-4,
+            atol,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_backward_matches_finite_differences() {
+    let mut rng = Rng::new(22);
+    for (rows, cols) in [(1, 1), (1, 5), (4, 7), (3, 16)] {
+        let s = LayerNormSpec::new(rows, cols);
+        let x = f64s(&rng.uniform_vec(rows * cols, -2.0, 2.0));
+        let gamma = f64s(&rng.uniform_vec(cols, 0.5, 1.5));
+        let beta = f64s(&rng.uniform_vec(cols, -1.0, 1.0));
+        let w = f64s(&rng.uniform_vec(rows * cols, -1.0, 1.0));
+        let (dx, dgamma, dbeta) = layer_norm_backward_ref(&s, &x, &gamma, &w);
+        let what = format!("{s:?}");
+        let l = |x: &[f64], g: &[f64], b: &[f64]| dot(&layer_norm_ref(&s, x, g, b).0, &w);
+        fd_check(&format!("{what} dx"), |x| l(x, &gamma, &beta), &x, &dx);
+        fd_check(
+            &format!("{what} dgamma"),
+            |g| l(&x, g, &beta),
+            &gamma,
+            &dgamma,
+        );
+        fd_check(
+            &format!("{what} dbeta"),
+            |b| l(&x, &gamma, b),
+            &beta,
+            &dbeta,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_refuses_bad_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let s = LayerNormSpec::new(200, 8);
+    let x = zeros(gpu, &[200, 8]);
+    let (mean, rstd, g) = (zeros(gpu, &[200]), zeros(gpu, &[200]), zeros(gpu, &[8]));
+    let stats = LayerNormStats {
+        mean: &mean,
+        rstd: &rstd,
+    };
+    let wrong = zeros(gpu, &[7]);
+    assert!(layer_norm(gpu, &s, &x, &wrong, &g, &x.clone(), &stats).is_err());
+    // 200 rows make 4 blocks: the partial scratch is required.
+    let grads = LayerNormParamGrads {
+        dgamma: &g,
+        dbeta: &wrong,
+        partial: None,
+    };
+    let e = layer_norm_backward_params(gpu, &s, &x, &stats, &x, &grads)
+        .err()
+        .unwrap();
+    eprintln!("{e}");
+    let grads = LayerNormParamGrads {
+        dgamma: &g,
+        dbeta: &g.clone(),
+        partial: None,
+    };
+    let e = layer_norm_backward_params(gpu, &s, &x, &stats, &x, &grads)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("partial_len"), "{e}");
 }

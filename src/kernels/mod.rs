@@ -11,6 +11,7 @@ use crate::{Error, Result};
 pub mod activation;
 pub mod conv2d;
 pub mod gather;
+pub mod layernorm;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
@@ -39,10 +40,11 @@ pub enum Shader {
     Reduce,
     Optim,
     Softmax,
+    LayerNorm,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -55,6 +57,7 @@ impl Shader {
         Shader::Reduce,
         Shader::Optim,
         Shader::Softmax,
+        Shader::LayerNorm,
     ];
 
     pub fn file(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Shader {
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::Optim => "shaders/optim.wgsl",
             Shader::Softmax => "shaders/softmax.wgsl",
+            Shader::LayerNorm => "shaders/layernorm.wgsl",
         }
     }
 
@@ -88,6 +92,7 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
         }
     }
 
@@ -140,6 +145,12 @@ impl Shader {
                 "softmax_rows_backward",
                 "token_xent_forward",
                 "token_xent_backward",
+            ],
+            Shader::LayerNorm => &[
+                "layer_norm_forward",
+                "layer_norm_backward_input",
+                "layer_norm_backward_params",
+                "layer_norm_sum_blocks",
             ],
         }
     }
