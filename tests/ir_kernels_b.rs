@@ -7,6 +7,7 @@ mod common;
 
 use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
+use shadergrad::kernels::embedding::*;
 use shadergrad::kernels::layernorm::*;
 use shadergrad::kernels::softmax::*;
 use shadergrad::kernels::{f64s, run};
@@ -450,4 +451,161 @@ fn layer_norm_refuses_bad_shapes() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("partial_len"), "{e}");
+}
+
+// ---- embedding -----------------------------------------------------------------------------
+
+/// (table, idx, dy, y, dtable, scratch) on the GPU for `idx` of shape [B, T].
+fn embedding_case(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    vocab: usize,
+    dim: usize,
+    bt: [usize; 2],
+    idx: &[u32],
+) -> (Vec<f32>, Vec<f32>, [Tensor; 6]) {
+    let n = bt[0] * bt[1];
+    let table = rng.uniform_vec(vocab * dim, -1.0, 1.0);
+    let dy = rng.uniform_vec(n * dim, -1.0, 1.0);
+    let tensors = [
+        upload(gpu, &[vocab, dim], &table),
+        Tensor::from_u32(gpu, "idx", &bt, idx).unwrap(),
+        upload(gpu, &[bt[0], bt[1], dim], &dy),
+        zeros(gpu, &[bt[0], bt[1], dim]),
+        zeros(gpu, &[vocab, dim]),
+        zeros(gpu, &[embedding_scratch_len(vocab, n)]),
+    ];
+    (table, dy, tensors)
+}
+
+#[test]
+fn embedding_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(31);
+    for (vocab, dim, bt) in [
+        (1, 1, [1, 1]),
+        (7, 3, [1, 13]),
+        (65, 128, [3, 64]),
+        (5, 7, [4, 250]),      // many repeats of each row
+        (300, 1, [2, 17]),     // most rows unused
+        (512, 256, [64, 128]), // the size the brief names
+    ] {
+        let n = bt[0] * bt[1];
+        let mut idx: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+        if n > 3 {
+            idx[1] = vocab as u32; // out of range: zero row, no gradient
+            idx[2] = u32::MAX;
+        }
+        let (table, dy, [tt, ti, tdy, y, dtable, scratch]) =
+            embedding_case(gpu, &mut rng, vocab, dim, bt, &idx);
+        let mut ds = vec![embedding(gpu, &tt, &ti, &y).unwrap()];
+        ds.extend(embedding_backward(gpu, &ti, &tdy, &scratch, &dtable).unwrap());
+        run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+        let what = format!("V={vocab} D={dim} N={n}");
+        assert_close(
+            &format!("{what} y"),
+            &y.to_f32(gpu).unwrap(),
+            &embedding_ref(&f64s(&table), dim, &idx),
+            0.0,
+            0.0,
+        );
+        let got = dtable.to_f32(gpu).unwrap();
+        let want = embedding_backward_ref(vocab, dim, &idx, &f64s(&dy));
+        assert_close(&format!("{what} dtable"), &got, &want, 1e-5, 1e-5);
+        // Reruns are bit-identical (the sum order is fixed).
+        run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+        let again = dtable.to_f32(gpu).unwrap();
+        assert!(
+            got.iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: rerun differs"
+        );
+    }
+}
+
+#[test]
+fn embedding_backward_matches_finite_differences() {
+    let mut rng = Rng::new(32);
+    let (vocab, dim) = (6, 3);
+    let idx = [0u32, 5, 5, 2, 9, 0, 5];
+    let table = f64s(&rng.uniform_vec(vocab * dim, -1.0, 1.0));
+    let w = f64s(&rng.uniform_vec(idx.len() * dim, -1.0, 1.0));
+    let dtable = embedding_backward_ref(vocab, dim, &idx, &w);
+    fd_check(
+        "embedding",
+        |t| dot(&embedding_ref(t, dim, &idx), &w),
+        &table,
+        &dtable,
+    );
+}
+
+#[test]
+fn embedding_refuses_bad_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let table = zeros(gpu, &[10, 4]);
+    let idx = Tensor::from_u32(gpu, "idx", &[3], &[0, 1, 2]).unwrap();
+    for y_shape in [&[3, 5][..], &[4, 4], &[12]] {
+        let y = zeros(gpu, y_shape);
+        let e = embedding(gpu, &table, &idx, &y).err();
+        assert!(e.is_some(), "y {y_shape:?} accepted");
+    }
+    let dy = zeros(gpu, &[3, 4]);
+    let small = zeros(gpu, &[22]);
+    let e = embedding_backward(gpu, &idx, &dy, &small, &table)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("embedding_scratch_len"), "{e}");
+    let big = Tensor::from_u32(gpu, "idx", &[20_000], &vec![0; 20_000]).unwrap();
+    let (dy, scratch) = (
+        zeros(gpu, &[20_000, 4]),
+        zeros(gpu, &[embedding_scratch_len(10, 20_000)]),
+    );
+    let e = embedding_backward(gpu, &big, &dy, &scratch, &table)
+        .err()
+        .unwrap();
+    eprintln!("{e}");
+}
+
+/// Measurement, not a test: `cargo test --release --test ir_kernels_b -- --ignored
+/// --nocapture timings`. Each figure waits for the GPU.
+#[test]
+#[ignore]
+fn timings() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(33);
+    let time = |what: &str, ds: &[shadergrad::kernels::Dispatch]| {
+        let refs: Vec<_> = ds.iter().collect();
+        run(gpu, &refs).unwrap(); // warm-up (pipelines, first touch)
+        let reps = 5;
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            run(gpu, &refs).unwrap();
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        println!("{what}: {ms:.2} ms");
+    };
+    let (vocab, dim, bt) = (512, 256, [64, 128]);
+    let n = bt[0] * bt[1];
+    let idx: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    let (_, _, [tt, ti, tdy, y, dtable, scratch]) =
+        embedding_case(gpu, &mut rng, vocab, dim, bt, &idx);
+    time(
+        &format!("embedding forward V={vocab} D={dim} N={n}"),
+        &[embedding(gpu, &tt, &ti, &y).unwrap()],
+    );
+    let ds = embedding_backward(gpu, &ti, &tdy, &scratch, &dtable).unwrap();
+    time(
+        &format!("embedding backward (sort + gather) V={vocab} D={dim} N={n}"),
+        &ds,
+    );
+    let [sort, gather] = <[_; 2]>::try_from(ds).ok().unwrap();
+    time("  of which the sort", &[sort]);
+    time("  of which the gather", &[gather]);
+    let zero_idx = vec![0u32; n];
+    let ti0 = Tensor::from_u32(gpu, "idx", &bt, &zero_idx).unwrap();
+    time(
+        &format!("embedding backward, every index 0, V={vocab} D={dim} N={n}"),
+        &embedding_backward(gpu, &ti0, &tdy, &scratch, &dtable).unwrap(),
+    );
 }

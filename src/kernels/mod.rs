@@ -10,6 +10,7 @@ use crate::{Error, Result};
 
 pub mod activation;
 pub mod conv2d;
+pub mod embedding;
 pub mod gather;
 pub mod layernorm;
 pub mod loss;
@@ -41,10 +42,11 @@ pub enum Shader {
     Optim,
     Softmax,
     LayerNorm,
+    Embedding,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -58,6 +60,7 @@ impl Shader {
         Shader::Optim,
         Shader::Softmax,
         Shader::LayerNorm,
+        Shader::Embedding,
     ];
 
     pub fn file(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Shader {
             Shader::Optim => "shaders/optim.wgsl",
             Shader::Softmax => "shaders/softmax.wgsl",
             Shader::LayerNorm => "shaders/layernorm.wgsl",
+            Shader::Embedding => "shaders/embedding.wgsl",
         }
     }
 
@@ -93,6 +97,7 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Softmax => include_str!("../../shaders/softmax.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
+            Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
         }
     }
 
@@ -152,6 +157,7 @@ impl Shader {
                 "layer_norm_backward_params",
                 "layer_norm_sum_blocks",
             ],
+            Shader::Embedding => &["embedding_forward", "embedding_sort", "embedding_backward"],
         }
     }
 }
