@@ -12,13 +12,16 @@ pub use family::Family;
 
 pub mod activation;
 pub mod conv2d;
+pub mod embedding;
 pub mod family;
 pub mod gather;
+pub mod layernorm;
 pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod softmax;
 pub mod transpose;
 
 /// Most loop iterations one invocation may run, all loops together. llvmpipe (lavapipe)
@@ -41,10 +44,13 @@ pub enum Shader {
     Loss,
     Reduce,
     Optim,
+    Softmax,
+    LayerNorm,
+    Embedding,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 15] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -57,6 +63,9 @@ impl Shader {
         Shader::Loss,
         Shader::Reduce,
         Shader::Optim,
+        Shader::Softmax,
+        Shader::LayerNorm,
+        Shader::Embedding,
     ];
 
     pub fn file(self) -> &'static str {
@@ -73,6 +82,9 @@ impl Shader {
             Shader::Loss => "shaders/loss.wgsl",
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::Optim => "shaders/optim.wgsl",
+            Shader::Softmax => "shaders/softmax.wgsl",
+            Shader::LayerNorm => "shaders/layernorm.wgsl",
+            Shader::Embedding => "shaders/embedding.wgsl",
         }
     }
 
@@ -90,6 +102,9 @@ impl Shader {
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
+            Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
         }
     }
 
@@ -138,6 +153,19 @@ impl Shader {
             ],
             Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
             Shader::Optim => &["adam", "sgd"],
+            Shader::Softmax => &[
+                "softmax_rows_forward",
+                "softmax_rows_backward",
+                "token_xent_forward",
+                "token_xent_backward",
+            ],
+            Shader::LayerNorm => &[
+                "layer_norm_forward",
+                "layer_norm_backward_input",
+                "layer_norm_backward_params",
+                "layer_norm_sum_blocks",
+            ],
+            Shader::Embedding => &["embedding_forward", "embedding_sort", "embedding_backward"],
         }
     }
 }
