@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod roof;
 pub mod transpose;
 
 /// Most loop iterations one invocation may run, all loops together. llvmpipe (lavapipe)
@@ -37,10 +38,11 @@ pub enum Shader {
     Loss,
     Reduce,
     Optim,
+    Roof,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -52,6 +54,7 @@ impl Shader {
         Shader::Loss,
         Shader::Reduce,
         Shader::Optim,
+        Shader::Roof,
     ];
 
     pub fn file(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Shader {
             Shader::Loss => "shaders/loss.wgsl",
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::Optim => "shaders/optim.wgsl",
+            Shader::Roof => "shaders/roof.wgsl",
         }
     }
 
@@ -83,6 +87,7 @@ impl Shader {
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Roof => include_str!("../../shaders/roof.wgsl"),
         }
     }
 
@@ -130,6 +135,7 @@ impl Shader {
             ],
             Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
             Shader::Optim => &["adam", "sgd"],
+            Shader::Roof => &["peak_fma", "copy_bandwidth"],
         }
     }
 }
