@@ -31,6 +31,11 @@ pub fn shader_checks() -> bool {
 /// Environment variable overriding [`GPU_TIMEOUT`], in seconds (fractions allowed).
 pub const TIMEOUT_ENV: &str = "SHADERGRAD_GPU_TIMEOUT";
 
+/// Environment variable naming a directory for wgpu's pipeline cache (the driver's compiled
+/// pipelines, one file per adapter), used where the adapter has PIPELINE_CACHE. Off unless
+/// set: `shadergrad bench` measures whether it shortens the cold start.
+pub const PIPELINE_CACHE_ENV: &str = "SHADERGRAD_PIPELINE_CACHE";
+
 /// What a binding slot of a kernel is, in binding order after the uniform at binding 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -75,6 +80,8 @@ pub struct Gpu {
     timeout_us: AtomicU64,
     /// The kernel family forced by `SHADERGRAD_KERNELS` when the device was opened.
     forced: Option<Family>,
+    /// wgpu's pipeline cache and its file, with [`PIPELINE_CACHE_ENV`].
+    pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
 }
 
 /// One line per adapter, for `shadergrad info` and for "no adapter" errors.
@@ -86,7 +93,67 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 }
 
 fn instance() -> wgpu::Instance {
+    private_runtime_dir();
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Mesa's window-system code prints "error: XDG_RUNTIME_DIR is invalid or not set" when
+/// the variable is unset or names no directory (containers, CI, ssh without a session).
+/// Give it a private one (/tmp/shadergrad-runtime-UID, mode 0700) before any instance is
+/// created; a valid setting is left alone.
+pub fn private_runtime_dir() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let valid = std::env::var_os("XDG_RUNTIME_DIR")
+            .is_some_and(|d| !d.is_empty() && std::path::Path::new(&d).is_dir());
+        if valid {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+            let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+            let dir = std::env::temp_dir().join(format!("shadergrad-runtime-{uid}"));
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+            // Only a directory of ours that no one else can write.
+            let ours = std::fs::symlink_metadata(&dir)
+                .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
+            if ours {
+                // Before any other thread reads the environment (the first instance).
+                std::env::set_var("XDG_RUNTIME_DIR", &dir);
+            }
+        }
+    });
+}
+
+/// A warning for a CPU adapter (lavapipe, llvmpipe, WARP, SwiftShader): naming the GPU that
+/// exists where there is one, else what training there costs. None on a GPU.
+pub fn cpu_adapter_warning(info: &wgpu::AdapterInfo) -> Option<String> {
+    if info.device_type != wgpu::DeviceType::Cpu {
+        return None;
+    }
+    // Vulkan, Metal and DX12 only: probing OpenGL through EGL logs errors where it has no
+    // driver, and a GPU shows up on a primary backend.
+    let instance = instance();
+    let gpus: Vec<String> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .iter()
+            .map(|a| a.get_info())
+            .filter(|i| {
+                i.device_type != wgpu::DeviceType::Cpu && i.device_type != wgpu::DeviceType::Other
+            })
+            .map(|i| format!("{} ({:?})", i.name, i.backend))
+            .collect();
+    Some(match gpus.first() {
+        Some(g) => format!(
+            "warning: {} is a CPU emulator, but a GPU exists: {g}; choose it with WGPU_ADAPTER_NAME or WGPU_BACKEND",
+            info.name
+        ),
+        None => format!(
+            "warning: training on {} ({:?}), a CPU emulator: expect ~40 s an epoch for the seed CNN",
+            info.name, info.backend
+        ),
+    })
 }
 
 /// wgpu's multi-line error reports ("Validation Error\n\nCaused by:\n  In ...") as one line.
@@ -109,6 +176,7 @@ const BACKEND_NAMES: &str = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (opengl,
 /// Every adapter on every backend, whatever `WGPU_BACKEND` says: what an error lists when
 /// the requested backend or name matches nothing.
 fn all_adapters() -> Vec<wgpu::Adapter> {
+    private_runtime_dir();
     let desc = wgpu::InstanceDescriptor {
         backends: wgpu::Backends::all(),
         ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
@@ -250,8 +318,14 @@ impl Gpu {
         let info = adapter.get_info();
         let timeout = timeout_from_env()?;
         let forced = Family::from_env()?;
-        let features =
+        let cache_dir = std::env::var_os(PIPELINE_CACHE_ENV)
+            .filter(|d| !d.is_empty())
+            .filter(|_| adapter.features().contains(wgpu::Features::PIPELINE_CACHE));
+        let mut features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
+        if cache_dir.is_some() {
+            features |= wgpu::Features::PIPELINE_CACHE;
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("shadergrad"),
             required_features: features,
@@ -284,7 +358,22 @@ impl Gpu {
                 None => lost,
             });
         });
+        let pipeline_cache = cache_dir.and_then(|dir| {
+            let file = std::path::Path::new(&dir).join(wgpu::util::pipeline_cache_key(&info)?);
+            let data = std::fs::read(&file).ok();
+            // SAFETY: the data is what `save_pipeline_cache` wrote for an adapter of the same
+            // cache key; wgpu checks its header and, with `fallback`, starts empty otherwise.
+            let cache = unsafe {
+                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("shadergrad"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+            };
+            Some((cache, file))
+        });
         Ok(Gpu {
+            pipeline_cache,
             adapter,
             device,
             queue,
@@ -612,7 +701,7 @@ impl Gpu {
                     constants,
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader {
@@ -627,6 +716,23 @@ impl Gpu {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, p.clone());
         Ok(p)
+    }
+
+    /// Write the pipeline cache (see [`PIPELINE_CACHE_ENV`]) to its file, if there is one.
+    pub fn save_pipeline_cache(&self) -> Result<()> {
+        let Some((cache, file)) = &self.pipeline_cache else {
+            return Ok(());
+        };
+        let Some(data) = cache.get_data() else {
+            return Ok(());
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        // Atomically: another process may be reading it.
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, data).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, file).map_err(|e| Error::io(file, e))
     }
 
     /// Copy `size` bytes at `offset` of `buffer` back to the host. For tests, metrics and

@@ -6,6 +6,7 @@
 
 pub mod error;
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod executor;

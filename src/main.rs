@@ -1,4 +1,4 @@
-//! The `shadergrad` command line: `info`, `train`, `evaluate`, `predict`.
+//! The `shadergrad` command line: `info`, `train`, `evaluate`, `predict`, `bench`.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -15,7 +15,7 @@ use shadergrad::executor::Trainer;
 use shadergrad::fit::{
     check_batch, check_params, run_epoch, split_sources, EpochEnd, EpochLog, FitConfig, Partial,
 };
-use shadergrad::gpu::{describe_adapter, Gpu};
+use shadergrad::gpu::{cpu_adapter_warning, describe_adapter, Gpu};
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::kernels::Family;
 use shadergrad::model::Sequential;
@@ -43,6 +43,29 @@ enum Command {
     /// The digit in each PNG image (any size, grey or colour, either polarity), with the ten
     /// class probabilities.
     Predict(PredictArgs),
+    /// Kernel microbenchmarks: each kernel checked against its CPU reference, then timed
+    /// (min / median / max ms, GFLOP/s, GB/s, % of this adapter's measured roof).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Only rows whose kernel or shape contains PATTERN (the roof always runs).
+    #[arg(long, value_name = "PATTERN")]
+    filter: Option<String>,
+    /// Fewer rows and runs (under 2 minutes on lavapipe).
+    #[arg(long)]
+    quick: bool,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Compare with an earlier --json file: ratio per row; exit 1 on a regression.
+    #[arg(long, value_name = "OLD.json")]
+    compare: Option<PathBuf>,
+    /// With --compare: a row regresses when slower beyond both runs' spread and its median,
+    /// normalised by each run's roof, is more than this many times the old one.
+    #[arg(long, default_value_t = 2.0)]
+    threshold: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +151,11 @@ struct PredictArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or wgpu instance exists.
+    shadergrad::gpu::private_runtime_dir();
+    if let Some(code) = shadergrad::bench::startup::child_main() {
+        return ExitCode::from(code);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -145,6 +173,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args, &given, &mut note),
         Command::Evaluate(args) => evaluate(args).map(|()| 0),
         Command::Predict(args) => predict(args).map(|()| 0),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -257,6 +286,72 @@ fn info() -> Result<()> {
     Ok(())
 }
 
+fn bench(args: BenchArgs) -> Result<u8> {
+    if !(args.threshold.is_finite() && args.threshold >= 1.0) {
+        let msg = format!("{} is not a ratio of at least 1", args.threshold);
+        return Err(Error::usage("--threshold", msg));
+    }
+    if let Some(p) = &args.json {
+        check_writable("--json", p)?;
+    }
+    // A bad baseline fails before minutes of measuring.
+    let old = match &args.compare {
+        Some(p) => Some(shadergrad::bench::Report::read(p)?),
+        None => None,
+    };
+    let gpu = Gpu::new()?;
+    if let Some(w) = cpu_adapter_warning(&gpu.info) {
+        // Only the GPU half of the warning concerns a benchmark.
+        if w.contains("a GPU exists") {
+            eprintln!("{w}");
+        }
+    }
+    let opts = shadergrad::bench::Options {
+        filter: args.filter.clone(),
+        quick: args.quick,
+    };
+    let report = shadergrad::bench::run(&gpu, &opts)?;
+    let failed = report
+        .rows
+        .iter()
+        .filter(|r| r.check.starts_with("FAIL"))
+        .count();
+    if let Some(p) = &args.json {
+        report.write(p)?;
+        println!("\nwrote {}", p.display());
+    }
+    let mut code = 0;
+    if let (Some(old), Some(p)) = (&old, &args.compare) {
+        let rows = shadergrad::bench::compare(old, &report, args.threshold);
+        shadergrad::bench::compare::print(
+            &p.display().to_string(),
+            old,
+            &report,
+            &rows,
+            args.threshold,
+        );
+        let regressed: Vec<String> = rows
+            .iter()
+            .filter(|c| c.verdict == shadergrad::bench::Verdict::Regression)
+            .map(|c| format!("{} {} ({:.2}x)", c.kernel, c.shape, c.normalised))
+            .collect();
+        if !regressed.is_empty() {
+            eprintln!(
+                "error: {} regressed against {}: {}",
+                regressed.len(),
+                p.display(),
+                regressed.join("; ")
+            );
+            code = 1;
+        }
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} rows FAILED their check against the CPU reference");
+        code = 1;
+    }
+    Ok(code)
+}
+
 /// Checks that `path` can take a file written at the end of the first epoch, so that a bad
 /// path fails now and not after an epoch of work.
 fn check_writable(flag: &str, path: &Path) -> Result<()> {
@@ -333,6 +428,10 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
     check_image_size(&dir, &mnist, &model)?;
     let gpu = Gpu::new()?;
     println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
+    println!("adapter: {}", gpu.describe());
+    if let Some(w) = cpu_adapter_warning(&gpu.info) {
+        eprintln!("{w}");
+    }
     // Refuse a batch the adapter cannot run before any GPU work.
     check_batch(&gpu.limits, &model, cfg.batch_size, true)?;
     print!("{}", model.summary()?);

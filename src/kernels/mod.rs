@@ -21,6 +21,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod roof;
 pub mod softmax;
 pub mod transpose;
 
@@ -47,10 +48,11 @@ pub enum Shader {
     Softmax,
     LayerNorm,
     Embedding,
+    Roof,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 15] = [
+    pub const ALL: [Shader; 16] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -66,6 +68,7 @@ impl Shader {
         Shader::Softmax,
         Shader::LayerNorm,
         Shader::Embedding,
+        Shader::Roof,
     ];
 
     pub fn file(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Shader {
             Shader::Softmax => "shaders/softmax.wgsl",
             Shader::LayerNorm => "shaders/layernorm.wgsl",
             Shader::Embedding => "shaders/embedding.wgsl",
+            Shader::Roof => "shaders/roof.wgsl",
         }
     }
 
@@ -105,6 +109,7 @@ impl Shader {
             Shader::Softmax => include_str!("../../shaders/softmax.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
+            Shader::Roof => include_str!("../../shaders/roof.wgsl"),
         }
     }
 
@@ -166,6 +171,7 @@ impl Shader {
                 "layer_norm_sum_blocks",
             ],
             Shader::Embedding => &["embedding_forward", "embedding_sort", "embedding_backward"],
+            Shader::Roof => &["peak_fma", "copy_bandwidth"],
         }
     }
 }

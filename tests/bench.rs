@@ -1,0 +1,271 @@
+//! `shadergrad bench`: the JSON file read back (bad files name the file and field), the
+//! comparison's normalisation and spread rule, and on the GPU the binary end to end: a
+//! normal compare passes and a deliberately slowed kernel (SHADERGRAD_BENCH_SLOW) is
+//! flagged; no Mesa XDG_RUNTIME_DIR noise on a first run.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use shadergrad::bench::suite::close;
+use shadergrad::bench::{compare, Report, Roof, Row, Verdict};
+
+fn row(kernel: &str, ms: [f64; 3], bound: &str) -> Row {
+    Row {
+        kernel: kernel.into(),
+        shape: "4x4".into(),
+        family: "portable".into(),
+        entry: kernel.into(),
+        ms_min: ms[0],
+        ms_median: ms[1],
+        ms_max: ms[2],
+        runs: 5,
+        timer: "gpu-timestamps".into(),
+        flops: 1e6,
+        bytes: 1e6,
+        gflops: 2.5,
+        gbps: 0.5,
+        pct_roof: 10.0,
+        bound: bound.into(),
+        check: "ok".into(),
+    }
+}
+
+fn report(roof: Roof, rows: Vec<Row>) -> Report {
+    Report {
+        adapter: "test".into(),
+        backend: "Vulkan".into(),
+        driver: "d".into(),
+        device_type: "Cpu".into(),
+        version: "0.1.0".into(),
+        commit: "unknown".into(),
+        wgpu: "30.0.2".into(),
+        timer: "gpu-timestamps".into(),
+        quick: true,
+        roof,
+        rows,
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shadergrad-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+#[test]
+fn json_round_trips_and_bad_files_name_the_field() {
+    let r = report(
+        Roof {
+            gflops: 10.0,
+            gbps: 5.0,
+        },
+        vec![row("matmul", [1.0, 1.1, 1.3], "fma")],
+    );
+    let path = tmp("round.json");
+    r.write(&path).unwrap();
+    let back = Report::read(&path).unwrap();
+    assert_eq!(back.rows, r.rows);
+    assert_eq!(back.roof, r.roof);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for field in [
+        "adapter",
+        "backend",
+        "driver",
+        "device_type",
+        "version",
+        "commit",
+        "wgpu",
+        "timer",
+    ] {
+        assert!(v[field].is_string(), "{field}");
+    }
+    for field in [
+        "kernel",
+        "shape",
+        "family",
+        "ms_min",
+        "ms_median",
+        "ms_max",
+        "gflops",
+        "gbps",
+        "pct_roof",
+    ] {
+        assert!(!v["rows"][0][field].is_null(), "rows[0].{field}");
+    }
+
+    let mut bad = v.clone();
+    bad["rows"][0]["ms_median"] = serde_json::json!("fast");
+    std::fs::write(&path, bad.to_string()).unwrap();
+    let e = Report::read(&path).err().unwrap().to_string();
+    assert!(
+        e.contains("round.json") && e.contains("rows[0].ms_median"),
+        "{e}"
+    );
+    let mut bad = v.clone();
+    bad["roof"].as_object_mut().unwrap().remove("gbps");
+    std::fs::write(&path, bad.to_string()).unwrap();
+    let e = Report::read(&path).err().unwrap().to_string();
+    assert!(e.contains("roof.gbps") && e.contains("missing"), "{e}");
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = Report::read(&path).err().unwrap().to_string();
+    assert!(e.contains("round.json") && e.contains("not JSON"), "{e}");
+    let e = Report::read(&tmp("absent.json")).err().unwrap().to_string();
+    assert!(e.contains("absent.json"), "{e}");
+}
+
+#[test]
+fn compare_normalises_by_the_roof_and_respects_the_spread() {
+    let roof = Roof {
+        gflops: 10.0,
+        gbps: 5.0,
+    };
+    let old = report(
+        roof,
+        vec![
+            row("a", [1.0, 1.1, 1.2], "fma"),
+            row("b", [1.0, 1.1, 1.2], "copy"),
+            row("c", [1.0, 1.1, 1.2], "fma"),
+        ],
+    );
+    // A machine half as fast: every row twice as slow, the roof half: nothing regressed.
+    let slow_machine = report(
+        Roof {
+            gflops: 5.0,
+            gbps: 2.5,
+        },
+        vec![
+            row("a", [2.0, 2.2, 2.4], "fma"),
+            row("b", [2.0, 2.2, 2.4], "copy"),
+            row("c", [2.0, 2.2, 2.4], "fma"),
+        ],
+    );
+    for c in compare(&old, &slow_machine, 2.0) {
+        assert_eq!(c.verdict, Verdict::Same, "{} {}", c.kernel, c.normalised);
+        assert!((c.ratio - 2.0).abs() < 1e-9 && (c.normalised - 1.0).abs() < 1e-9);
+    }
+    // Same machine: a 4x slower row regresses, a 1.3x slower one beyond the spread is only
+    // slower, one within the spread is the same.
+    let new = report(
+        roof,
+        vec![
+            row("a", [4.0, 4.4, 4.8], "fma"),
+            row("b", [1.3, 1.43, 1.5], "copy"),
+            row("c", [1.1, 1.2, 1.3], "fma"),
+            row("d", [1.0, 1.0, 1.0], "fma"),
+        ],
+    );
+    let v: Vec<Verdict> = compare(&old, &new, 2.0).iter().map(|c| c.verdict).collect();
+    assert_eq!(
+        v,
+        [
+            Verdict::Regression,
+            Verdict::Slower,
+            Verdict::Same,
+            Verdict::Unmatched
+        ]
+    );
+    assert_eq!(compare(&new, &old, 2.0)[0].verdict, Verdict::Faster);
+}
+
+#[test]
+fn close_reports_the_first_mismatch() {
+    assert_eq!(close(&[1.0, 2.0], &[1.0, 2.0], 0.0, 0.0), None);
+    let m = close(&[1.0, 2.5, f32::NAN], &[1.0, 2.0, 3.0], 1e-4, 1e-4).unwrap();
+    assert!(
+        m.starts_with("2 of 3 values differ") && m.contains("[1]"),
+        "{m}"
+    );
+}
+
+fn bench(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shadergrad"));
+    cmd.arg("bench").args(args).env_remove("XDG_RUNTIME_DIR");
+    cmd.env_remove(shadergrad::bench::SLOW_ENV);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the shadergrad binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+#[test]
+fn a_slowed_kernel_is_flagged_and_a_normal_compare_passes() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let base = tmp("base.json");
+    let base_s = base.to_str().unwrap();
+    let quick = ["--quick", "--filter", "transpose"];
+    let (out, text) = bench(&[&quick[..], &["--json", base_s]].concat(), &[]);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("XDG_RUNTIME_DIR"), "Mesa noise:\n{text}");
+    assert!(text.contains("roof:") && text.contains("% roof"), "{text}");
+    let r = Report::read(&base).unwrap();
+    let kernels: Vec<&str> = r.rows.iter().map(|r| r.kernel.as_str()).collect();
+    assert_eq!(
+        kernels,
+        ["peak_fma", "copy_bandwidth", "transpose"],
+        "{text}"
+    );
+    assert!(
+        r.rows.iter().all(|r| r.check == "ok" && r.ms_median > 0.0),
+        "{text}"
+    );
+
+    // The same code again: no regression (generous threshold: other work shares the CPU).
+    let compare = [&quick[..], &["--compare", base_s, "--threshold", "4"]].concat();
+    let (out, text) = bench(&compare, &[]);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("normalised") && !text.contains("REGRESSION"),
+        "{text}"
+    );
+
+    // transpose recorded 16 times a run: flagged, and the exit status says so.
+    let (out, text) = bench(&compare, &[(shadergrad::bench::SLOW_ENV, "transpose:16")]);
+    assert!(!out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("transpose") && l.contains("REGRESSION"));
+    assert!(line.is_some(), "{text}");
+    assert!(text.contains("regressed against"), "{text}");
+}
+
+#[test]
+fn bad_baselines_fail_before_measuring() {
+    let path = tmp("broken.json");
+    std::fs::write(&path, r#"{"adapter": 3}"#).unwrap();
+    let (out, text) = bench(&["--compare", path.to_str().unwrap()], &[]);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("broken.json") && text.contains("adapter"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("roof:"),
+        "measured before reading the baseline:\n{text}"
+    );
+}
+
+#[test]
+fn info_prints_no_mesa_runtime_dir_errors() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_shadergrad"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(!text.contains("XDG_RUNTIME_DIR"), "{text}");
+}
