@@ -10,6 +10,7 @@ use crate::{Error, Result};
 
 pub mod activation;
 pub mod conv2d;
+pub mod elementwise;
 pub mod gather;
 pub mod loss;
 pub mod matmul;
@@ -37,10 +38,11 @@ pub enum Shader {
     Loss,
     Reduce,
     Optim,
+    Elementwise,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 12] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -52,6 +54,7 @@ impl Shader {
         Shader::Loss,
         Shader::Reduce,
         Shader::Optim,
+        Shader::Elementwise,
     ];
 
     pub fn file(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Shader {
             Shader::Loss => "shaders/loss.wgsl",
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::Optim => "shaders/optim.wgsl",
+            Shader::Elementwise => "shaders/elementwise.wgsl",
         }
     }
 
@@ -83,6 +87,7 @@ impl Shader {
             Shader::Loss => include_str!("../../shaders/loss.wgsl"),
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
         }
     }
 
@@ -130,6 +135,15 @@ impl Shader {
             ],
             Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
             Shader::Optim => &["adam", "sgd"],
+            Shader::Elementwise => &[
+                "unary",
+                "unary_backward",
+                "binary",
+                "binary_scalar",
+                "where_select",
+                "scale_shift",
+                "fill",
+            ],
         }
     }
 }
