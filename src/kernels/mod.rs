@@ -14,6 +14,7 @@ pub mod activation;
 pub mod conv2d;
 pub mod embedding;
 pub mod family;
+pub mod elementwise;
 pub mod gather;
 pub mod layernorm;
 pub mod loss;
@@ -49,10 +50,11 @@ pub enum Shader {
     LayerNorm,
     Embedding,
     Roof,
+    Elementwise,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 16] = [
+    pub const ALL: [Shader; 17] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -69,6 +71,7 @@ impl Shader {
         Shader::LayerNorm,
         Shader::Embedding,
         Shader::Roof,
+        Shader::Elementwise,
     ];
 
     pub fn file(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Shader {
             Shader::LayerNorm => "shaders/layernorm.wgsl",
             Shader::Embedding => "shaders/embedding.wgsl",
             Shader::Roof => "shaders/roof.wgsl",
+            Shader::Elementwise => "shaders/elementwise.wgsl",
         }
     }
 
@@ -110,6 +114,7 @@ impl Shader {
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Shader::Roof => include_str!("../../shaders/roof.wgsl"),
+            Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
         }
     }
 
@@ -172,6 +177,15 @@ impl Shader {
             ],
             Shader::Embedding => &["embedding_forward", "embedding_sort", "embedding_backward"],
             Shader::Roof => &["peak_fma", "copy_bandwidth"],
+            Shader::Elementwise => &[
+                "unary",
+                "unary_backward",
+                "binary",
+                "binary_scalar",
+                "where_select",
+                "scale_shift",
+                "fill",
+            ],
         }
     }
 }
