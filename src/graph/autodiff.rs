@@ -106,7 +106,7 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
     Ok(match &n.op {
         Op::Input(_) | Op::Param(_) | Op::Const(_) => vec![],
         Op::Unary(u) => {
-            let from = if u.grad_from_output() { y } else { ins[0] };
+            let from = if u.backward_uses().1 { y } else { ins[0] };
             vec![Some(gr.unary_backward(*u, from, g))]
         }
         Op::Binary(op) => {
@@ -125,7 +125,21 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
                     let da = gr.mul(g, ma)?;
                     (da, gr.sub(g, da)?)
                 }
-                BinaryOp::CmpGt | BinaryOp::CmpEq => return Ok(vec![None, None]),
+                BinaryOp::Min => {
+                    let ma = gr.binary(BinaryOp::CmpEq, y, a)?;
+                    let da = gr.mul(g, ma)?;
+                    (da, gr.sub(g, da)?)
+                }
+                BinaryOp::Pow => {
+                    // y = a^b: da = g b y / a, db = g y ln a.
+                    let gy = gr.mul(g, y)?;
+                    let t = gr.mul(gy, b)?;
+                    let ln = gr.unary(UnaryOp::Log, a)?;
+                    (gr.div(t, a)?, gr.mul(gy, ln)?)
+                }
+                BinaryOp::CmpGt | BinaryOp::CmpEq | BinaryOp::CmpGe | BinaryOp::CmpLt => {
+                    return Ok(vec![None, None])
+                }
             };
             let (sa, sb) = (shp(gr, 0), shp(gr, 1));
             vec![

@@ -30,48 +30,8 @@ pub enum DType {
     U32,
 }
 
-/// Elementwise functions of one tensor.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Rsqrt,
-    Recip,
-    Relu,
-    LeakyRelu(f32),
-    Sigmoid,
-    Tanh,
-    /// GELU, tanh approximation (PyTorch's `approximate='tanh'`).
-    Gelu,
-    Square,
-}
-
-impl UnaryOp {
-    /// The backward reads the forward's output y rather than its input x.
-    pub fn grad_from_output(self) -> bool {
-        matches!(
-            self,
-            UnaryOp::Exp | UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Tanh
-        )
-    }
-}
-
-/// Elementwise functions of two tensors, broadcast NumPy-style (right-aligned, size-1 axes
-/// stretch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Max,
-    /// 1.0 where a > b, else 0.0 (no gradient).
-    CmpGt,
-    /// 1.0 where a == b, else 0.0 (no gradient).
-    CmpEq,
-}
+/// The elementwise functions are the elementwise kernel family's own (one WGSL file).
+pub use crate::kernels::elementwise::{BinaryOp, UnaryOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {

@@ -10,7 +10,6 @@ pub mod lower;
 mod lower_ew;
 pub mod ops;
 pub mod plan;
-pub mod reference;
 pub mod session;
 pub mod step;
 pub mod tune;

@@ -45,7 +45,7 @@ impl Graph {
         self.expect_f32(&format!("{op:?}"), "x", x)?;
         let shape = self.shape(x).to_vec();
         if let Some(c) = self.const_value(x) {
-            let v = crate::graph::reference::unary(op, c as f64) as f32;
+            let v = crate::kernels::elementwise::unary_ref(op, &[c as f64])[0] as f32;
             return Ok(self.constant(v, &shape));
         }
         Ok(self.push(Op::Unary(op), vec![x], shape, DType::F32))
@@ -79,7 +79,7 @@ impl Graph {
         self.expect_f32(&name, "b", b)?;
         let shape = broadcast_shape(&name, self.shape(a), self.shape(b))?;
         if let (Some(x), Some(y)) = (self.const_value(a), self.const_value(b)) {
-            let v = crate::graph::reference::binary(op, x as f64, y as f64) as f32;
+            let v = crate::kernels::elementwise::binary_op_ref(op, x as f64, y as f64) as f32;
             return Ok(self.constant(v, &shape));
         }
         Ok(self.push(Op::Binary(op), vec![a, b], shape, DType::F32))

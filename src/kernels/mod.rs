@@ -12,9 +12,9 @@ pub use family::Family;
 
 pub mod activation;
 pub mod conv2d;
+pub mod elementwise;
 pub mod embedding;
 pub mod family;
-pub mod elementwise;
 pub mod gather;
 pub mod layernorm;
 pub mod loss;
