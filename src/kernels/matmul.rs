@@ -323,8 +323,8 @@ pub fn matmul_with(
     check(spec, a, b, bias, c)?;
     if let MatmulKernel::Tiled(t) = kernel {
         let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-        let flags = spec.transpose_a as u32 * TRANSPOSE_A
-            | spec.transpose_b as u32 * TRANSPOSE_B
+        let flags = (spec.transpose_a as u32 * TRANSPOSE_A)
+            | (spec.transpose_b as u32 * TRANSPOSE_B)
             | if spec.bias { BIAS } else { 0 }
             | if spec.relu { RELU } else { 0 };
         let p = TiledParams {

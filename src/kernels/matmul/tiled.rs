@@ -78,8 +78,8 @@ impl TileConfig {
             && (1..=128).contains(&t.bm)
             && (1..=128).contains(&t.bn)
             && (1..=32).contains(&t.bk)
-            && t.bm % t.tm == 0
-            && t.bn % t.tn == 0
+            && t.bm.is_multiple_of(t.tm)
+            && t.bn.is_multiple_of(t.tn)
             && (1..=MAX_SPLITS).contains(&t.splits);
         if !ok {
             return Err(Error::usage(
@@ -231,7 +231,7 @@ pub(crate) fn tiled(
         && m % t.bm as usize == 0
         && n % t.bn as usize == 0
         && k % t.bk as usize == 0
-        && p.k_chunk % t.bk == 0;
+        && p.k_chunk.is_multiple_of(t.bk);
     let constants = [
         ("BM", t.bm as f64),
         ("BN", t.bn as f64),
