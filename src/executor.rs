@@ -291,6 +291,17 @@ impl<'g> Trainer<'g> {
         Ok(&self.plans[&key])
     }
 
+    /// Bytes of the transient values of the training plan for `batch` (as planned, and
+    /// with a buffer each), building the plan if needed.
+    pub fn activation_memory(&mut self, source: usize, batch: usize) -> Result<(u64, u64)> {
+        let key = PlanKey {
+            source,
+            batch,
+            train: true,
+        };
+        Ok(self.plan(key)?.activation_bytes)
+    }
+
     /// Record and submit one step on samples order[start .. start + batch]. Training steps
     /// also update the parameters. Nothing is read back.
     pub fn step(&mut self, source: usize, start: usize, batch: usize, train: bool) -> Result<()> {

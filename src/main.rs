@@ -428,7 +428,6 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
     check_image_size(&dir, &mnist, &model)?;
     let gpu = Gpu::new()?;
     println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
-    println!("adapter: {}", gpu.describe());
     if let Some(w) = cpu_adapter_warning(&gpu.info) {
         eprintln!("{w}");
     }
@@ -494,6 +493,16 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         mnist.train.len(),
         cfg.validation_split,
     )?;
+    if split.n_train > 0 {
+        let batch = cfg.batch_size.min(split.n_train);
+        let (planned, naive) = trainer.activation_memory(split.train, batch)?;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
+            mib(planned),
+            mib(naive)
+        );
+    }
     let interrupt = Interrupt::install();
     let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
         .ok()
