@@ -58,7 +58,7 @@ fn check_with(
     }
     let s = Session::new(gpu, &g, fused).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut rng = Rng::new(7);
-    let mut values: Vec<Vec<f32>> = shapes
+    let values: Vec<Vec<f32>> = shapes
         .iter()
         .map(|s| rng.uniform_vec(s.iter().product(), -1.0, 1.0))
         .collect();
