@@ -1266,7 +1266,7 @@ fn non_finite_parameters_are_caught_on_the_host() {
     p[1][7] = f32::INFINITY;
     t.write_params(&p).unwrap();
     let read = t.read_params().unwrap();
-    let e = check_params(&t.model, &read, 3, 12).unwrap_err();
+    let e = check_params(t.model.as_ref(), &read, 3, 12).unwrap_err();
     println!("case a parameter going infinite: {e}");
     assert!(
         e.to_string()
