@@ -30,7 +30,10 @@ fn main() {
     while let Some(l) = lines.next() {
         if l == "name = \"wgpu\"" {
             if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = ")) {
-                println!("cargo:rustc-env=SHADERGRAD_WGPU_VERSION={}", v.trim_matches('"'));
+                println!(
+                    "cargo:rustc-env=SHADERGRAD_WGPU_VERSION={}",
+                    v.trim_matches('"')
+                );
             }
             break;
         }

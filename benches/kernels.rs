@@ -14,7 +14,10 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     // cargo passes --bench; any other word is a filter, "quick" asks for --quick.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let opts = Options {
         quick: args.iter().any(|a| a == "quick"),
         filter: args.into_iter().find(|a| a != "quick"),

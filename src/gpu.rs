@@ -123,12 +123,15 @@ pub fn cpu_adapter_warning(info: &wgpu::AdapterInfo) -> Option<String> {
     // Vulkan, Metal and DX12 only: probing OpenGL through EGL logs errors where it has no
     // driver, and a GPU shows up on a primary backend.
     let instance = instance();
-    let gpus: Vec<String> = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
-        .iter()
-        .map(|a| a.get_info())
-        .filter(|i| i.device_type != wgpu::DeviceType::Cpu && i.device_type != wgpu::DeviceType::Other)
-        .map(|i| format!("{} ({:?})", i.name, i.backend))
-        .collect();
+    let gpus: Vec<String> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+            .iter()
+            .map(|a| a.get_info())
+            .filter(|i| {
+                i.device_type != wgpu::DeviceType::Cpu && i.device_type != wgpu::DeviceType::Other
+            })
+            .map(|i| format!("{} ({:?})", i.name, i.backend))
+            .collect();
     Some(match gpus.first() {
         Some(g) => format!(
             "warning: {} is a CPU emulator, but a GPU exists: {g}; choose it with WGPU_ADAPTER_NAME or WGPU_BACKEND",

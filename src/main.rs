@@ -310,7 +310,11 @@ fn bench(args: BenchArgs) -> Result<u8> {
         quick: args.quick,
     };
     let report = shadergrad::bench::run(&gpu, &opts)?;
-    let failed = report.rows.iter().filter(|r| r.check.starts_with("FAIL")).count();
+    let failed = report
+        .rows
+        .iter()
+        .filter(|r| r.check.starts_with("FAIL"))
+        .count();
     if let Some(p) = &args.json {
         report.write(p)?;
         println!("\nwrote {}", p.display());
@@ -318,14 +322,25 @@ fn bench(args: BenchArgs) -> Result<u8> {
     let mut code = 0;
     if let (Some(old), Some(p)) = (&old, &args.compare) {
         let rows = shadergrad::bench::compare(old, &report, args.threshold);
-        shadergrad::bench::compare::print(&p.display().to_string(), old, &report, &rows, args.threshold);
+        shadergrad::bench::compare::print(
+            &p.display().to_string(),
+            old,
+            &report,
+            &rows,
+            args.threshold,
+        );
         let regressed: Vec<String> = rows
             .iter()
             .filter(|c| c.verdict == shadergrad::bench::Verdict::Regression)
             .map(|c| format!("{} {} ({:.2}x)", c.kernel, c.shape, c.normalised))
             .collect();
         if !regressed.is_empty() {
-            eprintln!("error: {} regressed against {}: {}", regressed.len(), p.display(), regressed.join("; "));
+            eprintln!(
+                "error: {} regressed against {}: {}",
+                regressed.len(),
+                p.display(),
+                regressed.join("; ")
+            );
             code = 1;
         }
     }

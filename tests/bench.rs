@@ -57,7 +57,10 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn json_round_trips_and_bad_files_name_the_field() {
     let r = report(
-        Roof { gflops: 10.0, gbps: 5.0 },
+        Roof {
+            gflops: 10.0,
+            gbps: 5.0,
+        },
         vec![row("matmul", [1.0, 1.1, 1.3], "fma")],
     );
     let path = tmp("round.json");
@@ -68,12 +71,26 @@ fn json_round_trips_and_bad_files_name_the_field() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for field in [
-        "adapter", "backend", "driver", "device_type", "version", "commit", "wgpu", "timer",
+        "adapter",
+        "backend",
+        "driver",
+        "device_type",
+        "version",
+        "commit",
+        "wgpu",
+        "timer",
     ] {
         assert!(v[field].is_string(), "{field}");
     }
     for field in [
-        "kernel", "shape", "family", "ms_min", "ms_median", "ms_max", "gflops", "gbps",
+        "kernel",
+        "shape",
+        "family",
+        "ms_min",
+        "ms_median",
+        "ms_max",
+        "gflops",
+        "gbps",
         "pct_roof",
     ] {
         assert!(!v["rows"][0][field].is_null(), "rows[0].{field}");
@@ -83,7 +100,10 @@ fn json_round_trips_and_bad_files_name_the_field() {
     bad["rows"][0]["ms_median"] = serde_json::json!("fast");
     std::fs::write(&path, bad.to_string()).unwrap();
     let e = Report::read(&path).err().unwrap().to_string();
-    assert!(e.contains("round.json") && e.contains("rows[0].ms_median"), "{e}");
+    assert!(
+        e.contains("round.json") && e.contains("rows[0].ms_median"),
+        "{e}"
+    );
     let mut bad = v.clone();
     bad["roof"].as_object_mut().unwrap().remove("gbps");
     std::fs::write(&path, bad.to_string()).unwrap();
@@ -98,7 +118,10 @@ fn json_round_trips_and_bad_files_name_the_field() {
 
 #[test]
 fn compare_normalises_by_the_roof_and_respects_the_spread() {
-    let roof = Roof { gflops: 10.0, gbps: 5.0 };
+    let roof = Roof {
+        gflops: 10.0,
+        gbps: 5.0,
+    };
     let old = report(
         roof,
         vec![
@@ -109,7 +132,10 @@ fn compare_normalises_by_the_roof_and_respects_the_spread() {
     );
     // A machine half as fast: every row twice as slow, the roof half: nothing regressed.
     let slow_machine = report(
-        Roof { gflops: 5.0, gbps: 2.5 },
+        Roof {
+            gflops: 5.0,
+            gbps: 2.5,
+        },
         vec![
             row("a", [2.0, 2.2, 2.4], "fma"),
             row("b", [2.0, 2.2, 2.4], "copy"),
@@ -134,7 +160,12 @@ fn compare_normalises_by_the_roof_and_respects_the_spread() {
     let v: Vec<Verdict> = compare(&old, &new, 2.0).iter().map(|c| c.verdict).collect();
     assert_eq!(
         v,
-        [Verdict::Regression, Verdict::Slower, Verdict::Same, Verdict::Unmatched]
+        [
+            Verdict::Regression,
+            Verdict::Slower,
+            Verdict::Same,
+            Verdict::Unmatched
+        ]
     );
     assert_eq!(compare(&new, &old, 2.0)[0].verdict, Verdict::Faster);
 }
@@ -143,7 +174,10 @@ fn compare_normalises_by_the_roof_and_respects_the_spread() {
 fn close_reports_the_first_mismatch() {
     assert_eq!(close(&[1.0, 2.0], &[1.0, 2.0], 0.0, 0.0), None);
     let m = close(&[1.0, 2.5, f32::NAN], &[1.0, 2.0, 3.0], 1e-4, 1e-4).unwrap();
-    assert!(m.starts_with("2 of 3 values differ") && m.contains("[1]"), "{m}");
+    assert!(
+        m.starts_with("2 of 3 values differ") && m.contains("[1]"),
+        "{m}"
+    );
 }
 
 fn bench(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
@@ -173,17 +207,30 @@ fn a_slowed_kernel_is_flagged_and_a_normal_compare_passes() {
     let (out, text) = bench(&[&quick[..], &["--json", base_s]].concat(), &[]);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("XDG_RUNTIME_DIR"), "Mesa noise:\n{text}");
-    assert!(text.contains("roof (best runs):") && text.contains("% roof"), "{text}");
+    assert!(
+        text.contains("roof (best runs):") && text.contains("% roof"),
+        "{text}"
+    );
     let r = Report::read(&base).unwrap();
     let kernels: Vec<&str> = r.rows.iter().map(|r| r.kernel.as_str()).collect();
-    assert_eq!(kernels, ["peak_fma", "copy_bandwidth", "transpose"], "{text}");
-    assert!(r.rows.iter().all(|r| r.check == "ok" && r.ms_median > 0.0), "{text}");
+    assert_eq!(
+        kernels,
+        ["peak_fma", "copy_bandwidth", "transpose"],
+        "{text}"
+    );
+    assert!(
+        r.rows.iter().all(|r| r.check == "ok" && r.ms_median > 0.0),
+        "{text}"
+    );
 
     // The same code again: no regression (generous threshold: other work shares the CPU).
     let compare = [&quick[..], &["--compare", base_s, "--threshold", "4"]].concat();
     let (out, text) = bench(&compare, &[]);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("norm. min") && !text.contains("REGRESSION"), "{text}");
+    assert!(
+        text.contains("norm. min") && !text.contains("REGRESSION"),
+        "{text}"
+    );
 
     // transpose recorded 16 times a run: flagged, and the exit status says so.
     let (out, text) = bench(&compare, &[(shadergrad::bench::SLOW_ENV, "transpose:16")]);
@@ -201,8 +248,14 @@ fn bad_baselines_fail_before_measuring() {
     std::fs::write(&path, r#"{"adapter": 3}"#).unwrap();
     let (out, text) = bench(&["--compare", path.to_str().unwrap()], &[]);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("broken.json") && text.contains("adapter"), "{text}");
-    assert!(!text.contains("roof (best runs)"), "measured before reading the baseline:\n{text}");
+    assert!(
+        text.contains("broken.json") && text.contains("adapter"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("roof (best runs)"),
+        "measured before reading the baseline:\n{text}"
+    );
 }
 
 #[test]
@@ -258,6 +311,9 @@ fn roof_kernels_match_their_references() {
         copy_bandwidth(gpu, &y, &Tensor::zeros(gpu, "z", &[4]).unwrap()).err(),
     ] {
         let e = e.expect("refused").to_string();
-        assert!(e.contains("peak_fma") || e.contains("copy_bandwidth"), "{e}");
+        assert!(
+            e.contains("peak_fma") || e.contains("copy_bandwidth"),
+            "{e}"
+        );
     }
 }

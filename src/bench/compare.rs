@@ -112,7 +112,10 @@ pub fn print(old_path: &str, old: &Report, new: &Report, rows: &[Comparison], th
             Verdict::Unmatched => "not in both runs",
         };
         if c.verdict == Verdict::Unmatched {
-            println!("{:<32} {:<42} {:>9} {:>9.3} {:>7} {:>10}  {verdict}", c.kernel, c.shape, "-", c.new_ms, "-", "-");
+            println!(
+                "{:<32} {:<42} {:>9} {:>9.3} {:>7} {:>10}  {verdict}",
+                c.kernel, c.shape, "-", c.new_ms, "-", "-"
+            );
         } else {
             println!(
                 "{:<32} {:<42} {:>9.3} {:>9.3} {:>7.2} {:>10.2}  {verdict}",

@@ -56,16 +56,26 @@ impl Options {
 
     fn budget(&self) -> Budget {
         if self.quick {
-            Budget { runs: 5, pass_ms: 10.0, row_ms: 1500.0 }
+            Budget {
+                runs: 5,
+                pass_ms: 10.0,
+                row_ms: 1500.0,
+            }
         } else {
-            Budget { runs: 15, pass_ms: 30.0, row_ms: 8000.0 }
+            Budget {
+                runs: 15,
+                pass_ms: 30.0,
+                row_ms: 8000.0,
+            }
         }
     }
 }
 
 /// The injected slowdown for `kernel` ([`SLOW_ENV`]): 1 unless it names this kernel.
 fn slowdown(kernel: &str) -> usize {
-    let Ok(v) = std::env::var(SLOW_ENV) else { return 1 };
+    let Ok(v) = std::env::var(SLOW_ENV) else {
+        return 1;
+    };
     let (pattern, factor) = match v.rsplit_once(':') {
         Some((p, f)) => (p.to_string(), f.trim().parse().unwrap_or(8)),
         None => (v.clone(), 8),
@@ -78,7 +88,13 @@ fn slowdown(kernel: &str) -> usize {
 }
 
 /// Set up, check and time one case.
-fn run_case(gpu: &Gpu, pass: &PassTimer, case: &suite::Case, budget: &Budget, roof: Option<&Roof>) -> Row {
+fn run_case(
+    gpu: &Gpu,
+    pass: &PassTimer,
+    case: &suite::Case,
+    budget: &Budget,
+    roof: Option<&Roof>,
+) -> Row {
     let mut row = Row {
         kernel: case.kernel.into(),
         shape: case.shape.clone(),
@@ -103,7 +119,7 @@ fn run_case(gpu: &Gpu, pass: &PassTimer, case: &suite::Case, budget: &Budget, ro
             return Ok(None);
         };
         let entries: Vec<&str> = prepared.dispatches.iter().map(|d| d.name).collect();
-        row.family = suite::family(&entries).into();
+        row.family = suite::family(case.kernel, &entries).into();
         row.entry = suite::entry_label(&prepared.dispatches);
         let ds: Vec<_> = prepared.dispatches.iter().collect();
         crate::kernels::run(gpu, &ds)?;
@@ -150,7 +166,10 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
         if is_roof {
             if !row.timed() {
                 println!("{}", report::line(&row));
-                return Err(crate::Error::gpu("bench roof", format!("{} {}", row.kernel, row.check)));
+                return Err(crate::Error::gpu(
+                    "bench roof",
+                    format!("{} {}", row.kernel, row.check),
+                ));
             }
             row.family = "roof".into();
             rows.push(row);
@@ -162,7 +181,8 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
                     gflops: best(&rows[0], rows[0].flops),
                     gbps: best(&rows[1], rows[1].bytes),
                 };
-                (rows[0].pct_roof, rows[0].bound) = (100.0 * rows[0].gflops / r.gflops, "fma".into());
+                (rows[0].pct_roof, rows[0].bound) =
+                    (100.0 * rows[0].gflops / r.gflops, "fma".into());
                 (rows[1].pct_roof, rows[1].bound) = (100.0 * rows[1].gbps / r.gbps, "copy".into());
                 for row in &rows {
                     println!("{}", report::line(row));
@@ -178,7 +198,10 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
         println!("{}", report::line(&row));
         rows.push(row);
     }
-    let roof = roof.unwrap_or(Roof { gflops: f64::NAN, gbps: f64::NAN });
+    let roof = roof.unwrap_or(Roof {
+        gflops: f64::NAN,
+        gbps: f64::NAN,
+    });
     if opts.selects("train_step", "seed CNN") {
         let steps = if opts.quick { 5 } else { 20 };
         let mut row = match startup::train_step(gpu, steps, slowdown("train_step")) {
@@ -204,7 +227,9 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
     Ok(Report {
         adapter: info.name.clone(),
         backend: format!("{:?}", info.backend),
-        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
         device_type: format!("{:?}", info.device_type),
         version: env!("CARGO_PKG_VERSION").into(),
         commit: COMMIT.into(),

@@ -125,14 +125,21 @@ pub fn line(r: &Row) -> String {
         format!("  ({})", r.entry)
     };
     if !r.timed() {
-        return format!("{name:<32} {:<9} {:<42} {}{entry}", r.family, r.shape, r.check);
+        return format!(
+            "{name:<32} {:<9} {:<42} {}{entry}",
+            r.family, r.shape, r.check
+        );
     }
     let pct = if r.pct_roof > 0.0 {
         format!("{:.1} {}", r.pct_roof, r.bound)
     } else {
         "-".into()
     };
-    let timer = if r.timer == "wall-clock" { " (wall clock)" } else { "" };
+    let timer = if r.timer == "wall-clock" {
+        " (wall clock)"
+    } else {
+        ""
+    };
     format!(
         "{name:<32} {:<9} {:<42} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  ok{timer}{entry}",
         r.family,
@@ -181,9 +188,20 @@ impl Report {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::data(path, "(file)", format!("not JSON: {e}")))?;
-        let f = Fields { path, v: &v, at: String::new() };
+        let f = Fields {
+            path,
+            v: &v,
+            at: String::new(),
+        };
         let [adapter, backend, driver, device_type, version, commit, wgpu, timer] = [
-            "adapter", "backend", "driver", "device_type", "version", "commit", "wgpu", "timer",
+            "adapter",
+            "backend",
+            "driver",
+            "device_type",
+            "version",
+            "commit",
+            "wgpu",
+            "timer",
         ]
         .map(|k| f.str(k));
         let adapter = adapter?;
@@ -199,7 +217,11 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let r = Fields { path, v, at: format!("rows[{i}].") };
+                let r = Fields {
+                    path,
+                    v,
+                    at: format!("rows[{i}]."),
+                };
                 Ok(Row {
                     kernel: r.str("kernel")?,
                     shape: r.str("shape")?,
@@ -257,7 +279,11 @@ impl<'a> Fields<'a> {
         if !v.is_object() {
             return Err(self.bad(name, "not an object"));
         }
-        Ok(Fields { path: self.path, v, at: format!("{}{name}.", self.at) })
+        Ok(Fields {
+            path: self.path,
+            v,
+            at: format!("{}{name}.", self.at),
+        })
     }
 
     fn str(&self, name: &str) -> Result<String> {
@@ -268,7 +294,11 @@ impl<'a> Fields<'a> {
     }
 
     fn str_or(&self, name: &str, default: &str) -> String {
-        self.v.get(name).and_then(Value::as_str).unwrap_or(default).to_string()
+        self.v
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
     }
 
     fn num(&self, name: &str) -> Result<f64> {

@@ -90,7 +90,7 @@ pub fn train_step(gpu: &Gpu, steps: usize, slow: usize) -> Result<Row> {
         step(&mut trainer)?;
     }
     let m = trainer.read_metrics()?;
-    if m.non_finite || !(m.loss < 10f64.ln()) {
+    if m.non_finite || !m.loss.is_finite() || m.loss >= 10f64.ln() {
         r.check = format!(
             "FAIL: mean loss {:.4} over the first 20 steps is not below ln 10 = 2.3026",
             m.loss
@@ -135,7 +135,10 @@ pub fn child_main() -> Option<u8> {
         let m = trainer.read_metrics()?;
         let first_step = ms(t);
         if m.non_finite {
-            return Err(Error::gpu("cold start", "the first step's loss is not finite"));
+            return Err(Error::gpu(
+                "cold start",
+                "the first step's loss is not finite",
+            ));
         }
         let total = ms(t0);
         gpu.save_pipeline_cache()?;
@@ -181,7 +184,12 @@ fn child(exe: &Path, cache: Option<&Path>) -> Result<(f64, String)> {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_default();
-    let p = |k: &str| phases.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let p = |k: &str| {
+        phases
+            .get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0)
+    };
     let text = format!(
         "data {:.0} ms, device {:.0}, build+upload {:.0}, first step {:.0}",
         p("data_ms"),
@@ -200,13 +208,22 @@ pub fn cold_start(gpu: &Gpu, runs: usize) -> Vec<Row> {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            let mut r = row("cold_start", "seed CNN, batch 128".into(), Timer::WallClock, 0.0);
+            let mut r = row(
+                "cold_start",
+                "seed CNN, batch 128".into(),
+                Timer::WallClock,
+                0.0,
+            );
             r.check = format!("skipped: no path to this executable ({e})");
             return vec![r];
         }
     };
-    let cache_dir = std::env::temp_dir().join(format!("shadergrad-bench-cache-{}", std::process::id()));
-    let has_cache = gpu.adapter.features().contains(wgpu::Features::PIPELINE_CACHE);
+    let cache_dir =
+        std::env::temp_dir().join(format!("shadergrad-bench-cache-{}", std::process::id()));
+    let has_cache = gpu
+        .adapter
+        .features()
+        .contains(wgpu::Features::PIPELINE_CACHE);
     for cached in [false, true] {
         let shape = if cached {
             "seed CNN, batch 128, pipeline cache"

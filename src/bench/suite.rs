@@ -69,13 +69,21 @@ fn random(gpu: &Gpu, rng: &mut Rng, shape: &[usize]) -> Result<(Tensor, Vec<f32>
     Ok((Tensor::from_f32(gpu, "bench input", shape, &v)?, v))
 }
 
-/// The family of the kernel a set of dispatches runs, from its entry points.
-pub fn family(entries: &[&str]) -> &'static str {
-    if entries.iter().any(|e| e.contains("window") || e.contains("relu_pool")) {
+/// The family of the kernel a row runs, from its op and its entry points (a `_windowed`
+/// wrapper runs a subgroup entry point through uniform windows).
+pub fn family(kernel: &str, entries: &[&str]) -> &'static str {
+    if kernel.ends_with("_windowed")
+        || entries
+            .iter()
+            .any(|e| e.contains("window") || e.contains("relu_pool"))
+    {
         "window"
     } else if entries.iter().any(|e| e.contains("subgroup")) {
         "subgroup"
-    } else if entries.iter().any(|e| *e == "peak_fma" || *e == "copy_bandwidth") {
+    } else if entries
+        .iter()
+        .any(|e| *e == "peak_fma" || *e == "copy_bandwidth")
+    {
         "roof"
     } else {
         "portable"
@@ -133,7 +141,11 @@ fn matmul_case(label: &str, spec: MatmulSpec, kernel: Option<MatmulKernel>, quic
                 let mut a_rows = Vec::with_capacity(rows.len() * spec.k);
                 for &i in &rows {
                     for p in 0..spec.k {
-                        let at = if spec.transpose_a { p * spec.m + i } else { i * spec.k + p };
+                        let at = if spec.transpose_a {
+                            p * spec.m + i
+                        } else {
+                            i * spec.k + p
+                        };
                         a_rows.push(av[at] as f64);
                     }
                 }
@@ -183,11 +195,7 @@ const CONV_SHAPE: &str = "128x1x28x28 -> 32x26x26, 3x3";
 /// Sum the partial rows of a conv's dweight/dbias: part [rows, width] -> [width].
 fn sum_rows(part: &[f32], width: usize) -> Vec<f32> {
     (0..width)
-        .map(|j| {
-            part.chunks(width)
-                .map(|r| r[j] as f64)
-                .sum::<f64>() as f32
-        })
+        .map(|j| part.chunks(width).map(|r| r[j] as f64).sum::<f64>() as f32)
         .collect()
 }
 
@@ -207,16 +215,21 @@ pub fn cases() -> Vec<Case> {
             let d = peak_fma(gpu, fma_iters, &y)?;
             let check = Box::new(move || {
                 let got = y.to_f32(gpu)?;
-                let want: Vec<f64> = (0..fma_n).flat_map(|i| peak_fma_ref(i, fma_iters)).collect();
+                let want: Vec<f64> = (0..fma_n)
+                    .flat_map(|i| peak_fma_ref(i, fma_iters))
+                    .collect();
                 Ok(close(&got, &want, 1e-4, 1e-4))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
     let copy_n = 4 << 20; // vec4s: 64 MiB each way
     v.push(Case {
         kernel: "copy_bandwidth",
-        shape: format!("{} MiB", copy_n * 16 >> 20),
+        shape: format!("{} MiB", (copy_n * 16) >> 20),
         flops: 0.0,
         bytes: 2.0 * 16.0 * copy_n as f64,
         quick: true,
@@ -229,21 +242,38 @@ pub fn cases() -> Vec<Case> {
                 let got = y.to_f32(gpu)?;
                 Ok((got != xv).then(|| "the copy differs from its source".to_string()))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
 
     // ---- matmul ----
     for n in [256, 512, 1024, 2048] {
-        v.push(matmul_case("square", MatmulSpec::new(n, n, n), None, n == 512 || n == 1024));
+        v.push(matmul_case(
+            "square",
+            MatmulSpec::new(n, n, n),
+            None,
+            n == 512 || n == 1024,
+        ));
     }
     // Every matmul kernel at one shape: a new variant is one more line here.
     for kernel in [
-        MatmulKernel::RegisterTile(Tiles { wg: 64, tm: 4, tn: 4 }),
+        MatmulKernel::RegisterTile(Tiles {
+            wg: 64,
+            tm: 4,
+            tn: 4,
+        }),
         MatmulKernel::Subgroup { wg: 64 },
         MatmulKernel::Window { wg: 64 },
     ] {
-        v.push(matmul_case("square", MatmulSpec::new(512, 512, 512), Some(kernel), false));
+        v.push(matmul_case(
+            "square",
+            MatmulSpec::new(512, 512, 512),
+            Some(kernel),
+            false,
+        ));
     }
     // Seed CNN Dense(5408 -> 128) at batch 128: forward, dweight, dinput, as stored, and as
     // a training step runs them on window adapters (on x^T and W^T).
@@ -274,15 +304,24 @@ pub fn cases() -> Vec<Case> {
             let y = Tensor::zeros(gpu, "x^T", &[5408, 128])?;
             let d = transpose(gpu, &x, &y)?;
             let check = Box::new(move || {
-                Ok(close(&y.to_f32(gpu)?, &transpose_ref(&f64s(&xv), 128, 5408), 0.0, 0.0))
+                Ok(close(
+                    &y.to_f32(gpu)?,
+                    &transpose_ref(&f64s(&xv), 128, 5408),
+                    0.0,
+                    0.0,
+                ))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
 
     // ---- conv2d, pool, activation at the seed CNN's shapes ----
     let (s, ps) = seed_conv();
-    let conv_bytes = 4.0 * (s.x_shape().iter().product::<usize>() + s.y_shape().iter().product::<usize>()) as f64;
+    let conv_bytes = 4.0
+        * (s.x_shape().iter().product::<usize>() + s.y_shape().iter().product::<usize>()) as f64;
     let conv = |kernel: &'static str, quick: bool, setup: Setup| Case {
         kernel,
         shape: CONV_SHAPE.into(),
@@ -305,7 +344,10 @@ pub fn cases() -> Vec<Case> {
                 let want = conv2d_forward_ref(&s, &f64s(&xv), &f64s(&wv), Some(&f64s(&bv)), true);
                 Ok(close(&y.to_f32(gpu)?, &want, 1e-4, 1e-4))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     ));
     v.push(conv(
@@ -317,7 +359,8 @@ pub fn cases() -> Vec<Case> {
             let (w, wv) = random(gpu, &mut rng, &s.w_shape())?;
             let (b, bv) = random(gpu, &mut rng, &[s.c_out])?;
             let y = Tensor::zeros(gpu, "y", &s.y_shape())?;
-            let Some(dispatches) = conv2d_forward_windowed(gpu, &s, &x, &w, Some(&b), true, &y)? else {
+            let Some(dispatches) = conv2d_forward_windowed(gpu, &s, &x, &w, Some(&b), true, &y)?
+            else {
                 return Ok(None);
             };
             let check = Box::new(move || {
@@ -342,7 +385,10 @@ pub fn cases() -> Vec<Case> {
                 let got = sum_rows(&part.to_f32(gpu)?, s.part_row());
                 Ok(close(&got, &want, 1e-4, 1e-5 * (128 * 26 * 26) as f64))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     ));
     v.push(conv(
@@ -358,7 +404,10 @@ pub fn cases() -> Vec<Case> {
                 let want = conv2d_backward_input_ref(&s, &f64s(&dyv), &f64s(&wv));
                 Ok(close(&dx.to_f32(gpu)?, &want, 1e-4, 1e-4 * 32.0))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     ));
     // The seed CNN's first layer on window adapters: conv + ReLU + max pool in one kernel,
@@ -378,7 +427,8 @@ pub fn cases() -> Vec<Case> {
                 Tensor::zeros(gpu, "y", &ps.y_shape())?,
                 Tensor::zeros(gpu, "argmax", &ps.y_shape())?,
             );
-            let Some(dispatches) = conv2d_relu_pool_windowed(gpu, &s, &ps, &x, &w, &b, &y, &arg)? else {
+            let Some(dispatches) = conv2d_relu_pool_windowed(gpu, &s, &ps, &x, &w, &b, &y, &arg)?
+            else {
                 return Ok(None);
             };
             let check = Box::new(move || {
@@ -421,7 +471,12 @@ pub fn cases() -> Vec<Case> {
             let check = Box::new(move || {
                 let (yv, argv) = (y.to_f32(gpu)?, arg.to_u32(gpu)?);
                 let (dw, db) = conv2d_relu_pool_backward_weight_ref(
-                    &s, &ps, &f64s(&xv), &f64s(&gv), &f64s(&yv), &argv,
+                    &s,
+                    &ps,
+                    &f64s(&xv),
+                    &f64s(&gv),
+                    &f64s(&yv),
+                    &argv,
                 );
                 let want: Vec<f64> = dw.into_iter().chain(db).collect();
                 let got = sum_rows(&part.to_f32(gpu)?, s.part_row());
@@ -452,7 +507,10 @@ pub fn cases() -> Vec<Case> {
                 }
                 Ok(close(&y.to_f32(gpu)?, &want, 0.0, 0.0))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
     v.push(Case {
@@ -477,7 +535,10 @@ pub fn cases() -> Vec<Case> {
                 let want = max_pool2d_backward_ref(&ps, &f64s(&dyv), &argv);
                 Ok(close(&dx.to_f32(gpu)?, &want, 0.0, 0.0))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
     v.push(Case {
@@ -496,14 +557,21 @@ pub fn cases() -> Vec<Case> {
                 let want = activation_backward_ref(Activation::Relu, &f64s(&dyv), &f64s(&yv));
                 Ok(close(&dz.to_f32(gpu)?, &want, 0.0, 0.0))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
 
     // ---- loss, optimizer, gather ----
     for backward in [false, true] {
         v.push(Case {
-            kernel: if backward { "softmax_xent_backward" } else { "softmax_xent_forward" },
+            kernel: if backward {
+                "softmax_xent_backward"
+            } else {
+                "softmax_xent_forward"
+            },
             shape: "128x10".into(),
             flops: 0.0,
             bytes: 4.0 * (128.0 * 21.0 + 128.0),
@@ -514,8 +582,14 @@ pub fn cases() -> Vec<Case> {
                 let labels: Vec<u32> = (0..128).map(|_| rng.below(10) as u32).collect();
                 let label = Tensor::from_u32(gpu, "label", &[128], &labels)?;
                 let prob = Tensor::zeros(gpu, "prob", &[128, 10])?;
-                let out = Tensor::zeros(gpu, "out", if backward { &[128, 10][..] } else { &[128] })?;
-                let lt = LossTensors { z: &z, label: Some(&label), target: None, prob: &prob };
+                let out =
+                    Tensor::zeros(gpu, "out", if backward { &[128, 10][..] } else { &[128] })?;
+                let lt = LossTensors {
+                    z: &z,
+                    label: Some(&label),
+                    target: None,
+                    prob: &prob,
+                };
                 let l = Loss::SoftmaxCrossEntropy;
                 let dispatches = if backward {
                     // The forward once, for prob; the row times the backward only.
@@ -549,7 +623,10 @@ pub fn cases() -> Vec<Case> {
             let mut rng = Rng::new(20);
             let (g, gv) = random(gpu, &mut rng, &[n])?;
             let (p, pv) = random(gpu, &mut rng, &[n])?;
-            let (m, v) = (Tensor::zeros(gpu, "m", &[n])?, Tensor::zeros(gpu, "v", &[n])?);
+            let (m, v) = (
+                Tensor::zeros(gpu, "m", &[n])?,
+                Tensor::zeros(gpu, "v", &[n])?,
+            );
             let opt = Optimizer::adam(1e-3);
             let d = optimizer_step(gpu, &opt, &g, &p, &m, &v)?;
             let check = Box::new(move || {
@@ -557,7 +634,10 @@ pub fn cases() -> Vec<Case> {
                 optimizer_step_ref(&opt, 1, &f64s(&gv), &mut pr, &mut mr, &mut vr);
                 Ok(close(&p.to_f32(gpu)?, &pr, 1e-5, 1e-6))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
     v.push(Case {
@@ -577,7 +657,10 @@ pub fn cases() -> Vec<Case> {
             let tl = Tensor::from_u32(gpu, "labels", &[packed_labels.len()], &packed_labels)?;
             let order: Vec<u32> = (0..128).map(|_| rng.below(n_img) as u32).collect();
             let to = Tensor::from_u32(gpu, "order", &[128], &order)?;
-            let (x, lbl) = (Tensor::zeros(gpu, "x", &[128, 784])?, Tensor::zeros(gpu, "lbl", &[128])?);
+            let (x, lbl) = (
+                Tensor::zeros(gpu, "x", &[128, 784])?,
+                Tensor::zeros(gpu, "lbl", &[128])?,
+            );
             let d = gather_batch(gpu, &pixels, &tl, &to, 0, &x, &lbl)?;
             let check = Box::new(move || {
                 let (want, want_lbl) = gather_batch_ref(&images, &labels, 784, &order);
@@ -586,7 +669,10 @@ pub fn cases() -> Vec<Case> {
                 }
                 Ok(close(&x.to_f32(gpu)?, &want, 1e-6, 1e-6))
             });
-            Ok(Some(Prepared { dispatches: vec![d], check }))
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
         }),
     });
     v
