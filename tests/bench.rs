@@ -317,3 +317,55 @@ fn roof_kernels_match_their_references() {
         );
     }
 }
+
+#[test]
+fn a_wrong_kernel_fails_its_check_and_is_not_timed() {
+    use shadergrad::bench::suite::{Case, Prepared};
+    use shadergrad::bench::timer::PassTimer;
+    use shadergrad::bench::{run_case, Options};
+    use shadergrad::kernels::transpose::{transpose, transpose_ref};
+    use shadergrad::tensor::Tensor;
+    let Some(gpu) = common::gpu() else { return };
+    // transpose checked against the reference of the wrong shape: a kernel that is "wrong".
+    let case = |wrong: bool| Case {
+        kernel: "transpose",
+        shape: "3x5".into(),
+        flops: 0.0,
+        bytes: 120.0,
+        quick: true,
+        setup: Box::new(move |gpu| {
+            let xv: Vec<f32> = (0..15).map(|i| i as f32).collect();
+            let x = Tensor::from_f32(gpu, "x", &[3, 5], &xv)?;
+            let y = Tensor::zeros(gpu, "y", &[5, 3])?;
+            let d = transpose(gpu, &x, &y)?;
+            let check = Box::new(move || {
+                let xs: Vec<f64> = xv.iter().map(|&v| v as f64).collect();
+                let (r, c) = if wrong { (5, 3) } else { (3, 5) };
+                Ok(close(&y.to_f32(gpu)?, &transpose_ref(&xs, r, c), 0.0, 0.0))
+            });
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
+        }),
+    };
+    let opts = Options {
+        quick: true,
+        ..Options::default()
+    };
+    let pass = PassTimer::new(gpu);
+    let good = run_case(gpu, &pass, &case(false), &opts.budget(), None);
+    assert!(
+        good.timed() && good.runs >= 3 && good.ms_median > 0.0,
+        "{good:?}"
+    );
+    let bad = run_case(gpu, &pass, &case(true), &opts.budget(), None);
+    assert!(bad.check.starts_with("FAIL: "), "{bad:?}");
+    assert!(bad.check.contains("values differ"), "{bad:?}");
+    assert_eq!(
+        (bad.runs, bad.ms_median),
+        (0, 0.0),
+        "a failed row is not timed"
+    );
+    assert!(shadergrad::bench::report::line(&bad).contains("FAIL"));
+}

@@ -54,7 +54,7 @@ impl Options {
         })
     }
 
-    fn budget(&self) -> Budget {
+    pub fn budget(&self) -> Budget {
         if self.quick {
             Budget {
                 runs: 5,
@@ -87,8 +87,8 @@ fn slowdown(kernel: &str) -> usize {
     }
 }
 
-/// Set up, check and time one case.
-fn run_case(
+/// Set up, check and time one case: a row whose check fails says FAIL and is not timed.
+pub fn run_case(
     gpu: &Gpu,
     pass: &PassTimer,
     case: &suite::Case,
