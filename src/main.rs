@@ -156,7 +156,11 @@ fn main() -> ExitCode {
     if let Some(code) = shadergrad::bench::startup::child_main() {
         return ExitCode::from(code);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error")).init();
+    // wgpu's OpenGL backend logs an EGL error ("eglInitialize ... DRI2: failed to load
+    // driver") whenever its first display platform fails, before it falls back to a
+    // surfaceless display that works: noise on every first run (RUST_LOG shows it again).
+    let filter = "error,wgpu_hal::gles::egl=off";
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter)).init();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -207,7 +207,10 @@ fn a_slowed_kernel_is_flagged_and_a_normal_compare_passes() {
     let (out, text) = bench(&[&quick[..], &["--json", base_s]].concat(), &[]);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("XDG_RUNTIME_DIR"), "Mesa noise:\n{text}");
-    assert!(text.contains("roof:") && text.contains("% roof"), "{text}");
+    assert!(
+        text.contains("roof (best runs):") && text.contains("% roof"),
+        "{text}"
+    );
     let r = Report::read(&base).unwrap();
     let kernels: Vec<&str> = r.rows.iter().map(|r| r.kernel.as_str()).collect();
     assert_eq!(
@@ -225,7 +228,7 @@ fn a_slowed_kernel_is_flagged_and_a_normal_compare_passes() {
     let (out, text) = bench(&compare, &[]);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("normalised") && !text.contains("REGRESSION"),
+        text.contains("norm. min") && !text.contains("REGRESSION"),
         "{text}"
     );
 
@@ -250,7 +253,7 @@ fn bad_baselines_fail_before_measuring() {
         "{text}"
     );
     assert!(
-        !text.contains("roof:"),
+        !text.contains("roof (best runs)"),
         "measured before reading the baseline:\n{text}"
     );
 }
@@ -268,4 +271,101 @@ fn info_prints_no_mesa_runtime_dir_errors() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success());
     assert!(!text.contains("XDG_RUNTIME_DIR"), "{text}");
+}
+
+#[test]
+fn roof_kernels_match_their_references() {
+    use shadergrad::kernels::roof::*;
+    use shadergrad::kernels::{run, LOOP_BUDGET};
+    use shadergrad::tensor::Tensor;
+    let Some(gpu) = common::gpu() else { return };
+    // Awkward sizes: 1, primes, a workgroup plus one; rounds 1, a prime, many.
+    for n in [1, 7, 257, 1031] {
+        for iters in [1, 13, 500] {
+            let y = Tensor::zeros(gpu, "y", &[n, 4]).unwrap();
+            run(gpu, &[&peak_fma(gpu, iters, &y).unwrap()]).unwrap();
+            let want: Vec<f64> = (0..n).flat_map(|i| peak_fma_ref(i, iters)).collect();
+            common::assert_close(
+                &format!("peak_fma n={n} iters={iters}"),
+                &y.to_f32(gpu).unwrap(),
+                &want,
+                // f32 rounding grows with the chain: ~1 ulp a round.
+                1e-6 + 2e-7 * iters as f64,
+                1e-6,
+            );
+        }
+        let x: Vec<f32> = (0..4 * n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let tx = Tensor::from_f32(gpu, "x", &[n, 4], &x).unwrap();
+        let ty = Tensor::zeros(gpu, "y", &[n, 4]).unwrap();
+        run(gpu, &[&copy_bandwidth(gpu, &tx, &ty).unwrap()]).unwrap();
+        assert_eq!(ty.to_f32(gpu).unwrap(), x, "copy_bandwidth n={n}");
+    }
+    // Bad shapes are errors naming the op, never panics.
+    let odd = Tensor::zeros(gpu, "odd", &[6]).unwrap();
+    let y = Tensor::zeros(gpu, "y", &[8]).unwrap();
+    for e in [
+        peak_fma(gpu, 10, &odd).err(),
+        peak_fma(gpu, 0, &y).err(),
+        peak_fma(gpu, LOOP_BUDGET + 1, &y).err(),
+        copy_bandwidth(gpu, &odd, &odd).err(),
+        copy_bandwidth(gpu, &y, &Tensor::zeros(gpu, "z", &[4]).unwrap()).err(),
+    ] {
+        let e = e.expect("refused").to_string();
+        assert!(
+            e.contains("peak_fma") || e.contains("copy_bandwidth"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_kernel_fails_its_check_and_is_not_timed() {
+    use shadergrad::bench::suite::{Case, Prepared};
+    use shadergrad::bench::timer::PassTimer;
+    use shadergrad::bench::{run_case, Options};
+    use shadergrad::kernels::transpose::{transpose, transpose_ref};
+    use shadergrad::tensor::Tensor;
+    let Some(gpu) = common::gpu() else { return };
+    // transpose checked against the reference of the wrong shape: a kernel that is "wrong".
+    let case = |wrong: bool| Case {
+        kernel: "transpose",
+        shape: "3x5".into(),
+        flops: 0.0,
+        bytes: 120.0,
+        quick: true,
+        setup: Box::new(move |gpu| {
+            let xv: Vec<f32> = (0..15).map(|i| i as f32).collect();
+            let x = Tensor::from_f32(gpu, "x", &[3, 5], &xv)?;
+            let y = Tensor::zeros(gpu, "y", &[5, 3])?;
+            let d = transpose(gpu, &x, &y)?;
+            let check = Box::new(move || {
+                let xs: Vec<f64> = xv.iter().map(|&v| v as f64).collect();
+                let (r, c) = if wrong { (5, 3) } else { (3, 5) };
+                Ok(close(&y.to_f32(gpu)?, &transpose_ref(&xs, r, c), 0.0, 0.0))
+            });
+            Ok(Some(Prepared {
+                dispatches: vec![d],
+                check,
+            }))
+        }),
+    };
+    let opts = Options {
+        quick: true,
+        ..Options::default()
+    };
+    let pass = PassTimer::new(gpu);
+    let good = run_case(gpu, &pass, &case(false), &opts.budget(), None);
+    assert!(
+        good.timed() && good.runs >= 3 && good.ms_median > 0.0,
+        "{good:?}"
+    );
+    let bad = run_case(gpu, &pass, &case(true), &opts.budget(), None);
+    assert!(bad.check.starts_with("FAIL: "), "{bad:?}");
+    assert!(bad.check.contains("values differ"), "{bad:?}");
+    assert_eq!(
+        (bad.runs, bad.ms_median),
+        (0, 0.0),
+        "a failed row is not timed"
+    );
+    assert!(shadergrad::bench::report::line(&bad).contains("FAIL"));
 }

@@ -3,7 +3,8 @@
 //! bound by compute, the copy roof for the others), so that a machine that is uniformly
 //! slower or busier compares equal. A row is "slower" or "faster" only when the two runs'
 //! ranges (min to max, normalised) do not overlap, and a regression only when it is slower
-//! and its normalised median ratio passes the threshold.
+//! and the ratio of its normalised best (min) times passes the threshold: other work on the
+//! machine only ever adds time, so the best run is the one it disturbed least.
 
 use super::report::{Report, Row};
 
@@ -28,7 +29,7 @@ pub struct Comparison {
     pub new_ms: f64,
     /// new / old medians, as measured.
     pub ratio: f64,
-    /// new / old medians, each over its run's roof.
+    /// new / old best (min) times, each over its run's roof.
     pub normalised: f64,
     pub verdict: Verdict,
 }
@@ -68,10 +69,10 @@ pub fn compare(old: &Report, new: &Report, threshold: f64) -> Vec<Comparison> {
             } else {
                 roof_speedup(old, new, &o.bound)
             };
-            let (lo, mid, hi) = (r.ms_min * scale, r.ms_median * scale, r.ms_max * scale);
+            let (lo, hi) = (r.ms_min * scale, r.ms_max * scale);
             c.old_ms = o.ms_median;
             c.ratio = r.ms_median / o.ms_median;
-            c.normalised = mid / o.ms_median;
+            c.normalised = lo / o.ms_min.max(f64::MIN_POSITIVE);
             c.verdict = if lo > o.ms_max {
                 if c.normalised > threshold && r.family != "roof" {
                     Verdict::Regression
@@ -90,7 +91,7 @@ pub fn compare(old: &Report, new: &Report, threshold: f64) -> Vec<Comparison> {
 
 pub fn print(old_path: &str, old: &Report, new: &Report, rows: &[Comparison], threshold: f64) {
     println!(
-        "\ncompared with {old_path} ({}, commit {}, roof {:.1} GFLOP/s, {:.1} GB/s); times normalised by each run's roof; regression: slower beyond both runs' spread and by more than {threshold}x",
+        "\ncompared with {old_path} ({}, commit {}, roof {:.1} GFLOP/s, {:.1} GB/s); ms: medians; ratio: of the medians; norm. min: of the best times, each over its run's roof; regression: slower beyond both runs' spread and norm. min over {threshold}x",
         old.adapter, old.commit, old.roof.gflops, old.roof.gbps
     );
     println!(
@@ -99,8 +100,8 @@ pub fn print(old_path: &str, old: &Report, new: &Report, rows: &[Comparison], th
         new.roof.gbps / old.roof.gbps
     );
     println!(
-        "{:<32} {:<36} {:>9} {:>9} {:>7} {:>10}  verdict",
-        "kernel", "shape", "old ms", "new ms", "ratio", "normalised"
+        "{:<32} {:<42} {:>9} {:>9} {:>7} {:>10}  verdict",
+        "kernel", "shape", "old ms", "new ms", "ratio", "norm. min"
     );
     for c in rows {
         let verdict = match c.verdict {
@@ -112,12 +113,12 @@ pub fn print(old_path: &str, old: &Report, new: &Report, rows: &[Comparison], th
         };
         if c.verdict == Verdict::Unmatched {
             println!(
-                "{:<32} {:<36} {:>9} {:>9.3} {:>7} {:>10}  {verdict}",
+                "{:<32} {:<42} {:>9} {:>9.3} {:>7} {:>10}  {verdict}",
                 c.kernel, c.shape, "-", c.new_ms, "-", "-"
             );
         } else {
             println!(
-                "{:<32} {:<36} {:>9.3} {:>9.3} {:>7.2} {:>10.2}  {verdict}",
+                "{:<32} {:<42} {:>9.3} {:>9.3} {:>7.2} {:>10.2}  {verdict}",
                 c.kernel, c.shape, c.old_ms, c.new_ms, c.ratio, c.normalised
             );
         }

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::timer::Stats;
 use crate::{Error, Result};
 
-/// The adapter's measured roof: the best GFLOP/s of the peak-FMA kernel and GB/s of the
-/// copy kernel in this run.
+/// The adapter's measured roof: the GFLOP/s of the peak-FMA kernel's and the GB/s of the
+/// copy kernel's best run in this run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Roof {
     pub gflops: f64,

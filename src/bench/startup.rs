@@ -75,7 +75,14 @@ pub fn train_step_placeholder() -> Row {
 /// mean loss falls below ln 10 (what an untrained 10-class model scores).
 pub fn train_step(gpu: &Gpu, steps: usize, slow: usize) -> Result<Row> {
     let mut r = train_step_placeholder();
-    let mnist = data::load_mnist(&data::default_data_dir())?;
+    // No dataset is no fault of the kernels: the row is skipped, not failed.
+    let mnist = match data::load_mnist(&data::default_data_dir()) {
+        Ok(m) => m,
+        Err(e) => {
+            r.check = format!("skipped: {e}");
+            return Ok(r);
+        }
+    };
     let mut trainer = Trainer::new(gpu, Sequential::mnist_cnn(), Optimizer::adam(1e-3), 1)?;
     let set = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
     let order: Vec<u32> = (0..mnist.train.len() as u32).collect();
@@ -91,7 +98,7 @@ pub fn train_step(gpu: &Gpu, steps: usize, slow: usize) -> Result<Row> {
         step(&mut trainer)?;
     }
     let m = trainer.read_metrics()?;
-    if m.non_finite || !(m.loss < 10f64.ln()) {
+    if m.non_finite || !m.loss.is_finite() || m.loss >= 10f64.ln() {
         r.check = format!(
             "FAIL: mean loss {:.4} over the first 20 steps is not below ln 10 = 2.3026",
             m.loss

@@ -69,11 +69,13 @@ fn random(gpu: &Gpu, rng: &mut Rng, shape: &[usize]) -> Result<(Tensor, Vec<f32>
     Ok((Tensor::from_f32(gpu, "bench input", shape, &v)?, v))
 }
 
-/// The family of the kernel a set of dispatches runs, from its entry points.
-pub fn family(entries: &[&str]) -> &'static str {
-    if entries
-        .iter()
-        .any(|e| e.contains("window") || e.contains("relu_pool"))
+/// The family of the kernel a row runs, from its op and its entry points (a `_windowed`
+/// wrapper runs a subgroup entry point through uniform windows).
+pub fn family(kernel: &str, entries: &[&str]) -> &'static str {
+    if kernel.ends_with("_windowed")
+        || entries
+            .iter()
+            .any(|e| e.contains("window") || e.contains("relu_pool"))
     {
         "window"
     } else if entries.iter().any(|e| e.contains("subgroup")) {
@@ -228,7 +230,7 @@ pub fn cases() -> Vec<Case> {
     let copy_n = 4 << 20; // vec4s: 64 MiB each way
     v.push(Case {
         kernel: "copy_bandwidth",
-        shape: format!("{} MiB", copy_n * 16 >> 20),
+        shape: format!("{} MiB", (copy_n * 16) >> 20),
         flops: 0.0,
         bytes: 2.0 * 16.0 * copy_n as f64,
         quick: true,

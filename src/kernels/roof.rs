@@ -65,7 +65,7 @@ pub fn copy_bandwidth(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
 /// Number of vec4s in `t`, which must hold a positive multiple of 4 elements.
 fn vec4s(op: &str, name: &str, t: &Tensor) -> Result<usize> {
     let n = t.numel();
-    if n == 0 || n % 4 != 0 || n / 4 > u32::MAX as usize {
+    if n == 0 || !n.is_multiple_of(4) || n / 4 > u32::MAX as usize {
         let msg = format!(
             "{name} has shape {:?}: expected a positive multiple of 4 elements (vec4s)",
             t.shape
