@@ -10,6 +10,7 @@ use crate::{Error, Result};
 
 pub mod activation;
 pub mod conv2d;
+pub mod copy;
 pub mod elementwise;
 pub mod gather;
 pub mod loss;
@@ -39,10 +40,11 @@ pub enum Shader {
     Reduce,
     Optim,
     Elementwise,
+    Copy,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -55,6 +57,7 @@ impl Shader {
         Shader::Reduce,
         Shader::Optim,
         Shader::Elementwise,
+        Shader::Copy,
     ];
 
     pub fn file(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Shader {
             Shader::Reduce => "shaders/reduce.wgsl",
             Shader::Optim => "shaders/optim.wgsl",
             Shader::Elementwise => "shaders/elementwise.wgsl",
+            Shader::Copy => "shaders/copy.wgsl",
         }
     }
 
@@ -88,6 +92,7 @@ impl Shader {
             Shader::Reduce => include_str!("../../shaders/reduce.wgsl"),
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Copy => include_str!("../../shaders/copy.wgsl"),
         }
     }
 
@@ -144,6 +149,7 @@ impl Shader {
                 "scale_shift",
                 "fill",
             ],
+            Shader::Copy => &["copy_strided"],
         }
     }
 }
