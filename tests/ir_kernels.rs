@@ -10,6 +10,7 @@ use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
 use shadergrad::kernels::copy::*;
 use shadergrad::kernels::elementwise::*;
+use shadergrad::kernels::reduce_axis::*;
 use shadergrad::kernels::{f64s, run, run_all, Dispatch};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
@@ -784,4 +785,133 @@ fn copies_on_folded_grids() {
     exec(gpu, permute(gpu, &tx, &[1, 0], &ty));
     let want = permute_ref(&f64s(&x), &[r, c], &[1, 0]);
     assert_exact("transpose 1009 x 991", &read(gpu, &ty), &want);
+}
+
+// ---- reductions over an axis -----------------------------------------------------------
+
+#[test]
+fn reduce_passes_respect_the_loop_budget() {
+    for (outer, r, inner) in [
+        (1, 1, 1),
+        (1, 1_000_003, 1),
+        (20_000, 40_000, 1),
+        (3, 70_001, 5),
+    ] {
+        let passes = reduce_passes(outer, r, inner);
+        assert_eq!(passes[0].0, r);
+        for w in passes.windows(2) {
+            assert_eq!(w[1].0, w[0].0.div_ceil(w[0].1), "{passes:?}");
+        }
+        let &(r_last, chunk_last) = passes.last().unwrap();
+        assert!(r_last <= chunk_last, "{passes:?}");
+        assert!(passes.iter().all(|&(_, c)| c <= MAX_CHUNK), "{passes:?}");
+    }
+    assert_eq!(reduce_passes(1, 1, 1), vec![(1, 1)]);
+    assert_eq!(reduce_passes(20_000, 40_000, 1).len(), 2);
+}
+
+fn reduce_case(gpu: &Gpu, rng: &mut Rng, op: ReduceOp, dims: (usize, usize, usize)) {
+    let (outer, r, inner) = dims;
+    let x = rng.uniform_vec(outer * r * inner, -1.0, 1.0);
+    let (tx, ty) = (
+        upload(gpu, &[outer, r, inner], &x),
+        zeros(gpu, &[outer, inner]),
+    );
+    run_all(gpu, &reduce(gpu, op, &tx, dims, &ty).unwrap()).unwrap();
+    let want = reduce_ref(op, &f64s(&x), dims);
+    let (rtol, atol) = match op {
+        ReduceOp::Max | ReduceOp::Min => (0.0, 0.0),
+        ReduceOp::Sum => (1e-5, 1e-6 * (r as f64).sqrt() * 4.0),
+        ReduceOp::Mean => (1e-5, 4e-6 / (r as f64).sqrt()),
+    };
+    let what = format!(
+        "reduce {op:?} {dims:?} in {} passes",
+        reduce_passes(outer, r, inner).len()
+    );
+    assert_close(&what, &read(gpu, &ty), &want, rtol, atol);
+}
+
+#[test]
+fn reduce_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(301);
+    for op in ReduceOp::ALL {
+        for dims in [
+            (1, 1, 1),
+            (1, 7, 1),
+            (7, 1, 3),
+            (3, 1, 5),
+            (2, 3, 35),
+            (6, 5, 7),
+            (210, 1, 1),
+            (1000, 1001, 1),
+            (3, 70_001, 5),
+            (1, 1_000_003, 1),
+        ] {
+            reduce_case(gpu, &mut rng, op, dims);
+        }
+    }
+}
+
+#[test]
+fn reduce_max_and_min_propagate_nan_and_runs_repeat() {
+    let Some(gpu) = gpu() else { return };
+    let mut x = vec![0.5f32; 3 * 600 * 2];
+    x[(600 + 599) * 2] = f32::NAN; // o = 1, k = 599, i = 0: in the last chunk of a split
+    x[2 * 600 * 2 + 1] = f32::NAN; // o = 2, k = 0, i = 1: the first element
+    let tx = upload(gpu, &[3, 600, 2], &x);
+    for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum] {
+        let ty = zeros(gpu, &[3, 2]);
+        run_all(gpu, &reduce(gpu, op, &tx, (3, 600, 2), &ty).unwrap()).unwrap();
+        let got = read(gpu, &ty);
+        let nan: Vec<bool> = got.iter().map(|v| v.is_nan()).collect();
+        assert_eq!(
+            nan,
+            [false, false, true, false, false, true],
+            "{op:?} {got:?}"
+        );
+    }
+    // Bit-identical reruns, on a sum split over several passes.
+    let mut rng = Rng::new(302);
+    let x = rng.uniform_vec(1_000_003, -1.0, 1.0);
+    let tx = upload(gpu, &[1_000_003], &x);
+    let runs: Vec<Vec<u32>> = (0..2)
+        .map(|_| {
+            let ty = zeros(gpu, &[1]);
+            run_all(
+                gpu,
+                &reduce(gpu, ReduceOp::Sum, &tx, (1, 1_000_003, 1), &ty).unwrap(),
+            )
+            .unwrap();
+            read(gpu, &ty).iter().map(|v| v.to_bits()).collect()
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn reduce_on_folded_grids_and_bad_shapes() {
+    let Some(gpu) = folding_gpu() else { return };
+    let mut rng = Rng::new(303);
+    // 1,000,003 outputs of r = 2: one pass of 3,907 workgroups, folded.
+    reduce_case(gpu, &mut rng, ReduceOp::Sum, (1, 2, BIG));
+    reduce_case(gpu, &mut rng, ReduceOp::Max, (BIG, 1, 1));
+    let x = zeros(gpu, &[2, 3, 5]);
+    let e = err(reduce(gpu, ReduceOp::Sum, &x, (2, 3, 4), &zeros(gpu, &[8])));
+    assert!(
+        e.to_string().contains("is not [outer 2, r 3, inner 4]"),
+        "{e}"
+    );
+    let e = err(reduce(
+        gpu,
+        ReduceOp::Sum,
+        &x,
+        (2, 3, 5),
+        &zeros(gpu, &[2, 3]),
+    ));
+    assert!(
+        e.to_string()
+            .contains("y [2, 3] (6 elements) is not [outer 2, inner 5]"),
+        "{e}"
+    );
 }

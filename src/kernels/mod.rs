@@ -18,6 +18,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod reduce_axis;
 pub mod transpose;
 
 /// Most loop iterations one invocation may run, all loops together. llvmpipe (lavapipe)
@@ -41,10 +42,11 @@ pub enum Shader {
     Optim,
     Elementwise,
     Copy,
+    ReduceAxis,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 14] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -58,6 +60,7 @@ impl Shader {
         Shader::Optim,
         Shader::Elementwise,
         Shader::Copy,
+        Shader::ReduceAxis,
     ];
 
     pub fn file(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Shader {
             Shader::Optim => "shaders/optim.wgsl",
             Shader::Elementwise => "shaders/elementwise.wgsl",
             Shader::Copy => "shaders/copy.wgsl",
+            Shader::ReduceAxis => "shaders/reduce_axis.wgsl",
         }
     }
 
@@ -93,6 +97,7 @@ impl Shader {
             Shader::Optim => include_str!("../../shaders/optim.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
+            Shader::ReduceAxis => include_str!("../../shaders/reduce_axis.wgsl"),
         }
     }
 
@@ -150,6 +155,7 @@ impl Shader {
                 "fill",
             ],
             Shader::Copy => &["copy_strided"],
+            Shader::ReduceAxis => &["reduce_axis"],
         }
     }
 }
