@@ -194,6 +194,7 @@ pub fn copy_strided(gpu: &Gpu, spec: &CopySpec, x: &Tensor, y: &Tensor) -> Resul
             ),
         ));
     }
+    let flat = dims.len() == 1 && xs[0] == 1 && ys[0] == 1;
     let mut p = Params {
         n: spec.numel() as u32,
         rank: dims.len() as u32,
@@ -213,7 +214,7 @@ pub fn copy_strided(gpu: &Gpu, spec: &CopySpec, x: &Tensor, y: &Tensor) -> Resul
             params: bytemuck::bytes_of(&p),
             bindings: &[(x, Access::Read), (y, Access::ReadWrite)],
             workgroups: grid_1d(gpu, op, spec.numel())?,
-            constants: &[],
+            constants: &[("FLAT", flat as u8 as f64)],
         },
     )
 }
