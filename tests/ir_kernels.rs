@@ -8,8 +8,10 @@ use std::sync::OnceLock;
 
 use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
+use shadergrad::kernels::copy::*;
 use shadergrad::kernels::elementwise::*;
-use shadergrad::kernels::{f64s, run, Dispatch};
+use shadergrad::kernels::reduce_axis::*;
+use shadergrad::kernels::{f64s, run, run_all, Dispatch};
 use shadergrad::rng::Rng;
 use shadergrad::tensor::Tensor;
 use shadergrad::Error;
@@ -551,5 +553,365 @@ fn elementwise_on_folded_grids() {
         &want,
         1e-7,
         0.0,
+    );
+}
+
+// ---- strided copies --------------------------------------------------------------------
+
+/// Exact: a copy moves bits (and += of two f32 is one rounding, as the f64 reference
+/// rounded to f32).
+fn assert_exact(what: &str, got: &[f32], want: &[f64]) {
+    let want32: Vec<f64> = want.iter().map(|&w| w as f32 as f64).collect();
+    assert_close(what, got, &want32, 0.0, 0.0);
+}
+
+#[test]
+fn permute_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(201);
+    let cases: [(&[usize], &[usize]); 8] = [
+        (&[1], &[0]),
+        (&[7, 1], &[1, 0]),
+        (&[3, 1, 5], &[2, 0, 1]),
+        (&[2, 3, 5, 7], &[3, 1, 0, 2]),
+        (&[2, 3, 5, 7], &[0, 2, 1, 3]),
+        (&[2, 3, 5, 7], &[0, 1, 2, 3]),
+        (&[2, 1, 3, 2, 1, 5], &[5, 4, 3, 2, 1, 0]),
+        (&[3, 2, 2, 3, 2, 2, 3, 2, 2], &[8, 0, 7, 1, 6, 2, 5, 3, 4]),
+    ];
+    for (shape, perm) in cases {
+        let x = rng.uniform_vec(shape.iter().product(), -1.0, 1.0);
+        let y_shape: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+        let (tx, ty) = (upload(gpu, shape, &x), zeros(gpu, &y_shape));
+        match permute(gpu, &tx, perm, &ty) {
+            Ok(d) => exec(gpu, Ok(d)),
+            // 9 dimensions that do not merge exceed the kernel's 8: refused, not wrong.
+            Err(e) => {
+                assert_eq!(shape.len(), 9, "{e}");
+                assert!(e.to_string().contains("at most 8"), "{e}");
+                continue;
+            }
+        }
+        let want = permute_ref(&f64s(&x), shape, perm);
+        assert_exact(
+            &format!("permute {shape:?} by {perm:?}"),
+            &read(gpu, &ty),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn slice_pad_and_concat_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(202);
+    let shape = [2, 3, 5, 7];
+    let x = rng.uniform_vec(210, -1.0, 1.0);
+    let tx = upload(gpu, &shape, &x);
+    for (axis, start, len) in [
+        (0, 1, 1),
+        (1, 0, 2),
+        (2, 2, 3),
+        (3, 6, 1),
+        (3, 0, 7),
+        (2, 0, 5),
+    ] {
+        let mut ys = shape.to_vec();
+        ys[axis] = len;
+        let ty = zeros(gpu, &ys);
+        exec(gpu, slice(gpu, &tx, axis, start, len, &ty));
+        let want = slice_ref(&f64s(&x), &shape, axis, start, len);
+        assert_exact(
+            &format!("slice axis {axis} {start}+{len}"),
+            &read(gpu, &ty),
+            &want,
+        );
+    }
+    let (t1, t7) = (upload(gpu, &[1], &[2.5]), upload(gpu, &[7], &x[..7]));
+    let ty = zeros(gpu, &[4]);
+    exec(gpu, slice(gpu, &t7, 0, 3, 4, &ty));
+    assert_exact("slice [7] 3+4", &read(gpu, &ty), &f64s(&x[3..7]));
+    let ty = zeros(gpu, &[1]);
+    exec(gpu, slice(gpu, &t1, 0, 0, 1, &ty));
+    assert_eq!(read(gpu, &ty), vec![2.5]);
+
+    // pad_into: x [2,3,5] into the middle of a zeroed [4,6,7], then added once more.
+    let small = rng.uniform_vec(30, -1.0, 1.0);
+    let (ts, tbig) = (upload(gpu, &[2, 3, 5], &small), zeros(gpu, &[4, 6, 7]));
+    exec(gpu, pad_into(gpu, &ts, &tbig, &[1, 2, 1], false));
+    exec(gpu, pad_into(gpu, &ts, &tbig, &[1, 2, 1], true));
+    let mut want = vec![0.0; 4 * 6 * 7];
+    for (i, v) in small.iter().enumerate() {
+        let (a, b, c) = (i / 15, (i / 5) % 3, i % 5);
+        want[((a + 1) * 6 + b + 2) * 7 + c + 1] = 2.0 * *v as f64;
+    }
+    assert_exact("pad_into twice (accumulate)", &read(gpu, &tbig), &want);
+
+    // concat along each axis of three inputs that differ only there.
+    for axis in 0..3 {
+        let sizes = [1, 3, 2];
+        let shapes: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|&k| {
+                let mut s = vec![2, 3, 5];
+                s[axis] = k;
+                s
+            })
+            .collect();
+        let data: Vec<Vec<f32>> = shapes
+            .iter()
+            .map(|s| rng.uniform_vec(s.iter().product(), -1.0, 1.0))
+            .collect();
+        let ts: Vec<Tensor> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| upload(gpu, s, d))
+            .collect();
+        let mut ys = vec![2, 3, 5];
+        ys[axis] = 6;
+        let ty = zeros(gpu, &ys);
+        run_all(
+            gpu,
+            &concat(gpu, &ts.iter().collect::<Vec<_>>(), axis, &ty).unwrap(),
+        )
+        .unwrap();
+        let d64: Vec<Vec<f64>> = data.iter().map(|d| f64s(d)).collect();
+        let parts: Vec<(&[f64], &[usize])> = d64
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| (&d[..], &s[..]))
+            .collect();
+        let want = concat_ref(&parts, axis);
+        assert_exact(&format!("concat axis {axis}"), &read(gpu, &ty), &want);
+    }
+}
+
+#[test]
+fn copy_strided_on_views_and_expand() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(203);
+    // Two buffers, each holding tensors at 256-byte offsets (as the flat parameter buffer).
+    let xb = upload(gpu, &[200], &rng.uniform_vec(200, -1.0, 1.0));
+    let yb = zeros(gpu, &[200]);
+    let (x, y) = (xb.view(64, &[100]), yb.view(128, &[64]));
+    let spec = CopySpec {
+        shape: vec![3, 4, 5],
+        x_offset: 3,
+        x_strides: vec![1, 20, 2],
+        y_offset: 2,
+        y_strides: vec![20, 1, 4],
+        accumulate: false,
+    };
+    exec(gpu, copy_strided(gpu, &spec, &x, &y));
+    let xh = f64s(&read(gpu, &x));
+    let mut want = vec![0.0; 64];
+    copy_strided_ref(&spec, &xh, &mut want);
+    assert_exact("copy_strided on views", &read(gpu, &y), &want);
+    // Nothing outside y's view was written.
+    let whole = read(gpu, &yb);
+    assert!(whole[..128].iter().chain(&whole[192..]).all(|&v| v == 0.0));
+
+    for (xs, ys) in [
+        (&[1][..], &[7][..]),
+        (&[3, 1, 5], &[2, 3, 4, 5]),
+        (&[1, 1], &[1, 1]),
+    ] {
+        let x = rng.uniform_vec(xs.iter().product(), -1.0, 1.0);
+        let (tx, ty) = (upload(gpu, xs, &x), zeros(gpu, ys));
+        exec(gpu, expand(gpu, &tx, &ty));
+        let ones = vec![0.0; ys.iter().product()];
+        let (_, want) = binary_ref(BinaryOp::Add, &f64s(&x), xs, &ones, ys);
+        assert_exact(&format!("expand {xs:?} to {ys:?}"), &read(gpu, &ty), &want);
+    }
+}
+
+#[test]
+fn copies_refuse_bad_specs() {
+    let Some(gpu) = gpu() else { return };
+    let (x, y) = (zeros(gpu, &[2, 3]), zeros(gpu, &[3, 2]));
+    let e = err(permute(gpu, &x, &[0, 0], &y));
+    assert!(e.to_string().contains("[0, 0] is not a permutation"), "{e}");
+    let e = err(permute(gpu, &x, &[0, 1], &y));
+    assert!(e.to_string().contains("is [2, 3], but y is [3, 2]"), "{e}");
+    let e = err(slice(gpu, &x, 1, 2, 2, &zeros(gpu, &[2, 2])));
+    assert!(e.to_string().contains("elements 2..4 of x [2, 3]"), "{e}");
+    let e = err(pad_into(gpu, &y, &zeros(gpu, &[3, 3]), &[1, 0], false));
+    assert!(e.to_string().contains("does not fit"), "{e}");
+    let e = err(concat(gpu, &[&x, &y], 0, &zeros(gpu, &[5, 3])));
+    assert!(e.to_string().contains("differ outside axis 0"), "{e}");
+    // Writing one y element twice is refused (accumulating would race).
+    let spec = CopySpec {
+        y_strides: vec![1, 1],
+        ..CopySpec::contiguous(&[2, 3])
+    };
+    let e = err(copy_strided(gpu, &spec, &x, &zeros(gpu, &[6])));
+    assert!(e.to_string().contains("more than once"), "{e}");
+    let spec = CopySpec {
+        x_offset: 1,
+        ..CopySpec::contiguous(&[2, 3])
+    };
+    let e = err(copy_strided(gpu, &spec, &x, &zeros(gpu, &[6])));
+    assert!(e.to_string().contains("reaches element 6"), "{e}");
+    let whole = zeros(gpu, &[128]);
+    let spec = CopySpec::contiguous(&[6]);
+    let e = err(copy_strided(
+        gpu,
+        &spec,
+        &whole.view(0, &[6]),
+        &whole.view(64, &[6]),
+    ));
+    assert!(e.to_string().contains("views of one buffer"), "{e}");
+}
+
+#[test]
+fn copies_on_folded_grids() {
+    let Some(gpu) = folding_gpu() else { return };
+    let mut rng = Rng::new(204);
+    let x = rng.uniform_vec(BIG, -1.0, 1.0);
+    let (tx, ty) = (upload(gpu, &[BIG], &x), zeros(gpu, &[BIG]));
+    let mut spec = CopySpec::contiguous(&[BIG]);
+    exec(gpu, copy_strided(gpu, &spec, &tx, &ty));
+    spec.accumulate = true;
+    exec(gpu, copy_strided(gpu, &spec, &tx, &ty));
+    let want: Vec<f64> = x.iter().map(|&v| 2.0 * v as f64).collect();
+    assert_exact(
+        "copy + accumulate, 1,000,003 elements",
+        &read(gpu, &ty),
+        &want,
+    );
+    let (r, c) = (1009, 991);
+    let x = rng.uniform_vec(r * c, -1.0, 1.0);
+    let (tx, ty) = (upload(gpu, &[r, c], &x), zeros(gpu, &[c, r]));
+    exec(gpu, permute(gpu, &tx, &[1, 0], &ty));
+    let want = permute_ref(&f64s(&x), &[r, c], &[1, 0]);
+    assert_exact("transpose 1009 x 991", &read(gpu, &ty), &want);
+}
+
+// ---- reductions over an axis -----------------------------------------------------------
+
+#[test]
+fn reduce_passes_respect_the_loop_budget() {
+    for (outer, r, inner) in [
+        (1, 1, 1),
+        (1, 1_000_003, 1),
+        (20_000, 40_000, 1),
+        (3, 70_001, 5),
+    ] {
+        let passes = reduce_passes(outer, r, inner);
+        assert_eq!(passes[0].0, r);
+        for w in passes.windows(2) {
+            assert_eq!(w[1].0, w[0].0.div_ceil(w[0].1), "{passes:?}");
+        }
+        let &(r_last, chunk_last) = passes.last().unwrap();
+        assert!(r_last <= chunk_last, "{passes:?}");
+        assert!(passes.iter().all(|&(_, c)| c <= MAX_CHUNK), "{passes:?}");
+    }
+    assert_eq!(reduce_passes(1, 1, 1), vec![(1, 1)]);
+    assert_eq!(reduce_passes(20_000, 40_000, 1).len(), 2);
+}
+
+fn reduce_case(gpu: &Gpu, rng: &mut Rng, op: ReduceOp, dims: (usize, usize, usize)) {
+    let (outer, r, inner) = dims;
+    let x = rng.uniform_vec(outer * r * inner, -1.0, 1.0);
+    let (tx, ty) = (
+        upload(gpu, &[outer, r, inner], &x),
+        zeros(gpu, &[outer, inner]),
+    );
+    run_all(gpu, &reduce(gpu, op, &tx, dims, &ty).unwrap()).unwrap();
+    let want = reduce_ref(op, &f64s(&x), dims);
+    let (rtol, atol) = match op {
+        ReduceOp::Max | ReduceOp::Min => (0.0, 0.0),
+        ReduceOp::Sum => (1e-5, 1e-6 * (r as f64).sqrt() * 4.0),
+        ReduceOp::Mean => (1e-5, 4e-6 / (r as f64).sqrt()),
+    };
+    let what = format!(
+        "reduce {op:?} {dims:?} in {} passes",
+        reduce_passes(outer, r, inner).len()
+    );
+    assert_close(&what, &read(gpu, &ty), &want, rtol, atol);
+}
+
+#[test]
+fn reduce_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(301);
+    for op in ReduceOp::ALL {
+        for dims in [
+            (1, 1, 1),
+            (1, 7, 1),
+            (7, 1, 3),
+            (3, 1, 5),
+            (2, 3, 35),
+            (6, 5, 7),
+            (210, 1, 1),
+            (1000, 1001, 1),
+            (3, 70_001, 5),
+            (1, 1_000_003, 1),
+        ] {
+            reduce_case(gpu, &mut rng, op, dims);
+        }
+    }
+}
+
+#[test]
+fn reduce_max_and_min_propagate_nan_and_runs_repeat() {
+    let Some(gpu) = gpu() else { return };
+    let mut x = vec![0.5f32; 3 * 600 * 2];
+    x[(600 + 599) * 2] = f32::NAN; // o = 1, k = 599, i = 0: in the last chunk of a split
+    x[2 * 600 * 2 + 1] = f32::NAN; // o = 2, k = 0, i = 1: the first element
+    let tx = upload(gpu, &[3, 600, 2], &x);
+    for op in [ReduceOp::Max, ReduceOp::Min, ReduceOp::Sum] {
+        let ty = zeros(gpu, &[3, 2]);
+        run_all(gpu, &reduce(gpu, op, &tx, (3, 600, 2), &ty).unwrap()).unwrap();
+        let got = read(gpu, &ty);
+        let nan: Vec<bool> = got.iter().map(|v| v.is_nan()).collect();
+        assert_eq!(
+            nan,
+            [false, false, true, false, false, true],
+            "{op:?} {got:?}"
+        );
+    }
+    // Bit-identical reruns, on a sum split over several passes.
+    let mut rng = Rng::new(302);
+    let x = rng.uniform_vec(1_000_003, -1.0, 1.0);
+    let tx = upload(gpu, &[1_000_003], &x);
+    let runs: Vec<Vec<u32>> = (0..2)
+        .map(|_| {
+            let ty = zeros(gpu, &[1]);
+            run_all(
+                gpu,
+                &reduce(gpu, ReduceOp::Sum, &tx, (1, 1_000_003, 1), &ty).unwrap(),
+            )
+            .unwrap();
+            read(gpu, &ty).iter().map(|v| v.to_bits()).collect()
+        })
+        .collect();
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn reduce_on_folded_grids_and_bad_shapes() {
+    let Some(gpu) = folding_gpu() else { return };
+    let mut rng = Rng::new(303);
+    // 1,000,003 outputs of r = 2: one pass of 3,907 workgroups, folded.
+    reduce_case(gpu, &mut rng, ReduceOp::Sum, (1, 2, BIG));
+    reduce_case(gpu, &mut rng, ReduceOp::Max, (BIG, 1, 1));
+    let x = zeros(gpu, &[2, 3, 5]);
+    let e = err(reduce(gpu, ReduceOp::Sum, &x, (2, 3, 4), &zeros(gpu, &[8])));
+    assert!(
+        e.to_string().contains("is not [outer 2, r 3, inner 4]"),
+        "{e}"
+    );
+    let e = err(reduce(
+        gpu,
+        ReduceOp::Sum,
+        &x,
+        (2, 3, 5),
+        &zeros(gpu, &[2, 3]),
+    ));
+    assert!(
+        e.to_string()
+            .contains("y [2, 3] (6 elements) is not [outer 2, inner 5]"),
+        "{e}"
     );
 }

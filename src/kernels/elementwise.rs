@@ -259,6 +259,11 @@ impl BroadcastSpec {
         Ok(BroadcastSpec { out, dims, strides })
     }
 
+    /// No operand is broadcast: rank 1 with every stride 1 (the kernel's FLAT override).
+    pub fn is_flat(&self) -> bool {
+        self.dims.len() == 1 && self.strides.iter().all(|s| s[0] == 1)
+    }
+
     fn params(&self) -> Params {
         let mut p = Params::flat(self.out.iter().product());
         p.rank = self.dims.len() as u32;
@@ -414,7 +419,11 @@ pub fn binary(gpu: &Gpu, op: BinaryOp, a: &Tensor, b: &Tensor, y: &Tensor) -> Re
     check_out_shape(name, &spec, y)?;
     check_distinct(name, y, &[("b", b)])?;
     let (a, inplace) = first_operand(name, a, y)?;
-    let constants = [("OP", op.code() as f64), ("INPLACE", inplace)];
+    let constants = [
+        ("OP", op.code() as f64),
+        ("INPLACE", inplace),
+        ("FLAT", spec.is_flat() as u8 as f64),
+    ];
     launch(gpu, name, &spec.params(), [a, Some(b), None], y, &constants)
 }
 

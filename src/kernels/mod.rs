@@ -12,6 +12,7 @@ pub use family::Family;
 
 pub mod activation;
 pub mod conv2d;
+pub mod copy;
 pub mod elementwise;
 pub mod embedding;
 pub mod family;
@@ -22,6 +23,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
+pub mod reduce_axis;
 pub mod roof;
 pub mod softmax;
 pub mod transpose;
@@ -51,10 +53,12 @@ pub enum Shader {
     Embedding,
     Roof,
     Elementwise,
+    Copy,
+    ReduceAxis,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -72,6 +76,8 @@ impl Shader {
         Shader::Embedding,
         Shader::Roof,
         Shader::Elementwise,
+        Shader::Copy,
+        Shader::ReduceAxis,
     ];
 
     pub fn file(self) -> &'static str {
@@ -93,6 +99,8 @@ impl Shader {
             Shader::Embedding => "shaders/embedding.wgsl",
             Shader::Roof => "shaders/roof.wgsl",
             Shader::Elementwise => "shaders/elementwise.wgsl",
+            Shader::Copy => "shaders/copy.wgsl",
+            Shader::ReduceAxis => "shaders/reduce_axis.wgsl",
         }
     }
 
@@ -115,6 +123,8 @@ impl Shader {
             Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Shader::Roof => include_str!("../../shaders/roof.wgsl"),
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Shader::Copy => include_str!("../../shaders/copy.wgsl"),
+            Shader::ReduceAxis => include_str!("../../shaders/reduce_axis.wgsl"),
         }
     }
 
@@ -186,6 +196,8 @@ impl Shader {
                 "scale_shift",
                 "fill",
             ],
+            Shader::Copy => &["copy_strided"],
+            Shader::ReduceAxis => &["reduce_axis"],
         }
     }
 }
