@@ -9,6 +9,7 @@ use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
 use shadergrad::kernels::embedding::*;
 use shadergrad::kernels::layernorm::*;
+use shadergrad::kernels::random::*;
 use shadergrad::kernels::softmax::*;
 use shadergrad::kernels::{f64s, run};
 use shadergrad::rng::Rng;
@@ -608,4 +609,118 @@ fn timings() {
         &format!("embedding backward, every index 0, V={vocab} D={dim} N={n}"),
         &embedding_backward(gpu, &ti0, &tdy, &scratch, &dtable).unwrap(),
     );
+}
+
+// ---- random numbers ------------------------------------------------------------------------
+
+#[test]
+fn philox_matches_known_answers() {
+    // Random123's kat_vectors for philox4x32_10.
+    assert_eq!(
+        philox4x32_10([0; 4], [0; 2]),
+        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+    );
+    assert_eq!(
+        philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+        [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+    );
+    assert_eq!(
+        philox4x32_10(
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0]
+        ),
+        [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn random_uniform_is_bit_exact_and_uniform() {
+    let Some(gpu) = gpu() else { return };
+    for (n, seed, counter) in [
+        (1, 0, 0),
+        (3, 42, 1),
+        (5, u64::MAX, u64::MAX),
+        (1023, 7, 1 << 40),
+        (200_003, 42, 3),
+    ] {
+        let spec = RandomSpec { seed, counter };
+        let y = zeros(gpu, &[n]);
+        run(gpu, &[&random_uniform(gpu, &spec, &y).unwrap()]).unwrap();
+        let got = y.to_f32(gpu).unwrap();
+        assert_eq!(
+            bits(&got),
+            bits(&random_uniform_ref(&spec, n)),
+            "{spec:?} n={n}"
+        );
+        assert!(got.iter().all(|&u| (0.0..1.0).contains(&u)));
+        if n > 100_000 {
+            // Mean 1/2 and variance 1/12, within 5 standard errors.
+            let m = got.iter().map(|&u| u as f64).sum::<f64>() / n as f64;
+            let v = got.iter().map(|&u| (u as f64 - m).powi(2)).sum::<f64>() / n as f64;
+            let se = (1.0f64 / 12.0 / n as f64).sqrt();
+            assert!((m - 0.5).abs() < 5.0 * se, "mean {m}");
+            // The sample variance's standard error: sqrt((mu4 - sigma^4) / n).
+            let se_v = ((1.0f64 / 80.0 - 1.0 / 144.0) / n as f64).sqrt();
+            assert!((v - 1.0 / 12.0).abs() < 5.0 * se_v, "variance {v}");
+        }
+    }
+}
+
+#[test]
+fn dropout_mask_is_bit_exact_and_unbiased() {
+    let Some(gpu) = gpu() else { return };
+    let n = 100_001;
+    for p in [0.0f32, 0.1, 0.5, 0.9] {
+        let spec = RandomSpec {
+            seed: 1234,
+            counter: 0,
+        };
+        let mask = zeros(gpu, &[n]);
+        let d = dropout_mask(gpu, &spec, p, &mask).unwrap();
+        run(gpu, &[&d]).unwrap();
+        let first = mask.to_f32(gpu).unwrap();
+        assert_eq!(bits(&first), bits(&dropout_mask_ref(&spec, p, n)), "p={p}");
+        let kept = first.iter().filter(|&&m| m != 0.0).count() as f64 / n as f64;
+        let se = (p as f64 * (1.0 - p as f64) / n as f64).sqrt();
+        assert!(
+            (kept - (1.0 - p as f64)).abs() <= 5.0 * se + 1e-9,
+            "p={p}: kept {kept}"
+        );
+        let mean = first.iter().map(|&m| m as f64).sum::<f64>() / n as f64;
+        assert!(
+            (mean - 1.0).abs() < 5.0 * se / (1.0 - p as f64) + 1e-6,
+            "p={p}: E[mask] {mean}"
+        );
+        // The executor rewrites the counter between steps: same dispatch, fresh numbers.
+        write_counter(gpu, &d, 17);
+        run(gpu, &[&d]).unwrap();
+        let next = mask.to_f32(gpu).unwrap();
+        let spec17 = RandomSpec {
+            counter: 17,
+            ..spec
+        };
+        assert_eq!(
+            bits(&next),
+            bits(&dropout_mask_ref(&spec17, p, n)),
+            "p={p} counter 17"
+        );
+        if p > 0.0 {
+            assert_ne!(bits(&next), bits(&first), "p={p}: counter changes nothing");
+        }
+    }
+    let mask = zeros(gpu, &[4]);
+    let spec = RandomSpec {
+        seed: 0,
+        counter: 0,
+    };
+    for p in [1.0, -0.1, f32::NAN] {
+        assert!(
+            dropout_mask(gpu, &spec, p, &mask).is_err(),
+            "p={p} accepted"
+        );
+    }
 }

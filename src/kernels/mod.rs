@@ -17,6 +17,7 @@ pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod pool;
+pub mod random;
 pub mod reduce;
 pub mod softmax;
 pub mod transpose;
@@ -43,10 +44,11 @@ pub enum Shader {
     Softmax,
     LayerNorm,
     Embedding,
+    Random,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 14] = [
+    pub const ALL: [Shader; 15] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -61,6 +63,7 @@ impl Shader {
         Shader::Softmax,
         Shader::LayerNorm,
         Shader::Embedding,
+        Shader::Random,
     ];
 
     pub fn file(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Shader {
             Shader::Softmax => "shaders/softmax.wgsl",
             Shader::LayerNorm => "shaders/layernorm.wgsl",
             Shader::Embedding => "shaders/embedding.wgsl",
+            Shader::Random => "shaders/random.wgsl",
         }
     }
 
@@ -98,6 +102,7 @@ impl Shader {
             Shader::Softmax => include_str!("../../shaders/softmax.wgsl"),
             Shader::LayerNorm => include_str!("../../shaders/layernorm.wgsl"),
             Shader::Embedding => include_str!("../../shaders/embedding.wgsl"),
+            Shader::Random => include_str!("../../shaders/random.wgsl"),
         }
     }
 
@@ -158,6 +163,7 @@ impl Shader {
                 "layer_norm_sum_blocks",
             ],
             Shader::Embedding => &["embedding_forward", "embedding_sort", "embedding_backward"],
+            Shader::Random => &["random_uniform", "dropout_mask"],
         }
     }
 }
