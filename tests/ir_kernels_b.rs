@@ -9,6 +9,7 @@ use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
 use shadergrad::kernels::embedding::*;
 use shadergrad::kernels::layernorm::*;
+use shadergrad::kernels::pool::*;
 use shadergrad::kernels::random::*;
 use shadergrad::kernels::softmax::*;
 use shadergrad::kernels::{f64s, run};
@@ -723,4 +724,90 @@ fn dropout_mask_is_bit_exact_and_unbiased() {
             "p={p} accepted"
         );
     }
+}
+
+// ---- average pooling -----------------------------------------------------------------------
+
+fn pool_specs() -> Vec<PoolSpec> {
+    let s = |batch, channels, h, w, pool, stride| PoolSpec {
+        batch,
+        channels,
+        h,
+        w,
+        pool,
+        stride,
+    };
+    vec![
+        s(1, 1, 1, 1, 1, 1),
+        s(1, 1, 2, 2, 2, 2),
+        s(2, 3, 7, 5, 2, 2),   // odd sizes: the last row/column is in no window
+        s(3, 2, 9, 11, 3, 2),  // overlapping windows
+        s(2, 5, 13, 13, 3, 1), // heavy overlap
+        s(1, 2, 5, 5, 5, 1),   // global average pooling
+        s(4, 7, 6, 6, 2, 3),   // stride past the window: gaps
+        s(16, 32, 26, 26, 2, 2),
+    ]
+}
+
+#[test]
+fn avg_pool2d_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    for s in pool_specs() {
+        let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
+        let dy = rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0);
+        let (tx, tdy) = (
+            upload(gpu, &s.x_shape(), &x),
+            upload(gpu, &s.y_shape(), &dy),
+        );
+        let (y, dx) = (zeros(gpu, &s.y_shape()), zeros(gpu, &s.x_shape()));
+        let f = avg_pool2d_forward(gpu, &s, &tx, &y).unwrap();
+        let b = avg_pool2d_backward(gpu, &s, &tdy, &dx).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        assert_close(
+            &format!("avg_pool2d_forward {s:?}"),
+            &y.to_f32(gpu).unwrap(),
+            &avg_pool2d_forward_ref(&s, &f64s(&x)),
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            &format!("avg_pool2d_backward {s:?}"),
+            &dx.to_f32(gpu).unwrap(),
+            &avg_pool2d_backward_ref(&s, &f64s(&dy)),
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_backward_matches_finite_differences() {
+    let mut rng = Rng::new(42);
+    for s in pool_specs().into_iter().take(7) {
+        let x = f64s(&rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0));
+        let w = f64s(&rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0));
+        fd_check(
+            &format!("{s:?}"),
+            |x| dot(&avg_pool2d_forward_ref(&s, x), &w),
+            &x,
+            &avg_pool2d_backward_ref(&s, &w),
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_refuses_bad_specs() {
+    let Some(gpu) = gpu() else { return };
+    let s = PoolSpec {
+        batch: 1,
+        channels: 1,
+        h: 3,
+        w: 3,
+        pool: 4,
+        stride: 1,
+    };
+    let t = zeros(gpu, &[1, 1, 3, 3]);
+    let e = avg_pool2d_forward(gpu, &s, &t, &t.clone()).err().unwrap();
+    assert!(e.to_string().contains("avg_pool2d_forward"), "{e}");
 }

@@ -133,6 +133,8 @@ impl Shader {
                 "max_pool2d_forward",
                 "max_pool2d_backward",
                 "max_pool2d_backward_cells",
+                "avg_pool2d_forward",
+                "avg_pool2d_backward",
             ],
             Shader::Activation => &[
                 "relu_forward",
