@@ -604,6 +604,47 @@ fn timings() {
     let [sort, gather] = <[_; 2]>::try_from(ds).ok().unwrap();
     time("  of which the sort", &[sort]);
     time("  of which the gather", &[gather]);
+    // Row kernels at small-GPT shapes, one lane per row (the CPU default) vs 32 lanes.
+    for lanes in [1, 32] {
+        let s = SoftmaxSpec {
+            causal: Some(64),
+            lanes,
+            ..SoftmaxSpec::new(32 * 4 * 64, 64)
+        };
+        let x = upload(gpu, &[s.rows, 64], &rng.uniform_vec(s.rows * 64, -3.0, 3.0));
+        let y = zeros(gpu, &[s.rows, 64]);
+        time(
+            &format!("causal softmax [{} x 64], {lanes} lanes per row", s.rows),
+            &[softmax_rows(gpu, &s, &x, &y).unwrap()],
+        );
+        let ln = LayerNormSpec {
+            lanes,
+            ..LayerNormSpec::new(8192, 128)
+        };
+        let (xl, yl) = (zeros(gpu, &[8192, 128]), zeros(gpu, &[8192, 128]));
+        let (g, b) = (zeros(gpu, &[128]), zeros(gpu, &[128]));
+        let (mean, rstd) = (zeros(gpu, &[8192]), zeros(gpu, &[8192]));
+        let stats = LayerNormStats {
+            mean: &mean,
+            rstd: &rstd,
+        };
+        time(
+            &format!("layer_norm [8192 x 128], {lanes} lanes per row"),
+            &[layer_norm(gpu, &ln, &xl, &g, &b, &yl, &stats).unwrap()],
+        );
+        let xs = CrossEntropySpec {
+            rows: 8192,
+            classes: 65,
+            lanes,
+        };
+        let z = upload(gpu, &[8192, 65], &rng.uniform_vec(8192 * 65, -3.0, 3.0));
+        let t = Tensor::from_u32(gpu, "t", &[8192], &vec![3; 8192]).unwrap();
+        let (loss, lse) = (zeros(gpu, &[8192]), zeros(gpu, &[8192]));
+        time(
+            &format!("token cross-entropy [8192 x 65], {lanes} lanes per row"),
+            &[token_cross_entropy(gpu, &xs, &z, &t, &loss, &lse).unwrap()],
+        );
+    }
     let zero_idx = vec![0u32; n];
     let ti0 = Tensor::from_u32(gpu, "idx", &bt, &zero_idx).unwrap();
     time(
