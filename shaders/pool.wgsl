@@ -1,4 +1,5 @@
-// pool.wgsl: 2-D max pooling, NCHW, no padding (Keras "valid"), window PK x PK, stride S.
+// pool.wgsl: 2-D max and average pooling, NCHW, no padding (Keras "valid"), window PK x PK,
+// stride S.
 //
 // B = batch, C = channels, H x W = input, OH = (H - PK) / S + 1, OW = (W - PK) / S + 1.
 //
@@ -13,6 +14,11 @@
 //                         invocation per window: the S x S cell at (oy*S, ox*S) (the last
 //                         row and column of cells reach the image edge) gets dy at the argmax
 //                         and zero elsewhere: 2 loads per window instead of ~2 per element.
+//   avg_pool2d_forward:   y[b,c,oy,ox]   = sum_{ky,kx < PK} x[b,c,oy*S+ky,ox*S+kx] / PK^2
+//   avg_pool2d_backward:  dx[b,c,iy,ix]  = sum over the windows (oy,ox) that contain (iy,ix)
+//                                          of dy[b,c,oy,ox] / PK^2, one invocation per
+//                                          element of dx (a gather, fixed order).
+//                         Neither average entry uses argmax or pooled (bind any buffer).
 // With flag 1 (RELU) both backward kernels also apply the backward of a ReLU that came
 // before the pool: dx is kept only where the pooled value y[b,c,oy,ox] > 0 (the input at the
 // argmax is that value), which saves a separate pass over the larger input.
@@ -62,6 +68,16 @@ fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
+// The windows (oy, ox) in [lo, hi) x [lo, hi) that contain input pixel (iy, ix):
+// oy * S <= iy < oy * S + PK. Returns (oy_lo, oy_hi, ox_lo, ox_hi).
+fn windows_of(iy: u32, ix: u32) -> vec4<u32> {
+    let oy_lo = select(0u, (iy - p.pool + p.stride) / p.stride, iy + 1u > p.pool);
+    let oy_hi = min(iy / p.stride + 1u, p.out_h);
+    let ox_lo = select(0u, (ix - p.pool + p.stride) / p.stride, ix + 1u > p.pool);
+    let ox_hi = min(ix / p.stride + 1u, p.out_w);
+    return vec4<u32>(oy_lo, oy_hi, ox_lo, ox_hi);
+}
+
 @compute @workgroup_size(256)
 fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -103,14 +119,10 @@ fn max_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>,
     let iy = (i / p.w) % p.h;
     let plane = i / (p.w * p.h);
     let at = iy * p.w + ix;
-    // Windows containing iy: oy * S <= iy < oy * S + PK.
-    let oy_lo = select(0u, (iy - p.pool + p.stride) / p.stride, iy + 1u > p.pool);
-    let oy_hi = min(iy / p.stride + 1u, p.out_h);
-    let ox_lo = select(0u, (ix - p.pool + p.stride) / p.stride, ix + 1u > p.pool);
-    let ox_hi = min(ix / p.stride + 1u, p.out_w);
+    let win = windows_of(iy, ix);
     var acc = 0.0;
-    for (var oy = oy_lo; oy < oy_hi; oy++) {
-        for (var ox = ox_lo; ox < ox_hi; ox++) {
+    for (var oy = win.x; oy < win.y; oy++) {
+        for (var ox = win.z; ox < win.w; ox++) {
             let o = (plane * p.out_h + oy) * p.out_w + ox;
             if (argmax[o] == at) {
                 acc += window_grad(o);
@@ -142,4 +154,46 @@ fn max_pool2d_backward_cells(@builtin(global_invocation_id) gid: vec3<u32>,
             dst[base + here] = select(0.0, g, here == at);
         }
     }
+}
+
+@compute @workgroup_size(256)
+fn avg_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.batch * p.channels * p.out_h * p.out_w) {
+        return;
+    }
+    // i = (plane * OH + oy) * OW + ox, plane = b * C + c
+    let ox = i % p.out_w;
+    let oy = (i / p.out_w) % p.out_h;
+    let plane = i / (p.out_w * p.out_h);
+    let base = plane * p.h * p.w;
+    var acc = 0.0;
+    for (var ky = 0u; ky < p.pool; ky++) {
+        for (var kx = 0u; kx < p.pool; kx++) {
+            acc += src[base + (oy * p.stride + ky) * p.w + ox * p.stride + kx];
+        }
+    }
+    dst[i] = acc / f32(p.pool * p.pool);
+}
+
+@compute @workgroup_size(256)
+fn avg_pool2d_backward(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.batch * p.channels * p.h * p.w) {
+        return;
+    }
+    // i = (plane * H + iy) * W + ix
+    let ix = i % p.w;
+    let iy = (i / p.w) % p.h;
+    let plane = i / (p.w * p.h);
+    let win = windows_of(iy, ix);
+    var acc = 0.0;
+    for (var oy = win.x; oy < win.y; oy++) {
+        for (var ox = win.z; ox < win.w; ox++) {
+            acc += src[(plane * p.out_h + oy) * p.out_w + ox];
+        }
+    }
+    dst[i] = acc / f32(p.pool * p.pool);
 }

@@ -9,6 +9,8 @@ use common::{assert_close, gpu};
 use shadergrad::gpu::Gpu;
 use shadergrad::kernels::embedding::*;
 use shadergrad::kernels::layernorm::*;
+use shadergrad::kernels::pool::*;
+use shadergrad::kernels::random::*;
 use shadergrad::kernels::softmax::*;
 use shadergrad::kernels::{f64s, run};
 use shadergrad::rng::Rng;
@@ -602,10 +604,251 @@ fn timings() {
     let [sort, gather] = <[_; 2]>::try_from(ds).ok().unwrap();
     time("  of which the sort", &[sort]);
     time("  of which the gather", &[gather]);
+    // Row kernels at small-GPT shapes, one lane per row (the CPU default) vs 32 lanes.
+    for lanes in [1, 32] {
+        let s = SoftmaxSpec {
+            causal: Some(64),
+            lanes,
+            ..SoftmaxSpec::new(32 * 4 * 64, 64)
+        };
+        let x = upload(gpu, &[s.rows, 64], &rng.uniform_vec(s.rows * 64, -3.0, 3.0));
+        let y = zeros(gpu, &[s.rows, 64]);
+        time(
+            &format!("causal softmax [{} x 64], {lanes} lanes per row", s.rows),
+            &[softmax_rows(gpu, &s, &x, &y).unwrap()],
+        );
+        let ln = LayerNormSpec {
+            lanes,
+            ..LayerNormSpec::new(8192, 128)
+        };
+        let (xl, yl) = (zeros(gpu, &[8192, 128]), zeros(gpu, &[8192, 128]));
+        let (g, b) = (zeros(gpu, &[128]), zeros(gpu, &[128]));
+        let (mean, rstd) = (zeros(gpu, &[8192]), zeros(gpu, &[8192]));
+        let stats = LayerNormStats {
+            mean: &mean,
+            rstd: &rstd,
+        };
+        time(
+            &format!("layer_norm [8192 x 128], {lanes} lanes per row"),
+            &[layer_norm(gpu, &ln, &xl, &g, &b, &yl, &stats).unwrap()],
+        );
+        let xs = CrossEntropySpec {
+            rows: 8192,
+            classes: 65,
+            lanes,
+        };
+        let z = upload(gpu, &[8192, 65], &rng.uniform_vec(8192 * 65, -3.0, 3.0));
+        let t = Tensor::from_u32(gpu, "t", &[8192], &vec![3; 8192]).unwrap();
+        let (loss, lse) = (zeros(gpu, &[8192]), zeros(gpu, &[8192]));
+        time(
+            &format!("token cross-entropy [8192 x 65], {lanes} lanes per row"),
+            &[token_cross_entropy(gpu, &xs, &z, &t, &loss, &lse).unwrap()],
+        );
+    }
     let zero_idx = vec![0u32; n];
     let ti0 = Tensor::from_u32(gpu, "idx", &bt, &zero_idx).unwrap();
     time(
         &format!("embedding backward, every index 0, V={vocab} D={dim} N={n}"),
         &embedding_backward(gpu, &ti0, &tdy, &scratch, &dtable).unwrap(),
     );
+}
+
+// ---- random numbers ------------------------------------------------------------------------
+
+#[test]
+fn philox_matches_known_answers() {
+    // Random123's kat_vectors for philox4x32_10.
+    assert_eq!(
+        philox4x32_10([0; 4], [0; 2]),
+        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+    );
+    assert_eq!(
+        philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+        [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+    );
+    assert_eq!(
+        philox4x32_10(
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0]
+        ),
+        [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+    );
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn random_uniform_is_bit_exact_and_uniform() {
+    let Some(gpu) = gpu() else { return };
+    for (n, seed, counter) in [
+        (1, 0, 0),
+        (3, 42, 1),
+        (5, u64::MAX, u64::MAX),
+        (1023, 7, 1 << 40),
+        (200_003, 42, 3),
+    ] {
+        let spec = RandomSpec { seed, counter };
+        let y = zeros(gpu, &[n]);
+        run(gpu, &[&random_uniform(gpu, &spec, &y).unwrap()]).unwrap();
+        let got = y.to_f32(gpu).unwrap();
+        assert_eq!(
+            bits(&got),
+            bits(&random_uniform_ref(&spec, n)),
+            "{spec:?} n={n}"
+        );
+        assert!(got.iter().all(|&u| (0.0..1.0).contains(&u)));
+        if n > 100_000 {
+            // Mean 1/2 and variance 1/12, within 5 standard errors.
+            let m = got.iter().map(|&u| u as f64).sum::<f64>() / n as f64;
+            let v = got.iter().map(|&u| (u as f64 - m).powi(2)).sum::<f64>() / n as f64;
+            let se = (1.0f64 / 12.0 / n as f64).sqrt();
+            assert!((m - 0.5).abs() < 5.0 * se, "mean {m}");
+            // The sample variance's standard error: sqrt((mu4 - sigma^4) / n).
+            let se_v = ((1.0f64 / 80.0 - 1.0 / 144.0) / n as f64).sqrt();
+            assert!((v - 1.0 / 12.0).abs() < 5.0 * se_v, "variance {v}");
+        }
+    }
+}
+
+#[test]
+fn dropout_mask_is_bit_exact_and_unbiased() {
+    let Some(gpu) = gpu() else { return };
+    let n = 100_001;
+    for p in [0.0f32, 0.1, 0.5, 0.9] {
+        let spec = RandomSpec {
+            seed: 1234,
+            counter: 0,
+        };
+        let mask = zeros(gpu, &[n]);
+        let d = dropout_mask(gpu, &spec, p, &mask).unwrap();
+        run(gpu, &[&d]).unwrap();
+        let first = mask.to_f32(gpu).unwrap();
+        assert_eq!(bits(&first), bits(&dropout_mask_ref(&spec, p, n)), "p={p}");
+        let kept = first.iter().filter(|&&m| m != 0.0).count() as f64 / n as f64;
+        let se = (p as f64 * (1.0 - p as f64) / n as f64).sqrt();
+        assert!(
+            (kept - (1.0 - p as f64)).abs() <= 5.0 * se + 1e-9,
+            "p={p}: kept {kept}"
+        );
+        let mean = first.iter().map(|&m| m as f64).sum::<f64>() / n as f64;
+        assert!(
+            (mean - 1.0).abs() < 5.0 * se / (1.0 - p as f64) + 1e-6,
+            "p={p}: E[mask] {mean}"
+        );
+        // The executor rewrites the counter between steps: same dispatch, fresh numbers.
+        write_counter(gpu, &d, 17);
+        run(gpu, &[&d]).unwrap();
+        let next = mask.to_f32(gpu).unwrap();
+        let spec17 = RandomSpec {
+            counter: 17,
+            ..spec
+        };
+        assert_eq!(
+            bits(&next),
+            bits(&dropout_mask_ref(&spec17, p, n)),
+            "p={p} counter 17"
+        );
+        if p > 0.0 {
+            assert_ne!(bits(&next), bits(&first), "p={p}: counter changes nothing");
+        }
+    }
+    let mask = zeros(gpu, &[4]);
+    let spec = RandomSpec {
+        seed: 0,
+        counter: 0,
+    };
+    for p in [1.0, -0.1, f32::NAN] {
+        assert!(
+            dropout_mask(gpu, &spec, p, &mask).is_err(),
+            "p={p} accepted"
+        );
+    }
+}
+
+// ---- average pooling -----------------------------------------------------------------------
+
+fn pool_specs() -> Vec<PoolSpec> {
+    let s = |batch, channels, h, w, pool, stride| PoolSpec {
+        batch,
+        channels,
+        h,
+        w,
+        pool,
+        stride,
+    };
+    vec![
+        s(1, 1, 1, 1, 1, 1),
+        s(1, 1, 2, 2, 2, 2),
+        s(2, 3, 7, 5, 2, 2),   // odd sizes: the last row/column is in no window
+        s(3, 2, 9, 11, 3, 2),  // overlapping windows
+        s(2, 5, 13, 13, 3, 1), // heavy overlap
+        s(1, 2, 5, 5, 5, 1),   // global average pooling
+        s(4, 7, 6, 6, 2, 3),   // stride past the window: gaps
+        s(16, 32, 26, 26, 2, 2),
+    ]
+}
+
+#[test]
+fn avg_pool2d_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(41);
+    for s in pool_specs() {
+        let x = rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0);
+        let dy = rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0);
+        let (tx, tdy) = (
+            upload(gpu, &s.x_shape(), &x),
+            upload(gpu, &s.y_shape(), &dy),
+        );
+        let (y, dx) = (zeros(gpu, &s.y_shape()), zeros(gpu, &s.x_shape()));
+        let f = avg_pool2d_forward(gpu, &s, &tx, &y).unwrap();
+        let b = avg_pool2d_backward(gpu, &s, &tdy, &dx).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        assert_close(
+            &format!("avg_pool2d_forward {s:?}"),
+            &y.to_f32(gpu).unwrap(),
+            &avg_pool2d_forward_ref(&s, &f64s(&x)),
+            1e-6,
+            1e-6,
+        );
+        assert_close(
+            &format!("avg_pool2d_backward {s:?}"),
+            &dx.to_f32(gpu).unwrap(),
+            &avg_pool2d_backward_ref(&s, &f64s(&dy)),
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_backward_matches_finite_differences() {
+    let mut rng = Rng::new(42);
+    for s in pool_specs().into_iter().take(7) {
+        let x = f64s(&rng.uniform_vec(s.x_shape().iter().product(), -1.0, 1.0));
+        let w = f64s(&rng.uniform_vec(s.y_shape().iter().product(), -1.0, 1.0));
+        fd_check(
+            &format!("{s:?}"),
+            |x| dot(&avg_pool2d_forward_ref(&s, x), &w),
+            &x,
+            &avg_pool2d_backward_ref(&s, &w),
+        );
+    }
+}
+
+#[test]
+fn avg_pool2d_refuses_bad_specs() {
+    let Some(gpu) = gpu() else { return };
+    let s = PoolSpec {
+        batch: 1,
+        channels: 1,
+        h: 3,
+        w: 3,
+        pool: 4,
+        stride: 1,
+    };
+    let t = zeros(gpu, &[1, 1, 3, 3]);
+    let e = avg_pool2d_forward(gpu, &s, &t, &t.clone()).err().unwrap();
+    assert!(e.to_string().contains("avg_pool2d_forward"), "{e}");
 }

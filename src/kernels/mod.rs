@@ -22,6 +22,7 @@ pub mod loss;
 pub mod matmul;
 pub mod optim;
 pub mod pool;
+pub mod random;
 pub mod reduce;
 pub mod reduce_axis;
 pub mod roof;
@@ -55,10 +56,11 @@ pub enum Shader {
     Elementwise,
     Copy,
     ReduceAxis,
+    Random,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 19] = [
+    pub const ALL: [Shader; 20] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -78,6 +80,7 @@ impl Shader {
         Shader::Elementwise,
         Shader::Copy,
         Shader::ReduceAxis,
+        Shader::Random,
     ];
 
     pub fn file(self) -> &'static str {
@@ -101,6 +104,7 @@ impl Shader {
             Shader::Elementwise => "shaders/elementwise.wgsl",
             Shader::Copy => "shaders/copy.wgsl",
             Shader::ReduceAxis => "shaders/reduce_axis.wgsl",
+            Shader::Random => "shaders/random.wgsl",
         }
     }
 
@@ -125,6 +129,7 @@ impl Shader {
             Shader::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
             Shader::ReduceAxis => include_str!("../../shaders/reduce_axis.wgsl"),
+            Shader::Random => include_str!("../../shaders/random.wgsl"),
         }
     }
 
@@ -156,6 +161,8 @@ impl Shader {
                 "max_pool2d_forward",
                 "max_pool2d_backward",
                 "max_pool2d_backward_cells",
+                "avg_pool2d_forward",
+                "avg_pool2d_backward",
             ],
             Shader::Activation => &[
                 "relu_forward",
@@ -198,6 +205,7 @@ impl Shader {
             ],
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
+            Shader::Random => &["random_uniform", "dropout_mask"],
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Max pooling, NCHW, valid: shaders/pool.wgsl, its wrappers and references.
+//! Max and average pooling, NCHW, valid: shaders/pool.wgsl, its wrappers and references.
 //! B = batch, C = channels, H x W = input, PK = window, S = stride, OH x OW = output.
 
 use bytemuck::{Pod, Zeroable};
@@ -35,10 +35,10 @@ impl PoolSpec {
         [self.batch, self.channels, oh, ow]
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, op: &str) -> Result<()> {
         if self.pool == 0 || self.stride == 0 || self.pool > self.h || self.pool > self.w {
             return Err(Error::shape(
-                "max_pool2d",
+                op,
                 format!(
                     "window {} stride {} on a {}x{} input",
                     self.pool, self.stride, self.h, self.w
@@ -46,7 +46,19 @@ impl PoolSpec {
             ));
         }
         if self.batch == 0 || self.channels == 0 {
-            return Err(Error::shape("max_pool2d", format!("empty input {self:?}")));
+            return Err(Error::shape(op, format!("empty input {self:?}")));
+        }
+        let window_loops = self.pool * self.pool;
+        let (oh, ow) = self.out_hw();
+        let windows_per_pixel = self.pool.div_ceil(self.stride).pow(2).min(oh * ow);
+        if window_loops.max(windows_per_pixel) > crate::kernels::LOOP_BUDGET {
+            return Err(Error::Limit {
+                op: op.to_string(),
+                what: "loop iterations per invocation (window)".into(),
+                requested: window_loops.max(windows_per_pixel) as u64,
+                limit: crate::kernels::LOOP_BUDGET as u64,
+                hint: "use a smaller pooling window".into(),
+            });
         }
         Ok(())
     }
@@ -118,8 +130,8 @@ pub fn max_pool2d_forward(
     argmax: &Tensor,
     y: &Tensor,
 ) -> Result<Dispatch> {
-    s.validate()?;
     let op = "max_pool2d_forward";
+    s.validate(op)?;
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "argmax", argmax, &s.y_shape())?;
     expect_shape(op, "y", y, &s.y_shape())?;
@@ -134,8 +146,8 @@ pub fn max_pool2d_backward(
     argmax: &Tensor,
     dx: &Tensor,
 ) -> Result<Dispatch> {
-    s.validate()?;
     let op = "max_pool2d_backward";
+    s.validate(op)?;
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "argmax", argmax, &s.y_shape())?;
     expect_shape(op, "dx", dx, &s.x_shape())?;
@@ -152,8 +164,8 @@ pub fn max_pool2d_relu_backward(
     y: &Tensor,
     dx: &Tensor,
 ) -> Result<Dispatch> {
-    s.validate()?;
     let op = "max_pool2d_relu_backward";
+    s.validate(op)?;
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "argmax", argmax, &s.y_shape())?;
     expect_shape(op, "y", y, &s.y_shape())?;
@@ -195,6 +207,87 @@ fn backward(
         y,
         dx.numel(),
     )
+}
+
+/// y [B,C,OH,OW] = avg_pool2d(x [B,C,H,W]): the mean of each PK x PK window.
+pub fn avg_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
+    let op = "avg_pool2d_forward";
+    s.validate(op)?;
+    expect_shape(op, "x", x, &s.x_shape())?;
+    expect_shape(op, "y", y, &s.y_shape())?;
+    avg_call(gpu, op, s, x, y)
+}
+
+/// dx [B,C,H,W] = the sum of dy / PK^2 over the windows holding each input element.
+pub fn avg_pool2d_backward(gpu: &Gpu, s: &PoolSpec, dy: &Tensor, dx: &Tensor) -> Result<Dispatch> {
+    let op = "avg_pool2d_backward";
+    s.validate(op)?;
+    expect_shape(op, "dy", dy, &s.y_shape())?;
+    expect_shape(op, "dx", dx, &s.x_shape())?;
+    avg_call(gpu, op, s, dy, dx)
+}
+
+/// The average kernels use bindings 1 (src) and 3 (dst) only; binding 2 (argmax) gets the
+/// unused dummy buffer, which they never touch.
+fn avg_call(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &PoolSpec,
+    src: &Tensor,
+    dst: &Tensor,
+) -> Result<Dispatch> {
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Pool,
+            entry,
+            params: bytemuck::bytes_of(&params(s, false)),
+            bindings: &[
+                (src, Access::Read),
+                (gpu.dummy(), Access::ReadWrite),
+                (dst, Access::ReadWrite),
+            ],
+            workgroups: grid_1d(gpu, entry, dst.numel())?,
+            constants: &[],
+        },
+    )
+}
+
+/// Reference of [`avg_pool2d_forward`].
+pub fn avg_pool2d_forward_ref(s: &PoolSpec, x: &[f64]) -> Vec<f64> {
+    let (oh, ow) = s.out_hw();
+    let mut y = Vec::with_capacity(s.batch * s.channels * oh * ow);
+    for plane in 0..s.batch * s.channels {
+        let base = plane * s.h * s.w;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0;
+                for ky in 0..s.pool {
+                    for kx in 0..s.pool {
+                        acc += x[base + (oy * s.stride + ky) * s.w + ox * s.stride + kx];
+                    }
+                }
+                y.push(acc / (s.pool * s.pool) as f64);
+            }
+        }
+    }
+    y
+}
+
+/// Reference of [`avg_pool2d_backward`] (a scatter, in f64).
+pub fn avg_pool2d_backward_ref(s: &PoolSpec, dy: &[f64]) -> Vec<f64> {
+    let (oh, ow) = s.out_hw();
+    let mut dx = vec![0.0; s.x_shape().iter().product()];
+    let k = 1.0 / (s.pool * s.pool) as f64;
+    for (o, &g) in dy.iter().enumerate() {
+        let (plane, oy, ox) = (o / (oh * ow), o / ow % oh, o % ow);
+        for ky in 0..s.pool {
+            for kx in 0..s.pool {
+                dx[plane * s.h * s.w + (oy * s.stride + ky) * s.w + ox * s.stride + kx] += g * k;
+            }
+        }
+    }
+    dx
 }
 
 /// Reference forward: (y, argmax) with argmax = iy * W + ix of the first maximum.

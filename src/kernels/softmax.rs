@@ -74,6 +74,9 @@ fn fits_budget(cols: usize, passes: usize, lanes: usize) -> bool {
     passes * cols.div_ceil(lanes) + 2 * lanes.trailing_zeros() as usize + 2 <= LOOP_BUDGET
 }
 
+/// Override constants WG and RW of a row kernel.
+pub(crate) type RowConstants = [(&'static str, f64); 2];
+
 /// Grid and override constants of a row kernel: `lanes` (0 = [`row_lanes`]) lanes per
 /// row, workgroups of max(64, lanes) invocations, folded onto y. Shared by the row
 /// kernels of softmax.wgsl and layernorm.wgsl.
@@ -84,7 +87,7 @@ pub(crate) fn row_launch(
     cols: usize,
     passes: usize,
     lanes: usize,
-) -> Result<([u32; 3], [(&'static str, f64); 2])> {
+) -> Result<([u32; 3], RowConstants)> {
     let lanes = if lanes == 0 {
         row_lanes(gpu, cols, passes)
     } else {
@@ -131,7 +134,7 @@ fn validate(op: &str, s: &SoftmaxSpec) -> Result<()> {
         ));
     }
     match s.causal {
-        Some(t) if t == 0 || s.rows % t != 0 => Err(Error::shape(
+        Some(t) if t == 0 || !s.rows.is_multiple_of(t) => Err(Error::shape(
             op,
             format!(
                 "causal period T = {t} must divide the {} rows (rows are (.., t))",
@@ -146,7 +149,6 @@ fn validate(op: &str, s: &SoftmaxSpec) -> Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn row_call(
     gpu: &Gpu,
     entry: &'static str,

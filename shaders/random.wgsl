@@ -1,0 +1,95 @@
+// random.wgsl: counter-based random numbers (Philox-4x32-10, Salmon et al., SC'11, as in
+// Random123, cuRAND and PyTorch): the same (seed, counter, element) gives the same bits on
+// every adapter, and no state is kept between dispatches.
+//
+// Element i of the output takes word i % 4 of the block
+//   w = philox4x32_10(ctr = (i / 4, 0, counter_lo, counter_hi), key = (seed_lo, seed_hi))
+//   u = (w >> 8) * 2^-24                       a uniform float in [0, 1), exact in f32
+//
+//   random_uniform:  y[i] = u
+//   dropout_mask:    mask[i] = scale if (w >> 8) >= threshold else 0
+//                    threshold = round(p * 2^24), scale = 1 / (1 - p) (both from the host),
+//                    so P(drop) = threshold / 2^24 ~ p and E[mask] ~ 1.
+// The host rewrites counter (byte offset 24 of Params) per step, so one recorded dispatch
+// draws fresh numbers each step; distinct streams take distinct seeds.
+//
+// Bindings (group 0):
+//   0 uniform             Params { n, threshold, scale, _, seed_lo, seed_hi, counter_lo,
+//                         counter_hi }
+//   1 storage read_write  out   [n] f32: y (random_uniform) or mask (dropout_mask)
+//
+// Dispatch: one invocation per block of 4 elements, b = gid.x + gid.y * nwg.x * 256, over
+// ceil(n / 4) blocks of a 2-D grid of 256-wide workgroups; elements past n are not written.
+
+struct Params {
+    n: u32,
+    threshold: u32,
+    scale: f32,
+    _pad: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    counter_lo: u32,
+    counter_hi: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+
+// (hi, lo) 32-bit halves of the 64-bit product a * b, from 16-bit pieces (WGSL has no u64).
+fn mulhilo(a: u32, b: u32) -> vec2<u32> {
+    let al = a & 0xffffu;
+    let ah = a >> 16u;
+    let bl = b & 0xffffu;
+    let bh = b >> 16u;
+    let ll = al * bl;
+    let lh = al * bh;
+    let hl = ah * bl;
+    let mid = (ll >> 16u) + (lh & 0xffffu) + (hl & 0xffffu);
+    let hi = ah * bh + (lh >> 16u) + (hl >> 16u) + (mid >> 16u);
+    return vec2<u32>(hi, a * b);
+}
+
+fn philox4x32_10(ctr_in: vec4<u32>, key_in: vec2<u32>) -> vec4<u32> {
+    var c = ctr_in;
+    var k = key_in;
+    for (var round = 0u; round < 10u; round++) {
+        let p0 = mulhilo(0xD2511F53u, c.x);
+        let p1 = mulhilo(0xCD9E8D57u, c.z);
+        c = vec4<u32>(p1.x ^ c.y ^ k.x, p1.y, p0.x ^ c.w ^ k.y, p0.y);
+        k += vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
+    }
+    return c;
+}
+
+// The 4 random words of block b = gid.x + gid.y * nwg.x * 256.
+fn block(gid: vec3<u32>, nwg: vec3<u32>) -> vec4<u32> {
+    let b = gid.x + gid.y * nwg.x * 256u;
+    let ctr = vec4<u32>(b, 0u, p.counter_lo, p.counter_hi);
+    return philox4x32_10(ctr, vec2<u32>(p.seed_lo, p.seed_hi));
+}
+
+@compute @workgroup_size(256)
+fn random_uniform(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let first = (gid.x + gid.y * nwg.x * 256u) * 4u;
+    if (first >= p.n) {
+        return;
+    }
+    let w = block(gid, nwg);
+    for (var j = 0u; j < 4u && first + j < p.n; j++) {
+        out[first + j] = f32(w[j] >> 8u) * (1.0 / 16777216.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn dropout_mask(@builtin(global_invocation_id) gid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let first = (gid.x + gid.y * nwg.x * 256u) * 4u;
+    if (first >= p.n) {
+        return;
+    }
+    let w = block(gid, nwg);
+    for (var j = 0u; j < 4u && first + j < p.n; j++) {
+        out[first + j] = select(0.0, p.scale, (w[j] >> 8u) >= p.threshold);
+    }
+}
