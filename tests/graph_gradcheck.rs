@@ -9,7 +9,7 @@ mod common;
 
 use shadergrad::graph::autodiff::grad;
 use shadergrad::graph::session::Session;
-use shadergrad::graph::{BinaryOp, DType, Graph, Id, UnaryOp};
+use shadergrad::graph::{BinaryOp, DType, Graph, Id, ReduceOp, UnaryOp};
 use shadergrad::kernels::conv2d::Padding;
 use shadergrad::kernels::loss::Loss;
 use shadergrad::model::{Init, ParamSpec};
@@ -106,6 +106,23 @@ fn matmul_every_layout() {
 }
 
 #[test]
+fn batched_matmul() {
+    // Per-product B, and B shared by the batch (its gradient sums over the batch).
+    check("batched", &[&[3, 2, 5], &[3, 5, 4]], false, |g, p| {
+        g.matmul(p[0], p[1], false, false).unwrap()
+    });
+    check(
+        "batched, shared B^T",
+        &[&[3, 2, 5], &[4, 5]],
+        false,
+        |g, p| g.matmul(p[0], p[1], false, true).unwrap(),
+    );
+    check("batched, A^T", &[&[2, 5, 3], &[2, 5, 4]], false, |g, p| {
+        g.matmul(p[0], p[1], true, false).unwrap()
+    });
+}
+
+#[test]
 fn dense_bias_relu_fused() {
     // x W^T + b, ReLU: fused into one matmul (bias, relu) and its backward.
     check(
@@ -128,6 +145,18 @@ fn conv2d_valid_and_same() {
             &[&[2, 2, 5, 4], &[3, 2, 3, 3]],
             false,
             |g, p| g.conv2d(p[0], p[1], 1, padding).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn conv2d_strided() {
+    for padding in [Padding::Valid, Padding::Same] {
+        check(
+            &format!("conv2d stride 2 {padding:?}"),
+            &[&[2, 3, 7, 6], &[2, 3, 3, 3]],
+            false,
+            |g, p| g.conv2d(p[0], p[1], 2, padding).unwrap(),
         );
     }
 }
@@ -233,6 +262,12 @@ fn reductions_and_expand() {
     check("sum [0, 2]", &[&[2, 3, 4]], false, |g, p| {
         g.sum(p[0], &[0, 2]).unwrap()
     });
+    check("max [2]", &[&[2, 3, 4]], false, |g, p| {
+        g.reduce(ReduceOp::Max, p[0], &[2]).unwrap()
+    });
+    check("max [0, 2]", &[&[2, 3, 4]], false, |g, p| {
+        g.reduce(ReduceOp::Max, p[0], &[0, 2]).unwrap()
+    });
     check("mean [0]", &[&[5, 3]], false, |g, p| {
         g.mean(p[0], &[0]).unwrap()
     });
@@ -248,6 +283,18 @@ fn movement_ops() {
     });
     check("transpose", &[&[3, 5]], false, |g, p| {
         g.transpose(p[0]).unwrap()
+    });
+    check("permute", &[&[2, 3, 4]], false, |g, p| {
+        g.permute(p[0], &[2, 0, 1]).unwrap()
+    });
+    check("slice", &[&[3, 5]], false, |g, p| {
+        g.slice(p[0], 1, 1, 3).unwrap()
+    });
+    check("pad", &[&[3, 2]], false, |g, p| {
+        g.pad(p[0], 0, 1, 5).unwrap()
+    });
+    check("concat", &[&[2, 3], &[2, 2]], false, |g, p| {
+        g.concat(&[p[0], p[1]], 1).unwrap()
     });
     check("where", &[&[2, 4], &[2, 4]], false, |g, p| {
         let zero = g.constant(0.0, &[]);

@@ -271,14 +271,11 @@ fn sum_partials(
 
 pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
     let n = g.node(id);
-    let [batch, m, nn, k] = super::ops::matmul_dims(g.shape(n.inputs[0]), g.shape(n.inputs[1]), t)?;
-    if batch != 1 {
-        return Err(Error::shape(
-            "matmul",
-            format!("batched product (batch {batch}) has no kernel on this build"),
-        ));
-    }
+    let (sa, sb) = (g.shape(n.inputs[0]), g.shape(n.inputs[1]));
+    let [batch, m, nn, k] = super::ops::matmul_dims(sa, sb, t)?;
     Ok(MatmulSpec {
+        batch,
+        shared_b: sa.len() == 3 && sb.len() == 2,
         transpose_a: t.ta,
         transpose_b: t.tb,
         bias: t.bias,

@@ -1,14 +1,15 @@
-//! Lowering of the elementwise ops and reductions onto the elementwise kernel family
-//! (unary, broadcast binary, scalar, where) and onto sums: a sum whose kept axes form one
-//! block is `sum_outer_inner`; any other sum reduces one axis at a time as a batched
-//! product with a ones vector.
+//! Lowering of the elementwise ops, reductions and data movement: the elementwise family
+//! (unary, broadcast binary, scalar, where), the strided-copy family (expand, permute,
+//! slice, pad, concat) and reductions (a sum whose kept axes form one block is
+//! `sum_outer_inner`; anything else reduces one axis at a time with `reduce_axis`).
 
 use super::ir::*;
 use super::lower::{kept_block, Tensors};
 use crate::gpu::Gpu;
-use crate::kernels::elementwise::{binary, binary_scalar, unary, unary_backward, where_};
-use crate::kernels::matmul::{matmul, MatmulSpec};
+use crate::kernels::copy::{concat, expand, pad_into, permute, slice};
+use crate::kernels::elementwise::{binary, binary_scalar, fill, unary, unary_backward, where_};
 use crate::kernels::reduce::sum_outer_inner;
+use crate::kernels::reduce_axis::{reduce, ReduceOp as KernelReduce};
 use crate::kernels::Dispatch;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -41,12 +42,22 @@ pub fn lower_elementwise(
             _ => d.push(binary(gpu, *op, &x(0)?, &x(1)?, &y)?),
         },
         Op::Where => d.push(where_(gpu, &x(0)?, &x(1)?, &x(2)?, &y)?),
-        // x * ones(y's shape): the ones are a constant buffer of y's size.
-        Op::Expand => {
-            let ones = Tensor::from_f32(gpu, "expand ones", &n.shape, &vec![1.0; n.numel()])?;
-            d.push(binary(gpu, BinaryOp::Mul, &x(0)?, &ones, &y)?);
+        Op::Expand => d.push(expand(gpu, &x(0)?, &y)?),
+        Op::Reduce(op, axes) => reduce_axes(gpu, *op, &x(0)?, axes, &y, d)?,
+        Op::Permute(perm) => d.push(permute(gpu, &x(0)?, perm, &y)?),
+        Op::Slice { axis, start } => {
+            d.push(slice(gpu, &x(0)?, *axis, *start, n.shape[*axis], &y)?)
         }
-        Op::Reduce(ReduceOp::Sum, axes) => sum_axes(gpu, &x(0)?, axes, &y, d)?,
+        Op::Pad { axis, start } => {
+            let mut at = vec![0; n.shape.len()];
+            at[*axis] = *start;
+            d.push(fill(gpu, &y, 0.0)?);
+            d.push(pad_into(gpu, &x(0)?, &y, &at, false)?);
+        }
+        Op::Concat(axis) => {
+            let xs = (0..n.inputs.len()).map(x).collect::<Result<Vec<_>>>()?;
+            d.extend(concat(gpu, &xs.iter().collect::<Vec<_>>(), *axis, &y)?);
+        }
         op => {
             return Err(Error::shape(
                 op.name(),
@@ -57,39 +68,35 @@ pub fn lower_elementwise(
     Ok(())
 }
 
-/// y = x summed over `axes`.
-fn sum_axes(
+/// y = x reduced over `axes`.
+fn reduce_axes(
     gpu: &Gpu,
+    op: ReduceOp,
     x: &Tensor,
     axes: &[usize],
     y: &Tensor,
     d: &mut Vec<Dispatch>,
 ) -> Result<()> {
-    if let Some(dims) = kept_block(&x.shape, axes) {
+    if let (ReduceOp::Sum, Some(dims)) = (op, kept_block(&x.shape, axes)) {
         d.push(sum_outer_inner(gpu, x, dims, y)?);
         return Ok(());
     }
-    // One axis at a time, last first: x [pre, A, post] -> [pre, post] as pre products
-    // op(x_b)ᵀ [post, A] · ones [A, 1].
+    let kop = match op {
+        ReduceOp::Sum => KernelReduce::Sum,
+        ReduceOp::Max => KernelReduce::Max,
+    };
+    // One axis at a time, last first: x [pre, A, post] -> [pre, post].
     let mut cur = x.clone();
     for (i, &a) in axes.iter().enumerate().rev() {
         let s = cur.shape.clone();
-        let (pre, len, post) = (s[..a].iter().product(), s[a], s[a + 1..].iter().product());
+        let dims = (s[..a].iter().product(), s[a], s[a + 1..].iter().product());
         let mut out_shape = s.clone();
         out_shape.remove(a);
-        let out = if i == 0 {
-            y.clone()
-        } else {
-            Tensor::zeros(gpu, "partial sum", &out_shape)?
+        let out = match i {
+            0 => y.clone(),
+            _ => Tensor::zeros(gpu, "partial reduction", &out_shape)?,
         };
-        let ones = Tensor::from_f32(gpu, "sum ones", &[len, 1], &vec![1.0; len])?;
-        let spec = MatmulSpec {
-            batch: pre,
-            shared_b: pre > 1,
-            transpose_a: true,
-            ..MatmulSpec::new(post, 1, len)
-        };
-        d.extend(matmul(gpu, &spec, &cur, &ones, None, &out)?);
+        d.extend(reduce(gpu, kop, &cur, dims, &out)?);
         cur = out.view(0, &out_shape);
     }
     Ok(())
