@@ -141,14 +141,22 @@ impl Choices {
     }
 }
 
+/// `shape` stacked `n` times along a new leading axis (itself when n == 1).
+fn stacked(n: usize, shape: [usize; 2]) -> Vec<usize> {
+    match n {
+        1 => shape.to_vec(),
+        _ => vec![n, shape[0], shape[1]],
+    }
+}
+
 /// Scratch operands of a product: A, B, bias, C.
 fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
     Ok([
-        Tensor::zeros(gpu, "tune A", &[s.batch * s.m * s.k])?,
+        Tensor::zeros(gpu, "tune A", &stacked(s.batch, s.a_shape()))?,
         Tensor::zeros(
             gpu,
             "tune B",
-            &[if s.shared_b { 1 } else { s.batch } * s.n * s.k],
+            &stacked(if s.shared_b { 1 } else { s.batch }, s.b_shape()),
         )?,
         Tensor::zeros(gpu, "tune bias", &[s.n])?,
         Tensor::zeros(gpu, "tune C", &[s.batch * s.m * s.n])?,
