@@ -92,8 +92,13 @@ pub fn choose(
     labels: &[String],
     build: &dyn Fn(usize) -> Result<Vec<Dispatch>>,
 ) -> Result<usize> {
-    if labels.len() < 2 || !tuning_on() {
+    // A candidate that cannot be built here (a grid past the device's limits, say) is
+    // skipped; when none can, candidate 0 is returned and lowering reports its error.
+    if labels.len() < 2 {
         return Ok(0);
+    }
+    if !tuning_on() {
+        return Ok((0..labels.len()).find(|&i| build(i).is_ok()).unwrap_or(0));
     }
     let info = &gpu.info;
     let key = format!(
@@ -103,9 +108,17 @@ pub fn choose(
     if let Some(c) = cached(&key).and_then(|c| labels.iter().position(|l| *l == c)) {
         return Ok(c);
     }
-    let mut ms = Vec::new();
-    for i in 0..labels.len() {
-        ms.push(time(gpu, &build(i)?)?);
+    let ms: Vec<f64> = (0..labels.len())
+        .map(|i| match build(i).and_then(|d| time(gpu, &d)) {
+            Ok(ms) => ms,
+            Err(e) => {
+                log::info!("kernel choice {what}: {} cannot run here: {e}", labels[i]);
+                f64::INFINITY
+            }
+        })
+        .collect();
+    if ms.iter().all(|m| m.is_infinite()) {
+        return Ok(0);
     }
     let best = (0..labels.len())
         .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
