@@ -169,6 +169,8 @@ pub struct Trainer<'g> {
     pub store: ParamStore,
     /// Optimizer updates applied so far (Adam's t).
     pub steps: u64,
+    /// The run's seed: parameter initialisation and the dropout streams.
+    pub seed: u64,
     metrics: Tensor,
     datasets: Vec<Dataset>,
     sources: Vec<Source>,
@@ -194,6 +196,7 @@ impl<'g> Trainer<'g> {
             optimizer,
             store,
             steps: 0,
+            seed,
             metrics: Tensor::zeros(gpu, "metrics", &[METRICS_LEN])?,
             datasets: Vec::new(),
             sources: Vec::new(),
@@ -319,6 +322,7 @@ impl<'g> Trainer<'g> {
         let n = self.store.len;
         let optimizer = self.optimizer;
         let gpu = self.gpu;
+        let counter = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t;
         let plan = self.plan(PlanKey {
             source,
             batch,
@@ -329,6 +333,11 @@ impl<'g> Trainer<'g> {
             START_OFFSET,
             bytemuck::bytes_of(&(start as u32)),
         );
+        // Dropout masks: a fresh counter each training step, from the seed and the step
+        // number only, so reruns and resumed runs draw the same masks.
+        for &i in &plan.random {
+            crate::kernels::random::write_counter(gpu, &plan.dispatches[i], counter);
+        }
         if let Some(opt) = plan.optimizer() {
             gpu.queue.write_buffer(
                 &opt.params,

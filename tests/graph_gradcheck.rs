@@ -190,6 +190,25 @@ fn max_pool2d_disjoint_and_overlapping() {
 }
 
 #[test]
+fn avg_pools_and_dropout() {
+    for (pool, stride) in [(2, 2), (3, 2)] {
+        check(
+            &format!("avg_pool2d {pool}/{stride}"),
+            &[&[2, 2, 5, 5]],
+            false,
+            |g, p| g.avg_pool2d(p[0], pool, stride).unwrap(),
+        );
+    }
+    check("global_avg_pool", &[&[2, 3, 4, 5]], false, |g, p| {
+        g.global_avg_pool(p[0]).unwrap()
+    });
+    // The mask is drawn once per step (counter 0 in a session): a fixed function of x.
+    check("dropout 0.5", &[&[4, 16]], false, |g, p| {
+        g.dropout(p[0], 0.5).unwrap()
+    });
+}
+
+#[test]
 fn unary_ops() {
     let ops = [
         UnaryOp::Relu,

@@ -375,3 +375,65 @@ fn partial_and_odd_batches() {
         assert!(params.iter().flatten().all(|v| v.is_finite()), "{what}");
     }
 }
+
+/// A model with dropout between its dense layers (not expressible as a `Sequential`).
+struct DropoutMlp;
+
+impl shadergrad::nn::Model for DropoutMlp {
+    fn input(&self) -> [usize; 3] {
+        [1, 28, 28]
+    }
+    fn loss(&self) -> shadergrad::kernels::loss::Loss {
+        shadergrad::kernels::loss::Loss::SoftmaxCrossEntropy
+    }
+    fn forward(
+        &self,
+        g: &mut shadergrad::graph::Graph,
+        x: shadergrad::graph::Id,
+    ) -> shadergrad::Result<shadergrad::graph::Id> {
+        let h = g.flatten(x)?;
+        let h = shadergrad::nn::Dense::new(g, "fc1", 784, 64, 0).forward(g, h)?;
+        let h = g.relu(h)?;
+        let h = g.dropout(h, 0.5)?;
+        shadergrad::nn::Dense::new(g, "fc2", 64, 10, 1).forward(g, h)
+    }
+}
+
+#[test]
+fn dropout_runs_are_bit_identical_and_masks_change_each_step() {
+    let Some(gpu) = common::gpu() else { return };
+    let run = |seed: u64| {
+        let m = mnist();
+        let mut t = Trainer::new(gpu, DropoutMlp, Optimizer::adam(1e-3), seed).unwrap();
+        let set = t
+            .add_dataset(&m.train.images[..256 * 784], &m.train.labels[..256])
+            .unwrap();
+        let order: Vec<u32> = (0..256).collect();
+        let src = t.add_source(set, &order).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..3 {
+            t.reset_metrics();
+            // The same batch each time: only the masks (and the parameters) change.
+            t.step(src, 0, 128, true).unwrap();
+            losses.push(t.read_metrics().unwrap().loss);
+        }
+        (bits(&t.read_params().unwrap()), losses)
+    };
+    let (a, la) = run(5);
+    let (b, lb) = run(5);
+    assert_eq!(a, b, "same seed, same bits");
+    assert_eq!(la, lb);
+    let (c, _) = run(6);
+    assert_ne!(a, c, "another seed draws other masks");
+    // Evaluation has no dropout: two evaluations of the same parameters agree exactly.
+    let m = mnist();
+    let mut t = Trainer::new(gpu, DropoutMlp, Optimizer::adam(1e-3), 5).unwrap();
+    let set = t
+        .add_dataset(&m.train.images[..256 * 784], &m.train.labels[..256])
+        .unwrap();
+    let order: Vec<u32> = (0..256).collect();
+    let src = t.add_source(set, &order).unwrap();
+    let e1 = t.evaluate(src, 128).unwrap();
+    let e2 = t.evaluate(src, 128).unwrap();
+    assert_eq!(e1.loss, e2.loss);
+}

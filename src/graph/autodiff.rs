@@ -219,6 +219,14 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let op = Op::MaxPool2dBackward { pool: *p, relu: false };
             vec![Some(gr.push(op, vec![y, g], shp(gr, 0), DType::F32))]
         }
+        Op::AvgPool2d(p) => {
+            let op = Op::AvgPool2dBackward(*p);
+            vec![Some(gr.push(op, vec![g], shp(gr, 0), DType::F32))]
+        }
+        Op::Dropout { .. } => {
+            let mask = gr.aux(y, 0);
+            vec![Some(gr.mul(g, mask)?)]
+        }
         Op::Loss(kind) => vec![Some(loss_vjp(gr, *kind, y, &ins, g)?), None],
         op => return Err(second_order(op)),
     })

@@ -120,6 +120,17 @@ pub enum Op {
         pool: PoolAttrs,
         relu: bool,
     },
+    /// [x] -> the mean of each window.
+    AvgPool2d(PoolAttrs),
+    /// [dy] -> dx (the node's shape is x's).
+    AvgPool2dBackward(PoolAttrs),
+    /// [x] -> x * mask, mask 0 with probability p else 1 / (1 - p), drawn afresh each step
+    /// from a counter-based generator keyed by `salt` (one per dropout in a graph); aux 0
+    /// is the mask.
+    Dropout {
+        p: f32,
+        salt: u32,
+    },
     /// Fused conv + bias + ReLU + max pool: [x, w, b] -> y; aux 0 the argmax.
     ConvReluPool {
         conv: ConvAttrs,
@@ -170,12 +181,25 @@ impl Node {
 }
 
 /// An op graph plus the parameters its `Param` leaves name, and the values the caller reads.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Graph {
     pub nodes: Vec<Node>,
     pub params: Vec<ParamSpec>,
     /// Values kept past the step (losses, probabilities, parameter gradients).
     pub outputs: Vec<Id>,
+    /// Evaluation graphs set this false: dropout becomes the identity.
+    pub training: bool,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Graph {
+            nodes: Vec::new(),
+            params: Vec::new(),
+            outputs: Vec::new(),
+            training: true,
+        }
+    }
 }
 
 impl Graph {
@@ -319,6 +343,7 @@ impl Graph {
             nodes: Vec::new(),
             params: self.params.clone(),
             outputs: Vec::new(),
+            training: self.training,
         };
         for root in 0..self.nodes.len() {
             if !live[root] || new_id[root].is_some() {

@@ -11,9 +11,11 @@ use super::tune::Choices;
 use crate::gpu::Gpu;
 use crate::kernels::activation::{activation_backward, activation_forward, Activation};
 use crate::kernels::conv2d::*;
+use crate::kernels::elementwise::binary;
 use crate::kernels::loss::{loss_backward, loss_forward, LossTensors};
 use crate::kernels::matmul::{matmul_with, MatmulSpec};
 use crate::kernels::pool::*;
+use crate::kernels::random::{dropout_mask, RandomSpec};
 use crate::kernels::reduce::{sum_outer_inner, sum_outer_inner_range};
 use crate::kernels::transpose::transpose;
 use crate::kernels::Dispatch;
@@ -198,6 +200,23 @@ fn lower_node(
                 true => max_pool2d_relu_backward(gpu, &ps, &dy, &arg, &p, &y)?,
                 false => max_pool2d_backward(gpu, &ps, &dy, &arg, &y)?,
             });
+        }
+        Op::AvgPool2d(p) => {
+            let ps = pool_spec(g.shape(node.inputs[0]), *p);
+            d.push(avg_pool2d_forward(gpu, &ps, &x(0)?, &y)?);
+        }
+        Op::AvgPool2dBackward(p) => {
+            let ps = pool_spec(&node.shape, *p);
+            d.push(avg_pool2d_backward(gpu, &ps, &x(0)?, &y)?);
+        }
+        Op::Dropout { p, salt } => {
+            let mask = aux(g, ts, id, 0)?;
+            let spec = RandomSpec {
+                seed: *salt as u64,
+                counter: 0,
+            };
+            d.push(dropout_mask(gpu, &spec, *p, &mask)?);
+            d.push(binary(gpu, BinaryOp::Mul, &x(0)?, &mask, &y)?);
         }
         Op::ConvReluPool { conv, pool } => lower_conv_relu_pool(gpu, g, ts, id, *conv, *pool, d)?,
         Op::ConvReluPoolBackwardWeight { conv, pool } => {

@@ -297,6 +297,19 @@ impl Graph {
     }
 }
 
+/// The output shape of a pool over `x` [B, C, H, W] (valid windows).
+fn pool_out(op: &str, s: &[usize], pool: usize, stride: usize) -> Result<Vec<usize>> {
+    let [b, c, h, w] = <[usize; 4]>::try_from(s)
+        .map_err(|_| shape_err(op, format!("x {s:?} is not [B, C, H, W]")))?;
+    if pool == 0 || stride == 0 || pool > h || pool > w {
+        return Err(shape_err(
+            op,
+            format!("window {pool} stride {stride} on input {h}x{w}"),
+        ));
+    }
+    Ok(vec![b, c, (h - pool) / stride + 1, (w - pool) / stride + 1])
+}
+
 /// The matmul's [batch, M, N, K] from its operand shapes, or an error naming both.
 pub fn matmul_dims(a: &[usize], b: &[usize], t: MatMulAttrs) -> Result<[usize; 4]> {
     let err = || {
@@ -392,6 +405,47 @@ impl Graph {
         let aux = vec![(out.clone(), DType::U32)];
         let attrs = PoolAttrs { pool, stride };
         Ok(self.push_with_aux(Op::MaxPool2d(attrs), vec![x], out, DType::F32, aux))
+    }
+
+    /// Mean over `pool` x `pool` windows every `stride`: [B, C, H, W] -> [B, C, OH, OW].
+    pub fn avg_pool2d(&mut self, x: Id, pool: usize, stride: usize) -> Result<Id> {
+        let out = pool_out("avg_pool2d", self.shape(x), pool, stride)?;
+        let attrs = PoolAttrs { pool, stride };
+        Ok(self.push(Op::AvgPool2d(attrs), vec![x], out, DType::F32))
+    }
+
+    /// Mean over H and W: [B, C, H, W] -> [B, C].
+    pub fn global_avg_pool(&mut self, x: Id) -> Result<Id> {
+        if self.shape(x).len() != 4 {
+            let s = self.shape(x).to_vec();
+            return Err(shape_err(
+                "global_avg_pool",
+                format!("x {s:?} is not [B, C, H, W]"),
+            ));
+        }
+        self.mean(x, &[2, 3])
+    }
+
+    /// Inverted dropout with probability `p` in training graphs, the identity otherwise.
+    /// Each dropout of a graph draws its own mask (keyed by its position), afresh each step.
+    pub fn dropout(&mut self, x: Id, p: f32) -> Result<Id> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::usage(
+                "dropout",
+                format!("p = {p} must lie in [0, 1)"),
+            ));
+        }
+        if !self.training || p == 0.0 {
+            return Ok(x);
+        }
+        let salt = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Dropout { .. }))
+            .count() as u32;
+        let shape = self.shape(x).to_vec();
+        let aux = vec![(shape.clone(), DType::F32)];
+        Ok(self.push_with_aux(Op::Dropout { p, salt }, vec![x], shape, DType::F32, aux))
     }
 
     /// Per-sample loss [B] of outputs z [B, C] against labels (u32 [B]) or targets

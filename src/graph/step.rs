@@ -52,6 +52,9 @@ pub struct Plan {
     pub loss: Tensor,
     /// Bytes of the transient values: as planned, and with a buffer each.
     pub activation_bytes: (u64, u64),
+    /// Dispatches drawing random numbers (dropout masks), whose counter the executor
+    /// rewrites before each step.
+    pub random: Vec<usize>,
 }
 
 impl Plan {
@@ -89,6 +92,7 @@ struct StepGraph {
 
 fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) -> Result<StepGraph> {
     let mut g = Graph::new();
+    g.training = train;
     let [c, h, w] = model.input();
     let x = g.input("x", &[batch, c, h, w], DType::F32);
     let z = model.forward(&mut g, x)?; // [B, classes]
@@ -227,6 +231,9 @@ pub fn build_plan(
         )?);
     }
     log::debug!("step graph (batch {batch}):\n{}", g.dump());
+    let random = (0..d.len())
+        .filter(|&i| d[i].name == "dropout_mask")
+        .collect();
     Ok(Plan {
         batch,
         dispatches: d,
@@ -236,6 +243,7 @@ pub fn build_plan(
         target: regression.then_some(tt),
         loss: loss_t,
         activation_bytes: (mem.planned_bytes(), mem.naive_bytes),
+        random,
     })
 }
 
