@@ -187,11 +187,16 @@ fn conv2d_forward_subgroup(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
+// From the bits: `v != v` is folded to false by some drivers (lavapipe) that assume no NaN.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 // relu(conv + bias) of channel co at conv position `at` into the running max of its window
 // (first maximum wins, a NaN anywhere wins: as pool.wgsl).
 fn keep_max(conv: f32, co: u32, at: u32, first: bool, best: ptr<function, f32>, best_at: ptr<function, u32>) {
     let v = max(conv + load_bias(p.bias_base + min(co, p.c_out - 1u)), 0.0);
-    if (first || v > *best || (v != v && *best == *best)) {
+    if (first || (!is_nan(*best) && (is_nan(v) || v > *best))) {
         *best = v;
         *best_at = at;
     }

@@ -4,7 +4,8 @@
 // B = batch, C = channels, H x W = input, OH = (H - PK) / S + 1, OW = (W - PK) / S + 1.
 //
 //   max_pool2d_forward:   y[b,c,oy,ox]   = max_{ky,kx < PK} x[b,c,oy*S+ky,ox*S+kx]
-//                         argmax[b,c,oy,ox] = iy * W + ix of that maximum (first one on ties)
+//                         argmax[b,c,oy,ox] = iy * W + ix of that maximum (first one on ties;
+//                         a NaN in the window wins: y is the first NaN, argmax its position)
 //   max_pool2d_backward:  dx[b,c,iy,ix]  = sum over the windows (oy,ox) that contain (iy,ix)
 //                                          and whose argmax is (iy,ix) of dy[b,c,oy,ox]
 //                         One invocation per element of dx: it gathers rather than scatters,
@@ -64,6 +65,11 @@ fn window_grad(o: u32) -> f32 {
     return src[o];
 }
 
+// From the bits: `v != v` is folded to false by some drivers (lavapipe) that assume no NaN.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
@@ -96,8 +102,9 @@ fn max_pool2d_forward(@builtin(global_invocation_id) gid: vec3<u32>,
         for (var kx = 0u; kx < p.pool; kx++) {
             let at = (oy * p.stride + ky) * p.w + ox * p.stride + kx;
             let v = src[base + at];
-            // NaN propagates: a NaN anywhere in the window wins.
-            if (v > best || (v != v && best == best)) {
+            // NaN propagates: the first NaN in the window wins and stays (tested from the
+            // bits before any comparison, which a driver assuming no NaN may fold).
+            if (!is_nan(best) && (is_nan(v) || v > best)) {
                 best = v;
                 best_at = at;
             }

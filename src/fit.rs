@@ -448,28 +448,8 @@ pub fn run_epoch(
 ) -> Result<EpochEnd> {
     let started = Instant::now();
     let steps = split.n_train.div_ceil(cfg.batch_size);
-    let first = match from {
-        Some(p) if p.epoch != epoch || p.steps != steps || p.step >= steps => {
-            return Err(Error::usage(
-                "--resume",
-                format!(
-                    "the checkpoint stopped at step {} of {} of epoch {}, but epoch {epoch} has {steps} steps here (a different data set?)",
-                    p.step, p.steps, p.epoch
-                ),
-            ))
-        }
-        Some(p) => p.step,
-        None => 0,
-    };
-    let (prev_loss, prev_correct, prev_count, prev_seconds) =
-        from.map_or((0.0, 0.0, 0, 0.0), |p| {
-            (
-                p.loss * p.count as f64,
-                p.accuracy * p.count as f64,
-                p.count,
-                p.seconds,
-            )
-        });
+    let first = resume_step(from, epoch, steps)?;
+    let prev_seconds = from.map_or(0.0, |p| p.seconds);
     trainer.set_order(split.train, &epoch_order(cfg.seed, epoch, split.n_train))?;
     trainer.reset_metrics();
     let bar = progress_bar(cfg, steps, epoch);
@@ -512,16 +492,7 @@ pub fn run_epoch(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let count = prev_count + now.count;
-    let (loss, accuracy) = if prev_count == 0 {
-        (now.loss, now.accuracy)
-    } else {
-        let denom = count as f64;
-        (
-            (prev_loss + now.loss * now.count as f64) / denom,
-            (prev_correct + now.accuracy * now.count as f64) / denom,
-        )
-    };
+    let (loss, accuracy, count) = merge_partial(from, &now);
     if done < steps {
         return Ok(EpochEnd::Stopped(Partial {
             epoch,
@@ -543,6 +514,47 @@ pub fn run_epoch(
         seconds: prev_seconds + started.elapsed().as_secs_f64(),
         images_per_second: seen as f64 / train_seconds.max(1e-9),
     }))
+}
+
+/// The step to start epoch `epoch` at: 0, or where `from` (an interrupted epoch) stopped,
+/// which must be this epoch with the same number of steps.
+fn resume_step(from: Option<&Partial>, epoch: usize, steps: usize) -> Result<usize> {
+    Ok(match from {
+        Some(p) if p.epoch != epoch || p.steps != steps || p.step >= steps => {
+            return Err(Error::usage(
+                "--resume",
+                format!(
+                    "the checkpoint stopped at step {} of {} of epoch {}, but epoch {epoch} has {steps} steps here (a different data set?)",
+                    p.step, p.steps, p.epoch
+                ),
+            ))
+        }
+        Some(p) => p.step,
+        None => 0,
+    })
+}
+
+/// Mean loss, accuracy and count over the epoch: `now` (this run's metrics) merged with
+/// what `from` (the interrupted part, if any) had counted.
+fn merge_partial(from: Option<&Partial>, now: &Metrics) -> (f64, f64, usize) {
+    let (prev_loss, prev_correct, prev_count) = from.map_or((0.0, 0.0, 0), |p| {
+        (
+            p.loss * p.count as f64,
+            p.accuracy * p.count as f64,
+            p.count,
+        )
+    });
+    let count = prev_count + now.count;
+    let (loss, accuracy) = if prev_count == 0 {
+        (now.loss, now.accuracy)
+    } else {
+        let denom = count as f64;
+        (
+            (prev_loss + now.loss * now.count as f64) / denom,
+            (prev_correct + now.accuracy * now.count as f64) / denom,
+        )
+    };
+    (loss, accuracy, count)
 }
 
 fn progress_bar(cfg: &FitConfig, steps: usize, epoch: usize) -> Option<indicatif::ProgressBar> {

@@ -189,73 +189,19 @@ impl Sequential {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             let op = format!("layer {i} ({})", layer.kind());
-            let need_image = || -> Result<[usize; 3]> {
-                match shape[..] {
-                    [c, h, w] => Ok([c, h, w]),
-                    _ => Err(Error::shape(&op, format!("expects an image [C, H, W], got {shape:?}; hint: put it before Flatten"))),
-                }
-            };
-            shape = match layer {
-                Layer::Conv2d {
-                    filters,
-                    kernel,
-                    padding,
-                    ..
-                } => {
-                    let [_, h, w] = need_image()?;
-                    if *filters == 0 || *kernel == 0 {
-                        return Err(Error::shape(
-                            &op,
-                            "filters and kernel size must be positive",
-                        ));
-                    }
-                    match padding {
-                        Padding::Same => vec![*filters, h, w],
-                        Padding::Valid if *kernel <= h && *kernel <= w => {
-                            vec![*filters, h - kernel + 1, w - kernel + 1]
-                        }
-                        Padding::Valid => {
-                            return Err(Error::shape(
-                                &op,
-                                format!("kernel {kernel} larger than input {h}x{w}"),
-                            ))
-                        }
-                    }
-                }
-                Layer::MaxPool2d { pool, stride } => {
-                    let [c, h, w] = need_image()?;
-                    if *pool == 0 || *stride == 0 || *pool > h || *pool > w {
-                        return Err(Error::shape(
-                            &op,
-                            format!("window {pool} stride {stride} on input {h}x{w}"),
-                        ));
-                    }
-                    vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1]
-                }
-                Layer::Flatten => vec![shape.iter().product()],
-                Layer::Dense { units, .. } => {
-                    if shape.len() != 1 {
-                        return Err(Error::shape(
-                            &op,
-                            format!(
-                                "expects a vector, got {shape:?}; hint: add Flatten before Dense"
-                            ),
-                        ));
-                    }
-                    if *units == 0 {
-                        return Err(Error::shape(&op, "units must be positive"));
-                    }
-                    vec![*units]
-                }
-                Layer::Activation(_) => shape.clone(),
-            };
+            shape = layer_shape(&op, layer, &shape)?;
             let act = layer.activation();
             if act == Activation::Softmax && (i != last || shape.len() != 1) {
                 return Err(Error::shape(&op, "softmax is supported only on the last layer, over a vector (it is fused with the cross-entropy loss)"));
             }
             out.push(shape.clone());
         }
-        let outputs = &out[last];
+        self.check_outputs(&out[last])?;
+        Ok(out)
+    }
+
+    /// The last layer's output: a vector that the output activation's loss accepts.
+    fn check_outputs(&self, outputs: &[usize]) -> Result<()> {
         if outputs.len() != 1 {
             return Err(Error::shape(
                 "Sequential",
@@ -276,7 +222,7 @@ impl Sequential {
                 "a ReLU output has no loss; end with softmax, sigmoid or linear",
             ));
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Per-sample size of the output.
@@ -398,4 +344,66 @@ impl Model for Sequential {
         }
         Ok(h)
     }
+}
+
+/// The output shape of `layer` (named `op` in errors) on an input of `shape`.
+fn layer_shape(op: &str, layer: &Layer, shape: &[usize]) -> Result<Vec<usize>> {
+    let need_image = || -> Result<[usize; 3]> {
+        match shape[..] {
+            [c, h, w] => Ok([c, h, w]),
+            _ => Err(Error::shape(
+                op,
+                format!("expects an image [C, H, W], got {shape:?}; hint: put it before Flatten"),
+            )),
+        }
+    };
+    Ok(match layer {
+        Layer::Conv2d {
+            filters,
+            kernel,
+            padding,
+            ..
+        } => {
+            let [_, h, w] = need_image()?;
+            if *filters == 0 || *kernel == 0 {
+                return Err(Error::shape(op, "filters and kernel size must be positive"));
+            }
+            match padding {
+                Padding::Same => vec![*filters, h, w],
+                Padding::Valid if *kernel <= h && *kernel <= w => {
+                    vec![*filters, h - kernel + 1, w - kernel + 1]
+                }
+                Padding::Valid => {
+                    return Err(Error::shape(
+                        op,
+                        format!("kernel {kernel} larger than input {h}x{w}"),
+                    ))
+                }
+            }
+        }
+        Layer::MaxPool2d { pool, stride } => {
+            let [c, h, w] = need_image()?;
+            if *pool == 0 || *stride == 0 || *pool > h || *pool > w {
+                return Err(Error::shape(
+                    op,
+                    format!("window {pool} stride {stride} on input {h}x{w}"),
+                ));
+            }
+            vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1]
+        }
+        Layer::Flatten => vec![shape.iter().product()],
+        Layer::Dense { units, .. } => {
+            if shape.len() != 1 {
+                return Err(Error::shape(
+                    op,
+                    format!("expects a vector, got {shape:?}; hint: add Flatten before Dense"),
+                ));
+            }
+            if *units == 0 {
+                return Err(Error::shape(op, "units must be positive"));
+            }
+            vec![*units]
+        }
+        Layer::Activation(_) => shape.to_vec(),
+    })
 }

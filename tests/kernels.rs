@@ -349,6 +349,88 @@ fn max_pool2d_matches_reference() {
     }
 }
 
+/// A NaN in a window wins (torch.max_pool2d): y is the window's first NaN, argmax its
+/// position, and the backward routes dy there. lavapipe folds `v != v` to false, so the
+/// shader tests the bits; this pins that down against the reference.
+#[test]
+fn max_pool2d_nan_wins() {
+    let Some(gpu) = gpu() else { return };
+    const NAN: f32 = f32::NAN;
+    let s = |h, w, pool, stride| PoolSpec {
+        batch: 1,
+        channels: 1,
+        h,
+        w,
+        pool,
+        stride,
+    };
+    let cases: [(PoolSpec, Vec<f32>); 5] = [
+        // The case: max([1, NaN, 2, 0.5]) is NaN, not 2.
+        (s(2, 2, 2, 2), vec![1.0, NAN, 2.0, 0.5]),
+        // NaN first in the window, then larger values.
+        (s(2, 2, 2, 2), vec![NAN, 3.0, 2.0, 5.0]),
+        // Two NaNs: the first (row-major) one is the argmax.
+        (s(2, 2, 2, 2), vec![-1.0, 4.0, NAN, NAN]),
+        // Overlapping windows (stride 1): every window holding the NaN gives NaN, the others
+        // their maximum; the backward sums dy of those windows into the NaN's position.
+        (
+            s(3, 5, 2, 1),
+            vec![
+                0.1, 0.2, 0.3, 0.4, 0.5, 0.6, NAN, 0.8, 0.9, 1.0, -1.0, -2.0, -3.0, -4.0, -5.0,
+            ],
+        ),
+        // Infinities are values, not NaN: -inf loses, +inf wins over finite values.
+        (
+            s(3, 3, 3, 3),
+            vec![
+                f32::NEG_INFINITY,
+                1.0,
+                f32::INFINITY,
+                2.0,
+                3.0,
+                4.0,
+                5.0,
+                6.0,
+                7.0,
+            ],
+        ),
+    ];
+    // The reference follows the rule (so the comparisons below are not vacuous).
+    let (y, arg) = max_pool2d_forward_ref(&cases[0].0, &f64s(&cases[0].1));
+    assert!(y[0].is_nan() && arg[0] == 1, "reference: {y:?} {arg:?}");
+    for (s, x) in cases {
+        let dy: Vec<f32> = (0..s.y_shape().iter().product::<usize>())
+            .map(|i| 1.0 + i as f32)
+            .collect();
+        let (tx, tdy) = (
+            upload(gpu, &s.x_shape(), &x),
+            upload(gpu, &s.y_shape(), &dy),
+        );
+        let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
+        let arg = Tensor::zeros(gpu, "argmax", &s.y_shape()).unwrap();
+        let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
+        let f = max_pool2d_forward(gpu, &s, &tx, &arg, &y).unwrap();
+        let b = max_pool2d_backward(gpu, &s, &tdy, &arg, &dx).unwrap();
+        run(gpu, &[&f, &b]).unwrap();
+        let (want_y, want_arg) = max_pool2d_forward_ref(&s, &f64s(&x));
+        let got_y = y.to_f32(gpu).unwrap();
+        // Exact, with NaN equal to NaN (assert_close counts NaN and inf as mismatches).
+        let same = |g: &f32, w: &f64| (g.is_nan() && w.is_nan()) || *g as f64 == *w;
+        assert!(
+            got_y.len() == want_y.len() && got_y.iter().zip(&want_y).all(|(g, w)| same(g, w)),
+            "max_pool2d_forward {s:?} {x:?}: gpu {got_y:?}, reference {want_y:?}"
+        );
+        assert_eq!(arg.to_u32(gpu).unwrap(), want_arg, "argmax {s:?} {x:?}");
+        assert_close(
+            &format!("max_pool2d_backward {s:?} {x:?}"),
+            &dx.to_f32(gpu).unwrap(),
+            &max_pool2d_backward_ref(&s, &f64s(&dy), &want_arg),
+            0.0,
+            0.0,
+        );
+    }
+}
+
 #[test]
 fn activations_match_reference() {
     let Some(gpu) = gpu() else { return };

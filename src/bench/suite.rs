@@ -1,6 +1,7 @@
 //! The table of kernel rows: each [`Case`] names its op, family, shape, flops and bytes,
 //! and sets itself up (tensors, dispatches through the engine's own wrappers, and a check
-//! against the wrapper's CPU reference). A new kernel is one more entry in [`cases`].
+//! against the wrapper's CPU reference). A new kernel is one more constructor in its
+//! family's function, listed by [`cases`].
 
 use crate::gpu::Gpu;
 use crate::kernels::activation::{activation_backward, activation_backward_ref, Activation};
@@ -200,12 +201,30 @@ fn sum_rows(part: &[f32], width: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Every row of the suite, in the order printed.
+/// Every row of the suite, in the order printed: one function per kernel family, one
+/// constructor per row.
 pub fn cases() -> Vec<Case> {
-    let mut v = Vec::new();
-    // ---- roof ----
+    [
+        roof_cases(),
+        matmul_cases(),
+        conv_cases(),
+        pool_cases(),
+        step_cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+// ---- roof ----
+
+fn roof_cases() -> Vec<Case> {
+    vec![peak_fma_case(), copy_bandwidth_case()]
+}
+
+fn peak_fma_case() -> Case {
     let (fma_n, fma_iters) = (16_384 * 4, 512);
-    v.push(Case {
+    Case {
         kernel: "peak_fma",
         shape: format!("{fma_n} invocations x {fma_iters} rounds"),
         flops: peak_fma_flops(fma_n, fma_iters),
@@ -226,9 +245,12 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
+    }
+}
+
+fn copy_bandwidth_case() -> Case {
     let copy_n = 4 << 20; // vec4s: 64 MiB each way
-    v.push(Case {
+    Case {
         kernel: "copy_bandwidth",
         shape: format!("{} MiB", (copy_n * 16) >> 20),
         flops: 0.0,
@@ -248,9 +270,13 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
+    }
+}
 
-    // ---- matmul ----
+// ---- matmul ----
+
+fn matmul_cases() -> Vec<Case> {
+    let mut v = Vec::new();
     for n in [256, 512, 1024, 2048] {
         v.push(matmul_case(
             "square",
@@ -293,7 +319,12 @@ pub fn cases() -> Vec<Case> {
     ] {
         v.push(matmul_case(label, spec, None, true));
     }
-    v.push(Case {
+    v.push(transpose_case());
+    v
+}
+
+fn transpose_case() -> Case {
+    Case {
         kernel: "transpose",
         shape: "128x5408".into(),
         flops: 0.0,
@@ -317,21 +348,43 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
+    }
+}
 
-    // ---- conv2d, pool, activation at the seed CNN's shapes ----
-    let (s, ps) = seed_conv();
-    let conv_bytes = 4.0
-        * (s.x_shape().iter().product::<usize>() + s.y_shape().iter().product::<usize>()) as f64;
-    let conv = |kernel: &'static str, quick: bool, setup: Setup| Case {
+// ---- conv2d, pool, activation at the seed CNN's shapes ----
+
+/// Bytes of the seed conv's input and output.
+fn conv_bytes(s: &Conv2dSpec) -> f64 {
+    4.0 * (s.x_shape().iter().product::<usize>() + s.y_shape().iter().product::<usize>()) as f64
+}
+
+/// A row at the seed CNN's conv shape.
+fn conv_case(kernel: &'static str, quick: bool, setup: Setup) -> Case {
+    let (s, _) = seed_conv();
+    Case {
         kernel,
         shape: CONV_SHAPE.into(),
         flops: s.flops(),
-        bytes: conv_bytes,
+        bytes: conv_bytes(&s),
         quick,
         setup,
-    };
-    v.push(conv(
+    }
+}
+
+fn conv_cases() -> Vec<Case> {
+    vec![
+        conv2d_forward_case(),
+        conv2d_forward_windowed_case(),
+        conv2d_backward_weight_case(),
+        conv2d_backward_input_case(),
+        conv2d_relu_pool_case(),
+        conv2d_relu_pool_backward_weight_case(),
+    ]
+}
+
+fn conv2d_forward_case() -> Case {
+    let (s, _) = seed_conv();
+    conv_case(
         "conv2d_forward",
         true,
         Box::new(move |gpu| {
@@ -350,8 +403,12 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    ));
-    v.push(conv(
+    )
+}
+
+fn conv2d_forward_windowed_case() -> Case {
+    let (s, _) = seed_conv();
+    conv_case(
         "conv2d_forward_windowed",
         false,
         Box::new(move |gpu| {
@@ -370,8 +427,12 @@ pub fn cases() -> Vec<Case> {
             });
             Ok(Some(Prepared { dispatches, check }))
         }),
-    ));
-    v.push(conv(
+    )
+}
+
+fn conv2d_backward_weight_case() -> Case {
+    let (s, _) = seed_conv();
+    conv_case(
         "conv2d_backward_weight",
         true,
         Box::new(move |gpu| {
@@ -391,8 +452,12 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    ));
-    v.push(conv(
+    )
+}
+
+fn conv2d_backward_input_case() -> Case {
+    let (s, _) = seed_conv();
+    conv_case(
         "conv2d_backward_input",
         false,
         Box::new(move |gpu| {
@@ -410,10 +475,15 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    ));
-    // The seed CNN's first layer on window adapters: conv + ReLU + max pool in one kernel,
-    // and its dweight/dbias from the pool's gradient.
-    v.push(Case {
+    )
+}
+
+/// The seed CNN's first layer on window adapters: conv + ReLU + max pool in one kernel,
+/// and its dweight/dbias from the pool's gradient.
+fn conv2d_relu_pool_case() -> Case {
+    let (s, ps) = seed_conv();
+    let conv_bytes = conv_bytes(&s);
+    Case {
         kernel: "conv2d_relu_pool",
         shape: format!("{CONV_SHAPE}, pool 2x2"),
         flops: s.flops(),
@@ -438,8 +508,13 @@ pub fn cases() -> Vec<Case> {
             });
             Ok(Some(Prepared { dispatches, check }))
         }),
-    });
-    v.push(Case {
+    }
+}
+
+fn conv2d_relu_pool_backward_weight_case() -> Case {
+    let (s, ps) = seed_conv();
+    let conv_bytes = conv_bytes(&s);
+    Case {
         kernel: "conv2d_relu_pool_backward_weight",
         shape: format!("{CONV_SHAPE}, pool 2x2"),
         flops: s.flops() / 4.0,
@@ -485,9 +560,25 @@ pub fn cases() -> Vec<Case> {
             });
             Ok(Some(Prepared { dispatches, check }))
         }),
-    });
-    let (n_in, n_out) = (128 * 32 * 26 * 26, 128 * 32 * 13 * 13);
-    v.push(Case {
+    }
+}
+
+/// Elements of the seed pool's input and output.
+const POOL_IN: usize = 128 * 32 * 26 * 26;
+const POOL_OUT: usize = 128 * 32 * 13 * 13;
+
+fn pool_cases() -> Vec<Case> {
+    vec![
+        max_pool2d_forward_case(),
+        max_pool2d_backward_case(),
+        relu_backward_case(),
+    ]
+}
+
+fn max_pool2d_forward_case() -> Case {
+    let (_, ps) = seed_conv();
+    let (n_in, n_out) = (POOL_IN, POOL_OUT);
+    Case {
         kernel: "max_pool2d_forward",
         shape: "128x32x26x26, 2x2".into(),
         flops: 0.0,
@@ -513,8 +604,13 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
-    v.push(Case {
+    }
+}
+
+fn max_pool2d_backward_case() -> Case {
+    let (_, ps) = seed_conv();
+    let (n_in, n_out) = (POOL_IN, POOL_OUT);
+    Case {
         kernel: "max_pool2d_backward",
         shape: "128x32x26x26, 2x2".into(),
         flops: 0.0,
@@ -541,8 +637,13 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
-    v.push(Case {
+    }
+}
+
+fn relu_backward_case() -> Case {
+    let (s, _) = seed_conv();
+    let n_in = POOL_IN;
+    Case {
         kernel: "relu_backward",
         shape: "128x32x26x26".into(),
         flops: 0.0,
@@ -563,58 +664,70 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
-
-    // ---- loss, optimizer, gather ----
-    for backward in [false, true] {
-        v.push(Case {
-            kernel: if backward {
-                "softmax_xent_backward"
-            } else {
-                "softmax_xent_forward"
-            },
-            shape: "128x10".into(),
-            flops: 0.0,
-            bytes: 4.0 * (128.0 * 21.0 + 128.0),
-            quick: false,
-            setup: Box::new(move |gpu| {
-                let mut rng = Rng::new(19);
-                let (z, zv) = random(gpu, &mut rng, &[128, 10])?;
-                let labels: Vec<u32> = (0..128).map(|_| rng.below(10) as u32).collect();
-                let label = Tensor::from_u32(gpu, "label", &[128], &labels)?;
-                let prob = Tensor::zeros(gpu, "prob", &[128, 10])?;
-                let out =
-                    Tensor::zeros(gpu, "out", if backward { &[128, 10][..] } else { &[128] })?;
-                let lt = LossTensors {
-                    z: &z,
-                    label: Some(&label),
-                    target: None,
-                    prob: &prob,
-                };
-                let l = Loss::SoftmaxCrossEntropy;
-                let dispatches = if backward {
-                    // The forward once, for prob; the row times the backward only.
-                    let fwd_out = Tensor::zeros(gpu, "loss", &[128])?;
-                    crate::kernels::run(gpu, &[&loss_forward(gpu, l, &lt, &fwd_out)?])?;
-                    vec![loss_backward(gpu, l, &lt, &out)?]
-                } else {
-                    vec![loss_forward(gpu, l, &lt, &out)?]
-                };
-                let check = Box::new(move || {
-                    let (prob_ref, per_sample) = loss_forward_ref(l, 10, &f64s(&zv), &labels, &[]);
-                    let want = if backward {
-                        loss_backward_ref(l, 10, &prob_ref, &labels, &[])
-                    } else {
-                        per_sample
-                    };
-                    Ok(close(&out.to_f32(gpu)?, &want, 1e-4, 1e-6))
-                });
-                Ok(Some(Prepared { dispatches, check }))
-            }),
-        });
     }
+}
+
+// ---- loss, optimizer, gather ----
+
+fn step_cases() -> Vec<Case> {
+    vec![
+        softmax_xent_case(false),
+        softmax_xent_case(true),
+        adam_case(),
+        gather_batch_case(),
+    ]
+}
+
+fn softmax_xent_case(backward: bool) -> Case {
+    Case {
+        kernel: if backward {
+            "softmax_xent_backward"
+        } else {
+            "softmax_xent_forward"
+        },
+        shape: "128x10".into(),
+        flops: 0.0,
+        bytes: 4.0 * (128.0 * 21.0 + 128.0),
+        quick: false,
+        setup: Box::new(move |gpu| {
+            let mut rng = Rng::new(19);
+            let (z, zv) = random(gpu, &mut rng, &[128, 10])?;
+            let labels: Vec<u32> = (0..128).map(|_| rng.below(10) as u32).collect();
+            let label = Tensor::from_u32(gpu, "label", &[128], &labels)?;
+            let prob = Tensor::zeros(gpu, "prob", &[128, 10])?;
+            let out = Tensor::zeros(gpu, "out", if backward { &[128, 10][..] } else { &[128] })?;
+            let lt = LossTensors {
+                z: &z,
+                label: Some(&label),
+                target: None,
+                prob: &prob,
+            };
+            let l = Loss::SoftmaxCrossEntropy;
+            let dispatches = if backward {
+                // The forward once, for prob; the row times the backward only.
+                let fwd_out = Tensor::zeros(gpu, "loss", &[128])?;
+                crate::kernels::run(gpu, &[&loss_forward(gpu, l, &lt, &fwd_out)?])?;
+                vec![loss_backward(gpu, l, &lt, &out)?]
+            } else {
+                vec![loss_forward(gpu, l, &lt, &out)?]
+            };
+            let check = Box::new(move || {
+                let (prob_ref, per_sample) = loss_forward_ref(l, 10, &f64s(&zv), &labels, &[]);
+                let want = if backward {
+                    loss_backward_ref(l, 10, &prob_ref, &labels, &[])
+                } else {
+                    per_sample
+                };
+                Ok(close(&out.to_f32(gpu)?, &want, 1e-4, 1e-6))
+            });
+            Ok(Some(Prepared { dispatches, check }))
+        }),
+    }
+}
+
+fn adam_case() -> Case {
     let n = 693_962; // the seed CNN's parameters
-    v.push(Case {
+    Case {
         kernel: "adam",
         shape: format!("{n} params"),
         flops: 0.0,
@@ -640,8 +753,11 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
-    v.push(Case {
+    }
+}
+
+fn gather_batch_case() -> Case {
+    Case {
         kernel: "gather_batch",
         shape: "128x784 u8 -> f32".into(),
         flops: 0.0,
@@ -675,6 +791,5 @@ pub fn cases() -> Vec<Case> {
                 check,
             }))
         }),
-    });
-    v
+    }
 }

@@ -35,6 +35,26 @@ type Container<'a> = (BTreeMap<String, Entry>, BTreeMap<String, String>, &'a [u8
 
 /// Parse and check the container: header length, JSON, dtypes, shapes, offsets.
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Container<'a>> {
+    let (header, data) = split_header(path, bytes)?;
+    let mut tensors = BTreeMap::new();
+    let mut meta = BTreeMap::new();
+    for (name, v) in header {
+        if name == "__metadata__" {
+            parse_metadata(path, v, &mut meta)?;
+            continue;
+        }
+        let entry = parse_entry(path, &name, &v, data.len())?;
+        tensors.insert(name, entry);
+    }
+    check_coverage(path, &tensors, data.len())?;
+    Ok((tensors, meta, data))
+}
+
+/// The 8-byte header length, the JSON header as an object, and the data section after it.
+fn split_header<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(serde_json::Map<String, Value>, &'a [u8])> {
     let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(bad(
             path,
@@ -57,76 +77,83 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Container<'a>> {
     let Value::Object(header) = header else {
         return Err(bad(path, "header", "not a JSON object"));
     };
-    let mut tensors = BTreeMap::new();
-    let mut meta = BTreeMap::new();
-    for (name, v) in header {
-        if name == "__metadata__" {
-            let Value::Object(m) = v else {
-                return Err(bad(path, "__metadata__", "not a JSON object"));
-            };
-            for (k, v) in m {
-                let Value::String(s) = v else {
-                    return Err(bad(
-                        path,
-                        format!("__metadata__.{k}"),
-                        format!("{v} is not a string"),
-                    ));
-                };
-                meta.insert(k, s);
-            }
-            continue;
-        }
-        let field = |f: &str| format!("{name}.{f}");
-        let dtype = v.get("dtype").and_then(Value::as_str);
-        if dtype != Some("F32") {
-            let found = v
-                .get("dtype")
-                .map(|d| d.to_string())
-                .unwrap_or("nothing".into());
+    Ok((header, data))
+}
+
+/// `__metadata__`: an object of strings, added to `meta`.
+fn parse_metadata(path: &Path, v: Value, meta: &mut BTreeMap<String, String>) -> Result<()> {
+    let Value::Object(m) = v else {
+        return Err(bad(path, "__metadata__", "not a JSON object"));
+    };
+    for (k, v) in m {
+        let Value::String(s) = v else {
             return Err(bad(
                 path,
-                field("dtype"),
-                format!("is {found}; only F32 is supported"),
-            ));
-        }
-        let uints = |f: &str| -> Option<Vec<usize>> {
-            v.get(f)?
-                .as_array()?
-                .iter()
-                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                .collect()
-        };
-        let shape = uints("shape")
-            .ok_or_else(|| bad(path, field("shape"), "not a list of non-negative integers"))?;
-        let offsets = uints("data_offsets");
-        let Some(&[begin, end]) = offsets.as_deref() else {
-            return Err(bad(
-                path,
-                field("data_offsets"),
-                "not a pair [begin, end] of non-negative integers",
+                format!("__metadata__.{k}"),
+                format!("{v} is not a string"),
             ));
         };
-        if begin > end || end > data.len() {
-            return Err(bad(
-                path,
-                field("data_offsets"),
-                format!("[{begin}, {end}] outside the {} data bytes", data.len()),
-            ));
-        }
-        let bytes = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d));
-        if bytes != Some(end - begin) {
-            return Err(bad(
-                path,
-                field("data_offsets"),
-                format!(
-                    "[{begin}, {end}] holds {} bytes but F32 shape {shape:?} needs {}",
-                    end - begin,
-                    bytes.map_or("too many".into(), |b| b.to_string())
-                ),
-            ));
-        }
-        tensors.insert(name, Entry { shape, begin, end });
+        meta.insert(k, s);
     }
+    Ok(())
+}
+
+/// One tensor's header entry: dtype F32, a shape, offsets in range that hold that shape.
+fn parse_entry(path: &Path, name: &str, v: &Value, data_len: usize) -> Result<Entry> {
+    let field = |f: &str| format!("{name}.{f}");
+    let dtype = v.get("dtype").and_then(Value::as_str);
+    if dtype != Some("F32") {
+        let found = v
+            .get("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or("nothing".into());
+        return Err(bad(
+            path,
+            field("dtype"),
+            format!("is {found}; only F32 is supported"),
+        ));
+    }
+    let uints = |f: &str| -> Option<Vec<usize>> {
+        v.get(f)?
+            .as_array()?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+            .collect()
+    };
+    let shape = uints("shape")
+        .ok_or_else(|| bad(path, field("shape"), "not a list of non-negative integers"))?;
+    let offsets = uints("data_offsets");
+    let Some(&[begin, end]) = offsets.as_deref() else {
+        return Err(bad(
+            path,
+            field("data_offsets"),
+            "not a pair [begin, end] of non-negative integers",
+        ));
+    };
+    if begin > end || end > data_len {
+        return Err(bad(
+            path,
+            field("data_offsets"),
+            format!("[{begin}, {end}] outside the {data_len} data bytes"),
+        ));
+    }
+    let bytes = shape.iter().try_fold(4usize, |a, &d| a.checked_mul(d));
+    if bytes != Some(end - begin) {
+        return Err(bad(
+            path,
+            field("data_offsets"),
+            format!(
+                "[{begin}, {end}] holds {} bytes but F32 shape {shape:?} needs {}",
+                end - begin,
+                bytes.map_or("too many".into(), |b| b.to_string())
+            ),
+        ));
+    }
+    Ok(Entry { shape, begin, end })
+}
+
+/// The tensors, in offset order, cover the data section exactly: no overlap, gap or tail.
+fn check_coverage(path: &Path, tensors: &BTreeMap<String, Entry>, data_len: usize) -> Result<()> {
     let mut spans: Vec<(&String, &Entry)> = tensors.iter().collect();
     spans.sort_by_key(|(_, e)| (e.begin, e.end));
     let mut covered = 0;
@@ -149,17 +176,17 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<Container<'a>> {
         covered = e.end;
         prev = name;
     }
-    if covered != data.len() {
+    if covered != data_len {
         return Err(bad(
             path,
             "data",
             format!(
                 "{} bytes after the last tensor ({prev}) belong to none",
-                data.len() - covered
+                data_len - covered
             ),
         ));
     }
-    Ok((tensors, meta, data))
+    Ok(())
 }
 
 /// Load and check a checkpoint. With `model`, the file must hold that model's parameters;
@@ -172,19 +199,55 @@ pub fn load(path: &Path, model: Option<&Sequential>) -> Result<Checkpoint> {
 
 /// [`load`] on a file's bytes already read; `path` names them in errors.
 pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Result<Checkpoint> {
-    let (mut tensors, meta, data) = parse(path, bytes)?;
-    let get = |k: &str| meta.get(k).map(String::as_str);
-    if let Some(f) = get("format").filter(|f| *f != FORMAT) {
+    let (tensors, meta, data) = parse(path, bytes)?;
+    let m = Meta { path, meta: &meta };
+    if let Some(f) = m.get("format").filter(|f| *f != FORMAT) {
         return Err(bad(
             path,
             "__metadata__.format",
             format!("is {f:?}; this version reads {FORMAT:?}"),
         ));
     }
-    let (kind, model) = match (model, get("model")) {
-        (Some(m), _) => (get("model").unwrap_or("custom").to_string(), m.clone()),
+    let (kind, model) = resolve_model(&m, model, &tensors)?;
+    let (params, state) = read_tensors(path, &kind, &model, tensors, data)?;
+    let validation_split = m.validation_split()?;
+    let optimizer = m.optimizer()?;
+    let history = m.history()?;
+    let steps = m.num("steps", 0)?;
+    let metrics = m.json("metrics")?;
+    let epoch = m.to_usize("epoch", m.num("epoch", 0)?)?;
+    m.check_partial(&metrics, epoch)?;
+    Ok(Checkpoint {
+        kind,
+        model,
+        params,
+        optimizer,
+        state,
+        steps,
+        epoch,
+        seed: m.num("seed", 42)?,
+        batch_size: m.to_usize("batch_size", m.num("batch_size", 128)?.max(1))?,
+        validation_split,
+        history,
+        metrics,
+    })
+}
+
+/// The model kind and model: the caller's, the preset the metadata names, or the preset the
+/// tensors match; the `layers` metadata, if any, must describe it.
+fn resolve_model(
+    m: &Meta,
+    model: Option<&Sequential>,
+    tensors: &BTreeMap<String, Entry>,
+) -> Result<(String, Sequential)> {
+    let path = m.path;
+    let (kind, model) = match (model, m.get("model")) {
+        (Some(model), _) => (
+            m.get("model").unwrap_or("custom").to_string(),
+            model.clone(),
+        ),
         (None, Some(k)) => match preset(k) {
-            Some(m) => (k.to_string(), m),
+            Some(model) => (k.to_string(), model),
             None => {
                 return Err(bad(
                     path,
@@ -193,7 +256,7 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
                 ))
             }
         },
-        (None, None) => infer_kind(&tensors).ok_or_else(|| {
+        (None, None) => infer_kind(tensors).ok_or_else(|| {
             bad(
                 path,
                 "__metadata__.model",
@@ -201,13 +264,25 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
             )
         })?,
     };
-    if let Some(l) = get("layers").filter(|l| *l != describe_layers(&model)) {
+    if let Some(l) = m.get("layers").filter(|l| *l != describe_layers(&model)) {
         return Err(bad(
             path,
             "__metadata__.layers",
             format!("{l:?} is not the model's {:?}", describe_layers(&model)),
         ));
     }
+    Ok((kind, model))
+}
+
+/// The model's parameters and, when the file has any `optimizer.` tensor, the optimizer
+/// state, each checked for name, shape and finite values; no other tensor may remain.
+fn read_tensors(
+    path: &Path,
+    kind: &str,
+    model: &Sequential,
+    mut tensors: BTreeMap<String, Entry>,
+    data: &[u8],
+) -> Result<(Vec<Vec<f32>>, Option<OptimizerState>)> {
     let specs = model.params()?;
     let has_state = tensors.keys().any(|k| k.starts_with("optimizer."));
     let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -262,97 +337,94 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
             name,
             format!(
                 "is not a tensor of model {kind} ({})",
-                describe_layers(&model)
+                describe_layers(model)
             ),
         ));
     }
-    let num = |k: &str, default: u64| -> Result<u64> {
-        get(k).map_or(Ok(default), |s| {
-            s.parse().map_err(|_| {
-                bad(
-                    path,
-                    format!("__metadata__.{k}"),
-                    format!("{s:?} is not an unsigned integer"),
-                )
-            })
+    Ok((params, state))
+}
+
+/// The string metadata of a file, read field by field; errors name `__metadata__.<field>`.
+struct Meta<'a> {
+    path: &'a Path,
+    meta: &'a BTreeMap<String, String>,
+}
+
+impl Meta<'_> {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.meta.get(k).map(String::as_str)
+    }
+
+    fn bad(&self, k: &str, msg: impl Into<String>) -> Error {
+        bad(self.path, format!("__metadata__.{k}"), msg)
+    }
+
+    /// An unsigned integer field, `default` when absent.
+    fn num(&self, k: &str, default: u64) -> Result<u64> {
+        self.get(k).map_or(Ok(default), |s| {
+            s.parse()
+                .map_err(|_| self.bad(k, format!("{s:?} is not an unsigned integer")))
         })
-    };
-    let json = |k: &str| -> Result<Value> {
-        get(k).map_or(Ok(Value::Null), |s| {
-            serde_json::from_str(s).map_err(|e| {
-                bad(
-                    path,
-                    format!("__metadata__.{k}"),
-                    format!("not valid JSON: {e}"),
-                )
-            })
+    }
+
+    /// A JSON field, null when absent.
+    fn json(&self, k: &str) -> Result<Value> {
+        self.get(k).map_or(Ok(Value::Null), |s| {
+            serde_json::from_str(s).map_err(|e| self.bad(k, format!("not valid JSON: {e}")))
         })
-    };
-    let split = get("validation_split").unwrap_or("0.2");
-    let validation_split = split
-        .parse::<f64>()
-        .ok()
-        .filter(|v| (0.0..1.0).contains(v))
-        .ok_or_else(|| {
-            bad(
-                path,
-                "__metadata__.validation_split",
-                format!("{split:?} is not a number in [0, 1)"),
-            )
-        })?;
-    let optimizer = match json("optimizer")? {
-        Value::Null => Optimizer::adam(1e-3),
-        v => parse_optimizer(&v).ok_or_else(|| bad(path, "__metadata__.optimizer", format!("{v} is not {{\"name\": \"adam\", \"lr\", \"beta1\", \"beta2\", \"epsilon\"}} or {{\"name\": \"sgd\", \"lr\", \"momentum\"}}")))?,
-    };
-    let history = match json("history")? {
-        Value::Null => Vec::new(),
-        Value::Array(a) => a
-            .iter()
-            .map(epoch_log)
-            .collect::<Option<Vec<_>>>()
+    }
+
+    fn to_usize(&self, k: &str, v: u64) -> Result<usize> {
+        usize::try_from(v).map_err(|_| self.bad(k, "too large"))
+    }
+
+    fn validation_split(&self) -> Result<f64> {
+        let split = self.get("validation_split").unwrap_or("0.2");
+        split
+            .parse::<f64>()
+            .ok()
+            .filter(|v| (0.0..1.0).contains(v))
             .ok_or_else(|| {
-                bad(
-                    path,
-                    "__metadata__.history",
-                    "an entry is not an epoch log object",
+                self.bad(
+                    "validation_split",
+                    format!("{split:?} is not a number in [0, 1)"),
                 )
-            })?,
-        _ => return Err(bad(path, "__metadata__.history", "not a JSON list")),
-    };
-    let steps = num("steps", 0)?;
-    let to_usize = |k: &str, v: u64| {
-        usize::try_from(v).map_err(|_| bad(path, format!("__metadata__.{k}"), "too large"))
-    };
-    let metrics = json("metrics")?;
-    let epoch = to_usize("epoch", num("epoch", 0)?)?;
-    match Partial::from_json(&metrics) {
-        Err(msg) => return Err(bad(path, "__metadata__.metrics", msg)),
-        Ok(Some(p)) if p.epoch != epoch + 1 => {
-            return Err(bad(
-                path,
-                "__metadata__.metrics",
+            })
+    }
+
+    fn optimizer(&self) -> Result<Optimizer> {
+        Ok(match self.json("optimizer")? {
+            Value::Null => Optimizer::adam(1e-3),
+            v => parse_optimizer(&v).ok_or_else(|| self.bad("optimizer", format!("{v} is not {{\"name\": \"adam\", \"lr\", \"beta1\", \"beta2\", \"epsilon\"}} or {{\"name\": \"sgd\", \"lr\", \"momentum\"}}")))?,
+        })
+    }
+
+    fn history(&self) -> Result<Vec<EpochLog>> {
+        match self.json("history")? {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(a) => a
+                .iter()
+                .map(epoch_log)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.bad("history", "an entry is not an epoch log object")),
+            _ => Err(self.bad("history", "not a JSON list")),
+        }
+    }
+
+    /// An interrupted epoch in `metrics` must be the one after the `epoch` completed.
+    fn check_partial(&self, metrics: &Value, epoch: usize) -> Result<()> {
+        match Partial::from_json(metrics) {
+            Err(msg) => Err(self.bad("metrics", msg)),
+            Ok(Some(p)) if p.epoch != epoch + 1 => Err(self.bad(
+                "metrics",
                 format!(
                     "interrupted epoch {} does not follow the {epoch} epochs completed",
                     p.epoch
                 ),
-            ))
+            )),
+            _ => Ok(()),
         }
-        _ => {}
     }
-    Ok(Checkpoint {
-        kind,
-        model,
-        params,
-        optimizer,
-        state,
-        steps,
-        epoch,
-        seed: num("seed", 42)?,
-        batch_size: to_usize("batch_size", num("batch_size", 128)?.max(1))?,
-        validation_split,
-        history,
-        metrics,
-    })
 }
 
 /// The preset whose parameter names and shapes are exactly the file's (optimizer tensors

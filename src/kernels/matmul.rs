@@ -322,24 +322,82 @@ pub fn matmul_with(
 ) -> Result<Vec<Dispatch>> {
     check(spec, a, b, bias, c)?;
     if let MatmulKernel::Tiled(t) = kernel {
-        let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-        let flags = (spec.transpose_a as u32 * TRANSPOSE_A)
-            | (spec.transpose_b as u32 * TRANSPOSE_B)
-            | if spec.bias { BIAS } else { 0 }
-            | if spec.relu { RELU } else { 0 };
-        let p = TiledParams {
-            m,
-            n,
-            k,
-            flags,
-            batch: spec.batch as u32,
-            a_batch: m * k,
-            b_batch: if spec.shared_b { 0 } else { n * k },
-            c_batch: m * n,
-            ..Default::default()
-        };
-        return tiled(gpu, "matmul", t, Mode::Matmul, p, a, b, bias, c);
+        return matmul_tiled(gpu, spec, t, a, b, bias, c);
     }
+    check_kernel(gpu, spec, kernel)?;
+    let kernel = match kernel {
+        MatmulKernel::Window { wg } => match windows_for(gpu, spec, a, b) {
+            Some(blocks) => return matmul_windows(gpu, spec, wg, &blocks, a, b, bias, c),
+            None => MatmulKernel::Subgroup { wg },
+        },
+        k => k,
+    };
+    if spec.k > LOOP_BUDGET {
+        return Err(Error::Limit {
+            op: "matmul".into(),
+            what: "contracted dimension K (loop iterations per invocation)".into(),
+            requested: spec.k as u64,
+            limit: LOOP_BUDGET as u64,
+            hint: "use a narrower layer".into(),
+        });
+    }
+    let (shader, entry, params, workgroups, constants) = match kernel {
+        MatmulKernel::RegisterTile(t) => register_tile_call(spec, t),
+        MatmulKernel::Tiled(_) => unreachable!("handled above"),
+        MatmulKernel::Subgroup { wg } | MatmulKernel::Window { wg } => subgroup_call(spec, wg),
+    };
+    // Any buffer stands in for an absent bias; the kernel does not read it.
+    let bias = bias.unwrap_or(gpu.dummy());
+    Ok(vec![dispatch(
+        gpu,
+        &KernelCall {
+            shader,
+            entry,
+            params: &params,
+            bindings: &[
+                (a, Access::Read),
+                (b, Access::Read),
+                (bias, Access::Read),
+                (c, Access::ReadWrite),
+            ],
+            workgroups,
+            constants: &constants,
+        },
+    )?])
+}
+
+/// [`matmul_with`] on the tiled kernel (matmul_tiled.wgsl), batched by strides.
+fn matmul_tiled(
+    gpu: &Gpu,
+    spec: &MatmulSpec,
+    t: TileConfig,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
+    let flags = (spec.transpose_a as u32 * TRANSPOSE_A)
+        | (spec.transpose_b as u32 * TRANSPOSE_B)
+        | if spec.bias { BIAS } else { 0 }
+        | if spec.relu { RELU } else { 0 };
+    let p = TiledParams {
+        m,
+        n,
+        k,
+        flags,
+        batch: spec.batch as u32,
+        a_batch: m * k,
+        b_batch: if spec.shared_b { 0 } else { n * k },
+        c_batch: m * n,
+        ..Default::default()
+    };
+    tiled(gpu, "matmul", t, Mode::Matmul, p, a, b, bias, c)
+}
+
+/// The untiled kernels: single products only (RegisterTile aside), tile sizes in range,
+/// subgroups of at least 8 for the subgroup and window kernels.
+fn check_kernel(gpu: &Gpu, spec: &MatmulSpec, kernel: MatmulKernel) -> Result<()> {
     if spec.batch > 1 && !matches!(kernel, MatmulKernel::RegisterTile(_)) {
         return Err(Error::usage(
             "matmul kernel",
@@ -368,13 +426,26 @@ pub fn matmul_with(
             }
         }
     }
-    let kernel = match kernel {
-        MatmulKernel::Window { wg } => match windows_for(gpu, spec, a, b) {
-            Some(blocks) => return matmul_windows(gpu, spec, wg, &blocks, a, b, bias, c),
-            None => MatmulKernel::Subgroup { wg },
-        },
-        k => k,
-    };
+    Ok(())
+}
+
+/// A single-dispatch kernel's shader, entry, params bytes, grid and override constants.
+type DirectCall = (
+    Shader,
+    &'static str,
+    Vec<u8>,
+    [u32; 3],
+    Vec<(&'static str, f64)>,
+);
+
+/// Flag bits of the fused epilogue (bias, ReLU).
+fn epilogue(spec: &MatmulSpec) -> u32 {
+    (if spec.bias { BIAS } else { 0 }) | if spec.relu { RELU } else { 0 }
+}
+
+/// matmul.wgsl: register tiles of TM x TN per invocation, batched by strides.
+fn register_tile_call(spec: &MatmulSpec, t: Tiles) -> DirectCall {
+    let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
     let (a_batch, b_batch, c_batch) = (
         (spec.m * spec.k) as u32,
         if spec.shared_b {
@@ -384,90 +455,58 @@ pub fn matmul_with(
         },
         (spec.m * spec.n) as u32,
     );
-    if spec.k > LOOP_BUDGET {
-        return Err(Error::Limit {
-            op: "matmul".into(),
-            what: "contracted dimension K (loop iterations per invocation)".into(),
-            requested: spec.k as u64,
-            limit: LOOP_BUDGET as u64,
-            hint: "use a narrower layer".into(),
-        });
-    }
-    let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-    let epilogue = if spec.bias { BIAS } else { 0 } | if spec.relu { RELU } else { 0 };
-    let (shader, entry, params, workgroups, constants) = match kernel {
-        MatmulKernel::RegisterTile(t) => {
-            let flags = spec.transpose_a as u32 | (spec.transpose_b as u32) << 1 | epilogue;
-            let params = Params {
-                m,
-                n,
-                k,
-                flags,
-                a_batch,
-                b_batch,
-                c_batch,
-                _pad: 0,
-            };
-            (
-                Shader::Matmul,
-                "matmul",
-                bytemuck::bytes_of(&params).to_vec(),
-                [
-                    spec.n.div_ceil((t.wg * t.tn) as usize) as u32,
-                    spec.m.div_ceil(t.tm as usize) as u32,
-                    spec.batch as u32,
-                ],
-                vec![
-                    ("WG", t.wg as f64),
-                    ("TM", t.tm as f64),
-                    ("TN", t.tn as f64),
-                ],
-            )
-        }
-        MatmulKernel::Tiled(_) => unreachable!("handled above"),
-        MatmulKernel::Subgroup { wg } | MatmulKernel::Window { wg } => {
-            // One block: the whole product, operands addressed by strides.
-            let (a_m, a_k) = if spec.transpose_a { (1, m) } else { (k, 1) };
-            let (b_k, b_n) = if spec.transpose_b { (1, k) } else { (n, 1) };
-            let params = BlockParams {
-                m,
-                n,
-                k,
-                flags: epilogue,
-                a_m,
-                a_k,
-                b_k,
-                b_n,
-                c_m: n,
-                ..Default::default()
-            };
-            (
-                Shader::MatmulSubgroup,
-                "matmul_subgroup",
-                bytemuck::bytes_of(&params).to_vec(),
-                subgroup_grid(spec.m, spec.n, wg),
-                vec![("WG", wg as f64)],
-            )
-        }
+    let flags = spec.transpose_a as u32 | (spec.transpose_b as u32) << 1 | epilogue(spec);
+    let params = Params {
+        m,
+        n,
+        k,
+        flags,
+        a_batch,
+        b_batch,
+        c_batch,
+        _pad: 0,
     };
-    // Any buffer stands in for an absent bias; the kernel does not read it.
-    let bias = bias.unwrap_or(gpu.dummy());
-    Ok(vec![dispatch(
-        gpu,
-        &KernelCall {
-            shader,
-            entry,
-            params: &params,
-            bindings: &[
-                (a, Access::Read),
-                (b, Access::Read),
-                (bias, Access::Read),
-                (c, Access::ReadWrite),
-            ],
-            workgroups,
-            constants: &constants,
-        },
-    )?])
+    (
+        Shader::Matmul,
+        "matmul",
+        bytemuck::bytes_of(&params).to_vec(),
+        [
+            spec.n.div_ceil((t.wg * t.tn) as usize) as u32,
+            spec.m.div_ceil(t.tm as usize) as u32,
+            spec.batch as u32,
+        ],
+        vec![
+            ("WG", t.wg as f64),
+            ("TM", t.tm as f64),
+            ("TN", t.tn as f64),
+        ],
+    )
+}
+
+/// matmul_subgroup.wgsl on one block: the whole product, operands addressed by strides.
+fn subgroup_call(spec: &MatmulSpec, wg: u32) -> DirectCall {
+    let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
+    let (a_m, a_k) = if spec.transpose_a { (1, m) } else { (k, 1) };
+    let (b_k, b_n) = if spec.transpose_b { (1, k) } else { (n, 1) };
+    let params = BlockParams {
+        m,
+        n,
+        k,
+        flags: epilogue(spec),
+        a_m,
+        a_k,
+        b_k,
+        b_n,
+        c_m: n,
+        ..Default::default()
+    };
+    (
+        Shader::MatmulSubgroup,
+        "matmul_subgroup",
+        bytemuck::bytes_of(&params).to_vec(),
+        subgroup_grid(spec.m, spec.n, wg),
+        vec![("WG", wg as f64)],
+    )
 }
 
 /// Workgroups of matmul_subgroup.wgsl for an M x N block: 32 rows by 2 * WG columns each.

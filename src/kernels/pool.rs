@@ -290,7 +290,8 @@ pub fn avg_pool2d_backward_ref(s: &PoolSpec, dy: &[f64]) -> Vec<f64> {
     dx
 }
 
-/// Reference forward: (y, argmax) with argmax = iy * W + ix of the first maximum.
+/// Reference forward: (y, argmax) with argmax = iy * W + ix of the first maximum; a NaN in
+/// the window wins (as torch.max_pool2d): y is the first NaN and argmax its position.
 pub fn max_pool2d_forward_ref(s: &PoolSpec, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
     let (oh, ow) = s.out_hw();
     let planes = s.batch * s.channels;
@@ -304,7 +305,8 @@ pub fn max_pool2d_forward_ref(s: &PoolSpec, x: &[f64]) -> (Vec<f64>, Vec<u32>) {
                 for ky in 0..s.pool {
                     for kx in 0..s.pool {
                         let at = (oy * s.stride + ky) * s.w + ox * s.stride + kx;
-                        if x[base + at] > x[base + best_at] {
+                        let (v, best) = (x[base + at], x[base + best_at]);
+                        if !best.is_nan() && (v.is_nan() || v > best) {
                             best_at = at;
                         }
                     }

@@ -174,37 +174,8 @@ pub(crate) fn tiled(
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     t.check(gpu, op)?;
-    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-    let budget = t.max_k_chunk(gpu);
-    if mode == Mode::ConvBackwardWeight {
-        if p.k_chunk as usize > budget {
-            return Err(Error::Limit {
-                op: op.into(),
-                what: "K per batch chunk (loop iterations per invocation)".into(),
-                requested: p.k_chunk as u64,
-                limit: budget as u64,
-                hint: "use the direct kernel for this layer".into(),
-            });
-        }
-    } else {
-        // K per split, a multiple of BK, within the loop budget.
-        let bk = t.bk as usize;
-        let min_splits = k.div_ceil(budget.max(bk));
-        let splits = (t.splits as usize).max(min_splits).min(k.div_ceil(bk));
-        let k_chunk = k.div_ceil(splits).next_multiple_of(bk);
-        let splits = k.div_ceil(k_chunk);
-        if splits > MAX_SPLITS as usize {
-            return Err(Error::Limit {
-                op: op.into(),
-                what: "K splits".into(),
-                requested: splits as u64,
-                limit: MAX_SPLITS as u64,
-                hint: "the contracted dimension is too long for this adapter's loop budget".into(),
-            });
-        }
-        p.splits = splits as u32;
-        p.k_chunk = k_chunk as u32;
-    }
+    let (m, n) = (p.m as usize, p.n as usize);
+    plan_splits(gpu, op, t, mode, &mut p)?;
     let splits = p.splits as usize;
     let batch = p.batch as usize;
     let z = if mode == Mode::ConvBackwardWeight {
@@ -227,21 +198,7 @@ pub(crate) fn tiled(
             hint: "use a smaller batch".into(),
         });
     }
-    let fit = mode == Mode::Matmul
-        && m % t.bm as usize == 0
-        && n % t.bn as usize == 0
-        && k % t.bk as usize == 0
-        && p.k_chunk.is_multiple_of(t.bk);
-    let constants = [
-        ("BM", t.bm as f64),
-        ("BN", t.bn as f64),
-        ("BK", t.bk as f64),
-        ("TM", t.tm as f64),
-        ("TN", t.tn as f64),
-        ("WG", t.workgroup_size() as f64),
-        ("FIT", fit as u32 as f64),
-        ("MODE", mode as u32 as f64),
-    ];
+    let constants = tile_constants(t, mode, &p);
     let bias_t = bias.unwrap_or(gpu.dummy());
     let split_out = splits > 1 && mode != Mode::ConvBackwardWeight;
     let partials;
@@ -292,4 +249,62 @@ pub(crate) fn tiled(
         )?);
     }
     Ok(d)
+}
+
+/// Sets `p.splits` and `p.k_chunk`: K per split a multiple of BK within the adapter's loop
+/// budget (at least `t.splits` splits), or, for the conv dweight, checks the caller's chunk.
+fn plan_splits(gpu: &Gpu, op: &str, t: TileConfig, mode: Mode, p: &mut TiledParams) -> Result<()> {
+    let k = p.k as usize;
+    let budget = t.max_k_chunk(gpu);
+    if mode == Mode::ConvBackwardWeight {
+        if p.k_chunk as usize > budget {
+            return Err(Error::Limit {
+                op: op.into(),
+                what: "K per batch chunk (loop iterations per invocation)".into(),
+                requested: p.k_chunk as u64,
+                limit: budget as u64,
+                hint: "use the direct kernel for this layer".into(),
+            });
+        }
+    } else {
+        // K per split, a multiple of BK, within the loop budget.
+        let bk = t.bk as usize;
+        let min_splits = k.div_ceil(budget.max(bk));
+        let splits = (t.splits as usize).max(min_splits).min(k.div_ceil(bk));
+        let k_chunk = k.div_ceil(splits).next_multiple_of(bk);
+        let splits = k.div_ceil(k_chunk);
+        if splits > MAX_SPLITS as usize {
+            return Err(Error::Limit {
+                op: op.into(),
+                what: "K splits".into(),
+                requested: splits as u64,
+                limit: MAX_SPLITS as u64,
+                hint: "the contracted dimension is too long for this adapter's loop budget".into(),
+            });
+        }
+        p.splits = splits as u32;
+        p.k_chunk = k_chunk as u32;
+    }
+    Ok(())
+}
+
+/// The override constants of matmul_tiled.wgsl for `t` on the product `p` (FIT: no edge
+/// guards needed).
+fn tile_constants(t: TileConfig, mode: Mode, p: &TiledParams) -> [(&'static str, f64); 8] {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let fit = mode == Mode::Matmul
+        && m % t.bm as usize == 0
+        && n % t.bn as usize == 0
+        && k % t.bk as usize == 0
+        && p.k_chunk.is_multiple_of(t.bk);
+    [
+        ("BM", t.bm as f64),
+        ("BN", t.bn as f64),
+        ("BK", t.bk as f64),
+        ("TM", t.tm as f64),
+        ("TN", t.tn as f64),
+        ("WG", t.workgroup_size() as f64),
+        ("FIT", fit as u32 as f64),
+        ("MODE", mode as u32 as f64),
+    ]
 }
