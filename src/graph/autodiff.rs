@@ -17,7 +17,8 @@ pub fn grad(g: &mut Graph, loss: Id, wrt: &[Id]) -> Result<Vec<Id>> {
     let end = loss.index() + 1;
     let on_path = path(g, loss, wrt);
     let mut grads: Vec<Option<Id>> = vec![None; end];
-    let seed = g.constant(1.0, &g.shape(loss).to_vec());
+    let shape = g.shape(loss).to_vec();
+    let seed = g.constant(1.0, &shape);
     grads[loss.index()] = Some(seed);
     for i in (0..end).rev() {
         let (id, Some(gout)) = (Id(i as u32), grads[i]) else {
@@ -39,16 +40,15 @@ pub fn grad(g: &mut Graph, loss: Id, wrt: &[Id]) -> Result<Vec<Id>> {
             });
         }
     }
-    Ok(wrt
-        .iter()
-        .map(|&p| {
-            grads
-                .get(p.index())
-                .copied()
-                .flatten()
-                .unwrap_or_else(|| g.constant(0.0, &g.shape(p).to_vec()))
-        })
-        .collect())
+    let mut out = Vec::with_capacity(wrt.len());
+    for &p in wrt {
+        let shape = g.shape(p).to_vec();
+        out.push(match grads.get(p.index()).copied().flatten() {
+            Some(gp) => gp,
+            None => g.constant(0.0, &shape),
+        });
+    }
+    Ok(out)
 }
 
 /// Nodes on a path from one of `wrt` to `loss`.

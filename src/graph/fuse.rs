@@ -186,7 +186,7 @@ fn conv_relu_pool(g: &mut Graph) -> usize {
         let Op::Conv2d(conv) = g.node(c).op else {
             continue;
         };
-        if !(conv.bias && conv.relu && conv.stride == 1) || !single_use(g, &uses, c) {
+        if !(conv.bias && conv.relu && conv.stride == 1 && single_use(g, &uses, c)) {
             continue;
         }
         let inputs = g.node(c).inputs.clone();

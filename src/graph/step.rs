@@ -135,11 +135,10 @@ fn separate_grads(g: &mut Graph, grads: &[Id]) -> Result<Vec<Id>> {
     let mut out = Vec::new();
     for &gr in grads {
         let root = g.storage_of(gr);
-        let leaf = g.node(root.0).op.is_leaf();
-        let gr = if !leaf && !seen.contains(&root) && !matches!(g.node(gr).op, Op::Const(0.0)) {
+        let unused = matches!(g.node(gr).op, Op::Const(0.0)); // its gradient stays zero
+        let own = !g.node(root.0).op.is_leaf() && !seen.contains(&root);
+        let gr = if unused || own {
             gr
-        } else if matches!(g.node(gr).op, Op::Const(0.0)) {
-            gr // unused parameter: its gradient stays zero
         } else {
             let zero = g.constant(0.0, &[]);
             g.push(
