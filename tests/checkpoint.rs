@@ -154,8 +154,35 @@ fn layout_is_pytorch_named_f32_safetensors() {
     let opt: Value = serde_json::from_str(meta["optimizer"].as_str().unwrap()).unwrap();
     assert_eq!(
         opt,
-        json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7})
+        json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7,
+               "weight_decay": 0.0, "clip_norm": null,
+               "schedule": {"name": "constant", "warmup_steps": 0}})
     );
+    // Checkpoints written before weight decay, Nesterov, clipping and schedules existed
+    // load with those off.
+    let old = json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7});
+    assert_eq!(Optimizer::from_json(&old), Some(Optimizer::adam(1e-3)));
+    let old_sgd = json!({"name": "sgd", "lr": 0.05, "momentum": 0.9});
+    assert_eq!(
+        Optimizer::from_json(&old_sgd),
+        Some(Optimizer::sgd(0.05, 0.9))
+    );
+    // The new settings round-trip.
+    let schedule = shadergrad::schedule::Schedule {
+        decay: shadergrad::schedule::Decay::Cosine {
+            horizon: 750,
+            min_lr: 1e-5,
+        },
+        warmup: 20,
+    };
+    for o in [
+        Optimizer::adamw(1e-3, 0.01)
+            .with_schedule(schedule)
+            .with_clip_norm(Some(1.0)),
+        Optimizer::nesterov(0.05, 0.9),
+    ] {
+        assert_eq!(Optimizer::from_json(&o.to_json()), Some(o));
+    }
 
     // The reference implementation reads it as written.
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("the safetensors crate reads it");
