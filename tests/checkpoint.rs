@@ -16,6 +16,7 @@ use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::model::Sequential;
 use shadergrad::rng::Rng;
+use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{plot, predict, Error};
 
 fn mnist() -> &'static Mnist {
@@ -623,9 +624,32 @@ fn run(
 fn resume_equals_uninterrupted_to_the_bit() {
     let Some(gpu) = common::gpu() else { return };
     let dir = temp_dir("resume");
+    // 32 steps an epoch: a cosine over both epochs after a 10-step warmup, AdamW and
+    // clipping; a step decay every half epoch with Nesterov momentum.
+    let cosine = Schedule {
+        decay: Decay::Cosine {
+            horizon: 64,
+            min_lr: 1e-5,
+        },
+        warmup: 10,
+    };
+    let step = Schedule {
+        decay: Decay::Step {
+            every: 16,
+            gamma: 0.5,
+        },
+        warmup: 0,
+    };
     for (kind, opt) in [
         ("mlp", Optimizer::adam(1e-3)),
         ("softmax", Optimizer::sgd(0.1, 0.9)),
+        (
+            "mlp",
+            Optimizer::adamw(1e-3, 0.05)
+                .with_schedule(cosine)
+                .with_clip_norm(Some(1.0)),
+        ),
+        ("softmax", Optimizer::nesterov(0.1, 0.9).with_schedule(step)),
     ] {
         let model = checkpoint::preset(kind).unwrap();
         let (straight, logs) = run(gpu, model.clone(), opt, None, 1..=2);
@@ -641,6 +665,10 @@ fn resume_equals_uninterrupted_to_the_bit() {
         .unwrap();
         let loaded = checkpoint::load(&path, None).unwrap();
         assert_eq!((loaded.epoch, loaded.steps), (1, 32));
+        assert_eq!(
+            loaded.optimizer, opt,
+            "{kind}: the optimizer settings travel"
+        );
         let (resumed, rlogs) = run(gpu, model, opt, Some(&loaded), 2..=2);
         assert_eq!(resumed.steps, straight.steps, "{kind}: steps");
         assert_eq!(
