@@ -476,25 +476,7 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         resumed.as_ref(),
         early,
     )?;
-    let train_set = run
-        .trainer
-        .add_dataset(&mnist.train.images, &mnist.train.labels)?;
-    let split = split_sources(
-        &mut run.trainer,
-        train_set,
-        mnist.train.len(),
-        run.cfg.validation_split,
-    )?;
-    if split.n_train > 0 {
-        let batch = run.cfg.batch_size.min(split.n_train);
-        let (planned, naive) = run.trainer.activation_memory(split.train, batch)?;
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        println!(
-            "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
-            mib(planned),
-            mib(naive)
-        );
-    }
+    let split = run.add_training_set(&mnist.train)?;
     let interrupt = Interrupt::install();
     let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
         .ok()
@@ -764,6 +746,28 @@ impl<'g> Run<'g> {
             );
         }
         Ok(run)
+    }
+
+    /// Upload the training images, split off the validation set, report the plan's memory.
+    fn add_training_set(&mut self, train: &data::Split) -> Result<Split> {
+        let train_set = self.trainer.add_dataset(&train.images, &train.labels)?;
+        let split = split_sources(
+            &mut self.trainer,
+            train_set,
+            train.len(),
+            self.cfg.validation_split,
+        )?;
+        if split.n_train > 0 {
+            let batch = self.cfg.batch_size.min(split.n_train);
+            let (planned, naive) = self.trainer.activation_memory(split.train, batch)?;
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
+                mib(planned),
+                mib(naive)
+            );
+        }
+        Ok(split)
     }
 
     /// Epochs `first..=cfg.epochs` (the first continuing `partial`). `Some(exit code)` when
