@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::executor::Trainer;
 use crate::fit::{first_non_finite, EpochLog, FitConfig, Partial};
@@ -222,7 +222,7 @@ impl Checkpoint {
             ("seed", self.seed.to_string()),
             ("batch_size", self.batch_size.to_string()),
             ("validation_split", self.validation_split.to_string()),
-            ("optimizer", optimizer_json(&self.optimizer).to_string()),
+            ("optimizer", self.optimizer.to_json().to_string()),
             ("metrics", self.metrics.to_string()),
             ("history", Value::Array(history).to_string()),
         ]
@@ -250,30 +250,6 @@ impl safetensors::View for F32View<'_> {
     }
     fn data_len(&self) -> usize {
         self.data.len() * 4
-    }
-}
-
-/// f32 as the shortest decimal that reads back as the same f32 (0.001, not 0.0010000000474).
-fn short(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .map(Value::from)
-        .unwrap_or(Value::from(x as f64))
-}
-
-fn optimizer_json(opt: &Optimizer) -> Value {
-    match *opt {
-        Optimizer::Adam {
-            lr,
-            beta1,
-            beta2,
-            epsilon,
-        } => json!({
-            "name": "adam", "lr": short(lr), "beta1": short(beta1), "beta2": short(beta2), "epsilon": short(epsilon)
-        }),
-        Optimizer::Sgd { lr, momentum } => {
-            json!({ "name": "sgd", "lr": short(lr), "momentum": short(momentum) })
-        }
     }
 }
 

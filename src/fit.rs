@@ -94,7 +94,7 @@ pub fn split_sources(
             format!("{validation_split} is outside [0, 1)"),
         ));
     }
-    let n_train = (n as f64 * (1.0 - validation_split)) as usize;
+    let n_train = train_len(n, validation_split);
     if n_train == 0 {
         return Err(Error::usage(
             "--validation-split",
@@ -114,6 +114,117 @@ pub fn split_sources(
         val,
         n_train,
     })
+}
+
+/// Training samples of `n` once the last `validation_split` of them are held out.
+pub fn train_len(n: usize, validation_split: f64) -> usize {
+    (n as f64 * (1.0 - validation_split)) as usize
+}
+
+/// Optimizer steps in an epoch of `n` samples (the last batch may be short).
+pub fn steps_per_epoch(n: usize, validation_split: f64, batch_size: usize) -> u64 {
+    train_len(n, validation_split).div_ceil(batch_size.max(1)) as u64
+}
+
+/// The parameters, optimizer state and update count after the best epoch so far.
+struct Snapshot {
+    params: Vec<Vec<f32>>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    steps: u64,
+}
+
+/// Early stopping on `val_loss`, as Keras's `EarlyStopping(monitor="val_loss",
+/// patience=PATIENCE, restore_best_weights=...)`: an epoch improves when its validation loss
+/// is below the best so far; training stops once `patience` epochs in a row did not.
+/// With `restore_best` the best epoch's parameters and optimizer state are kept (on the
+/// host) and [`EarlyStopping::restore`] puts them back.
+pub struct EarlyStopping {
+    /// `None`: never stop (only keep the best, with `restore_best`).
+    pub patience: Option<usize>,
+    pub restore_best: bool,
+    best: Option<(usize, f64)>,
+    wait: usize,
+    snapshot: Option<(usize, Snapshot)>,
+}
+
+impl EarlyStopping {
+    pub fn new(patience: Option<usize>, restore_best: bool) -> Self {
+        EarlyStopping {
+            patience,
+            restore_best,
+            best: None,
+            wait: 0,
+            snapshot: None,
+        }
+    }
+
+    /// Whether this does anything at all.
+    pub fn active(&self) -> bool {
+        self.patience.is_some() || self.restore_best
+    }
+
+    /// The best epoch so far and its validation loss.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.best
+    }
+
+    /// The epoch whose state [`EarlyStopping::restore`] would put back.
+    pub fn snapshot_epoch(&self) -> Option<usize> {
+        self.snapshot.as_ref().map(|(e, _)| *e)
+    }
+
+    fn observe(&mut self, epoch: usize, val_loss: f64) -> bool {
+        let improved = self.best.is_none_or(|(_, b)| val_loss < b);
+        if improved {
+            self.best = Some((epoch, val_loss));
+            self.wait = 0;
+        } else {
+            self.wait += 1;
+        }
+        improved
+    }
+
+    /// Replay the epochs of a resumed run (their parameters are gone: only the best loss
+    /// and the count of epochs without improvement carry over).
+    pub fn replay(&mut self, history: &[EpochLog]) {
+        for e in history {
+            if let Some(l) = e.val_loss {
+                self.observe(e.epoch, l);
+            }
+        }
+    }
+
+    /// After epoch `log.epoch`: note its validation loss, snapshot the trainer when it is
+    /// the best and `restore_best`, and say whether training should stop now.
+    pub fn update(&mut self, trainer: &Trainer<'_>, log: &EpochLog) -> Result<bool> {
+        let Some(val_loss) = log.val_loss else {
+            return Ok(false);
+        };
+        if self.observe(log.epoch, val_loss) && self.restore_best {
+            let (m, v) = trainer.read_optimizer_state()?;
+            let snap = Snapshot {
+                params: trainer.read_params()?,
+                m,
+                v,
+                steps: trainer.steps,
+            };
+            self.snapshot = Some((log.epoch, snap));
+        }
+        Ok(self.patience.is_some_and(|p| self.wait >= p))
+    }
+
+    /// Put the best epoch's parameters and optimizer state back into `trainer`; its epoch,
+    /// or `None` when there is no snapshot (no `restore_best`, or the best epoch came
+    /// before a resume).
+    pub fn restore(&self, trainer: &mut Trainer<'_>) -> Result<Option<usize>> {
+        let Some((epoch, s)) = &self.snapshot else {
+            return Ok(None);
+        };
+        trainer.write_params(&s.params)?;
+        trainer.write_optimizer_state(&s.m, &s.v, s.steps)?;
+        Ok(Some(*epoch))
+    }
 }
 
 /// The shuffled order of epoch `epoch` (1-based): a function of seed and epoch only, so a

@@ -20,6 +20,7 @@ pub mod params;
 pub mod plot;
 pub mod predict;
 pub mod rng;
+pub mod schedule;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -13,12 +13,14 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use shadergrad::checkpoint::{self, describe_layers, Checkpoint};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{
-    check_batch, check_params, run_epoch, split_sources, EpochEnd, EpochLog, FitConfig, Partial,
+    check_batch, check_params, run_epoch, split_sources, steps_per_epoch, EarlyStopping, EpochEnd,
+    EpochLog, FitConfig, Partial, Split,
 };
 use shadergrad::gpu::{cpu_adapter_warning, describe_adapter, Gpu};
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::kernels::Family;
 use shadergrad::model::Sequential;
+use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{data, plot, predict, Error, Result};
 
 #[derive(Parser)]
@@ -88,7 +90,18 @@ impl ModelKind {
 #[derive(Clone, Copy, ValueEnum)]
 enum OptimizerKind {
     Adam,
+    /// Adam with decoupled weight decay (--weight-decay, default 0.01).
+    Adamw,
     Sgd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleKind {
+    Constant,
+    /// Multiply the rate by --lr-gamma every --lr-step-epochs epochs.
+    Step,
+    /// Half a cosine from --lr down to --lr-min over the run's --epochs.
+    Cosine,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +118,37 @@ struct TrainArgs {
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0)]
     momentum: f32,
+    /// SGD: Nesterov momentum (PyTorch's formula; needs --momentum above 0).
+    #[arg(long)]
+    nesterov: bool,
+    /// AdamW's decoupled weight decay: p -= lr * W * p before each update [default: 0.01].
+    #[arg(long, value_name = "W")]
+    weight_decay: Option<f32>,
+    /// Scale the gradient down to this global L2 norm when it is larger (clip_grad_norm_).
+    #[arg(long, value_name = "C")]
+    clip_norm: Option<f32>,
+    /// Learning-rate schedule, evaluated every step.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    lr_schedule: ScheduleKind,
+    /// Step schedule: epochs between decays.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    lr_step_epochs: usize,
+    /// Step schedule: the factor of each decay.
+    #[arg(long, value_name = "G", default_value_t = 0.1)]
+    lr_gamma: f32,
+    /// Cosine schedule: the rate at the end of the last epoch.
+    #[arg(long, default_value_t = 0.0)]
+    lr_min: f32,
+    /// Raise the rate linearly from lr/N to lr over the first N steps (with any schedule).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup_steps: u64,
+    /// Stop when val_loss has not improved for PATIENCE epochs in a row.
+    #[arg(long, value_name = "PATIENCE")]
+    early_stopping: Option<usize>,
+    /// At the end, restore the parameters and optimizer state of the epoch with the lowest
+    /// val_loss: the test metrics and the checkpoint saved are then the best epoch's.
+    #[arg(long)]
+    restore_best: bool,
     #[arg(long, default_value_t = 0.2)]
     validation_split: f64,
     #[arg(long, default_value_t = 42)]
@@ -379,37 +423,7 @@ fn check_writable(flag: &str, path: &Path) -> Result<()> {
 }
 
 fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String>) -> Result<u8> {
-    if args.epochs == 0 {
-        return Err(Error::usage("--epochs", "must be at least 1"));
-    }
-    if args.batch_size == 0 {
-        return Err(Error::usage("--batch-size", "must be at least 1"));
-    }
-    if !(args.lr.is_finite() && args.lr > 0.0) {
-        return Err(Error::usage(
-            "--lr",
-            format!("{} is not a positive number", args.lr),
-        ));
-    }
-    if !(0.0..1.0).contains(&args.momentum) {
-        return Err(Error::usage(
-            "--momentum",
-            format!("{} is outside [0, 1)", args.momentum),
-        ));
-    }
-    if !(0.0..1.0).contains(&args.validation_split) {
-        return Err(Error::usage(
-            "--validation-split",
-            format!("{} is outside [0, 1)", args.validation_split),
-        ));
-    }
-    if let Some(p) = &args.save {
-        check_writable("--save", p)?;
-    }
-    let optimizer = match args.optimizer {
-        OptimizerKind::Adam => Optimizer::adam(args.lr),
-        OptimizerKind::Sgd => Optimizer::sgd(args.lr, args.momentum),
-    };
+    check_train_args(&args)?;
     let mut cfg = FitConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -418,7 +432,7 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         ..FitConfig::default()
     };
     let resumed = match &args.resume {
-        Some(p) => Some(resume_settings(p, &args, optimizer, &mut cfg, given)?),
+        Some(p) => Some(resume_settings(p, &args, &mut cfg, given)?),
         None => None,
     };
     let kind = resumed
@@ -426,10 +440,22 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         .map_or(args.model.name(), |c| c.kind.as_str());
     let model = checkpoint::preset(kind)
         .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not cnn, mlp or softmax")))?;
-    let optimizer = resumed.as_ref().map_or(optimizer, |c| c.optimizer);
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
     check_image_size(&dir, &mnist, &model)?;
+    let optimizer = choose_optimizer(&args, &cfg, mnist.train.len(), resumed.as_ref(), given)?;
+    let early = EarlyStopping::new(args.early_stopping, args.restore_best);
+    if early.active() && cfg.validation_split == 0.0 {
+        let flag = if args.restore_best {
+            "--restore-best"
+        } else {
+            "--early-stopping"
+        };
+        return Err(Error::usage(
+            flag,
+            "watches val_loss, so it needs --validation-split above 0",
+        ));
+    }
     let gpu = Gpu::new()?;
     println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
     if let Some(w) = cpu_adapter_warning(&gpu.info) {
@@ -438,75 +464,19 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
     // Refuse a batch the adapter cannot run before any GPU work.
     check_batch(&gpu.limits, &model, cfg.batch_size, true)?;
     print!("{}", model.summary()?);
-    let save = args.save.as_ref().or(args.resume.as_ref());
-    let log_path = args
-        .metrics_out
-        .clone()
-        .or_else(|| save.map(|p| p.with_extension("metrics.jsonl")));
-    let curves_path = log_path.as_ref().map(|p| p.with_extension("svg"));
-    let mut log = match &log_path {
-        Some(p) => Some((std::fs::File::create(p).map_err(|e| Error::io(p, e))?, p)),
-        None => None,
-    };
-    let mut write_json = |v: serde_json::Value| -> Result<()> {
-        if let Some((f, p)) = log.as_mut() {
-            writeln!(f, "{v}").map_err(|e| Error::io(p.as_path(), e))?;
-        }
-        Ok(())
-    };
-    let title = format!(
-        "{kind} on MNIST ({} parameters), {optimizer:?}, batch {}",
-        model.param_count()?,
-        cfg.batch_size
-    );
-
-    let mut trainer = Trainer::new(&gpu, model, optimizer, cfg.seed)?;
-    let mut history: Vec<EpochLog> = Vec::new();
-    // What a failure leaves on disk, for the note after the error.
-    let mut kept = match (save, &resumed) {
-        (Some(p), Some(ck)) if Some(p) == args.resume.as_ref() => Some(format!(
-            "{} (the checkpoint resumed from, {}) is left as it was",
-            p.display(),
-            position(ck.epoch, ck.partial().as_ref())
-        )),
-        (Some(p), _) => Some(format!(
-            "nothing was saved to {}: no epoch had ended",
-            p.display()
-        )),
-        (None, _) => None,
-    };
-    let mut partial = None;
-    if let (Some(ck), Some(p)) = (&resumed, &args.resume) {
-        ck.restore(&mut trainer)?;
-        history = ck.history.clone();
-        for e in &history {
-            write_json(e.to_json())?;
-        }
-        partial = ck.partial();
-        println!(
-            "resuming {} after {} ({} optimizer steps)",
-            p.display(),
-            position(ck.epoch, partial.as_ref()),
-            ck.steps
-        );
-    }
-    let train_set = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
-    let split = split_sources(
-        &mut trainer,
-        train_set,
-        mnist.train.len(),
-        cfg.validation_split,
+    let save = args.save.as_ref().or(args.resume.as_ref()).cloned();
+    let mut run = Run::start(
+        &gpu,
+        &args,
+        kind,
+        model,
+        optimizer,
+        cfg,
+        save,
+        resumed.as_ref(),
+        early,
     )?;
-    if split.n_train > 0 {
-        let batch = cfg.batch_size.min(split.n_train);
-        let (planned, naive) = trainer.activation_memory(split.train, batch)?;
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        println!(
-            "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
-            mib(planned),
-            mib(naive)
-        );
-    }
+    let split = run.add_training_set(&mnist.train)?;
     let interrupt = Interrupt::install();
     let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
         .ok()
@@ -528,66 +498,405 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         mnist.train.len() - split.n_train
     );
     let first = resumed.as_ref().map_or(1, |c| c.epoch + 1);
-    let result = (|| -> Result<u8> {
-        for epoch in first..=cfg.epochs {
+    let partial = resumed.as_ref().and_then(Checkpoint::partial);
+    let result = match run.epochs(&split, first, partial, &should_stop, &interrupt) {
+        Ok(Some(code)) => Ok(code),
+        Ok(None) => run.finish(&split, &mnist.test),
+        Err(e) => Err(e),
+    };
+    // On a failure, say what is on disk (the last checkpoint written is never replaced by
+    // a failed epoch's state: checkpoints are written only after an epoch that ended well).
+    if result.is_err() {
+        *note = run.kept.take();
+    }
+    result
+}
+
+/// Refuse bad training flags before anything is loaded.
+fn check_train_args(args: &TrainArgs) -> Result<()> {
+    let positive = |flag: &str, x: f32| {
+        if x.is_finite() && x > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::usage(flag, format!("{x} is not a positive number")))
+        }
+    };
+    if args.epochs == 0 {
+        return Err(Error::usage("--epochs", "must be at least 1"));
+    }
+    if args.batch_size == 0 {
+        return Err(Error::usage("--batch-size", "must be at least 1"));
+    }
+    positive("--lr", args.lr)?;
+    if !(0.0..1.0).contains(&args.momentum) {
+        return Err(Error::usage(
+            "--momentum",
+            format!("{} is outside [0, 1)", args.momentum),
+        ));
+    }
+    if !(0.0..1.0).contains(&args.validation_split) {
+        return Err(Error::usage(
+            "--validation-split",
+            format!("{} is outside [0, 1)", args.validation_split),
+        ));
+    }
+    if args.nesterov && !(matches!(args.optimizer, OptimizerKind::Sgd) && args.momentum > 0.0) {
+        return Err(Error::usage(
+            "--nesterov",
+            "needs --optimizer sgd and a --momentum above 0",
+        ));
+    }
+    if let Some(w) = args.weight_decay {
+        if !matches!(args.optimizer, OptimizerKind::Adamw) {
+            return Err(Error::usage(
+                "--weight-decay",
+                "only --optimizer adamw takes a (decoupled) weight decay",
+            ));
+        }
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Error::usage(
+                "--weight-decay",
+                format!("{w} is not a number >= 0"),
+            ));
+        }
+    }
+    if let Some(c) = args.clip_norm {
+        positive("--clip-norm", c)?;
+    }
+    if args.early_stopping == Some(0) {
+        return Err(Error::usage(
+            "--early-stopping",
+            "the patience must be at least 1 epoch",
+        ));
+    }
+    if let Some(p) = &args.save {
+        check_writable("--save", p)?;
+    }
+    Ok(())
+}
+
+/// The optimizer the flags describe, its schedule in steps of epochs of `n` samples.
+fn optimizer_from_args(args: &TrainArgs, cfg: &FitConfig, n: usize) -> Result<Optimizer> {
+    let per_epoch = steps_per_epoch(n, cfg.validation_split, cfg.batch_size);
+    let decay = match args.lr_schedule {
+        ScheduleKind::Constant => Decay::Constant,
+        ScheduleKind::Step => Decay::Step {
+            every: (args.lr_step_epochs as u64).saturating_mul(per_epoch),
+            gamma: args.lr_gamma,
+        },
+        ScheduleKind::Cosine => Decay::Cosine {
+            horizon: (cfg.epochs as u64).saturating_mul(per_epoch),
+            min_lr: args.lr_min,
+        },
+    };
+    let schedule = Schedule {
+        decay,
+        warmup: args.warmup_steps,
+    };
+    schedule.check(args.lr)?;
+    let opt = match args.optimizer {
+        OptimizerKind::Adam => Optimizer::adam(args.lr),
+        OptimizerKind::Adamw => Optimizer::adamw(args.lr, args.weight_decay.unwrap_or(0.01)),
+        OptimizerKind::Sgd if args.nesterov => Optimizer::nesterov(args.lr, args.momentum),
+        OptimizerKind::Sgd => Optimizer::sgd(args.lr, args.momentum),
+    };
+    Ok(opt.with_schedule(schedule).with_clip_norm(args.clip_norm))
+}
+
+/// The flags' optimizer, or a resumed checkpoint's (flags given must then agree with it).
+fn choose_optimizer(
+    args: &TrainArgs,
+    cfg: &FitConfig,
+    n: usize,
+    resumed: Option<&Checkpoint>,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<Optimizer> {
+    let optimizer = optimizer_from_args(args, cfg, n)?;
+    let Some(ck) = resumed else {
+        return Ok(optimizer);
+    };
+    if OPTIMIZER_FLAGS.iter().any(|id| given(id)) && optimizer != ck.optimizer {
+        let flags = OPTIMIZER_FLAGS
+            .map(|f| format!("--{}", f.replace('_', "-")))
+            .join(", ");
+        let msg = format!("differ from the checkpoint's optimizer {}; a resumed run keeps it: leave the flags out", ck.optimizer.to_json());
+        return Err(Error::usage(&flags, msg));
+    }
+    Ok(ck.optimizer)
+}
+
+/// The flags that make up the optimizer (clap ids).
+const OPTIMIZER_FLAGS: [&str; 11] = [
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "clip_norm",
+    "lr_schedule",
+    "lr_step_epochs",
+    "lr_gamma",
+    "lr_min",
+    "warmup_steps",
+];
+
+/// The metrics log (one JSON object per line) and the training curves beside it.
+struct MetricsLog {
+    file: Option<(std::fs::File, PathBuf)>,
+    curves: Option<PathBuf>,
+    title: String,
+}
+
+impl MetricsLog {
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        if let Some((f, p)) = self.file.as_mut() {
+            writeln!(f, "{v}").map_err(|e| Error::io(p.as_path(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A training run under way: the trainer, its settings, what has been logged and saved.
+struct Run<'g> {
+    trainer: Trainer<'g>,
+    kind: String,
+    cfg: FitConfig,
+    history: Vec<EpochLog>,
+    save: Option<PathBuf>,
+    log: MetricsLog,
+    /// What a failure leaves on disk, for the note after the error.
+    kept: Option<String>,
+    early: EarlyStopping,
+    /// The last epoch that ran to its end.
+    last_epoch: usize,
+}
+
+impl<'g> Run<'g> {
+    /// Open the metrics log, build the trainer and, when resuming, restore the checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        gpu: &'g Gpu,
+        args: &TrainArgs,
+        kind: &str,
+        model: Sequential,
+        optimizer: Optimizer,
+        cfg: FitConfig,
+        save: Option<PathBuf>,
+        resumed: Option<&Checkpoint>,
+        early: EarlyStopping,
+    ) -> Result<Run<'g>> {
+        let log_path = args
+            .metrics_out
+            .clone()
+            .or_else(|| save.as_ref().map(|p| p.with_extension("metrics.jsonl")));
+        let file = match &log_path {
+            Some(p) => Some((
+                std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
+                p.clone(),
+            )),
+            None => None,
+        };
+        let title = format!(
+            "{kind} on MNIST ({} parameters), {optimizer:?}, batch {}",
+            model.param_count()?,
+            cfg.batch_size
+        );
+        let log = MetricsLog {
+            curves: log_path.as_ref().map(|p| p.with_extension("svg")),
+            file,
+            title,
+        };
+        let trainer = Trainer::new(gpu, model, optimizer, cfg.seed)?;
+        let kept = match (&save, resumed) {
+            (Some(p), Some(ck)) if Some(p) == args.resume.as_ref() => Some(format!(
+                "{} (the checkpoint resumed from, {}) is left as it was",
+                p.display(),
+                position(ck.epoch, ck.partial().as_ref())
+            )),
+            (Some(p), _) => Some(format!(
+                "nothing was saved to {}: no epoch had ended",
+                p.display()
+            )),
+            (None, _) => None,
+        };
+        let mut run = Run {
+            trainer,
+            kind: kind.to_string(),
+            cfg,
+            history: Vec::new(),
+            save,
+            log,
+            kept,
+            early,
+            last_epoch: 0,
+        };
+        if let (Some(ck), Some(p)) = (resumed, &args.resume) {
+            ck.restore(&mut run.trainer)?;
+            run.history = ck.history.clone();
+            for e in &ck.history {
+                run.log.write(e.to_json())?;
+            }
+            run.early.replay(&ck.history);
+            run.last_epoch = ck.epoch;
+            println!(
+                "resuming {} after {} ({} optimizer steps)",
+                p.display(),
+                position(ck.epoch, ck.partial().as_ref()),
+                ck.steps
+            );
+        }
+        Ok(run)
+    }
+
+    /// Upload the training images, split off the validation set, report the plan's memory.
+    fn add_training_set(&mut self, train: &data::Split) -> Result<Split> {
+        let train_set = self.trainer.add_dataset(&train.images, &train.labels)?;
+        let split = split_sources(
+            &mut self.trainer,
+            train_set,
+            train.len(),
+            self.cfg.validation_split,
+        )?;
+        if split.n_train > 0 {
+            let batch = self.cfg.batch_size.min(split.n_train);
+            let (planned, naive) = self.trainer.activation_memory(split.train, batch)?;
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
+                mib(planned),
+                mib(naive)
+            );
+        }
+        Ok(split)
+    }
+
+    /// Epochs `first..=cfg.epochs` (the first continuing `partial`). `Some(exit code)` when
+    /// an interrupt ended the run; `None` when every epoch ran or early stopping ended it.
+    fn epochs(
+        &mut self,
+        split: &Split,
+        first: usize,
+        mut partial: Option<Partial>,
+        should_stop: &dyn Fn() -> bool,
+        interrupt: &Interrupt,
+    ) -> Result<Option<u8>> {
+        for epoch in first..=self.cfg.epochs {
             let from = partial.take();
             let entry = match run_epoch(
-                &mut trainer,
-                &split,
-                &cfg,
+                &mut self.trainer,
+                split,
+                &self.cfg,
                 epoch,
                 from.as_ref(),
-                &should_stop,
+                should_stop,
             )? {
                 EpochEnd::Done(entry) => entry,
                 EpochEnd::Stopped(p) => {
+                    let s = self.save.as_ref();
                     return stopped(
-                        &trainer, kind, &cfg, &history, save, p, &interrupt, &mut kept,
-                    );
+                        &self.trainer,
+                        &self.kind,
+                        &self.cfg,
+                        &self.history,
+                        s,
+                        p,
+                        interrupt,
+                        &mut self.kept,
+                    )
+                    .map(Some);
                 }
             };
-            let steps = split.n_train.div_ceil(cfg.batch_size);
-            println!("{}", entry.line(cfg.epochs));
-            write_json(entry.to_json())?;
-            history.push(entry);
-            if let Some(p) = &curves_path {
-                plot::write_curves(p, &history, &title)?;
-            }
-            match save {
-                Some(p) => {
-                    let metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
-                    let ck = Checkpoint::capture(&trainer, kind, &cfg, epoch, &history, metrics)?;
-                    check_params(&ck.model, &ck.params, epoch, steps)?;
-                    checkpoint::save(p, &ck)?;
-                    kept = Some(format!(
-                        "the last good checkpoint, {} (after epoch {epoch}), is kept",
-                        p.display()
-                    ));
-                }
-                None => check_params(
-                    trainer.model.as_ref(),
-                    &trainer.read_params()?,
-                    epoch,
-                    steps,
-                )?,
-            }
+            let stop = self.end_epoch(entry, split.n_train.div_ceil(self.cfg.batch_size))?;
             if interrupt.requested() {
-                let saved = save.map_or("nothing saved (no --save)".to_string(), |p| {
-                    format!("saved {}", p.display())
-                });
+                let saved = self
+                    .save
+                    .as_ref()
+                    .map_or("nothing saved (no --save)".to_string(), |p| {
+                        format!("saved {}", p.display())
+                    });
                 eprintln!("interrupted after epoch {epoch}; {saved}");
-                return Ok(interrupt.exit_code());
+                return Ok(Some(interrupt.exit_code()));
+            }
+            if stop {
+                let (best, loss) = self.early.best().unwrap_or_default();
+                let patience = self.early.patience.unwrap_or_default();
+                println!("early stopping after epoch {epoch}: val_loss has not improved for {patience} epochs (best {loss:.4} at epoch {best})");
+                break;
             }
         }
-        let test_set = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
-        let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
-        let test = trainer.add_source(test_set, &order)?;
-        let m = trainer.evaluate(test, cfg.batch_size)?;
+        Ok(None)
+    }
+
+    /// Log, plot and save the epoch that just ended; whether early stopping ends the run.
+    fn end_epoch(&mut self, entry: EpochLog, steps: usize) -> Result<bool> {
+        let epoch = entry.epoch;
+        println!("{}", entry.line(self.cfg.epochs));
+        self.log.write(entry.to_json())?;
+        self.history.push(entry.clone());
+        self.last_epoch = epoch;
+        if let Some(p) = &self.log.curves {
+            plot::write_curves(p, &self.history, &self.log.title)?;
+        }
+        match &self.save {
+            Some(p) => {
+                let metrics = self
+                    .history
+                    .last()
+                    .map(EpochLog::to_json)
+                    .unwrap_or_default();
+                let ck = Checkpoint::capture(
+                    &self.trainer,
+                    &self.kind,
+                    &self.cfg,
+                    epoch,
+                    &self.history,
+                    metrics,
+                )?;
+                check_params(&ck.model, &ck.params, epoch, steps)?;
+                checkpoint::save(p, &ck)?;
+                self.kept = Some(format!(
+                    "the last good checkpoint, {} (after epoch {epoch}), is kept",
+                    p.display()
+                ));
+            }
+            None => check_params(
+                self.trainer.model.as_ref(),
+                &self.trainer.read_params()?,
+                epoch,
+                steps,
+            )?,
+        }
+        self.early.update(&self.trainer, &entry)
+    }
+
+    /// Restore the best epoch when asked, evaluate on the test set, save the final checkpoint.
+    fn finish(&mut self, split: &Split, test: &data::Split) -> Result<u8> {
+        let mut epoch = self.last_epoch;
+        let mut history = self.history.clone();
+        if let Some(best) = self.early.restore(&mut self.trainer)? {
+            let loss = self.early.best().map_or(f64::NAN, |b| b.1);
+            println!(
+                "restored the parameters and optimizer state of epoch {best} (val_loss {loss:.4})"
+            );
+            epoch = best;
+            history.truncate(
+                history
+                    .iter()
+                    .position(|e| e.epoch == best)
+                    .map_or(history.len(), |i| i + 1),
+            );
+        } else if self.early.restore_best {
+            println!("--restore-best: no epoch of this run improved on the resumed checkpoint's best; keeping the last parameters");
+        }
+        let test_set = self.trainer.add_dataset(&test.images, &test.labels)?;
+        let order: Vec<u32> = (0..test.len() as u32).collect();
+        let source = self.trainer.add_source(test_set, &order)?;
+        let m = self.trainer.evaluate(source, self.cfg.batch_size)?;
         if m.non_finite || !m.loss.is_finite() {
             return Err(Error::NonFinite {
                 what: "test loss (the trained parameters)".into(),
-                epoch: cfg.epochs,
-                step: split.n_train.div_ceil(cfg.batch_size),
+                epoch,
+                step: split.n_train.div_ceil(self.cfg.batch_size),
             });
         }
         println!(
@@ -595,27 +904,28 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
             m.loss, m.accuracy
         );
         let test_json = serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy });
-        write_json(test_json.clone())?;
-        if let Some(p) = save {
+        self.log.write(test_json.clone())?;
+        if let Some(p) = &self.save {
             let mut metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
             if let (Some(obj), Some(test)) = (metrics.as_object_mut(), test_json.as_object()) {
                 obj.extend(test.clone());
             }
-            let ck = Checkpoint::capture(&trainer, kind, &cfg, cfg.epochs, &history, metrics)?;
+            let ck = Checkpoint::capture(
+                &self.trainer,
+                &self.kind,
+                &self.cfg,
+                epoch,
+                &history,
+                metrics,
+            )?;
             checkpoint::save(p, &ck)?;
             println!("saved {}", p.display());
         }
-        if let Some(p) = &curves_path {
+        if let Some(p) = &self.log.curves {
             println!("curves: {}", p.display());
         }
         Ok(0)
-    })();
-    // On a failure, say what is on disk (the last checkpoint written is never replaced by
-    // a failed epoch's state: checkpoints are written only after an epoch that ended well).
-    if result.is_err() {
-        *note = kept;
     }
-    result
 }
 
 /// "epoch 2", "epoch 2 and 7 of the 15 steps of epoch 3", "7 of the 15 steps of epoch 1".
@@ -684,7 +994,6 @@ fn stopped(
 fn resume_settings(
     path: &Path,
     args: &TrainArgs,
-    optimizer: Optimizer,
     cfg: &mut FitConfig,
     given: &dyn Fn(&str) -> bool,
 ) -> Result<Checkpoint> {
@@ -696,13 +1005,8 @@ fn resume_settings(
             msg: "absent: a weights-only checkpoint can be evaluated but not resumed".into(),
         });
     }
-    let opt_given = ["optimizer", "lr", "momentum"].iter().any(|id| given(id));
     let conflicts = [
         ("--model", given("model") && args.model.name() != ck.kind),
-        (
-            "--optimizer, --lr, --momentum",
-            opt_given && optimizer != ck.optimizer,
-        ),
         ("--seed", given("seed") && args.seed != ck.seed),
         (
             "--batch-size",

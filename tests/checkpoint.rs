@@ -16,6 +16,7 @@ use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::model::Sequential;
 use shadergrad::rng::Rng;
+use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{plot, predict, Error};
 
 fn mnist() -> &'static Mnist {
@@ -154,8 +155,35 @@ fn layout_is_pytorch_named_f32_safetensors() {
     let opt: Value = serde_json::from_str(meta["optimizer"].as_str().unwrap()).unwrap();
     assert_eq!(
         opt,
-        json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7})
+        json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7,
+               "weight_decay": 0.0, "clip_norm": null,
+               "schedule": {"name": "constant", "warmup_steps": 0}})
     );
+    // Checkpoints written before weight decay, Nesterov, clipping and schedules existed
+    // load with those off.
+    let old = json!({"name": "adam", "lr": 0.001, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7});
+    assert_eq!(Optimizer::from_json(&old), Some(Optimizer::adam(1e-3)));
+    let old_sgd = json!({"name": "sgd", "lr": 0.05, "momentum": 0.9});
+    assert_eq!(
+        Optimizer::from_json(&old_sgd),
+        Some(Optimizer::sgd(0.05, 0.9))
+    );
+    // The new settings round-trip.
+    let schedule = shadergrad::schedule::Schedule {
+        decay: shadergrad::schedule::Decay::Cosine {
+            horizon: 750,
+            min_lr: 1e-5,
+        },
+        warmup: 20,
+    };
+    for o in [
+        Optimizer::adamw(1e-3, 0.01)
+            .with_schedule(schedule)
+            .with_clip_norm(Some(1.0)),
+        Optimizer::nesterov(0.05, 0.9),
+    ] {
+        assert_eq!(Optimizer::from_json(&o.to_json()), Some(o));
+    }
 
     // The reference implementation reads it as written.
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("the safetensors crate reads it");
@@ -596,9 +624,32 @@ fn run(
 fn resume_equals_uninterrupted_to_the_bit() {
     let Some(gpu) = common::gpu() else { return };
     let dir = temp_dir("resume");
+    // 32 steps an epoch: a cosine over both epochs after a 10-step warmup, AdamW and
+    // clipping; a step decay every half epoch with Nesterov momentum.
+    let cosine = Schedule {
+        decay: Decay::Cosine {
+            horizon: 64,
+            min_lr: 1e-5,
+        },
+        warmup: 10,
+    };
+    let step = Schedule {
+        decay: Decay::Step {
+            every: 16,
+            gamma: 0.5,
+        },
+        warmup: 0,
+    };
     for (kind, opt) in [
         ("mlp", Optimizer::adam(1e-3)),
         ("softmax", Optimizer::sgd(0.1, 0.9)),
+        (
+            "mlp",
+            Optimizer::adamw(1e-3, 0.05)
+                .with_schedule(cosine)
+                .with_clip_norm(Some(1.0)),
+        ),
+        ("softmax", Optimizer::nesterov(0.1, 0.9).with_schedule(step)),
     ] {
         let model = checkpoint::preset(kind).unwrap();
         let (straight, logs) = run(gpu, model.clone(), opt, None, 1..=2);
@@ -614,6 +665,10 @@ fn resume_equals_uninterrupted_to_the_bit() {
         .unwrap();
         let loaded = checkpoint::load(&path, None).unwrap();
         assert_eq!((loaded.epoch, loaded.steps), (1, 32));
+        assert_eq!(
+            loaded.optimizer, opt,
+            "{kind}: the optimizer settings travel"
+        );
         let (resumed, rlogs) = run(gpu, model, opt, Some(&loaded), 2..=2);
         assert_eq!(resumed.steps, straight.steps, "{kind}: steps");
         assert_eq!(

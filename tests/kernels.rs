@@ -14,6 +14,7 @@ use shadergrad::kernels::pool::*;
 use shadergrad::kernels::reduce::*;
 use shadergrad::kernels::{f64s, run, run_all, Family, WG_1D};
 use shadergrad::rng::Rng;
+use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::tensor::Tensor;
 
 fn upload(gpu: &shadergrad::gpu::Gpu, shape: &[usize], data: &[f32]) -> Tensor {
@@ -630,10 +631,30 @@ fn optimizers_match_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new(8);
     for n in [1, 63, 1000, 693_962] {
+        let cosine = Schedule {
+            decay: Decay::Cosine {
+                horizon: 4,
+                min_lr: 1e-4,
+            },
+            warmup: 1,
+        };
+        let step = Schedule {
+            decay: Decay::Step {
+                every: 2,
+                gamma: 0.5,
+            },
+            warmup: 0,
+        };
         for opt in [
             Optimizer::adam(1e-3),
             Optimizer::sgd(0.05, 0.9),
             Optimizer::sgd(0.1, 0.0),
+            Optimizer::adamw(1e-2, 0.1).with_schedule(cosine),
+            Optimizer::nesterov(0.05, 0.9).with_schedule(step),
+            Optimizer {
+                weight_decay: 0.05,
+                ..Optimizer::sgd(0.05, 0.9)
+            },
         ] {
             let mut p = f64s(&rng.uniform_vec(n, -1.0, 1.0));
             let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -650,6 +671,63 @@ fn optimizers_match_reference() {
                 gpu.queue
                     .write_buffer(&d.params, 0, bytemuck::bytes_of(&step_params(&opt, n, t)));
                 run(gpu, &[&d]).unwrap();
+                optimizer_step_ref(&opt, t, &f64s(&g), &mut p, &mut m, &mut v);
+            }
+            assert_close(
+                &format!("{opt:?} n={n} param"),
+                &tp.to_f32(gpu).unwrap(),
+                &p,
+                1e-5,
+                1e-6,
+            );
+            assert_close(
+                &format!("{opt:?} n={n} m"),
+                &tm.to_f32(gpu).unwrap(),
+                &m,
+                1e-5,
+                1e-6,
+            );
+        }
+    }
+}
+
+/// Clipping by the global norm: the two norm passes against an f64 sum of squares (awkward
+/// sizes: 1, a prime, a non-multiple of a block, the CNN's flat size), the clipped update
+/// against the reference with the clip active (0.5) and idle (1e6), and the norm's bits
+/// identical from run to run.
+#[test]
+fn clipped_optimizers_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(18);
+    for n in [1, 257, 4099, 693_962] {
+        for opt in [
+            Optimizer::adamw(1e-3, 0.01).with_clip_norm(Some(0.5)),
+            Optimizer::sgd(0.05, 0.9).with_clip_norm(Some(0.5)),
+            Optimizer::adam(1e-3).with_clip_norm(Some(1e6)),
+        ] {
+            let mut p = f64s(&rng.uniform_vec(n, -1.0, 1.0));
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let tp = upload(gpu, &[n], &p.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            let (tm, tv, tg) = (
+                Tensor::zeros(gpu, "m", &[n]).unwrap(),
+                Tensor::zeros(gpu, "v", &[n]).unwrap(),
+                Tensor::zeros(gpu, "g", &[n]).unwrap(),
+            );
+            let norm = norm_buffer(gpu, n).unwrap();
+            let [d1, d2] = grad_sumsq(gpu, &tg, &tp, &tm, &tv, &norm).unwrap();
+            let up = optimizer_update(gpu, &opt, &tg, &tp, &tm, &tv, &norm).unwrap();
+            for t in 1..=3u64 {
+                let g = rng.uniform_vec(n, -1.0, 1.0);
+                tg.write_f32(gpu, &g).unwrap();
+                gpu.queue
+                    .write_buffer(&up.params, 0, bytemuck::bytes_of(&step_params(&opt, n, t)));
+                run(gpu, &[&d1, &d2, &up]).unwrap();
+                let sumsq = norm.to_f32(gpu).unwrap()[0];
+                let want = grad_sumsq_ref(&f64s(&g));
+                assert_close(&format!("sum g^2 n={n}"), &[sumsq], &[want], 1e-5, 1e-6);
+                // Same gradients, same bits.
+                run(gpu, &[&d1, &d2]).unwrap();
+                assert_eq!(norm.to_f32(gpu).unwrap()[0].to_bits(), sumsq.to_bits());
                 optimizer_step_ref(&opt, t, &f64s(&g), &mut p, &mut m, &mut v);
             }
             assert_close(

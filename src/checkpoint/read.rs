@@ -449,20 +449,7 @@ fn infer_kind(tensors: &BTreeMap<String, Entry>) -> Option<(String, Sequential)>
 }
 
 fn parse_optimizer(v: &Value) -> Option<Optimizer> {
-    let f = |k: &str| v.get(k).and_then(Value::as_f64).map(|x| x as f32);
-    match v.get("name")?.as_str()? {
-        "adam" => Some(Optimizer::Adam {
-            lr: f("lr")?,
-            beta1: f("beta1")?,
-            beta2: f("beta2")?,
-            epsilon: f("epsilon")?,
-        }),
-        "sgd" => Some(Optimizer::Sgd {
-            lr: f("lr")?,
-            momentum: f("momentum")?,
-        }),
-        _ => None,
-    }
+    Optimizer::from_json(v)
 }
 
 /// The inverse of [`EpochLog::to_json`].

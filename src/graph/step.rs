@@ -11,7 +11,7 @@ use super::{autodiff, lower, plan, tune};
 use crate::gpu::Gpu;
 use crate::kernels::gather::{gather_batch, gather_rows_f32};
 use crate::kernels::loss::Loss;
-use crate::kernels::optim::{optimizer_step, Optimizer};
+use crate::kernels::optim::{optimizer_dispatches, Optimizer};
 use crate::kernels::reduce::{accumulate_metrics, Accuracy};
 use crate::kernels::Dispatch;
 use crate::model::Activation;
@@ -38,7 +38,8 @@ pub enum BatchSource<'a> {
     },
 }
 
-/// The compiled step. `dispatches[0]` is the gather; in training the last is the optimizer.
+/// The compiled step. `dispatches[0]` is the gather; in training the last is the optimizer
+/// update (after the gradient-norm passes when clipping).
 pub struct Plan {
     pub batch: usize,
     pub dispatches: Vec<Dispatch>,
@@ -220,7 +221,7 @@ pub fn build_plan(
         gpu, &loss_t, &prob_t, &label, accuracy, metrics,
     )?);
     if let Some(opt) = optimizer {
-        d.push(optimizer_step(
+        d.extend(optimizer_dispatches(
             gpu,
             opt,
             &store.grads,

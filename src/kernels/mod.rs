@@ -179,7 +179,7 @@ impl Shader {
                 "mse_backward",
             ],
             Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
-            Shader::Optim => &["adam", "sgd"],
+            Shader::Optim => &["adam", "sgd", "grad_sumsq_partial", "grad_sumsq_final"],
             Shader::Softmax => &[
                 "softmax_rows_forward",
                 "softmax_rows_backward",
