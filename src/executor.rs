@@ -319,7 +319,7 @@ impl<'g> Trainer<'g> {
             ));
         }
         let t = self.steps + 1;
-        let n = self.store.len;
+        let n = self.store.trainable_len.max(1);
         let optimizer = self.optimizer;
         let gpu = self.gpu;
         let counter = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t;

@@ -67,6 +67,7 @@ impl Layer {
 pub enum Init {
     GlorotUniform { fan_in: usize, fan_out: usize },
     Zeros,
+    Ones,
 }
 
 /// One parameter tensor, named and laid out as PyTorch names and lays it out
@@ -78,6 +79,9 @@ pub struct ParamSpec {
     pub init: Init,
     /// Index of the layer it belongs to.
     pub layer: usize,
+    /// Trained by the optimizer; false for state the forward pass updates itself
+    /// (BatchNorm's running statistics).
+    pub trainable: bool,
 }
 
 impl ParamSpec {

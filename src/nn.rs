@@ -53,6 +53,7 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
                 rng.uniform_vec(p.numel(), -limit, limit)
             }
             Init::Zeros => vec![0.0; p.numel()],
+            Init::Ones => vec![1.0; p.numel()],
         })
         .collect()
 }
@@ -63,6 +64,7 @@ fn register(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: u
         shape,
         init,
         layer,
+        trainable: true,
     })
 }
 
@@ -142,5 +144,113 @@ impl Conv2d {
         let co = g.shape(self.bias)[0];
         let b = g.reshape(self.bias, &[co, 1, 1])?;
         g.add(y, b)
+    }
+}
+
+fn state(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usize) -> Id {
+    g.param(ParamSpec {
+        name,
+        shape,
+        init,
+        layer,
+        trainable: false,
+    })
+}
+
+/// Batch normalisation over the channel axis 1 of [B, C, H, W] (BatchNorm2d) or [B, C]
+/// (BatchNorm1d), with PyTorch's names, defaults and semantics: training graphs normalise
+/// with the batch's statistics (biased variance) and update the running ones (unbiased
+/// variance, momentum 0.1) on the GPU; evaluation graphs use the running statistics.
+pub struct BatchNorm {
+    pub weight: Id,
+    pub bias: Id,
+    pub running_mean: Id,
+    pub running_var: Id,
+    pub num_batches_tracked: Id,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    pub fn new(g: &mut Graph, name: &str, channels: usize, layer: usize) -> Self {
+        let c = vec![channels];
+        BatchNorm {
+            weight: register(g, format!("{name}.weight"), c.clone(), Init::Ones, layer),
+            bias: register(g, format!("{name}.bias"), c.clone(), Init::Zeros, layer),
+            running_mean: state(
+                g,
+                format!("{name}.running_mean"),
+                c.clone(),
+                Init::Zeros,
+                layer,
+            ),
+            running_var: state(g, format!("{name}.running_var"), c, Init::Ones, layer),
+            num_batches_tracked: state(
+                g,
+                format!("{name}.num_batches_tracked"),
+                vec![],
+                Init::Zeros,
+                layer,
+            ),
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
+        let s = g.shape(x).to_vec();
+        let c = g.shape(self.weight)[0];
+        let (axes, per_channel): (Vec<usize>, Vec<usize>) = match s.len() {
+            4 if s[1] == c => (vec![0, 2, 3], vec![c, 1, 1]),
+            2 if s[1] == c => (vec![0], vec![c]),
+            _ => {
+                return Err(crate::Error::shape(
+                    "batch_norm",
+                    format!("x {s:?} with {c} channels; hint: x is [B, C, H, W] or [B, C]"),
+                ))
+            }
+        };
+        let (mean, var) = if g.training {
+            let mean = g.mean(x, &axes)?; // [C]
+            let m = g.reshape(mean, &per_channel)?;
+            let xc = g.sub(x, m)?;
+            let sq = g.unary(crate::graph::UnaryOp::Square, xc)?;
+            let var = g.mean(sq, &axes)?; // [C], biased
+            self.update_running(g, mean, var, s.iter().product::<usize>() / c)?;
+            (mean, var)
+        } else {
+            (self.running_mean, self.running_var)
+        };
+        let m = g.reshape(mean, &per_channel)?;
+        let xc = g.sub(x, m)?;
+        let eps = g.constant(self.eps, &[]);
+        let v = g.add(var, eps)?;
+        let rstd = g.unary(crate::graph::UnaryOp::Rsqrt, v)?;
+        let rstd = g.reshape(rstd, &per_channel)?;
+        let norm = g.mul(xc, rstd)?;
+        let w = g.reshape(self.weight, &per_channel)?;
+        let b = g.reshape(self.bias, &per_channel)?;
+        let y = g.mul(norm, w)?;
+        g.add(y, b)
+    }
+
+    /// running = (1 - momentum) running + momentum batch (the variance unbiased, over `n`
+    /// values per channel); num_batches_tracked += 1.
+    fn update_running(&self, g: &mut Graph, mean: Id, var: Id, n: usize) -> Result<()> {
+        let mo = self.momentum;
+        let unbias = n as f32 / (n.max(2) - 1) as f32;
+        let lerp = |g: &mut Graph, old: Id, new: Id, k: f32| -> Result<Id> {
+            let a = g.scale(old, 1.0 - mo)?;
+            let b = g.scale(new, mo * k)?;
+            g.add(a, b)
+        };
+        let rm = lerp(g, self.running_mean, mean, 1.0)?;
+        let rv = lerp(g, self.running_var, var, unbias)?;
+        let one = g.constant(1.0, &[]);
+        let nb = g.add(self.num_batches_tracked, one)?;
+        g.assign(self.running_mean, rm)?;
+        g.assign(self.running_var, rv)?;
+        g.assign(self.num_batches_tracked, nb)?;
+        Ok(())
     }
 }

@@ -12,6 +12,8 @@ pub struct ParamStore {
     pub offsets: Vec<usize>,
     /// Elements in each flat buffer, alignment padding included (padding stays zero).
     pub len: usize,
+    /// Elements of the trainable region at the start of the buffers.
+    pub trainable_len: usize,
     pub params: Tensor,
     pub grads: Tensor,
     pub m: Tensor,
@@ -21,11 +23,23 @@ pub struct ParamStore {
 impl ParamStore {
     pub fn new(gpu: &Gpu, specs: Vec<ParamSpec>) -> Result<ParamStore> {
         let align = (ALIGN_BYTES / 4) as usize;
-        let mut offsets = Vec::with_capacity(specs.len());
+        // Trainable tensors first, then state (running statistics): the optimizer updates
+        // elements 0..trainable_len only.
+        let mut offsets = vec![0; specs.len()];
         let mut len = 0;
-        for s in &specs {
-            offsets.push(len);
-            len += s.numel().next_multiple_of(align);
+        let mut trainable_len = 0;
+        for pass in [true, false] {
+            for (i, s) in specs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.trainable == pass)
+            {
+                offsets[i] = len;
+                len += s.numel().next_multiple_of(align);
+            }
+            if pass {
+                trainable_len = len;
+            }
         }
         let flat = |label| Tensor::zeros(gpu, label, &[len.max(1)]);
         Ok(ParamStore {
@@ -36,6 +50,7 @@ impl ParamStore {
             specs,
             offsets,
             len,
+            trainable_len,
         })
     }
 
@@ -49,6 +64,11 @@ impl ParamStore {
 
     pub fn grad(&self, i: usize) -> Tensor {
         self.view(&self.grads, i)
+    }
+
+    /// The trainable region of a flat buffer (what the optimizer reads and writes).
+    pub fn trainable(&self, flat: &Tensor) -> Tensor {
+        flat.view(0, &[self.trainable_len.max(1)])
     }
 
     /// Index of the parameter called `name`.

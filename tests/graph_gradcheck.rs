@@ -41,6 +41,7 @@ fn check_with(
                 shape: s.to_vec(),
                 init: Init::Zeros,
                 layer: 0,
+                trainable: true,
             })
         })
         .collect();
@@ -341,5 +342,16 @@ fn losses_mid_graph() {
     check("mse", &[&[3, 2]], false, |g, p| {
         let target = g.constant(0.3, &[3, 2]);
         g.loss(Loss::MeanSquaredError, p[0], target).unwrap()
+    });
+}
+
+#[test]
+fn batch_norm_training_mode() {
+    use shadergrad::nn::BatchNorm;
+    check("batch_norm 2d", &[&[4, 3, 2, 2]], false, |g, p| {
+        BatchNorm::new(g, "bn", 3, 0).forward(g, p[0]).unwrap()
+    });
+    check("batch_norm 1d", &[&[5, 3]], false, |g, p| {
+        BatchNorm::new(g, "bn", 3, 0).forward(g, p[0]).unwrap()
     });
 }

@@ -141,6 +141,9 @@ pub enum Op {
         conv: ConvAttrs,
         pool: PoolAttrs,
     },
+    /// [state, value]: write value into the state leaf (a non-trainable parameter such as
+    /// a running mean) at the end of the step; a sink, its own value is the state's buffer.
+    Assign,
     /// [logits or outputs z [B, C], labels u32 [B] or targets f32 [B, C]] -> per-sample
     /// loss [B]; aux 0 the probabilities (or predictions) [B, C].
     Loss(Loss),

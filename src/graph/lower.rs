@@ -11,6 +11,7 @@ use super::tune::Choices;
 use crate::gpu::Gpu;
 use crate::kernels::activation::{activation_backward, activation_forward, Activation};
 use crate::kernels::conv2d::*;
+use crate::kernels::copy::{copy_strided, CopySpec};
 use crate::kernels::elementwise::binary;
 use crate::kernels::loss::{loss_backward, loss_forward, LossTensors};
 use crate::kernels::matmul::{matmul_with, MatmulSpec};
@@ -54,7 +55,7 @@ pub fn allocate(
         .iter()
         .map(|&b| Tensor::zeros(gpu, "slot", &[(b / 4) as usize]))
         .collect::<Result<Vec<_>>>()?;
-    let mut t = Vec::with_capacity(g.len());
+    let mut t: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(g.len());
     for (i, node) in g.nodes.iter().enumerate() {
         let mut row = Vec::new();
         for (k, home) in mem.homes[i].iter().enumerate() {
@@ -74,6 +75,11 @@ pub fn allocate(
                     shape,
                     &vec![*c; numel(shape)],
                 )?),
+                // An assignment's value is its state's buffer.
+                (Home::External, Op::Assign) => {
+                    let (s, sk) = g.storage_of(node.inputs[0]);
+                    t[s.index()].get(sk).cloned().flatten()
+                }
                 (Home::External, _) => external.get(&(Id(i as u32), k)).cloned(),
             });
         }
@@ -200,6 +206,10 @@ fn lower_node(
                 true => max_pool2d_relu_backward(gpu, &ps, &dy, &arg, &p, &y)?,
                 false => max_pool2d_backward(gpu, &ps, &dy, &arg, &y)?,
             });
+        }
+        Op::Assign => {
+            let v = x(1)?;
+            d.push(copy_strided(gpu, &CopySpec::contiguous(&v.shape), &v, &y)?);
         }
         Op::AvgPool2d(p) => {
             let ps = pool_spec(g.shape(node.inputs[0]), *p);

@@ -426,6 +426,22 @@ impl Graph {
         self.mean(x, &[2, 3])
     }
 
+    /// Write `value` into the state leaf `state` (a non-trainable parameter) as the step's
+    /// last use of it; kept live as an output.
+    pub fn assign(&mut self, state: Id, value: Id) -> Result<Id> {
+        let ok = matches!(self.node(state).op, Op::Param(i) if !self.params[i].trainable);
+        if !ok || self.shape(state) != self.shape(value) {
+            return Err(shape_err(
+                "assign",
+                format!("state {:?} ({:?}) and value {:?}: expected a non-trainable parameter of the value's shape", self.shape(state), self.node(state).op, self.shape(value)),
+            ));
+        }
+        let shape = self.shape(value).to_vec();
+        let id = self.push(Op::Assign, vec![state, value], shape, DType::F32);
+        self.mark_output(id);
+        Ok(id)
+    }
+
     /// Inverted dropout with probability `p` in training graphs, the identity otherwise.
     /// Each dropout of a graph draws its own mask (keyed by its position), afresh each step.
     pub fn dropout(&mut self, x: Id, p: f32) -> Result<Id> {

@@ -76,7 +76,7 @@ pub fn plan(g: &Graph, pinned: &dyn Fn(Id, usize) -> bool, reuse: bool) -> Memor
     let mut values = Vec::new();
     for (i, node) in g.nodes.iter().enumerate() {
         let id = Id(i as u32);
-        if node.op.is_alias() || matches!(node.op, Op::Param(_) | Op::Const(_)) {
+        if node.op.is_alias() || matches!(node.op, Op::Param(_) | Op::Const(_) | Op::Assign) {
             continue;
         }
         let own =

@@ -36,10 +36,13 @@ impl<'g> Session<'g> {
         tune::choose_layouts(gpu, &mut g)?;
         let (g, map) = g.toposort();
         let mem = plan::plan(&g, &|_, _| false, plan::reuse_from_env());
+        // Parameters start at their initial values (seed 0); `write` replaces them.
+        let init = crate::nn::init_params(&g.params, 0);
         let mut own = HashMap::new();
         for id in g.ids() {
-            if let Op::Param(_) = g.node(id).op {
-                own.insert((id, 0), Tensor::zeros(gpu, "param", &g.node(id).shape)?);
+            if let Op::Param(i) = g.node(id).op {
+                let t = Tensor::from_f32(gpu, &g.params[i].name, &g.node(id).shape, &init[i])?;
+                own.insert((id, 0), t);
             }
         }
         let tensors = lower::allocate(gpu, &g, &mem, &own)?;

@@ -88,7 +88,8 @@ struct StepGraph {
     target: Id,
     loss: Id,
     prob: Id,
-    grads: Vec<Id>,
+    /// (parameter index, gradient) of each trainable parameter.
+    grads: Vec<(usize, Id)>,
 }
 
 fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) -> Result<StepGraph> {
@@ -111,12 +112,15 @@ fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) ->
         let root = g.mean(loss, &[0])?; // scalar
         let params: Vec<Id> = g
             .ids()
-            .filter(|&i| matches!(g.node(i).op, Op::Param(_)))
+            .filter(|&i| matches!(g.node(i).op, Op::Param(p) if g.params[p].trainable))
             .collect();
-        grads = autodiff::grad(&mut g, root, &params)?;
-        grads = separate_grads(&mut g, &grads)?;
-        for &gr in &grads {
+        let dparams = autodiff::grad(&mut g, root, &params)?;
+        let dparams = separate_grads(&mut g, &dparams)?;
+        for (&p, &gr) in params.iter().zip(&dparams) {
             g.mark_output(gr);
+            if let Op::Param(i) = g.node(p).op {
+                grads.push((i, gr));
+            }
         }
     }
     Ok(StepGraph {
@@ -188,7 +192,7 @@ pub fn build_plan(
             external.insert((id, 0), store.param(i));
         }
     }
-    for (i, gr) in sg.grads.iter().enumerate() {
+    for &(i, gr) in &sg.grads {
         if let Some(gr) = map[gr.index()] {
             if !matches!(g.node(gr).op, Op::Const(_)) {
                 let (s, k) = g.storage_of(gr);
@@ -224,10 +228,10 @@ pub fn build_plan(
         d.extend(optimizer_dispatches(
             gpu,
             opt,
-            &store.grads,
-            &store.params,
-            &store.m,
-            &store.v,
+            &store.trainable(&store.grads),
+            &store.trainable(&store.params),
+            &store.trainable(&store.m),
+            &store.trainable(&store.v),
         )?);
     }
     log::debug!("step graph (batch {batch}):\n{}", g.dump());
