@@ -294,6 +294,21 @@ impl<'g> Trainer<'g> {
         Ok(&self.plans[&key])
     }
 
+    /// Bytes resident on the GPU: (parameters, gradients and the optimizer's two moments;
+    /// the uploaded datasets).
+    pub fn resident_bytes(&self) -> (u64, u64) {
+        let store = 4 * self.store.params.bytes();
+        let data = self
+            .datasets
+            .iter()
+            .map(|d| match d {
+                Dataset::Images(d) => d.pixels.bytes() + d.labels.bytes(),
+                Dataset::Rows(d) => d.features.bytes() + d.targets.bytes(),
+            })
+            .sum();
+        (store, data)
+    }
+
     /// Bytes of the transient values of the training plan for `batch` (as planned, and
     /// with a buffer each), building the plan if needed.
     pub fn activation_memory(&mut self, source: usize, batch: usize) -> Result<(u64, u64)> {

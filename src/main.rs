@@ -761,10 +761,15 @@ impl<'g> Run<'g> {
             let batch = self.cfg.batch_size.min(split.n_train);
             let (planned, naive) = self.trainer.activation_memory(split.train, batch)?;
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let (store, data) = self.trainer.resident_bytes();
             println!(
-                "activation memory: {:.1} MiB ({:.1} MiB without reuse)",
+                "activation memory: {:.1} MiB ({:.1} MiB without reuse); GPU memory resident: {:.1} MiB (parameters, gradients and optimizer state {:.1}, datasets {:.1}, activations {:.1})",
                 mib(planned),
-                mib(naive)
+                mib(naive),
+                mib(store + data + planned),
+                mib(store),
+                mib(data),
+                mib(planned)
             );
         }
         Ok(split)
