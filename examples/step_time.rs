@@ -1,0 +1,29 @@
+//! Wall-clock time of training steps of the seed CNN (batch 128) through the public API:
+//! 5 warm-up steps, then 3 rounds of 30 steps, each ended by a wait for the GPU.
+use shadergrad::executor::Trainer;
+use shadergrad::fit::split_sources;
+use shadergrad::gpu::Gpu;
+use shadergrad::kernels::optim::Optimizer;
+use shadergrad::model::Sequential;
+
+fn main() -> shadergrad::Result<()> {
+    let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
+    let gpu = Gpu::new()?;
+    let mut t = Trainer::new(&gpu, Sequential::mnist_cnn(), Optimizer::adam(1e-3), 42)?;
+    let set = t.add_dataset(&mnist.train.images, &mnist.train.labels)?;
+    let split = split_sources(&mut t, set, mnist.train.len(), 0.2)?;
+    for i in 0..5 {
+        t.step(split.train, i * 128, 128, true)?;
+    }
+    t.read_metrics()?;
+    for round in 0..3 {
+        let start = std::time::Instant::now();
+        for i in 0..30 {
+            t.step(split.train, (i % 300) * 128, 128, true)?;
+        }
+        t.read_metrics()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3 / 30.0;
+        println!("round {round}: {ms:.1} ms/step");
+    }
+    Ok(())
+}
