@@ -33,7 +33,7 @@ pub const FORMAT: &str = "shadergrad-1";
 /// Largest header accepted (the limit of the reference implementation).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// The preset models a checkpoint can name in its `model` metadata.
-pub const MODEL_KINDS: [&str; 3] = ["cnn", "mlp", "softmax"];
+pub const MODEL_KINDS: [&str; 5] = ["cnn", "mlp", "softmax", "lenet5", "vgg-small"];
 
 /// The preset model called `kind` (`cnn`, `mlp`, `softmax`).
 pub fn preset(kind: &str) -> Option<Sequential> {
@@ -41,6 +41,8 @@ pub fn preset(kind: &str) -> Option<Sequential> {
         "cnn" => Some(Sequential::mnist_cnn()),
         "mlp" => Some(Sequential::mnist_mlp()),
         "softmax" => Some(Sequential::mnist_softmax()),
+        "lenet5" => Some(Sequential::lenet5()),
+        "vgg-small" => Some(Sequential::vgg_small()),
         _ => None,
     }
 }
@@ -55,6 +57,7 @@ pub fn describe_layers(model: &Sequential) -> String {
             Layer::Conv2d {
                 filters,
                 kernel,
+                stride,
                 padding,
                 activation,
             } => {
@@ -63,14 +66,23 @@ pub fn describe_layers(model: &Sequential) -> String {
                 } else {
                     "valid"
                 };
+                let stride = match stride {
+                    1 => String::new(),
+                    s => format!(", stride {s}"),
+                };
                 format!(
-                    "Conv2D({filters}, {kernel}x{kernel}, {}, {pad})",
+                    "Conv2D({filters}, {kernel}x{kernel}, {}, {pad}{stride})",
                     act(activation)
                 )
             }
             Layer::MaxPool2d { pool, stride } => {
                 format!("MaxPooling2D({pool}x{pool}, stride {stride})")
             }
+            Layer::AvgPool2d { pool, stride } => {
+                format!("AveragePooling2D({pool}x{pool}, stride {stride})")
+            }
+            Layer::Dropout { rate } => format!("Dropout({rate})"),
+            Layer::BatchNorm | Layer::GlobalAvgPool2d => layer.kind().into(),
             Layer::Flatten => "Flatten".into(),
             Layer::Dense { units, activation } => format!("Dense({units}, {})", act(activation)),
             Layer::Activation(_) => layer.kind().into(),
@@ -153,6 +165,8 @@ impl Checkpoint {
     /// trainer built for the same model.
     pub fn restore(&self, trainer: &mut Trainer<'_>) -> Result<()> {
         trainer.write_params(&self.params)?;
+        // The run's seed keys its dropout streams: a resumed run draws the same masks.
+        trainer.seed = self.seed;
         if let Some(s) = &self.state {
             trainer.write_optimizer_state(&s.m, &s.v, self.steps)?;
         }
@@ -228,6 +242,13 @@ impl Checkpoint {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        // A model that is no preset carries its description (model_file.rs's JSON).
+        .chain((preset(&self.kind).as_ref() != Some(&self.model)).then(|| {
+            (
+                "model_json".to_string(),
+                crate::model_file::to_json(&self.model),
+            )
+        }))
         .collect()
     }
 }

@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+pub mod model_file;
 pub mod nn;
 pub mod params;
 pub mod plot;

@@ -75,6 +75,10 @@ enum ModelKind {
     Cnn,
     Mlp,
     Softmax,
+    /// LeNet-5 (ReLU, max pooling).
+    Lenet5,
+    /// Conv-BatchNorm-ReLU blocks, global average pooling, dropout, dense.
+    VggSmall,
 }
 
 impl ModelKind {
@@ -83,6 +87,8 @@ impl ModelKind {
             ModelKind::Cnn => "cnn",
             ModelKind::Mlp => "mlp",
             ModelKind::Softmax => "softmax",
+            ModelKind::Lenet5 => "lenet5",
+            ModelKind::VggSmall => "vgg-small",
         }
     }
 }
@@ -158,6 +164,9 @@ struct TrainArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = ModelKind::Cnn)]
     model: ModelKind,
+    /// Train the model described in this JSON file instead of a named one (see README).
+    #[arg(long, value_name = "FILE", conflicts_with = "model")]
+    model_file: Option<PathBuf>,
     /// Write one JSON object per epoch, then one with the test metrics; the training
     /// curves go beside it (same name, .svg). Default with --save: PATH's name with
     /// .metrics.jsonl.
@@ -435,11 +444,17 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         Some(p) => Some(resume_settings(p, &args, &mut cfg, given)?),
         None => None,
     };
-    let kind = resumed
-        .as_ref()
-        .map_or(args.model.name(), |c| c.kind.as_str());
-    let model = checkpoint::preset(kind)
-        .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not cnn, mlp or softmax")))?;
+    let (kind, model) = match (&resumed, &args.model_file) {
+        (Some(c), _) => (c.kind.clone(), c.model.clone()),
+        (None, Some(f)) => (model_file_kind(f), shadergrad::model_file::load(f)?),
+        (None, None) => {
+            let kind = args.model.name();
+            let model = checkpoint::preset(kind)
+                .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
+            (kind.to_string(), model)
+        }
+    };
+    let kind = kind.as_str();
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let mnist = data::load_mnist(&dir)?;
     check_image_size(&dir, &mnist, &model)?;
@@ -1054,6 +1069,20 @@ fn load_for_inference<'g>(gpu: &'g Gpu, path: &Path, ck: &Checkpoint) -> Result<
 }
 
 /// The images must be the size the model takes.
+/// The model name a checkpoint records for a model file: its stem, unless that names a
+/// preset.
+fn model_file_kind(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match checkpoint::preset(&stem) {
+        Some(_) | None if stem.is_empty() => "custom".into(),
+        Some(_) => format!("{stem}-file"),
+        None => stem,
+    }
+}
+
 fn check_image_size(dir: &Path, mnist: &data::Mnist, model: &Sequential) -> Result<()> {
     let [c, h, w] = model.input;
     if c != 1 || (mnist.train.rows, mnist.train.cols) != (h, w) {

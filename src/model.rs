@@ -16,6 +16,11 @@ pub enum Activation {
     Relu,
     Sigmoid,
     Softmax,
+    Tanh,
+    /// GELU, tanh approximation (PyTorch's `approximate='tanh'`).
+    Gelu,
+    /// Slope 0.01 below zero (PyTorch's default).
+    LeakyRelu,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -23,9 +28,23 @@ pub enum Layer {
     Conv2d {
         filters: usize,
         kernel: usize,
+        /// 1 unless set (`Layer::Conv2d { stride: 2, .. }`).
+        stride: usize,
         padding: Padding,
         activation: Activation,
     },
+    /// Batch normalisation over the channels of an image or the units of a vector.
+    BatchNorm,
+    /// Inverted dropout with this probability, in training only.
+    Dropout {
+        rate: f32,
+    },
+    AvgPool2d {
+        pool: usize,
+        stride: usize,
+    },
+    /// The mean over H and W: [C, H, W] -> [C].
+    GlobalAvgPool2d,
     MaxPool2d {
         pool: usize,
         stride: usize,
@@ -50,6 +69,13 @@ impl Layer {
             Layer::Activation(Activation::Sigmoid) => "Sigmoid",
             Layer::Activation(Activation::Softmax) => "Softmax",
             Layer::Activation(Activation::Linear) => "Linear",
+            Layer::Activation(Activation::Tanh) => "Tanh",
+            Layer::Activation(Activation::Gelu) => "GELU",
+            Layer::Activation(Activation::LeakyRelu) => "LeakyReLU",
+            Layer::BatchNorm => "BatchNormalization",
+            Layer::Dropout { .. } => "Dropout",
+            Layer::AvgPool2d { .. } => "AveragePooling2D",
+            Layer::GlobalAvgPool2d => "GlobalAveragePooling2D",
         }
     }
 
@@ -115,6 +141,7 @@ impl Sequential {
         self.layers.push(Layer::Conv2d {
             filters,
             kernel,
+            stride: 1,
             padding: Padding::Valid,
             activation,
         });
@@ -151,6 +178,53 @@ impl Sequential {
             .max_pool2d(2)
             .flatten()
             .dense(128, Activation::Relu)
+            .dense(10, Activation::Softmax)
+    }
+
+    /// LeNet-5 for 28x28 digits, with ReLU and max pooling: Conv2D(6, 5x5, same) -> MaxPool(2)
+    /// -> Conv2D(16, 5x5) -> MaxPool(2) -> Flatten -> Dense(120) -> Dense(84) -> Dense(10,
+    /// softmax). 61,706 parameters.
+    pub fn lenet5() -> Self {
+        let same = |filters| Layer::Conv2d {
+            filters,
+            kernel: 5,
+            stride: 1,
+            padding: Padding::Same,
+            activation: Activation::Relu,
+        };
+        Sequential::new([1, 28, 28])
+            .add(same(6))
+            .max_pool2d(2)
+            .conv2d(16, 5, Activation::Relu)
+            .max_pool2d(2)
+            .flatten()
+            .dense(120, Activation::Relu)
+            .dense(84, Activation::Relu)
+            .dense(10, Activation::Softmax)
+    }
+
+    /// A small VGG-style network: two blocks of [Conv2D(3x3, same) -> BatchNorm -> ReLU] x 2
+    /// -> MaxPool(2), with 16 then 32 channels, then global average pooling, Dropout(0.25)
+    /// and Dense(10, softmax).
+    pub fn vgg_small() -> Self {
+        let mut m = Sequential::new([1, 28, 28]);
+        for filters in [16, 32] {
+            for _ in 0..2 {
+                m = m
+                    .add(Layer::Conv2d {
+                        filters,
+                        kernel: 3,
+                        stride: 1,
+                        padding: Padding::Same,
+                        activation: Activation::Linear,
+                    })
+                    .add(Layer::BatchNorm)
+                    .add(Layer::Activation(Activation::Relu));
+            }
+            m = m.max_pool2d(2);
+        }
+        m.add(Layer::GlobalAvgPool2d)
+            .add(Layer::Dropout { rate: 0.25 })
             .dense(10, Activation::Softmax)
     }
 
@@ -272,7 +346,15 @@ impl Sequential {
             );
         }
         let total: usize = params.iter().map(ParamSpec::numel).sum();
-        s += &format!("{rule}\nTotal params: {total}\nTrainable params: {total}\n");
+        let trainable: usize = params
+            .iter()
+            .filter(|p| p.trainable)
+            .map(ParamSpec::numel)
+            .sum();
+        s += &format!("{rule}\nTotal params: {total}\nTrainable params: {trainable}\n");
+        if trainable != total {
+            s += &format!("Non-trainable params: {}\n", total - trainable);
+        }
         Ok(s)
     }
 
@@ -286,6 +368,9 @@ fn activate(g: &mut Graph, x: Id, a: Activation) -> Result<Id> {
     match a {
         Activation::Relu => g.relu(x),
         Activation::Sigmoid => g.sigmoid(x),
+        Activation::Tanh => g.tanh(x),
+        Activation::Gelu => g.gelu(x),
+        Activation::LeakyRelu => g.unary(crate::graph::UnaryOp::LeakyRelu(0.01), x),
         Activation::Linear | Activation::Softmax => Ok(x),
     }
 }
@@ -308,12 +393,7 @@ impl Model for Sequential {
     /// `conv1`, `conv2`, ... when there are several), `fc1`, `fc2`, ...
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         self.shapes()?;
-        let n_conv = self
-            .layers
-            .iter()
-            .filter(|l| matches!(l, Layer::Conv2d { .. }))
-            .count();
-        let (mut conv, mut fc) = (0, 0);
+        let mut names = LayerNames::new(&self.layers);
         let last = self.layers.len() - 1;
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -322,31 +402,72 @@ impl Model for Sequential {
                 Layer::Conv2d {
                     filters,
                     kernel,
+                    stride,
                     padding,
                     activation,
                 } => {
-                    conv += 1;
-                    let name = match n_conv {
-                        1 => "conv".to_string(),
-                        _ => format!("conv{conv}"),
-                    };
                     let c_in = g.shape(h)[1];
-                    let l = nn::Conv2d::new(g, &name, c_in, *filters, *kernel, i).padding(*padding);
+                    let name = names.next("conv");
+                    let l = nn::Conv2d::new(g, &name, c_in, *filters, *kernel, i)
+                        .padding(*padding)
+                        .stride(*stride);
                     let y = l.forward(g, h)?; // [B, CO, OH, OW]
                     activate(g, y, act(*activation))?
                 }
-                Layer::MaxPool2d { pool, stride } => g.max_pool2d(h, *pool, *stride)?,
-                Layer::Flatten => g.flatten(h)?, // [B, C*H*W]
                 Layer::Dense { units, activation } => {
-                    fc += 1;
                     let n_in = g.shape(h)[1];
-                    let y = nn::Dense::new(g, &format!("fc{fc}"), n_in, *units, i).forward(g, h)?;
+                    let name = names.next("fc");
+                    let y = nn::Dense::new(g, &name, n_in, *units, i).forward(g, h)?;
                     activate(g, y, act(*activation))?
                 }
+                Layer::BatchNorm => {
+                    let c = g.shape(h)[1];
+                    let name = names.next("bn");
+                    nn::BatchNorm::new(g, &name, c, i).forward(g, h)?
+                }
+                Layer::MaxPool2d { pool, stride } => g.max_pool2d(h, *pool, *stride)?,
+                Layer::AvgPool2d { pool, stride } => g.avg_pool2d(h, *pool, *stride)?,
+                Layer::GlobalAvgPool2d => g.global_avg_pool(h)?, // [B, C]
+                Layer::Dropout { rate } => g.dropout(h, *rate)?,
+                Layer::Flatten => g.flatten(h)?, // [B, C*H*W]
                 Layer::Activation(a) => activate(g, h, act(*a))?,
             };
         }
         Ok(h)
+    }
+}
+
+/// PyTorch-style parameter prefixes: `conv`, `bn` alone when a model has one such layer,
+/// else numbered from 1 (`conv1`, `conv2`); dense layers are always numbered (`fc1`).
+struct LayerNames {
+    total: std::collections::HashMap<&'static str, usize>,
+    seen: std::collections::HashMap<&'static str, usize>,
+}
+
+impl LayerNames {
+    fn new(layers: &[Layer]) -> Self {
+        let mut total = std::collections::HashMap::new();
+        for l in layers {
+            let prefix = match l {
+                Layer::Conv2d { .. } => "conv",
+                Layer::BatchNorm => "bn",
+                _ => continue,
+            };
+            *total.entry(prefix).or_insert(0) += 1;
+        }
+        LayerNames {
+            total,
+            seen: Default::default(),
+        }
+    }
+
+    fn next(&mut self, prefix: &'static str) -> String {
+        let n = self.seen.entry(prefix).or_insert(0);
+        *n += 1;
+        match (prefix, self.total.get(prefix)) {
+            ("conv" | "bn", Some(1)) => prefix.to_string(),
+            _ => format!("{prefix}{n}"),
+        }
     }
 }
 
@@ -361,23 +482,35 @@ fn layer_shape(op: &str, layer: &Layer, shape: &[usize]) -> Result<Vec<usize>> {
             )),
         }
     };
+    let window = |pool: usize, stride: usize| -> Result<Vec<usize>> {
+        let [c, h, w] = need_image()?;
+        if pool == 0 || stride == 0 || pool > h || pool > w {
+            return Err(Error::shape(
+                op,
+                format!("window {pool} stride {stride} on input {h}x{w}"),
+            ));
+        }
+        Ok(vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1])
+    };
     Ok(match layer {
         Layer::Conv2d {
             filters,
             kernel,
+            stride,
             padding,
             ..
         } => {
             let [_, h, w] = need_image()?;
-            if *filters == 0 || *kernel == 0 {
-                return Err(Error::shape(op, "filters and kernel size must be positive"));
+            if *filters == 0 || *kernel == 0 || *stride == 0 {
+                return Err(Error::shape(
+                    op,
+                    "filters, kernel size and stride must be positive",
+                ));
             }
-            match padding {
-                Padding::Same => vec![*filters, h, w],
-                Padding::Valid if *kernel <= h && *kernel <= w => {
-                    vec![*filters, h - kernel + 1, w - kernel + 1]
-                }
-                Padding::Valid => {
+            let out = |n| crate::graph::ops::conv_out(n, *kernel, *stride, *padding);
+            match (out(h), out(w)) {
+                (Some(oh), Some(ow)) => vec![*filters, oh, ow],
+                _ => {
                     return Err(Error::shape(
                         op,
                         format!("kernel {kernel} larger than input {h}x{w}"),
@@ -385,16 +518,10 @@ fn layer_shape(op: &str, layer: &Layer, shape: &[usize]) -> Result<Vec<usize>> {
                 }
             }
         }
-        Layer::MaxPool2d { pool, stride } => {
-            let [c, h, w] = need_image()?;
-            if *pool == 0 || *stride == 0 || *pool > h || *pool > w {
-                return Err(Error::shape(
-                    op,
-                    format!("window {pool} stride {stride} on input {h}x{w}"),
-                ));
-            }
-            vec![c, (h - pool) / stride + 1, (w - pool) / stride + 1]
+        Layer::MaxPool2d { pool, stride } | Layer::AvgPool2d { pool, stride } => {
+            window(*pool, *stride)?
         }
+        Layer::GlobalAvgPool2d => vec![need_image()?[0]],
         Layer::Flatten => vec![shape.iter().product()],
         Layer::Dense { units, .. } => {
             if shape.len() != 1 {
@@ -408,6 +535,9 @@ fn layer_shape(op: &str, layer: &Layer, shape: &[usize]) -> Result<Vec<usize>> {
             }
             vec![*units]
         }
-        Layer::Activation(_) => shape.to_vec(),
+        Layer::Dropout { rate } if !(0.0..1.0).contains(rate) => {
+            return Err(Error::shape(op, format!("rate {rate} is outside [0, 1)")))
+        }
+        Layer::Activation(_) | Layer::BatchNorm | Layer::Dropout { .. } => shape.to_vec(),
     })
 }

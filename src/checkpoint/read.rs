@@ -241,18 +241,25 @@ fn resolve_model(
     tensors: &BTreeMap<String, Entry>,
 ) -> Result<(String, Sequential)> {
     let path = m.path;
+    let described = match m.get("model_json") {
+        Some(j) => Some(
+            crate::model_file::parse(j, path)
+                .map_err(|e| bad(path, "__metadata__.model_json", e.to_string()))?,
+        ),
+        None => None,
+    };
     let (kind, model) = match (model, m.get("model")) {
         (Some(model), _) => (
             m.get("model").unwrap_or("custom").to_string(),
             model.clone(),
         ),
-        (None, Some(k)) => match preset(k) {
-            Some(model) => (k.to_string(), model),
-            None => {
+        (None, Some(k)) => match (described, preset(k)) {
+            (Some(model), _) | (None, Some(model)) => (k.to_string(), model),
+            (None, None) => {
                 return Err(bad(
                     path,
                     "__metadata__.model",
-                    format!("{k:?} is not one of {MODEL_KINDS:?}"),
+                    format!("{k:?} is not one of {MODEL_KINDS:?} and the file has no model_json"),
                 ))
             }
         },

@@ -88,7 +88,12 @@ fn time_once(gpu: &Gpu, d: &[Dispatch]) -> Result<f64> {
 
 /// Median milliseconds of each candidate over interleaved rounds after a warm-up run;
 /// infinity for a candidate that cannot be built or run here.
-fn measure(gpu: &Gpu, what: &str, labels: &[String], built: Vec<Result<Vec<Dispatch>>>) -> Vec<f64> {
+fn measure(
+    gpu: &Gpu,
+    what: &str,
+    labels: &[String],
+    built: Vec<Result<Vec<Dispatch>>>,
+) -> Vec<f64> {
     let mut samples = vec![Vec::new(); labels.len()];
     let ok: Vec<bool> = built
         .iter()
