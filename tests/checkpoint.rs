@@ -984,3 +984,72 @@ fn model_file_checkpoints_round_trip_and_resume_exactly() {
         "the running statistics were updated on the GPU"
     );
 }
+
+/// The command line trains a model file and the named models, saves, evaluates and resumes
+/// them; a bad model file is refused before any GPU work, naming its field.
+#[test]
+fn cli_trains_model_files_and_named_models() {
+    let Some(_) = common::gpu() else { return };
+    let dir = temp_dir("cli-models");
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let data = dir.join("mnist");
+    write_mnist_subset(&data, 600, 200);
+    let data = data.to_string_lossy().into_owned();
+    let base = ["train", "--batch-size", "50", "--data-dir", &data];
+    let file = "tests/corpus/models/ok-small.json";
+    let out = shadergrad(
+        &[
+            &base[..],
+            &[
+                "--model-file",
+                file,
+                "--epochs",
+                "1",
+                "--save",
+                &p("f.safetensors"),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.contains("batchnormalization (BatchNormalization)"),
+        "{out}"
+    );
+    assert!(out.contains("Non-trainable params: 9"), "{out}");
+    let resumed = shadergrad(&[
+        "train",
+        "--resume",
+        &p("f.safetensors"),
+        "--epochs",
+        "2",
+        "--data-dir",
+        &data,
+    ]);
+    assert!(resumed.contains("Epoch 2/2"), "{resumed}");
+    let evaluated = shadergrad(&[
+        "evaluate",
+        "--checkpoint",
+        &p("f.safetensors"),
+        "--data-dir",
+        &data,
+    ]);
+    assert!(evaluated.contains("test_accuracy"), "{evaluated}");
+    for model in ["lenet5", "vgg-small"] {
+        let out = shadergrad(&[&base[..], &["--model", model, "--epochs", "1"]].concat());
+        assert!(out.contains("test_accuracy"), "{model}: {out}");
+    }
+    std::fs::write(
+        dir.join("bad.json"),
+        r#"{"input": [1, 28, 28], "layers": [{"type": "dense"}]}"#,
+    )
+    .unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_shadergrad"))
+        .args([&base[..], &["--model-file", &p("bad.json")]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("bad.json: layers[0].units: missing"),
+        "{err}"
+    );
+}

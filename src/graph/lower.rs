@@ -17,7 +17,7 @@ use crate::kernels::loss::{loss_backward, loss_forward, LossTensors};
 use crate::kernels::matmul::{matmul_with, MatmulSpec};
 use crate::kernels::pool::*;
 use crate::kernels::random::{dropout_mask, RandomSpec};
-use crate::kernels::reduce::{sum_outer_inner, sum_outer_inner_range};
+use crate::kernels::reduce::sum_outer_inner_range;
 use crate::kernels::transpose::transpose;
 use crate::kernels::Dispatch;
 use crate::tensor::Tensor;
@@ -253,17 +253,14 @@ fn lower_node(
             let k = kernel_act(*u).unwrap_or(Activation::Relu);
             d.push(activation_backward(gpu, k, &x(1)?, &x(0)?, &y)?);
         }
-        Op::Reduce(ReduceOp::Sum, axes) if kept_block(g.shape(node.inputs[0]), axes).is_some() => {
-            let dims = kept_block(g.shape(node.inputs[0]), axes).unwrap_or((1, 1, 1));
-            d.push(sum_outer_inner(gpu, &x(0)?, dims, &y)?);
-        }
         Op::Permute(p) if p == &[1, 0] => d.push(transpose(gpu, &x(0)?, &y)?),
         _ => super::lower_ew::lower_elementwise(gpu, g, ts, id, d)?,
     }
     Ok(())
 }
 
-/// x viewed as [outer, kept, inner] when the kept axes are one contiguous block.
+/// x viewed as [outer, kept, inner] when the kept axes are one contiguous block and each
+/// output sums few enough elements for one invocation (`sum_outer_inner`'s loop budget).
 pub fn kept_block(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usize)> {
     let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
     let (lo, hi) = match (kept.first(), kept.last()) {
@@ -274,7 +271,8 @@ pub fn kept_block(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usiz
         return None;
     }
     let p = |r: std::ops::Range<usize>| shape[r].iter().product::<usize>();
-    Some((p(0..lo), p(lo..hi), p(hi..shape.len())))
+    let dims = (p(0..lo), p(lo..hi), p(hi..shape.len()));
+    (dims.0 * dims.2 <= crate::kernels::LOOP_BUDGET).then_some(dims)
 }
 
 /// Sum a conv's partial rows [rows, NW + CO] into dweight and (optionally) dbias.
