@@ -1,5 +1,8 @@
-//! Wall-clock time of training steps of the seed CNN (batch 128) through the public API:
-//! 5 warm-up steps, then 3 rounds of 30 steps, each ended by a wait for the GPU.
+//! Wall-clock time of training steps (batch 128) through the public API: 5 warm-up steps,
+//! then 3 rounds of 30 steps, each ended by a wait for the GPU.
+//!
+//!     cargo run --release --example step_time            # the seed CNN
+//!     cargo run --release --example step_time -- vgg-small   # any named model
 use shadergrad::executor::Trainer;
 use shadergrad::fit::split_sources;
 use shadergrad::gpu::Gpu;
@@ -9,7 +12,13 @@ use shadergrad::model::Sequential;
 fn main() -> shadergrad::Result<()> {
     let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
     let gpu = Gpu::new()?;
-    let mut t = Trainer::new(&gpu, Sequential::mnist_cnn(), Optimizer::adam(1e-3), 42)?;
+    let model = match std::env::args().nth(1) {
+        Some(name) => shadergrad::checkpoint::preset(&name).ok_or_else(|| {
+            shadergrad::Error::usage("model", format!("{name:?} is not a named model"))
+        })?,
+        None => Sequential::mnist_cnn(),
+    };
+    let mut t = Trainer::new(&gpu, model, Optimizer::adam(1e-3), 42)?;
     let set = t.add_dataset(&mnist.train.images, &mnist.train.labels)?;
     let split = split_sources(&mut t, set, mnist.train.len(), 0.2)?;
     for i in 0..5 {

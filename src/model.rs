@@ -507,7 +507,7 @@ fn layer_shape(op: &str, layer: &Layer, shape: &[usize]) -> Result<Vec<usize>> {
                     "filters, kernel size and stride must be positive",
                 ));
             }
-            let out = |n| crate::graph::ops::conv_out(n, *kernel, *stride, *padding);
+            let out = |n| crate::graph::ops_nn::conv_out(n, *kernel, *stride, *padding);
             match (out(h), out(w)) {
                 (Some(oh), Some(ow)) => vec![*filters, oh, ow],
                 _ => {

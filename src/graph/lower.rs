@@ -108,7 +108,7 @@ pub fn lower(gpu: &Gpu, g: &Graph, ts: &Tensors, choices: &Choices) -> Result<Ve
 }
 
 /// Aux tensor `k` of node `id`.
-fn aux(g: &Graph, ts: &Tensors, id: Id, k: usize) -> Result<Tensor> {
+pub(super) fn aux(g: &Graph, ts: &Tensors, id: Id, k: usize) -> Result<Tensor> {
     let (s, _) = g.storage_of(id);
     ts.t[s.index()][k + 1]
         .clone()
@@ -228,9 +228,11 @@ fn lower_node(
             d.push(dropout_mask(gpu, &spec, *p, &mask)?);
             d.push(binary(gpu, BinaryOp::Mul, &x(0)?, &mask, &y)?);
         }
-        Op::ConvReluPool { conv, pool } => lower_conv_relu_pool(gpu, g, ts, id, *conv, *pool, d)?,
+        Op::ConvReluPool { conv, pool } => {
+            super::lower_conv::lower_conv_relu_pool(gpu, g, ts, id, *conv, *pool, d)?
+        }
         Op::ConvReluPoolBackwardWeight { conv, pool } => {
-            lower_conv_relu_pool_backward(gpu, g, ts, id, *conv, *pool, d)?
+            super::lower_conv::lower_conv_relu_pool_backward(gpu, g, ts, id, *conv, *pool, d)?
         }
         Op::Loss(kind) => {
             let lt = loss_tensors(g, ts, node.inputs[0], node.inputs[1], aux(g, ts, id, 0)?)?;
@@ -276,7 +278,7 @@ pub fn kept_block(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usiz
 }
 
 /// Sum a conv's partial rows [rows, NW + CO] into dweight and (optionally) dbias.
-fn sum_partials(
+pub(super) fn sum_partials(
     gpu: &Gpu,
     part: &Tensor,
     dw: &Tensor,
@@ -299,7 +301,7 @@ fn sum_partials(
 pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
     let n = g.node(id);
     let (sa, sb) = (g.shape(n.inputs[0]), g.shape(n.inputs[1]));
-    let [batch, m, nn, k] = super::ops::matmul_dims(sa, sb, t)?;
+    let [batch, m, nn, k] = super::ops_nn::matmul_dims(sa, sb, t)?;
     Ok(MatmulSpec {
         batch,
         shared_b: sa.len() == 3 && sb.len() == 2,
@@ -312,7 +314,7 @@ pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
 }
 
 /// The conv of input `x` [B, CI, H, W] and weight `w` [CO, CI, KH, KW].
-fn conv_spec(g: &Graph, x: Id, w: Id, c: ConvAttrs) -> Result<Conv2dSpec> {
+pub(super) fn conv_spec(g: &Graph, x: Id, w: Id, c: ConvAttrs) -> Result<Conv2dSpec> {
     let (xs, ws) = (g.shape(x), g.shape(w));
     Ok(Conv2dSpec {
         stride: c.stride,
@@ -327,7 +329,7 @@ fn conv_spec(g: &Graph, x: Id, w: Id, c: ConvAttrs) -> Result<Conv2dSpec> {
     })
 }
 
-fn pool_spec(x: &[usize], p: PoolAttrs) -> PoolSpec {
+pub(super) fn pool_spec(x: &[usize], p: PoolAttrs) -> PoolSpec {
     PoolSpec {
         batch: x[0],
         channels: x[1],
@@ -368,76 +370,4 @@ fn loss_tensors(g: &Graph, ts: &Tensors, z: Id, t: Id, prob: Tensor) -> Result<O
         target,
         prob,
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn lower_conv_relu_pool(
-    gpu: &Gpu,
-    g: &Graph,
-    ts: &Tensors,
-    id: Id,
-    conv: ConvAttrs,
-    pool: PoolAttrs,
-    d: &mut Vec<Dispatch>,
-) -> Result<()> {
-    let n = g.node(id);
-    let s = conv_spec(g, n.inputs[0], n.inputs[1], conv)?;
-    let ps = pool_spec(&s.y_shape(), pool);
-    let (x, w, b) = (
-        ts.get(g, n.inputs[0])?,
-        ts.get(g, n.inputs[1])?,
-        ts.get(g, n.inputs[2])?,
-    );
-    let (y, arg) = (ts.get(g, id)?, aux(g, ts, id, 0)?);
-    if let Some(ds) = conv2d_relu_pool_windowed(gpu, &s, &ps, &x, &w, &b, &y, &arg)? {
-        d.extend(ds);
-        return Ok(());
-    }
-    // The windows do not fit: the conv into a scratch tensor, then the pool.
-    let z = Tensor::zeros(gpu, "conv out", &s.y_shape())?;
-    d.push(conv2d_forward(gpu, &s, &x, &w, Some(&b), true, &z)?);
-    d.push(max_pool2d_forward(gpu, &ps, &z, &arg, &y)?);
-    Ok(())
-}
-
-fn lower_conv_relu_pool_backward(
-    gpu: &Gpu,
-    g: &Graph,
-    ts: &Tensors,
-    id: Id,
-    conv: ConvAttrs,
-    pool: PoolAttrs,
-    d: &mut Vec<Dispatch>,
-) -> Result<()> {
-    let n = g.node(id);
-    let (x, gp, p) = (n.inputs[0], n.inputs[1], n.inputs[2]);
-    let s = conv_spec(g, x, g.node(p).inputs[1], conv)?;
-    let ps = pool_spec(&s.y_shape(), pool);
-    let (xt, gt, yt, arg) = (
-        ts.get(g, x)?,
-        ts.get(g, gp)?,
-        ts.get(g, p)?,
-        aux(g, ts, p, 0)?,
-    );
-    let (dw, db) = (ts.get(g, id)?, aux(g, ts, id, 0)?);
-    if let Some(rows) = relu_pool_weight_rows(gpu, &s, &ps) {
-        let part = Tensor::zeros(gpu, "conv dweight partials", &[rows, s.part_row()])?;
-        if let Some(ds) =
-            conv2d_relu_pool_backward_weight_windowed(gpu, &s, &ps, &xt, &gt, &yt, &arg, &part)?
-        {
-            d.extend(ds);
-            d.extend(sum_partials(gpu, &part, &dw, Some(&db))?);
-            return Ok(());
-        }
-    }
-    let gz = Tensor::zeros(gpu, "conv dout", &s.y_shape())?;
-    d.push(max_pool2d_relu_backward(gpu, &ps, &gt, &arg, &yt, &gz)?);
-    let part = Tensor::zeros(
-        gpu,
-        "conv dweight partials",
-        &[s.weight_chunks(), s.part_row()],
-    )?;
-    d.push(conv2d_backward_weight(gpu, &s, &gz, &xt, &part)?);
-    d.extend(sum_partials(gpu, &part, &dw, Some(&db))?);
-    Ok(())
 }
