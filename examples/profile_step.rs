@@ -1,5 +1,5 @@
 //! Per-kernel timing of one training step of a model (debug aid): one submit per kernel.
-//! cargo run --release --example profile_step -- [cnn|mlp|softmax] [batch]
+//! cargo run --release --example profile_step -- [cnn|mlp|softmax|lenet5|vgg-small] [batch]
 use shadergrad::executor::Trainer;
 use shadergrad::fit::split_sources;
 use shadergrad::gpu::Gpu;
@@ -8,10 +8,12 @@ use shadergrad::model::Sequential;
 
 fn main() -> shadergrad::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model = match args.get(1).map(String::as_str) {
-        Some("mlp") => Sequential::mnist_mlp(),
-        Some("softmax") => Sequential::mnist_softmax(),
-        _ => Sequential::mnist_cnn(),
+    // cnn (the default) or any named model: mlp, softmax, lenet5, vgg-small.
+    let model = match args.get(1) {
+        Some(name) => shadergrad::checkpoint::preset(name).ok_or_else(|| {
+            shadergrad::Error::usage("model", format!("{name:?} is not a named model"))
+        })?,
+        None => Sequential::mnist_cnn(),
     };
     let batch: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(128);
     let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;

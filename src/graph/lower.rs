@@ -158,20 +158,25 @@ fn lower_node(
             };
             match windowed {
                 Some(ds) => d.extend(ds),
-                None => d.push(conv2d_forward(
-                    gpu,
-                    &s,
-                    &x(0)?,
-                    &x(1)?,
-                    b.as_ref(),
-                    c.relu,
-                    &y,
-                )?),
+                None => {
+                    let k = choices.conv(id);
+                    d.push(conv2d_forward_with(
+                        gpu,
+                        k,
+                        &s,
+                        &x(0)?,
+                        &x(1)?,
+                        b.as_ref(),
+                        c.relu,
+                        &y,
+                    )?)
+                }
             }
         }
         Op::Conv2dBackwardInput(c) => {
             let s = conv_spec(g, id, node.inputs[1], *c)?;
-            d.push(conv2d_backward_input(gpu, &s, &x(0)?, &x(1)?, &y)?);
+            let k = choices.conv(id);
+            d.push(conv2d_backward_input_with(gpu, k, &s, &x(0)?, &x(1)?, &y)?);
         }
         Op::Conv2dBackwardWeight { conv, bias } => {
             let s = conv_spec(g, node.inputs[1], id, *conv)?;
@@ -180,7 +185,15 @@ fn lower_node(
                 "conv dweight partials",
                 &[s.weight_chunks(), s.part_row()],
             )?;
-            d.push(conv2d_backward_weight(gpu, &s, &x(0)?, &x(1)?, &part)?);
+            let k = choices.conv(id);
+            d.push(conv2d_backward_weight_with(
+                gpu,
+                k,
+                &s,
+                &x(0)?,
+                &x(1)?,
+                &part,
+            )?);
             let db = if *bias {
                 Some(aux(g, ts, id, 0)?)
             } else {

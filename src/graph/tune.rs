@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::ir::*;
-use super::lower::matmul_spec;
+use super::lower::{conv_spec, matmul_spec};
 use crate::gpu::Gpu;
+use crate::kernels::conv2d::*;
 use crate::kernels::matmul::{
     matmul_candidates, matmul_with, runs_windowed, MatmulKernel, MatmulSpec,
 };
@@ -179,9 +180,15 @@ pub fn choose(
 #[derive(Default)]
 pub struct Choices {
     matmul: HashMap<Id, MatmulKernel>,
+    conv: HashMap<Id, Conv2dKernel>,
 }
 
 impl Choices {
+    /// The kernel of a conv node (forward, input or weight gradient); direct if unchosen.
+    pub fn conv(&self, id: Id) -> Conv2dKernel {
+        self.conv.get(&id).copied().unwrap_or(Conv2dKernel::Direct)
+    }
+
     pub fn matmul(&self, gpu: &Gpu, id: Id, spec: &MatmulSpec) -> MatmulKernel {
         self.matmul.get(&id).copied().unwrap_or_else(|| {
             matmul_candidates(gpu, spec)
@@ -231,7 +238,41 @@ pub fn choose_kernels(gpu: &Gpu, g: &Graph) -> Result<Choices> {
         })?;
         choices.matmul.insert(id, cands[i]);
     }
+    for id in g.ids() {
+        if let Some(k) = choose_conv(gpu, g, id)? {
+            choices.conv.insert(id, k);
+        }
+    }
     Ok(choices)
+}
+
+/// The measured kernel of a conv node (None for other nodes).
+fn choose_conv(gpu: &Gpu, g: &Graph, id: Id) -> Result<Option<Conv2dKernel>> {
+    let n = g.node(id);
+    let (s, pass) = match n.op {
+        Op::Conv2d(c) => (conv_spec(g, n.inputs[0], n.inputs[1], c)?, 0),
+        Op::Conv2dBackwardInput(c) => (conv_spec(g, id, n.inputs[1], c)?, 1),
+        Op::Conv2dBackwardWeight { conv, .. } => (conv_spec(g, n.inputs[1], id, conv)?, 2),
+        _ => return Ok(None),
+    };
+    let cands = match pass {
+        0 => conv2d_forward_candidates(gpu, &s),
+        1 => conv2d_backward_input_candidates(gpu, &s),
+        _ => conv2d_backward_weight_candidates(gpu, &s),
+    };
+    let x = Tensor::zeros(gpu, "tune x", &s.x_shape())?;
+    let w = Tensor::zeros(gpu, "tune w", &s.w_shape())?;
+    let y = Tensor::zeros(gpu, "tune y", &s.y_shape())?;
+    let part = Tensor::zeros(gpu, "tune partials", &[s.weight_chunks(), s.part_row()])?;
+    let labels: Vec<String> = cands.iter().map(|k| format!("{k:?}")).collect();
+    let i = choose(gpu, &format!("conv2d pass {pass} {s:?}"), &labels, &|i| {
+        Ok(vec![match pass {
+            0 => conv2d_forward_with(gpu, cands[i], &s, &x, &w, None, false, &y)?,
+            1 => conv2d_backward_input_with(gpu, cands[i], &s, &y, &w, &x)?,
+            _ => conv2d_backward_weight_with(gpu, cands[i], &s, &y, &x, &part)?,
+        }])
+    })?;
+    Ok(cands.get(i).copied())
 }
 
 /// On uniform-window adapters a product whose operands do not cut into windows may run
