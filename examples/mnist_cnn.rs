@@ -4,11 +4,9 @@
 //!
 //!     cargo run --release --example mnist_cnn            # 10 epochs, as Keras
 //!     cargo run --release --example mnist_cnn -- 1       # any number of epochs
-use std::time::Instant;
-
 use shadergrad::data::{default_data_dir, load_mnist};
 use shadergrad::executor::Trainer;
-use shadergrad::fit::{split_sources, train_epoch, FitConfig};
+use shadergrad::fit::{fit_and_test, FitConfig};
 use shadergrad::gpu::Gpu;
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::model::{Activation, Sequential};
@@ -36,27 +34,13 @@ fn main() -> shadergrad::Result<()> {
 
     // Parameters, gradients, optimizer state and the dataset live on the GPU from here on.
     let mut trainer = Trainer::new(&gpu, model, Optimizer::adam(1e-3), 42)?;
-    let train = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
     let cfg = FitConfig {
         epochs,
         batch_size: 128,
         validation_split: 0.2,
         ..FitConfig::default()
     };
-    let split = split_sources(&mut trainer, train, mnist.train.len(), cfg.validation_split)?;
-
-    let started = Instant::now();
-    for epoch in 1..=cfg.epochs {
-        // One epoch: a seeded reshuffle, one submit per batch, then validation.
-        let log = train_epoch(&mut trainer, &split, &cfg, epoch, &|| false)?;
-        println!("{}", log.line(cfg.epochs));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-
-    let test = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
-    let all: Vec<u32> = (0..mnist.test.len() as u32).collect();
-    let test = trainer.add_source(test, &all)?;
-    let m = trainer.evaluate(test, 1000)?;
+    let (m, seconds) = fit_and_test(&mut trainer, &mnist, &cfg)?;
     println!(
         "test: loss {:.4} - accuracy {:.4} on {} images; {seconds:.0} s training",
         m.loss, m.accuracy, m.count

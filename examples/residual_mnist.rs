@@ -8,11 +8,9 @@
 //!
 //!     cargo run --release --example residual_mnist            # 3 epochs
 //!     cargo run --release --example residual_mnist -- 1       # any number of epochs
-use std::time::Instant;
-
 use shadergrad::data::{default_data_dir, load_mnist};
 use shadergrad::executor::Trainer;
-use shadergrad::fit::{split_sources, train_epoch, FitConfig};
+use shadergrad::fit::{fit_and_test, FitConfig};
 use shadergrad::gpu::Gpu;
 use shadergrad::graph::{Graph, Id};
 use shadergrad::kernels::conv2d::Padding;
@@ -60,24 +58,13 @@ fn main() -> shadergrad::Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}", gpu.describe());
     let mut trainer = Trainer::new(&gpu, ResidualNet, Optimizer::adam(1e-3), 42)?;
-    let train = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
     let cfg = FitConfig {
         epochs,
         batch_size: 128,
         validation_split: 0.2,
         ..FitConfig::default()
     };
-    let split = split_sources(&mut trainer, train, mnist.train.len(), cfg.validation_split)?;
-    let started = Instant::now();
-    for epoch in 1..=cfg.epochs {
-        let log = train_epoch(&mut trainer, &split, &cfg, epoch, &|| false)?;
-        println!("{}", log.line(cfg.epochs));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let test = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
-    let all: Vec<u32> = (0..mnist.test.len() as u32).collect();
-    let test = trainer.add_source(test, &all)?;
-    let m = trainer.evaluate(test, 1000)?;
+    let (m, seconds) = fit_and_test(&mut trainer, &mnist, &cfg)?;
     println!(
         "test: loss {:.4} - accuracy {:.4} on {} images; {seconds:.0} s training",
         m.loss, m.accuracy, m.count

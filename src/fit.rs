@@ -682,3 +682,26 @@ fn progress_bar(cfg: &FitConfig, steps: usize, epoch: usize) -> Option<indicatif
     bar.set_prefix(format!("{}/{}", epoch, cfg.epochs));
     Some(bar)
 }
+
+/// The examples' whole run: upload `mnist`'s training set, hold out `cfg.validation_split`,
+/// train `cfg.epochs` epochs printing each epoch's line, then evaluate the test set.
+/// Returns the test metrics and the seconds spent training.
+pub fn fit_and_test(
+    trainer: &mut Trainer<'_>,
+    mnist: &crate::data::Mnist,
+    cfg: &FitConfig,
+) -> Result<(Metrics, f64)> {
+    let train = trainer.add_dataset(&mnist.train.images, &mnist.train.labels)?;
+    let split = split_sources(trainer, train, mnist.train.len(), cfg.validation_split)?;
+    let started = Instant::now();
+    for epoch in 1..=cfg.epochs {
+        // One epoch: a seeded reshuffle, one submit per batch, then validation.
+        let log = train_epoch(trainer, &split, cfg, epoch, &|| false)?;
+        println!("{}", log.line(cfg.epochs));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let test = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
+    let all: Vec<u32> = (0..mnist.test.len() as u32).collect();
+    let test = trainer.add_source(test, &all)?;
+    Ok((trainer.evaluate(test, 1000)?, seconds))
+}
