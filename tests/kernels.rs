@@ -36,6 +36,23 @@ fn subgroup_variants(gpu: &shadergrad::gpu::Gpu, test: &str) -> bool {
     gpu.subgroups()
 }
 
+/// An m x n x k product in every operand layout, with and without its epilogues.
+fn layouts(m: usize, n: usize, k: usize) -> [MatmulSpec; 4] {
+    [
+        (false, false, false, false),
+        (false, true, true, true),
+        (true, false, false, false),
+        (true, true, true, false),
+    ]
+    .map(|(ta, tb, bias, relu)| MatmulSpec {
+        transpose_a: ta,
+        transpose_b: tb,
+        bias,
+        relu,
+        ..MatmulSpec::new(m, n, k)
+    })
+}
+
 #[test]
 fn matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
@@ -53,19 +70,8 @@ fn matmul_matches_reference() {
         (3, 5, 30_011),
     ];
     for &(m, n, k) in &shapes {
-        for (ta, tb, bias, relu) in [
-            (false, false, false, false),
-            (false, true, true, true),
-            (true, false, false, false),
-            (true, true, true, false),
-        ] {
-            let spec = MatmulSpec {
-                transpose_a: ta,
-                transpose_b: tb,
-                bias,
-                relu,
-                ..MatmulSpec::new(m, n, k)
-            };
+        for spec in layouts(m, n, k) {
+            let (n, bias) = (spec.n, spec.bias);
             let a = rng.uniform_vec(m * k, -1.0, 1.0);
             let b = rng.uniform_vec(k * n, -1.0, 1.0);
             let bv = rng.uniform_vec(n, -1.0, 1.0);
@@ -948,19 +954,7 @@ fn tiled_matmul_matches_reference() {
         (37, 130, 263),
     ];
     for &(m, n, k) in &shapes {
-        for (ta, tb, bias, relu) in [
-            (false, false, false, false),
-            (false, true, true, true),
-            (true, false, false, false),
-            (true, true, true, false),
-        ] {
-            let spec = MatmulSpec {
-                transpose_a: ta,
-                transpose_b: tb,
-                bias,
-                relu,
-                ..MatmulSpec::new(m, n, k)
-            };
+        for spec in layouts(m, n, k) {
             for t in configs {
                 check_matmul(gpu, &mut rng, &spec, MatmulKernel::Tiled(t));
             }

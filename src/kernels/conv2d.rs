@@ -337,6 +337,14 @@ pub fn conv2d_backward_weight_candidates(gpu: &Gpu, s: &Conv2dSpec) -> Vec<Conv2
     candidates(gpu, s, Pass::BackwardWeight)
 }
 
+/// A candidate list's default: its first kernel, else the direct one (runs anywhere).
+fn first_or_direct(candidates: Vec<Conv2dKernel>) -> Conv2dKernel {
+    candidates
+        .into_iter()
+        .next()
+        .unwrap_or(Conv2dKernel::Direct)
+}
+
 /// The implicit-GEMM params: the conv geometry on the tiled GEMM's shapes.
 fn gemm_params(s: &Conv2dSpec, [m, n, k]: [usize; 3], flags: u32, batch: usize) -> TiledParams {
     let (ph, pw) = s.pad();
@@ -383,10 +391,7 @@ pub fn conv2d_forward(
     relu: bool,
     y: &Tensor,
 ) -> Result<Dispatch> {
-    let kernel = conv2d_forward_candidates(gpu, s)
-        .into_iter()
-        .next()
-        .unwrap_or(Conv2dKernel::Direct);
+    let kernel = first_or_direct(conv2d_forward_candidates(gpu, s));
     conv2d_forward_with(gpu, kernel, s, x, weight, bias, relu, y)
 }
 
@@ -495,10 +500,7 @@ pub fn conv2d_backward_input(
     weight: &Tensor,
     dx: &Tensor,
 ) -> Result<Dispatch> {
-    let kernel = conv2d_backward_input_candidates(gpu, s)
-        .into_iter()
-        .next()
-        .unwrap_or(Conv2dKernel::Direct);
+    let kernel = first_or_direct(conv2d_backward_input_candidates(gpu, s));
     conv2d_backward_input_with(gpu, kernel, s, dy, weight, dx)
 }
 
@@ -542,10 +544,7 @@ pub fn conv2d_backward_weight(
     x: &Tensor,
     part: &Tensor,
 ) -> Result<Dispatch> {
-    let kernel = conv2d_backward_weight_candidates(gpu, s)
-        .into_iter()
-        .next()
-        .unwrap_or(Conv2dKernel::Direct);
+    let kernel = first_or_direct(conv2d_backward_weight_candidates(gpu, s));
     conv2d_backward_weight_with(gpu, kernel, s, dy, x, part)
 }
 
