@@ -355,3 +355,42 @@ fn batch_norm_training_mode() {
         BatchNorm::new(g, "bn", 3, 0).forward(g, p[0]).unwrap()
     });
 }
+
+#[test]
+fn embedding_gathers_and_scatters() {
+    // 9 indices into 5 of a 7-row table: rows repeat (their gradients sum) and rows 5, 6
+    // are never read (zero gradient). A width-3 scale after it puts the op mid-graph.
+    check_with(
+        "embedding",
+        &[&[7, 3], &[3]],
+        false,
+        Some((9, 5)),
+        |g, p| {
+            let idx = g.find_input("label").unwrap();
+            let e = g.embedding(p[0], idx).unwrap(); // [9, 3]
+            g.mul(e, p[1]).unwrap()
+        },
+    );
+}
+
+#[test]
+fn softmax_plain_and_causal() {
+    check("softmax rows", &[&[3, 5]], false, |g, p| {
+        g.softmax(p[0], None).unwrap()
+    });
+    // Attention scores [B*H, T, T] with T = 4: masked entries get no gradient.
+    check("softmax causal", &[&[2, 4, 4]], false, |g, p| {
+        g.softmax(p[0], Some(4)).unwrap()
+    });
+}
+
+#[test]
+fn layer_norm_input_and_params() {
+    check("layer norm", &[&[6, 5], &[5], &[5]], false, |g, p| {
+        g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap()
+    });
+    // Over 70 rows: dgamma and dbeta sum two blocks of partials.
+    check("layer norm, 2 blocks", &[&[70, 3], &[3], &[3]], false, |g, p| {
+        g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap()
+    });
+}

@@ -227,6 +227,24 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let mask = gr.aux(y, 0);
             vec![Some(gr.mul(g, mask)?)]
         }
+        Op::Embedding => {
+            let op = Op::EmbeddingBackward;
+            vec![Some(gr.push(op, vec![ins[1], g], shp(gr, 0), DType::F32)), None]
+        }
+        Op::Softmax { causal } => {
+            let op = Op::SoftmaxBackward { causal: *causal };
+            vec![Some(gr.push(op, vec![y, g], shp(gr, 0), DType::F32))]
+        }
+        Op::LayerNorm { eps } => {
+            let (x, gamma, c) = (ins[0], ins[1], shp(gr, 1));
+            let op = Op::LayerNormBackwardInput { eps: *eps };
+            let dx = gr.push(op, vec![x, y, gamma, g], shp(gr, 0), DType::F32);
+            let op = Op::LayerNormBackwardParams { eps: *eps };
+            let aux = vec![(c.clone(), DType::F32)];
+            let dgamma = gr.push_with_aux(op, vec![x, y, g], c, DType::F32, aux);
+            let dbeta = gr.aux(dgamma, 0);
+            vec![Some(dx), Some(dgamma), Some(dbeta)]
+        }
         Op::Loss(kind) => vec![Some(loss_vjp(gr, *kind, y, &ins, g)?), None],
         op => return Err(second_order(op)),
     })

@@ -269,6 +269,7 @@ fn lower_node(
             d.push(activation_backward(gpu, k, &x(1)?, &x(0)?, &y)?);
         }
         Op::Permute(p) if p == &[1, 0] => d.push(transpose(gpu, &x(0)?, &y)?),
+        _ if super::lower_seq::lower_seq(gpu, g, ts, id, d)? => {}
         _ => super::lower_ew::lower_elementwise(gpu, g, ts, id, d)?,
     }
     Ok(())
