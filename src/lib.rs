@@ -14,6 +14,7 @@ pub mod fit;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod lm;
 pub mod model;
 pub mod model_file;
 pub mod nn;

@@ -92,6 +92,8 @@ impl Layer {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     GlorotUniform { fan_in: usize, fan_out: usize },
+    /// Normal(0, std): GPT-2's initialisation (std 0.02) for embeddings and projections.
+    Normal { std: f32 },
     Zeros,
     Ones,
 }

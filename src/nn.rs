@@ -22,21 +22,36 @@ pub trait Model {
     fn as_sequential(&self) -> Option<&Sequential> {
         None
     }
-    /// Outputs per sample (classes, or regression targets).
+    /// Language models: the context length T. Their input is then u32 token ids [B, T]
+    /// (not an image) and their outputs are logits [B * T, V], one row per position.
+    fn context(&self) -> Option<usize> {
+        None
+    }
+    /// Outputs per sample (classes, regression targets, or a language model's vocabulary).
     fn outputs(&self) -> Result<usize> {
         let mut g = Graph::new();
-        let [c, h, w] = self.input();
-        let x = g.input("x", &[1, c, h, w], crate::graph::DType::F32);
+        let x = model_input(&mut g, self, 1);
         let z = self.forward(&mut g, x)?;
         Ok(g.shape(z).get(1).copied().unwrap_or(0))
+    }
+}
+
+/// The input leaf `x` of `model` for a batch of `batch`: images f32 [B, C, H, W], or for
+/// a language model token ids u32 [B, T].
+pub fn model_input<M: Model + ?Sized>(g: &mut Graph, model: &M, batch: usize) -> Id {
+    match model.context() {
+        Some(t) => g.input("x", &[batch, t], crate::graph::DType::U32),
+        None => {
+            let [c, h, w] = model.input();
+            g.input("x", &[batch, c, h, w], crate::graph::DType::F32)
+        }
     }
 }
 
 /// The parameters `model` registers, in order.
 pub fn params(model: &dyn Model) -> Result<Vec<ParamSpec>> {
     let mut g = Graph::new();
-    let [c, h, w] = model.input();
-    let x = g.input("x", &[1, c, h, w], crate::graph::DType::F32);
+    let x = model_input(&mut g, model, 1);
     model.forward(&mut g, x)?;
     Ok(g.params)
 }
@@ -52,13 +67,14 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
                 let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
                 rng.uniform_vec(p.numel(), -limit, limit)
             }
+            Init::Normal { std } => (0..p.numel()).map(|_| rng.normal(std)).collect(),
             Init::Zeros => vec![0.0; p.numel()],
             Init::Ones => vec![1.0; p.numel()],
         })
         .collect()
 }
 
-fn register(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usize) -> Id {
+pub(crate) fn register(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usize) -> Id {
     g.param(ParamSpec {
         name,
         shape,

@@ -40,6 +40,15 @@ impl Rng {
         (0..n).map(|_| self.uniform(lo, hi)).collect()
     }
 
+    /// Normal with mean 0 and standard deviation `std` (Box-Muller; one draw per pair of
+    /// uniforms, the second value discarded so the stream position stays simple).
+    pub fn normal(&mut self, std: f32) -> f32 {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]
+        let u2 = self.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        (std as f64 * r * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

@@ -95,15 +95,14 @@ struct StepGraph {
 fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) -> Result<StepGraph> {
     let mut g = Graph::new();
     g.training = train;
-    let [c, h, w] = model.input();
-    let x = g.input("x", &[batch, c, h, w], DType::F32);
-    let z = model.forward(&mut g, x)?; // [B, classes]
-    let classes = g.shape(z).get(1).copied().unwrap_or(0);
+    let x = crate::nn::model_input(&mut g, model, batch);
+    let z = model.forward(&mut g, x)?; // [B, classes], or [B * T, V] for a language model
+    let (rows, classes) = (g.shape(z)[0], g.shape(z).get(1).copied().unwrap_or(0));
     let target = match regression {
-        true => g.input("target", &[batch, classes], DType::F32),
-        false => g.input("label", &[batch], DType::U32),
+        true => g.input("target", &[rows, classes], DType::F32),
+        false => g.input("label", &[rows], DType::U32),
     };
-    let loss = g.loss(model.loss(), z, target)?; // [B]
+    let loss = g.loss(model.loss(), z, target)?; // [rows]
     let prob = g.aux(loss, 0); // [B, classes]
     g.mark_output(loss);
     g.mark_output(prob);
