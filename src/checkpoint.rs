@@ -22,11 +22,11 @@ use crate::fit::{first_non_finite, EpochLog, FitConfig, Partial};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::Padding;
 use crate::kernels::optim::Optimizer;
-use crate::model::{Activation, Layer, Sequential};
+use crate::model::{Activation, Layer, ParamSpec, Sequential};
 use crate::{Error, Result};
 
 mod read;
-pub use read::{epoch_log, load, load_bytes};
+pub use read::{epoch_log, load, load_bytes, load_metadata, load_tensors};
 
 /// The `format` metadata of the files this module writes.
 pub const FORMAT: &str = "shadergrad-1";
@@ -183,48 +183,60 @@ impl Checkpoint {
     /// The file's bytes (what [`save`] writes).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let specs = self.model.params()?;
-        let mut groups: Vec<(&str, &[Vec<f32>])> = vec![("", &self.params)];
-        if let Some(s) = &self.state {
-            groups.extend([("optimizer.m.", &s.m[..]), ("optimizer.v.", &s.v[..])]);
+        serialize(&specs, &self.params, self.state.as_ref(), self.metadata())
+    }
+}
+
+/// The safetensors bytes of parameters `params` named and shaped by `specs`, the optimizer
+/// state (when given) as `optimizer.m.<name>` and `optimizer.v.<name>`, and `meta`.
+pub fn serialize(
+    specs: &[ParamSpec],
+    params: &[Vec<f32>],
+    state: Option<&OptimizerState>,
+    meta: Vec<(String, String)>,
+) -> Result<Vec<u8>> {
+    let mut groups: Vec<(&str, &[Vec<f32>])> = vec![("", params)];
+    if let Some(s) = state {
+        groups.extend([("optimizer.m.", &s.m[..]), ("optimizer.v.", &s.v[..])]);
+    }
+    let mut views = Vec::new();
+    for (prefix, values) in groups {
+        if values.len() != specs.len() {
+            return Err(Error::shape(
+                "checkpoint",
+                format!(
+                    "{} {prefix}tensors for {} parameters",
+                    values.len(),
+                    specs.len()
+                ),
+            ));
         }
-        let mut views = Vec::new();
-        for (prefix, values) in groups {
-            if values.len() != specs.len() {
+        for (s, v) in specs.iter().zip(values) {
+            if v.len() != s.numel() {
                 return Err(Error::shape(
                     "checkpoint",
                     format!(
-                        "{} {prefix}tensors for {} parameters",
-                        values.len(),
-                        specs.len()
+                        "{prefix}{} has {} values, shape {:?}",
+                        s.name,
+                        v.len(),
+                        s.shape
                     ),
                 ));
             }
-            for (s, v) in specs.iter().zip(values) {
-                if v.len() != s.numel() {
-                    return Err(Error::shape(
-                        "checkpoint",
-                        format!(
-                            "{prefix}{} has {} values, shape {:?}",
-                            s.name,
-                            v.len(),
-                            s.shape
-                        ),
-                    ));
-                }
-                views.push((
-                    format!("{prefix}{}", s.name),
-                    F32View {
-                        shape: s.shape.clone(),
-                        data: v,
-                    },
-                ));
-            }
+            views.push((
+                format!("{prefix}{}", s.name),
+                F32View {
+                    shape: s.shape.clone(),
+                    data: v,
+                },
+            ));
         }
-        let meta = self.metadata();
-        safetensors::serialize(views, Some(meta.into_iter().collect()))
-            .map_err(|e| Error::shape("checkpoint", format!("safetensors serialisation: {e:?}")))
     }
+    safetensors::serialize(views, Some(meta.into_iter().collect()))
+        .map_err(|e| Error::shape("checkpoint", format!("safetensors serialisation: {e:?}")))
+}
 
+impl Checkpoint {
     fn metadata(&self) -> Vec<(String, String)> {
         let history: Vec<Value> = self.history.iter().map(EpochLog::to_json).collect();
         [

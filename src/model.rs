@@ -91,9 +91,14 @@ impl Layer {
 /// How a parameter tensor is initialised (as Keras: Glorot-uniform kernels, zero biases).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
-    GlorotUniform { fan_in: usize, fan_out: usize },
+    GlorotUniform {
+        fan_in: usize,
+        fan_out: usize,
+    },
     /// Normal(0, std): GPT-2's initialisation (std 0.02) for embeddings and projections.
-    Normal { std: f32 },
+    Normal {
+        std: f32,
+    },
     Zeros,
     Ones,
 }

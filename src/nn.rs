@@ -74,7 +74,13 @@ pub fn init_params(specs: &[ParamSpec], seed: u64) -> Vec<Vec<f32>> {
         .collect()
 }
 
-pub(crate) fn register(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usize) -> Id {
+pub(crate) fn register(
+    g: &mut Graph,
+    name: String,
+    shape: Vec<usize>,
+    init: Init,
+    layer: usize,
+) -> Id {
     g.param(ParamSpec {
         name,
         shape,

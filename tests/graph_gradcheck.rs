@@ -390,7 +390,10 @@ fn layer_norm_input_and_params() {
         g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap()
     });
     // Over 70 rows: dgamma and dbeta sum two blocks of partials.
-    check("layer norm, 2 blocks", &[&[70, 3], &[3], &[3]], false, |g, p| {
-        g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap()
-    });
+    check(
+        "layer norm, 2 blocks",
+        &[&[70, 3], &[3], &[3]],
+        false,
+        |g, p| g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap(),
+    );
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::fit::{EpochLog, Partial};
 use crate::kernels::optim::Optimizer;
-use crate::model::Sequential;
+use crate::model::{ParamSpec, Sequential};
 use crate::{Error, Result};
 
 /// One tensor entry of a header, validated against the data section.
@@ -209,7 +209,9 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
         ));
     }
     let (kind, model) = resolve_model(&m, model, &tensors)?;
-    let (params, state) = read_tensors(path, &kind, &model, tensors, data)?;
+    let specs = model.params()?;
+    let described = describe_layers(&model);
+    let (params, state) = read_tensors(path, &kind, &specs, &described, tensors, data)?;
     let validation_split = m.validation_split()?;
     let optimizer = m.optimizer()?;
     let history = m.history()?;
@@ -283,14 +285,37 @@ fn resolve_model(
 
 /// The model's parameters and, when the file has any `optimizer.` tensor, the optimizer
 /// state, each checked for name, shape and finite values; no other tensor may remain.
+/// A checkpoint of any model: its metadata, then its parameters (and optimizer state, when
+/// the file has one) read against `specs`; `kind` and `described` name the model in errors.
+pub fn load_tensors(
+    path: &Path,
+    bytes: &[u8],
+    kind: &str,
+    specs: &[ParamSpec],
+    described: &str,
+) -> Result<(
+    BTreeMap<String, String>,
+    Vec<Vec<f32>>,
+    Option<OptimizerState>,
+)> {
+    let (tensors, meta, data) = parse(path, bytes)?;
+    let (params, state) = read_tensors(path, kind, specs, described, tensors, data)?;
+    Ok((meta, params, state))
+}
+
+/// The metadata alone (to learn which model a file holds before reading its tensors).
+pub fn load_metadata(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, String>> {
+    Ok(parse(path, bytes)?.1)
+}
+
 fn read_tensors(
     path: &Path,
     kind: &str,
-    model: &Sequential,
+    specs: &[ParamSpec],
+    described: &str,
     mut tensors: BTreeMap<String, Entry>,
     data: &[u8],
 ) -> Result<(Vec<Vec<f32>>, Option<OptimizerState>)> {
-    let specs = model.params()?;
     let has_state = tensors.keys().any(|k| k.starts_with("optimizer."));
     let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let e = tensors.remove(name).ok_or_else(|| {
@@ -342,10 +367,7 @@ fn read_tensors(
         return Err(bad(
             path,
             name,
-            format!(
-                "is not a tensor of model {kind} ({})",
-                describe_layers(model)
-            ),
+            format!("is not a tensor of model {kind} ({described})"),
         ));
     }
     Ok((params, state))

@@ -147,16 +147,26 @@ pub enum Op {
     EmbeddingBackward,
     /// [x] -> softmax over the last axis. With `causal` = T > 0, x is viewed [.., T, C] and
     /// query row t only sees columns j <= t (the others get probability 0).
-    Softmax { causal: usize },
+    Softmax {
+        causal: usize,
+    },
     /// [y (the softmax's output), dy] -> dx.
-    SoftmaxBackward { causal: usize },
+    SoftmaxBackward {
+        causal: usize,
+    },
     /// [x [.., C], gamma [C], beta [C]] -> y, normalised over the last axis; aux 0 the
     /// per-row mean, aux 1 the per-row 1 / sqrt(var + eps).
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        eps: f32,
+    },
     /// [x, layer-norm node, gamma, dy] -> dx.
-    LayerNormBackwardInput { eps: f32 },
+    LayerNormBackwardInput {
+        eps: f32,
+    },
     /// [x, layer-norm node, dy] -> dgamma [C]; aux 0 dbeta [C].
-    LayerNormBackwardParams { eps: f32 },
+    LayerNormBackwardParams {
+        eps: f32,
+    },
     /// [state, value]: write value into the state leaf (a non-trainable parameter such as
     /// a running mean) at the end of the step; a sink, its own value is the state's buffer.
     Assign,

@@ -102,7 +102,12 @@ pub(super) fn lower_seq(
                 partial: partial.as_ref(),
             };
             d.extend(layer_norm_backward_params(
-                gpu, &s, &x(0)?, &stats, &x(2)?, &grads,
+                gpu,
+                &s,
+                &x(0)?,
+                &stats,
+                &x(2)?,
+                &grads,
             )?);
         }
         _ => return Ok(false),

@@ -72,7 +72,10 @@ impl LmConfig {
                 .filter(|&n| n > 0 && n < 1 << 20)
                 .map(|n| n as usize)
                 .ok_or_else(|| {
-                    Error::usage(what, format!("{name}: missing or invalid; expected a positive integer"))
+                    Error::usage(
+                        what,
+                        format!("{name}: missing or invalid; expected a positive integer"),
+                    )
                 })
         };
         let cfg = match v.get("kind").and_then(Value::as_str) {
@@ -104,7 +107,11 @@ impl LmConfig {
     pub fn validate(&self, what: &str) -> Result<()> {
         let ok = match self {
             LmConfig::Gpt(c) => {
-                c.vocab > 1 && c.context > 0 && c.layers > 0 && c.heads > 0 && c.d_model % c.heads == 0
+                c.vocab > 1
+                    && c.context > 0
+                    && c.layers > 0
+                    && c.heads > 0
+                    && c.d_model % c.heads == 0
             }
             LmConfig::CharRnn(c) => c.vocab > 1 && c.context > 0 && c.embed > 0 && c.hidden > 0,
         };
@@ -126,7 +133,13 @@ struct Linear {
 
 impl Linear {
     fn new(g: &mut Graph, name: &str, n_in: usize, n_out: usize, std: f32, bias: bool) -> Self {
-        let w = register(g, format!("{name}.weight"), vec![n_out, n_in], Init::Normal { std }, 0);
+        let w = register(
+            g,
+            format!("{name}.weight"),
+            vec![n_out, n_in],
+            Init::Normal { std },
+            0,
+        );
         let b = bias.then(|| register(g, format!("{name}.bias"), vec![n_out], Init::Zeros, 0));
         Linear { weight: w, bias: b }
     }
@@ -194,8 +207,20 @@ impl GptConfig {
 
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         let (batch, t, d) = (g.shape(x)[0], self.context, self.d_model);
-        let wte = register(g, "transformer.wte.weight".into(), vec![self.vocab, d], Init::Normal { std: 0.02 }, 0);
-        let wpe = register(g, "transformer.wpe.weight".into(), vec![t, d], Init::Normal { std: 0.02 }, 0);
+        let wte = register(
+            g,
+            "transformer.wte.weight".into(),
+            vec![self.vocab, d],
+            Init::Normal { std: 0.02 },
+            0,
+        );
+        let wpe = register(
+            g,
+            "transformer.wpe.weight".into(),
+            vec![t, d],
+            Init::Normal { std: 0.02 },
+            0,
+        );
         let tok = g.embedding(wte, x)?; // [B, T, D]
         let h = g.add(tok, wpe)?; // + [T, D], broadcast over B
         let mut h = g.reshape(h, &[batch * t, d])?;
@@ -211,9 +236,21 @@ impl CharRnnConfig {
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         let (batch, t, e, hd) = (g.shape(x)[0], self.context, self.embed, self.hidden);
         let glorot = |fan_in, fan_out| Init::GlorotUniform { fan_in, fan_out };
-        let emb = register(g, "embed.weight".into(), vec![self.vocab, e], Init::Normal { std: 1.0 }, 0);
+        let emb = register(
+            g,
+            "embed.weight".into(),
+            vec![self.vocab, e],
+            Init::Normal { std: 1.0 },
+            0,
+        );
         let w_ih = register(g, "rnn.weight_ih_l0".into(), vec![hd, e], glorot(e, hd), 0);
-        let w_hh = register(g, "rnn.weight_hh_l0".into(), vec![hd, hd], glorot(hd, hd), 0);
+        let w_hh = register(
+            g,
+            "rnn.weight_hh_l0".into(),
+            vec![hd, hd],
+            glorot(hd, hd),
+            0,
+        );
         let b_ih = register(g, "rnn.bias_ih_l0".into(), vec![hd], Init::Zeros, 0);
         let b_hh = register(g, "rnn.bias_hh_l0".into(), vec![hd], Init::Zeros, 0);
         let xe = g.embedding(emb, x)?; // [B, T, E]
