@@ -23,6 +23,7 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod random;
+pub mod sample;
 pub mod reduce;
 pub mod reduce_axis;
 pub mod roof;
@@ -57,10 +58,11 @@ pub enum Shader {
     Copy,
     ReduceAxis,
     Random,
+    Sample,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 20] = [
+    pub const ALL: [Shader; 21] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -81,6 +83,7 @@ impl Shader {
         Shader::Copy,
         Shader::ReduceAxis,
         Shader::Random,
+        Shader::Sample,
     ];
 
     pub fn file(self) -> &'static str {
@@ -105,6 +108,7 @@ impl Shader {
             Shader::Copy => "shaders/copy.wgsl",
             Shader::ReduceAxis => "shaders/reduce_axis.wgsl",
             Shader::Random => "shaders/random.wgsl",
+            Shader::Sample => "shaders/sample.wgsl",
         }
     }
 
@@ -130,6 +134,7 @@ impl Shader {
             Shader::Copy => include_str!("../../shaders/copy.wgsl"),
             Shader::ReduceAxis => include_str!("../../shaders/reduce_axis.wgsl"),
             Shader::Random => include_str!("../../shaders/random.wgsl"),
+            Shader::Sample => include_str!("../../shaders/sample.wgsl"),
         }
     }
 
@@ -206,6 +211,7 @@ impl Shader {
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
             Shader::Random => &["random_uniform", "dropout_mask"],
+            Shader::Sample => &["sample_next"],
         }
     }
 }
