@@ -34,7 +34,10 @@ fn check_sampler(t: usize, v: usize, len: usize, draws: usize, temperature: f32)
     let (want_out, want_ctx) =
         sample_run_ref(&context, len, &uniforms, temperature as f64, |used| {
             let r = used.len() - 1;
-            logits[r * v..(r + 1) * v].iter().map(|&z| z as f64).collect()
+            logits[r * v..(r + 1) * v]
+                .iter()
+                .map(|&z| z as f64)
+                .collect()
         });
     assert_eq!(ot.to_u32(gpu).unwrap(), want_out, "{what}: tokens");
     assert_eq!(ct.to_u32(gpu).unwrap(), want_ctx, "{what}: context");

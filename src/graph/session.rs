@@ -57,7 +57,8 @@ impl<'g> Session<'g> {
         })
     }
 
-    fn tensor(&self, id: Id) -> Result<Tensor> {
+    /// The tensor holding `id`'s value (an id of the graph passed to [`Session::new`]).
+    pub fn tensor(&self, id: Id) -> Result<Tensor> {
         let new = self.map.get(id.index()).copied().flatten().ok_or_else(|| {
             Error::shape(
                 "session",
@@ -93,6 +94,11 @@ impl<'g> Session<'g> {
 
     pub fn read(&self, id: Id) -> Result<Vec<f32>> {
         self.tensor(id)?.to_f32(self.gpu)
+    }
+
+    /// The compiled dispatches, in order (to record them into a caller's pass).
+    pub fn dispatches(&self) -> &[Dispatch] {
+        &self.dispatches
     }
 
     /// Kernel names of the compiled dispatches, in order.

@@ -23,10 +23,10 @@ pub mod matmul;
 pub mod optim;
 pub mod pool;
 pub mod random;
-pub mod sample;
 pub mod reduce;
 pub mod reduce_axis;
 pub mod roof;
+pub mod sample;
 pub mod softmax;
 pub mod transpose;
 

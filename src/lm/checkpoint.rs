@@ -1,0 +1,184 @@
+//! Language-model checkpoints: the same safetensors container as the image models'
+//! (checkpoint.rs), with nanoGPT's or `torch.nn.RNN`'s parameter names and layouts, the
+//! optimizer state as `optimizer.m.<name>` / `optimizer.v.<name>`, and metadata holding the
+//! architecture (`lm`), the vocabulary (`vocab`, a JSON string of its characters in id
+//! order), the step count, seed and evaluation history. Written atomically; every field is
+//! checked on load, and errors name the file and the field.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::LmConfig;
+use crate::checkpoint::{
+    load_metadata, load_tensors, serialize, write_atomic, OptimizerState, FORMAT,
+};
+use crate::kernels::optim::Optimizer;
+use crate::model::ParamSpec;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct LmCheckpoint {
+    pub config: LmConfig,
+    /// Token id -> character.
+    pub vocab: Vec<char>,
+    pub params: Vec<Vec<f32>>,
+    pub optimizer: Optimizer,
+    /// `None` for weights-only files (which generate but cannot resume).
+    pub state: Option<OptimizerState>,
+    /// Optimizer updates applied so far.
+    pub steps: u64,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// The text trained on (a path, or `default` for the shipped corpus).
+    pub text: String,
+    /// One JSON object per evaluation (step, loss, val_loss, bpc, val_bpc, ...).
+    pub history: Vec<Value>,
+}
+
+/// The parameter specs of `config`, in registration order.
+pub fn specs(config: &LmConfig) -> Result<Vec<ParamSpec>> {
+    crate::nn::params(config)
+}
+
+fn bad(path: &Path, field: &str, msg: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+impl LmCheckpoint {
+    fn metadata(&self) -> Vec<(String, String)> {
+        let vocab: String = self.vocab.iter().collect();
+        [
+            ("format", FORMAT.to_string()),
+            ("model", self.config.kind().to_string()),
+            ("lm", self.config.to_json().to_string()),
+            ("vocab", Value::String(vocab).to_string()),
+            ("optimizer", self.optimizer.to_json().to_string()),
+            ("steps", self.steps.to_string()),
+            ("seed", self.seed.to_string()),
+            ("batch_size", self.batch_size.to_string()),
+            ("text", self.text.clone()),
+            ("history", Value::Array(self.history.clone()).to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let specs = specs(&self.config)?;
+        serialize(&specs, &self.params, self.state.as_ref(), self.metadata())
+    }
+}
+
+/// Write `ck` to `path` atomically; non-finite weights are refused and `path` left as it was.
+pub fn save(path: &Path, ck: &LmCheckpoint) -> Result<()> {
+    let specs = specs(&ck.config)?;
+    for (s, v) in specs.iter().zip(&ck.params) {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(bad(path, &s.name, format!("value {i} is {}: refusing to write non-finite weights; the file is left as it was", v[i])));
+        }
+    }
+    write_atomic(path, &ck.to_bytes()?)
+}
+
+/// Whether the file at `path` holds a language model (its `model` metadata is `gpt` or
+/// `char-rnn`); false for image-model checkpoints and unreadable files.
+pub fn is_lm_checkpoint(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    load_metadata(path, &bytes)
+        .map(|m| matches!(m.get("model").map(String::as_str), Some("gpt" | "char-rnn")))
+        .unwrap_or(false)
+}
+
+/// Read a language-model checkpoint, checking every field.
+pub fn load(path: &Path) -> Result<LmCheckpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let meta = load_metadata(path, &bytes)?;
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| bad(path, &format!("__metadata__.{k}"), "missing; expected a language-model checkpoint (written by `train --model gpt` or `--model char-rnn`)"))
+    };
+    if get("format")? != FORMAT {
+        return Err(bad(
+            path,
+            "__metadata__.format",
+            format!("is {:?}; this version reads {FORMAT:?}", get("format")?),
+        ));
+    }
+    let json = |k: &str| -> Result<Value> {
+        serde_json::from_str(get(k)?).map_err(|e| {
+            bad(
+                path,
+                &format!("__metadata__.{k}"),
+                format!("not valid JSON: {e}"),
+            )
+        })
+    };
+    let num = |k: &str| -> Result<u64> {
+        get(k)?.parse().map_err(|_| {
+            bad(
+                path,
+                &format!("__metadata__.{k}"),
+                "expected an unsigned integer",
+            )
+        })
+    };
+    let config = LmConfig::from_json(
+        &format!("{}: __metadata__.lm", path.display()),
+        &json("lm")?,
+    )?;
+    let vocab: Vec<char> = match json("vocab")? {
+        Value::String(s) => s.chars().collect(),
+        _ => {
+            return Err(bad(
+                path,
+                "__metadata__.vocab",
+                "expected a JSON string of the vocabulary's characters",
+            ))
+        }
+    };
+    if vocab.len() != config.vocab() {
+        return Err(bad(
+            path,
+            "__metadata__.vocab",
+            format!(
+                "has {} characters; the model's vocabulary is {}",
+                vocab.len(),
+                config.vocab()
+            ),
+        ));
+    }
+    let optimizer = Optimizer::from_json(&json("optimizer")?).ok_or_else(|| {
+        bad(
+            path,
+            "__metadata__.optimizer",
+            "not an optimizer description",
+        )
+    })?;
+    let history = match json("history")? {
+        Value::Array(a) => a,
+        _ => return Err(bad(path, "__metadata__.history", "expected a JSON array")),
+    };
+    let specs = specs(&config)?;
+    let described = config.to_json().to_string();
+    let (_, params, state) = load_tensors(path, &bytes, config.kind(), &specs, &described)?;
+    Ok(LmCheckpoint {
+        config,
+        vocab,
+        params,
+        optimizer,
+        state,
+        steps: num("steps")?,
+        seed: num("seed")?,
+        batch_size: num("batch_size")?.max(1) as usize,
+        text: get("text")?.clone(),
+        history,
+    })
+}
