@@ -109,10 +109,20 @@ impl GpuDatasetF32 {
     }
 }
 
-/// One resident dataset of either kind.
+/// An encoded text resident on the GPU: u32 token ids, for language models.
+pub struct GpuText {
+    pub tokens: Tensor,
+    pub n: usize,
+}
+
+/// The key of the text-window stream (dropout streams are keyed by their salts).
+const TEXT_STREAM: u64 = 0x7E47_0000_0000_0001;
+
+/// One resident dataset of any kind.
 enum Dataset {
     Images(GpuDataset),
     Rows(GpuDatasetF32),
+    Text(GpuText),
 }
 
 impl Dataset {
@@ -120,11 +130,22 @@ impl Dataset {
         match self {
             Dataset::Images(d) => d.n,
             Dataset::Rows(d) => d.n,
+            Dataset::Text(d) => d.n,
         }
     }
 
-    fn batches<'a>(&'a self, order: &'a Tensor) -> BatchSource<'a> {
+    fn batches<'a>(&'a self, src: &'a Source) -> BatchSource<'a> {
+        let order = &src.order;
         match self {
+            Dataset::Text(d) => {
+                let (offset, len) = src.span.unwrap_or((0, d.n));
+                BatchSource::Text {
+                    tokens: &d.tokens,
+                    offset,
+                    len,
+                    seed: TEXT_STREAM,
+                }
+            }
             Dataset::Images(d) => BatchSource::Images {
                 pixels: &d.pixels,
                 labels: &d.labels,
@@ -153,6 +174,8 @@ pub struct Metrics {
 struct Source {
     dataset: usize,
     order: Tensor,
+    /// Text sources: the split's (offset, length) in the token buffer.
+    span: Option<(usize, usize)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -245,12 +268,60 @@ impl<'g> Trainer<'g> {
         self.sources.push(Source {
             dataset,
             order: order_t,
+            span: None,
         });
         Ok(self.sources.len() - 1)
     }
 
+    /// Upload an encoded text once (u32 token ids below the model's vocabulary); returns
+    /// its id for [`Trainer::add_text_source`].
+    pub fn add_text(&mut self, tokens: &[u32]) -> Result<usize> {
+        let vocab = self.model.outputs()?;
+        if let Some(bad) = tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(Error::shape(
+                "add_text",
+                format!("token {bad} is {} in a vocabulary of {vocab}", tokens[bad]),
+            ));
+        }
+        let t = Tensor::from_u32(self.gpu, "text tokens", &[tokens.len().max(1)], tokens)?;
+        self.datasets.push(Dataset::Text(GpuText {
+            tokens: t,
+            n: tokens.len(),
+        }));
+        Ok(self.datasets.len() - 1)
+    }
+
+    /// Batches of windows drawn on the GPU from tokens[offset .. offset + len] of text
+    /// `dataset`: a training step draws B fresh windows from the seed and step number, an
+    /// evaluation step (see [`Trainer::step`]) the windows of its `start`. Returns its id.
+    pub fn add_text_source(&mut self, dataset: usize, offset: usize, len: usize) -> Result<usize> {
+        let t = self.model.context().unwrap_or(0);
+        let n = match self.datasets.get(dataset) {
+            Some(Dataset::Text(d)) => d.n,
+            _ => return Err(Error::usage("add_text_source", format!("dataset {dataset} is not a text"))),
+        };
+        if t == 0 || offset + len > n || len <= t {
+            return Err(Error::shape(
+                "add_text_source",
+                format!("tokens {offset}..{} of {n} for windows of context {t} + 1; hint: a model with a context, and a split longer than it", offset + len),
+            ));
+        }
+        let order = Tensor::zeros(self.gpu, "text source", &[1])?;
+        self.sources.push(Source {
+            dataset,
+            order,
+            span: Some((offset, len)),
+        });
+        Ok(self.sources.len() - 1)
+    }
+
+    /// Samples of a source: its order's length, or for a text source its window starts.
     pub fn source_len(&self, source: usize) -> usize {
-        self.sources[source].order.numel()
+        let t = self.model.context().unwrap_or(0);
+        match self.sources[source].span {
+            Some((_, len)) => len - t,
+            None => self.sources[source].order.numel(),
+        }
     }
 
     /// Replace a source's order (the epoch's shuffle): the one upload of an epoch.
@@ -278,7 +349,7 @@ impl<'g> Trainer<'g> {
     fn plan(&mut self, key: PlanKey) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let src = &self.sources[key.source];
-            let source = self.datasets[src.dataset].batches(&src.order);
+            let source = self.datasets[src.dataset].batches(src);
             let opt = key.train.then_some(&self.optimizer);
             let plan = build_plan(
                 self.gpu,
@@ -304,6 +375,7 @@ impl<'g> Trainer<'g> {
             .map(|d| match d {
                 Dataset::Images(d) => d.pixels.bytes() + d.labels.bytes(),
                 Dataset::Rows(d) => d.features.bytes() + d.targets.bytes(),
+                Dataset::Text(d) => d.tokens.bytes(),
             })
             .sum();
         (store, data)
@@ -337,17 +409,26 @@ impl<'g> Trainer<'g> {
         let n = self.store.trainable_len.max(1);
         let optimizer = self.optimizer;
         let gpu = self.gpu;
-        let counter = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ t;
+        let mix = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let counter = mix ^ t;
+        let text = self.sources[source].span.is_some();
         let plan = self.plan(PlanKey {
             source,
             batch,
             train,
         })?;
-        gpu.queue.write_buffer(
-            &plan.gather().params,
-            START_OFFSET,
-            bytemuck::bytes_of(&(start as u32)),
-        );
+        if text {
+            // Training draws fresh windows each step; evaluation step `start` always the
+            // same ones (a stream of its own: bit 63 set).
+            let c = if train { counter } else { mix ^ (1 << 63) ^ start as u64 };
+            crate::kernels::random::write_counter(gpu, plan.gather(), c);
+        } else {
+            gpu.queue.write_buffer(
+                &plan.gather().params,
+                START_OFFSET,
+                bytemuck::bytes_of(&(start as u32)),
+            );
+        }
         // Dropout masks: a fresh counter each training step, from the seed and the step
         // number only, so reruns and resumed runs draw the same masks.
         for &i in &plan.random {

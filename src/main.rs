@@ -1,4 +1,5 @@
-//! The `shadergrad` command line: `info`, `train`, `evaluate`, `predict`, `bench`.
+//! The `shadergrad` command line: `info`, `train`, `evaluate`, `predict`, `generate`,
+//! `bench`.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -23,6 +24,8 @@ use shadergrad::model::Sequential;
 use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{data, plot, predict, Error, Result};
 
+mod lm_cli;
+
 #[derive(Parser)]
 #[command(
     name = "shadergrad",
@@ -45,6 +48,8 @@ enum Command {
     /// The digit in each PNG image (any size, grey or colour, either polarity), with the ten
     /// class probabilities.
     Predict(PredictArgs),
+    /// Sample text from a language-model checkpoint on the GPU (deterministic for a seed).
+    Generate(GenerateArgs),
     /// Kernel microbenchmarks: each kernel checked against its CPU reference, then timed
     /// (min / median / max ms, GFLOP/s, GB/s, % of this adapter's measured roof).
     Bench(BenchArgs),
@@ -79,6 +84,11 @@ enum ModelKind {
     Lenet5,
     /// Conv-BatchNorm-ReLU blocks, global average pooling, dropout, dense.
     VggSmall,
+    /// A decoder-only transformer on characters (--text; sizes --context, --d-model,
+    /// --heads, --layers).
+    Gpt,
+    /// An Elman RNN on characters, unrolled over --context (--hidden units).
+    CharRnn,
 }
 
 impl ModelKind {
@@ -89,6 +99,8 @@ impl ModelKind {
             ModelKind::Softmax => "softmax",
             ModelKind::Lenet5 => "lenet5",
             ModelKind::VggSmall => "vgg-small",
+            ModelKind::Gpt => "gpt",
+            ModelKind::CharRnn => "char-rnn",
         }
     }
 }
@@ -180,6 +192,52 @@ struct TrainArgs {
     /// size and split; --epochs is the total to reach. Saves back to it unless --save.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Language models: the UTF-8 text to train on [default: the shipped corpus,
+    /// data/text/].
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Language models: optimizer steps to reach (the total, with --resume).
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Language models: evaluate (and save) every N steps.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    eval_every: u64,
+    /// Language models: held-out batches per evaluation (always the same windows).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    eval_batches: usize,
+    /// Language models: context length T (characters per window).
+    #[arg(long, value_name = "T", default_value_t = 64)]
+    context: usize,
+    /// GPT: model width.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// GPT: attention heads (dividing --d-model).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// GPT: transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// char-RNN: hidden units (the embedding is a quarter as wide).
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// A language-model checkpoint (`train --model gpt --save PATH`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The text to continue (characters of the model's vocabulary).
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 500)]
+    tokens: usize,
+    /// Softmax temperature; 0 always takes the most likely character.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -231,6 +289,7 @@ fn main() -> ExitCode {
         Command::Evaluate(args) => evaluate(args).map(|()| 0),
         Command::Predict(args) => predict(args).map(|()| 0),
         Command::Bench(args) => bench(args),
+        Command::Generate(args) => lm_cli::generate_cmd(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -432,6 +491,17 @@ fn check_writable(flag: &str, path: &Path) -> Result<()> {
 }
 
 fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String>) -> Result<u8> {
+    let resumes_lm = args
+        .resume
+        .as_deref()
+        .is_some_and(shadergrad::lm::checkpoint::is_lm_checkpoint);
+    if matches!(args.model, ModelKind::Gpt | ModelKind::CharRnn) || resumes_lm {
+        return lm_cli::train(&args, given);
+    }
+    if let Some(id) = lm_cli::LM_ONLY.iter().find(|id| given(id)) {
+        let msg = "is a language-model flag; give --model gpt or --model char-rnn";
+        return Err(Error::usage(&format!("--{}", id.replace('_', "-")), msg));
+    }
     check_train_args(&args)?;
     let mut cfg = FitConfig {
         epochs: args.epochs,

@@ -12,6 +12,7 @@ use crate::gpu::Gpu;
 use crate::kernels::gather::{gather_batch, gather_rows_f32};
 use crate::kernels::loss::Loss;
 use crate::kernels::optim::{optimizer_dispatches, Optimizer};
+use crate::kernels::random::{text_windows, RandomSpec, TextWindows};
 use crate::kernels::reduce::{accumulate_metrics, Accuracy};
 use crate::kernels::Dispatch;
 use crate::model::Activation;
@@ -35,6 +36,14 @@ pub enum BatchSource<'a> {
         features: &'a Tensor,
         targets: &'a Tensor,
         order: &'a Tensor,
+    },
+    /// u32 token ids, for language models: each step draws B windows of T + 1 tokens from
+    /// tokens[offset .. offset + len] on the GPU (random.wgsl's text_windows, stream `seed`).
+    Text {
+        tokens: &'a Tensor,
+        offset: usize,
+        len: usize,
+        seed: u64,
     },
 }
 
@@ -170,7 +179,7 @@ pub fn build_plan(
     optimizer: Option<&Optimizer>,
     metrics: &Tensor,
 ) -> Result<Plan> {
-    let regression = check_source(model.loss(), source)?;
+    let regression = check_source(model, source)?;
     let mut sg = step_graph(model, batch, regression, optimizer.is_some())?;
     fuse(
         &mut sg.g,
@@ -250,10 +259,21 @@ pub fn build_plan(
     })
 }
 
-/// Whether the source holds regression rows (else labelled images), checked against the
-/// model's loss.
-fn check_source(loss: Loss, source: &BatchSource<'_>) -> Result<bool> {
-    match (source, loss) {
+/// Whether the source holds regression rows (else labelled images or text), checked
+/// against the model's loss and input.
+fn check_source(model: &dyn Model, source: &BatchSource<'_>) -> Result<bool> {
+    let text = matches!(source, BatchSource::Text { .. });
+    if text != model.context().is_some() {
+        return Err(Error::usage(
+            "model",
+            match text {
+                true => "a text source feeds language models (token inputs); this model takes images",
+                false => "a language model reads text; add it with Trainer::add_text",
+            },
+        ));
+    }
+    match (source, model.loss()) {
+        (BatchSource::Text { .. }, _) => Ok(false),
         (BatchSource::Images { .. }, Loss::MeanSquaredError) => Err(Error::usage(
             "model",
             "a linear output (mean squared error) needs f32 regression targets, which image datasets do not have; add the data with Trainer::add_dataset_f32, or end with softmax (or sigmoid on 1 unit)",
@@ -281,5 +301,19 @@ fn gather(gpu: &Gpu, source: &BatchSource<'_>, x: &Tensor, t: &Tensor) -> Result
             targets,
             order,
         } => gather_rows_f32(gpu, features, targets, order, 0, &rows, t),
+        BatchSource::Text {
+            tokens,
+            offset,
+            len,
+            seed,
+        } => {
+            let w = TextWindows {
+                offset,
+                len,
+                batch: x.shape[0],
+                seq_len: x.shape[1],
+            };
+            text_windows(gpu, &RandomSpec { seed, counter: 0 }, &w, tokens, x, t)
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! The command line of the language models: `train --model gpt|char-rnn` and `generate`.
+//! Everything else (models, data, training loop, sampling) is the library's `lm` module.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use shadergrad::data::text::{default_text_path, TextCorpus};
+use shadergrad::gpu::{cpu_adapter_warning, Gpu};
+use shadergrad::kernels::optim::Optimizer;
+use shadergrad::lm::checkpoint::{self, LmCheckpoint};
+use shadergrad::lm::generate::{generate, GenerateOptions};
+use shadergrad::lm::train::{LmData, LmRun, LmTrainConfig};
+use shadergrad::lm::{CharRnnConfig, GptConfig, LmConfig};
+use shadergrad::schedule::{Decay, Schedule};
+use shadergrad::{Error, Result};
+
+use crate::{GenerateArgs, ModelKind, OptimizerKind, ScheduleKind, TrainArgs};
+
+/// Image-model flags a language model refuses (clap ids).
+const IMAGE_ONLY: [&str; 7] = [
+    "epochs",
+    "validation_split",
+    "data_dir",
+    "early_stopping",
+    "restore_best",
+    "lr_step_epochs",
+    "model_file",
+];
+
+/// Language-model flags an image model refuses (clap ids).
+pub const LM_ONLY: [&str; 9] = [
+    "text", "steps", "eval_every", "eval_batches", "context", "d_model", "heads", "layers",
+    "hidden",
+];
+
+/// Windows per step when --batch-size is not given (the image models' 128 is theirs).
+const DEFAULT_BATCH: usize = 32;
+
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// The model the flags describe, for a vocabulary of `vocab` characters.
+fn config(args: &TrainArgs, vocab: usize) -> Result<LmConfig> {
+    let cfg = match args.model {
+        ModelKind::Gpt => LmConfig::Gpt(GptConfig {
+            vocab,
+            context: args.context,
+            d_model: args.d_model,
+            heads: args.heads,
+            layers: args.layers,
+        }),
+        _ => LmConfig::CharRnn(CharRnnConfig {
+            vocab,
+            context: args.context,
+            embed: args.hidden.div_ceil(4).max(16),
+            hidden: args.hidden,
+        }),
+    };
+    cfg.validate("train")?;
+    Ok(cfg)
+}
+
+/// Adam/AdamW/SGD as the flags say, the cosine horizon being the run's --steps.
+fn optimizer(args: &TrainArgs) -> Result<Optimizer> {
+    let decay = match args.lr_schedule {
+        ScheduleKind::Constant => Decay::Constant,
+        ScheduleKind::Step => return Err(Error::usage("--lr-schedule step", "counts epochs, which language models do not have; use cosine or constant")),
+        ScheduleKind::Cosine => Decay::Cosine {
+            horizon: args.steps,
+            min_lr: args.lr_min,
+        },
+    };
+    let schedule = Schedule {
+        decay,
+        warmup: args.warmup_steps,
+    };
+    schedule.check(args.lr)?;
+    let opt = match args.optimizer {
+        OptimizerKind::Adam => Optimizer::adam(args.lr),
+        OptimizerKind::Adamw => Optimizer::adamw(args.lr, args.weight_decay.unwrap_or(0.01)),
+        OptimizerKind::Sgd if args.nesterov => Optimizer::nesterov(args.lr, args.momentum),
+        OptimizerKind::Sgd => Optimizer::sgd(args.lr, args.momentum),
+    };
+    Ok(opt.with_schedule(schedule).with_clip_norm(args.clip_norm))
+}
+
+/// `train --model gpt|char-rnn`.
+pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
+    if let Some(id) = IMAGE_ONLY.iter().find(|id| given(id)) {
+        return Err(Error::usage(&flag(id), "is an image-model flag; language models train for --steps on --text"));
+    }
+    let resumed = args.resume.as_deref().map(checkpoint::load).transpose()?;
+    let text_path = args.text.clone().unwrap_or_else(default_text_path);
+    let corpus = TextCorpus::load(&text_path)?;
+    let (config, opt, batch, seed) = match &resumed {
+        Some(ck) => {
+            if ck.vocab != corpus.vocab {
+                return Err(Error::usage("--text", format!("{}: its vocabulary differs from the checkpoint's ({} vs {} characters); resume on the text it was trained on ({})", text_path.display(), corpus.vocab.len(), ck.vocab.len(), ck.text)));
+            }
+            (ck.config, ck.optimizer, ck.batch_size, ck.seed)
+        }
+        None => {
+            let batch = if given("batch_size") { args.batch_size } else { DEFAULT_BATCH };
+            (config(args, corpus.vocab.len())?, optimizer(args)?, batch, args.seed)
+        }
+    };
+    let ctx = shadergrad::nn::Model::context(&config).unwrap_or(1);
+    corpus.check_window(ctx)?;
+    let cfg = LmTrainConfig {
+        steps: args.steps,
+        batch,
+        eval_every: args.eval_every.max(1),
+        eval_batches: args.eval_batches.max(1),
+        seed,
+        optimizer: opt,
+        text: args.text.as_ref().map_or("default".into(), |p| p.display().to_string()),
+        save: args.save.clone().or(args.resume.clone()),
+    };
+    let gpu = Gpu::new()?;
+    println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
+    if let Some(w) = cpu_adapter_warning(&gpu.info) {
+        eprintln!("{w}");
+    }
+    let data = LmData {
+        vocab: &corpus.vocab,
+        train: &corpus.train,
+        val: &corpus.val,
+    };
+    let mut run = LmRun::new(&gpu, config, &data, &cfg, resumed.as_ref())?;
+    let params: usize = run.trainer.store.specs.iter().map(|s| s.numel()).sum();
+    println!("model: {} ({params} parameters), text: {} ({} training and {} held-out characters, vocabulary {})",
+        config.to_json(), text_path.display(), corpus.train.len(), corpus.val.len(), corpus.vocab.len());
+    println!("unigram baseline: {:.3} bits per character on the held-out text", corpus.unigram_bpc());
+    let mut log = match &args.metrics_out {
+        Some(p) => Some((std::fs::File::create(p).map_err(|e| Error::io(p, e))?, p.clone())),
+        None => None,
+    };
+    let mut write_err = None;
+    run.run(&cfg, &mut |row| {
+        println!(
+            "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
+            row["step"], row["loss"].as_f64().unwrap_or(f64::NAN), row["bpc"].as_f64().unwrap_or(f64::NAN),
+            row["val_loss"].as_f64().unwrap_or(f64::NAN), row["val_bpc"].as_f64().unwrap_or(f64::NAN),
+            row["tokens_per_second"].as_f64().unwrap_or(0.0)
+        );
+        if let Some((f, p)) = log.as_mut() {
+            if let Err(e) = writeln!(f, "{row}") {
+                write_err.get_or_insert(Error::io(p, e));
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    if let Some(p) = &cfg.save {
+        println!("saved {}", p.display());
+    }
+    Ok(0)
+}
+
+/// `generate`: sample from a language-model checkpoint and print the text.
+pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
+    let ck: LmCheckpoint = load_lm(&args.checkpoint)?;
+    let gpu = Gpu::new()?;
+    let opts = GenerateOptions {
+        prompt: args.prompt.clone(),
+        tokens: args.tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+    };
+    let text = generate(&gpu, &ck, &opts)?;
+    println!("{}{}", args.prompt, text);
+    Ok(())
+}
+
+fn load_lm(path: &Path) -> Result<LmCheckpoint> {
+    if path.exists() && !checkpoint::is_lm_checkpoint(path) {
+        return Err(Error::usage("--checkpoint", format!("{} holds no language model (its `model` metadata is not gpt or char-rnn); `evaluate` and `predict` read image models", path.display())));
+    }
+    checkpoint::load(path)
+}
+
+/// The text path a run's flags name (for messages).
+pub fn text_of(args: &TrainArgs) -> PathBuf {
+    args.text.clone().unwrap_or_else(default_text_path)
+}
