@@ -205,7 +205,7 @@ impl Shader {
             ],
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
-            Shader::Random => &["random_uniform", "dropout_mask"],
+            Shader::Random => &["random_uniform", "dropout_mask", "text_windows"],
         }
     }
 }
