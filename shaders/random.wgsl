@@ -2,24 +2,36 @@
 // Random123, cuRAND and PyTorch): the same (seed, counter, element) gives the same bits on
 // every adapter, and no state is kept between dispatches.
 //
-// Element i of the output takes word i % 4 of the block
-//   w = philox4x32_10(ctr = (i / 4, 0, counter_lo, counter_hi), key = (seed_lo, seed_hi))
-//   u = (w >> 8) * 2^-24                       a uniform float in [0, 1), exact in f32
+// Random word j of the stream is word j % 4 of the block
+//   w_j = philox4x32_10(ctr = (j / 4, 0, counter_lo, counter_hi), key = (seed_lo, seed_hi))
 //
-//   random_uniform:  y[i] = u
-//   dropout_mask:    mask[i] = scale if (w >> 8) >= threshold else 0
+//   random_uniform:  y[i] = (w_i >> 8) * 2^-24     a uniform float in [0, 1), exact in f32
+//   dropout_mask:    mask[i] = scale if (w_i >> 8) >= threshold else 0
 //                    threshold = round(p * 2^24), scale = 1 / (1 - p) (both from the host),
 //                    so P(drop) = threshold / 2^24 ~ p and E[mask] ~ 1.
+//   text_windows:    B windows of T + 1 tokens drawn from tok[off .. off + len) (one split
+//                    of the encoded text); row b < B starts at
+//                      start_b = floor(w_b * (len - T) / 2^32)   (the high word of the
+//                                                                 64-bit product: exact)
+//                    so 0 <= start_b < len - T, and for t < T, i = b * T + t:
+//                      x[i] = tok[off + start_b + t]      (inputs)
+//                      y[i] = tok[off + start_b + t + 1]  (next-token targets)
 // The host rewrites counter (byte offset 24 of Params) per step, so one recorded dispatch
 // draws fresh numbers each step; distinct streams take distinct seeds.
 //
 // Bindings (group 0):
 //   0 uniform             Params { n, threshold, scale, _, seed_lo, seed_hi, counter_lo,
-//                         counter_hi }
-//   1 storage read_write  out   [n] f32: y (random_uniform) or mask (dropout_mask)
+//                         counter_hi, seq_len, tok_offset, tok_len, _ }
+//   1 storage read_write  out   [n] 32-bit words: y or mask as f32 bits (random_uniform,
+//                         dropout_mask); x [B * T] u32 (text_windows)
+//   2 storage read_write  out2  [B * T] u32: y (text_windows only)
+//   3 storage read        tok   the encoded text, u32 (text_windows only)
 //
-// Dispatch: one invocation per block of 4 elements, b = gid.x + gid.y * nwg.x * 256, over
-// ceil(n / 4) blocks of a 2-D grid of 256-wide workgroups; elements past n are not written.
+// Dispatch, 1-D over a 2-D grid of 256-wide workgroups (k = gid.x + gid.y * nwg.x * 256):
+//   random_uniform, dropout_mask: one invocation per block of 4 elements, k < ceil(n / 4);
+//                                 elements past n are not written.
+//   text_windows:                 one invocation per output element, i = k < n = B * T
+//                                 (each recomputes its row's block: 10 rounds, no memory).
 
 struct Params {
     n: u32,
@@ -30,10 +42,16 @@ struct Params {
     seed_hi: u32,
     counter_lo: u32,
     counter_hi: u32,
+    seq_len: u32,
+    tok_offset: u32,
+    tok_len: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out2: array<u32>;
+@group(0) @binding(3) var<storage, read> tok: array<u32>;
 
 // (hi, lo) 32-bit halves of the 64-bit product a * b, from 16-bit pieces (WGSL has no u64).
 fn mulhilo(a: u32, b: u32) -> vec2<u32> {
@@ -61,9 +79,8 @@ fn philox4x32_10(ctr_in: vec4<u32>, key_in: vec2<u32>) -> vec4<u32> {
     return c;
 }
 
-// The 4 random words of block b = gid.x + gid.y * nwg.x * 256.
-fn block(gid: vec3<u32>, nwg: vec3<u32>) -> vec4<u32> {
-    let b = gid.x + gid.y * nwg.x * 256u;
+// The 4 random words of block b (words 4b .. 4b + 3 of the stream).
+fn block(b: u32) -> vec4<u32> {
     let ctr = vec4<u32>(b, 0u, p.counter_lo, p.counter_hi);
     return philox4x32_10(ctr, vec2<u32>(p.seed_lo, p.seed_hi));
 }
@@ -75,9 +92,9 @@ fn random_uniform(@builtin(global_invocation_id) gid: vec3<u32>,
     if (first >= p.n) {
         return;
     }
-    let w = block(gid, nwg);
+    let w = block(first / 4u);
     for (var j = 0u; j < 4u && first + j < p.n; j++) {
-        out[first + j] = f32(w[j] >> 8u) * (1.0 / 16777216.0);
+        out[first + j] = bitcast<u32>(f32(w[j] >> 8u) * (1.0 / 16777216.0));
     }
 }
 
@@ -88,8 +105,24 @@ fn dropout_mask(@builtin(global_invocation_id) gid: vec3<u32>,
     if (first >= p.n) {
         return;
     }
-    let w = block(gid, nwg);
+    let w = block(first / 4u);
     for (var j = 0u; j < 4u && first + j < p.n; j++) {
-        out[first + j] = select(0.0, p.scale, (w[j] >> 8u) >= p.threshold);
+        out[first + j] = bitcast<u32>(select(0.0, p.scale, (w[j] >> 8u) >= p.threshold));
     }
+}
+
+@compute @workgroup_size(256)
+fn text_windows(@builtin(global_invocation_id) gid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.n) {
+        return;
+    }
+    let b = i / p.seq_len;
+    let t = i - b * p.seq_len;
+    let w = block(b / 4u)[b % 4u];
+    let start = mulhilo(w, p.tok_len - p.seq_len).x;
+    let src = p.tok_offset + start + t;
+    out[i] = tok[src];
+    out2[i] = tok[src + 1u];
 }

@@ -146,7 +146,7 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
         );
         if let Some((f, p)) = log.as_mut() {
             if let Err(e) = writeln!(f, "{row}") {
-                write_err.get_or_insert(Error::io(p, e));
+                write_err.get_or_insert(Error::io(p.as_path(), e));
             }
         }
     })?;

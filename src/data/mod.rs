@@ -1,6 +1,6 @@
 //! MNIST data layer: the IDX reader ([`read_idx`]), the MNIST loader ([`load_mnist`]) with
 //! SHA-256 verification, and [`pack_u8_to_u32`] for uploading bytes to the GPU.
-//! See [`idx`] for the IDX file format.
+//! See [`idx`] for the IDX file format, and [`text`] for the character-level text corpora.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 pub mod idx;
+pub mod text;
 
 use idx::{open_content, ReadCtx};
 pub use idx::{parse_idx, read_idx, read_idx_with_cap, IdxArray, DEFAULT_CAP_BYTES};

@@ -210,7 +210,7 @@ impl Shader {
             ],
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
-            Shader::Random => &["random_uniform", "dropout_mask"],
+            Shader::Random => &["random_uniform", "dropout_mask", "text_windows"],
             Shader::Sample => &["sample_next"],
         }
     }

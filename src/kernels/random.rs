@@ -1,10 +1,11 @@
 //! Counter-based random numbers (Philox-4x32-10): shaders/random.wgsl, its wrappers and
 //! bit-exact CPU references. Element i takes word i % 4 of
 //! philox4x32_10((i / 4, 0, counter_lo, counter_hi), (seed_lo, seed_hi)).
+//! [`text_windows`] draws a language-model batch with the same words: row b's window start.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{dispatch, grid_1d, Dispatch, KernelCall, Shader};
+use super::{dispatch, grid_1d, Dispatch, KernelCall, Shader, WG_1D};
 use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -25,6 +26,11 @@ struct Params {
     _pad: u32,
     seed: [u32; 2],
     counter: [u32; 2],
+    /// text_windows only: T, and the split's offset and length in the token buffer.
+    seq_len: u32,
+    tok_offset: u32,
+    tok_len: u32,
+    _pad1: u32,
 }
 
 /// Byte offset of the seed (u64, little-endian: lo then hi word) in the uniform.
@@ -66,6 +72,7 @@ fn call(
         _pad: 0,
         seed: split(spec.seed),
         counter: split(spec.counter),
+        ..Zeroable::zeroed()
     };
     dispatch(
         gpu,
@@ -97,7 +104,101 @@ pub fn dropout_mask(gpu: &Gpu, spec: &RandomSpec, p: f32, mask: &Tensor) -> Resu
     call(gpu, "dropout_mask", spec, dropout_constants(p), mask)
 }
 
-/// Rewrite the counter of a [`random_uniform`] or [`dropout_mask`] dispatch (takes effect
+/// Where [`text_windows`] draws from and what it draws: `batch` windows of `seq_len + 1`
+/// tokens, all inside `tokens[offset .. offset + len]` (one split of the encoded text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextWindows {
+    pub offset: usize,
+    pub len: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl TextWindows {
+    fn check(&self, tokens: usize) -> Result<()> {
+        let (b, t) = (self.batch, self.seq_len);
+        let end = self.offset.checked_add(self.len);
+        let problem = if b == 0 || t == 0 {
+            Some("batch and seq_len must be at least 1".to_string())
+        } else if self.len <= t {
+            Some(format!(
+                "the split has {} tokens; one window needs seq_len + 1 = {}",
+                self.len,
+                t + 1
+            ))
+        } else if end.is_none_or(|e| e > tokens || e > u32::MAX as usize) {
+            Some(format!(
+                "the split [{}, +{}) passes the token buffer of {tokens} tokens (or 2^32)",
+                self.offset, self.len
+            ))
+        } else if b
+            .checked_mul(t)
+            .is_none_or(|n| n > u32::MAX as usize - WG_1D)
+        {
+            Some(format!("batch * seq_len = {b} * {t} passes 2^32 - {WG_1D}"))
+        } else {
+            None
+        };
+        match problem {
+            Some(msg) => Err(Error::shape("text_windows", format!("{self:?}: {msg}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Draws a batch of next-token windows on the GPU: for row b, u = the stream's word b,
+/// start = floor(u * (len - seq_len) / 2^32), and for t < seq_len
+/// `x[b * T + t] = tokens[offset + start + t]`, `y[b * T + t] = tokens[offset + start + t + 1]`.
+/// x and y are u32 tensors of `batch * seq_len` elements (any shape). Rewrite the counter
+/// per step with [`write_counter`] for a fresh batch from the same dispatch.
+pub fn text_windows(
+    gpu: &Gpu,
+    spec: &RandomSpec,
+    w: &TextWindows,
+    tokens: &Tensor,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<Dispatch> {
+    w.check(tokens.numel())?;
+    let n = w.batch * w.seq_len;
+    for (name, t) in [("x", x), ("y", y)] {
+        if t.numel() != n {
+            return Err(Error::shape(
+                "text_windows",
+                format!(
+                    "{name} has shape {:?}, expected batch * seq_len = {} * {} = {n} elements",
+                    t.shape, w.batch, w.seq_len
+                ),
+            ));
+        }
+    }
+    let params = Params {
+        n: n as u32,
+        seed: split(spec.seed),
+        counter: split(spec.counter),
+        seq_len: w.seq_len as u32,
+        tok_offset: w.offset as u32,
+        tok_len: w.len as u32,
+        ..Zeroable::zeroed()
+    };
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Random,
+            entry: "text_windows",
+            params: bytemuck::bytes_of(&params),
+            bindings: &[
+                (x, Access::ReadWrite),
+                (y, Access::ReadWrite),
+                (tokens, Access::Read),
+            ],
+            workgroups: grid_1d(gpu, "text_windows", n)?,
+            constants: &[],
+        },
+    )
+}
+
+/// Rewrite the counter of a [`random_uniform`], [`dropout_mask`] or [`text_windows`] dispatch (takes effect
 /// at the next submit).
 pub fn write_counter(gpu: &Gpu, d: &Dispatch, counter: u64) {
     gpu.queue
@@ -145,4 +246,29 @@ pub fn dropout_mask_ref(spec: &RandomSpec, p: f32, n: usize) -> Vec<f32> {
     words(spec, n)
         .map(|w| if (w >> 8) >= threshold { scale } else { 0.0 })
         .collect()
+}
+
+/// The window starts [`text_windows`] draws, relative to `w.offset`: row b starts at
+/// `(word_b * (len - seq_len)) >> 32`, in `0 .. len - seq_len`.
+pub fn text_window_starts(spec: &RandomSpec, w: &TextWindows) -> Vec<usize> {
+    let range = (w.len - w.seq_len) as u64;
+    words(spec, w.batch)
+        .map(|word| ((word as u64 * range) >> 32) as usize)
+        .collect()
+}
+
+/// Reference of [`text_windows`], bit for bit: (x, y), each `batch * seq_len` tokens.
+/// Panics if `w` does not fit `tokens` (the GPU wrapper returns an error instead).
+pub fn text_windows_ref(
+    spec: &RandomSpec,
+    w: &TextWindows,
+    tokens: &[u32],
+) -> (Vec<u32>, Vec<u32>) {
+    let split = &tokens[w.offset..w.offset + w.len];
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for start in text_window_starts(spec, w) {
+        x.extend_from_slice(&split[start..start + w.seq_len]);
+        y.extend_from_slice(&split[start + 1..start + w.seq_len + 1]);
+    }
+    (x, y)
 }
