@@ -8,6 +8,9 @@
 //   accumulate_metrics: metrics[0] += sum_b loss[b]; metrics[1] += number of rows whose
 //                       prediction equals label[b]; metrics[2] += B;
 //                       metrics[3] = 1 when any loss is NaN or infinite.
+//                       When B x C passes the loop budget (token losses, B = N tokens):
+//                       metrics_partial sums chunks of i rows into a scratch [count, 4],
+//                       then metrics_combine adds the chunks in order into metrics.
 //                       Prediction: argmax_c prob[b, c] (first on ties) for C > 1,
 //                       prob[b] > 0.5 for C = 1; no accuracy for mode 2 (regression).
 //
@@ -19,8 +22,9 @@
 //   4 storage read_write  out     sum: [J];  metrics: [4] running totals
 //
 // Dispatch: sum_outer_inner one invocation per output (1-D over a 2-D grid of 64-wide
-// workgroups); accumulate_metrics exactly one workgroup, of which invocation 0 works: the
-// loop over B keeps a fixed order, so totals are bit-for-bit reproducible.
+// workgroups); accumulate_metrics and metrics_combine exactly one workgroup, of which
+// invocation 0 works; metrics_partial one invocation per chunk (1-D over a 2-D grid). Every
+// loop keeps a fixed order, so totals are bit-for-bit reproducible.
 
 struct Params {
     r: u32,
@@ -55,16 +59,13 @@ fn sum_outer_inner(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     out[j] = acc;
 }
 
-@compute @workgroup_size(256)
-fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
-    if (lid != 0u) {
-        return;
-    }
+// Totals of rows first..end: (loss sum, correct, rows, 1 if any loss is not finite).
+fn rows_totals(first: u32, end: u32) -> vec4<f32> {
     let classes = p.j;
     var loss_sum = 0.0;
     var correct = 0.0;
     var bad = false;
-    for (var b = 0u; b < p.r; b++) {
+    for (var b = first; b < end; b++) {
         let l = x[b];
         // NaN fails every comparison; infinities exceed the largest finite f32.
         if (!(abs(l) <= 3.4e38)) {
@@ -88,10 +89,51 @@ fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
             correct += 1.0;
         }
     }
-    out[0] += loss_sum;
-    out[1] += correct;
-    out[2] += f32(p.r);
-    if (bad) {
+    return vec4<f32>(loss_sum, correct, f32(end - first), select(0.0, 1.0, bad));
+}
+
+// Add totals t into the running metrics out[0..4].
+fn add_totals(t: vec4<f32>) {
+    out[0] += t.x;
+    out[1] += t.y;
+    out[2] += t.z;
+    if (t.w != 0.0) {
         out[3] = 1.0;
     }
+}
+
+@compute @workgroup_size(256)
+fn accumulate_metrics(@builtin(local_invocation_index) lid: u32) {
+    if (lid != 0u) {
+        return;
+    }
+    add_totals(rows_totals(0u, p.r));
+}
+
+// Many rows (token losses): chunk k < count (rows k * i .. min((k + 1) * i, r)) writes its
+// totals to out[4k .. 4k + 4] (out = a scratch of 4 * count), one invocation each ...
+@compute @workgroup_size(256)
+fn metrics_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let k = gid.x + gid.y * nwg.x * 256u;
+    if (k >= p.count) {
+        return;
+    }
+    let first = k * p.i;
+    let t = rows_totals(first, min(first + p.i, p.r));
+    for (var c = 0u; c < 4u; c++) {
+        out[4u * k + c] = t[c];
+    }
+}
+
+// ... then one invocation adds the chunks' totals (x = that scratch) in order into out.
+@compute @workgroup_size(256)
+fn metrics_combine(@builtin(local_invocation_index) lid: u32) {
+    if (lid != 0u) {
+        return;
+    }
+    var t = vec4<f32>(0.0);
+    for (var k = 0u; k < p.count; k++) {
+        t += vec4<f32>(x[4u * k], x[4u * k + 1u], x[4u * k + 2u], x[4u * k + 3u]);
+    }
+    add_totals(t);
 }

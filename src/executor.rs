@@ -298,7 +298,12 @@ impl<'g> Trainer<'g> {
         let t = self.model.context().unwrap_or(0);
         let n = match self.datasets.get(dataset) {
             Some(Dataset::Text(d)) => d.n,
-            _ => return Err(Error::usage("add_text_source", format!("dataset {dataset} is not a text"))),
+            _ => {
+                return Err(Error::usage(
+                    "add_text_source",
+                    format!("dataset {dataset} is not a text"),
+                ))
+            }
         };
         if t == 0 || offset + len > n || len <= t {
             return Err(Error::shape(
@@ -420,7 +425,11 @@ impl<'g> Trainer<'g> {
         if text {
             // Training draws fresh windows each step; evaluation step `start` always the
             // same ones (a stream of its own: bit 63 set).
-            let c = if train { counter } else { mix ^ (1 << 63) ^ start as u64 };
+            let c = if train {
+                counter
+            } else {
+                mix ^ (1 << 63) ^ start as u64
+            };
             crate::kernels::random::write_counter(gpu, plan.gather(), c);
         } else {
             gpu.queue.write_buffer(

@@ -2,7 +2,7 @@
 //! Everything else (models, data, training loop, sampling) is the library's `lm` module.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use shadergrad::data::text::{default_text_path, TextCorpus};
 use shadergrad::gpu::{cpu_adapter_warning, Gpu};
@@ -29,7 +29,14 @@ const IMAGE_ONLY: [&str; 7] = [
 
 /// Language-model flags an image model refuses (clap ids).
 pub const LM_ONLY: [&str; 9] = [
-    "text", "steps", "eval_every", "eval_batches", "context", "d_model", "heads", "layers",
+    "text",
+    "steps",
+    "eval_every",
+    "eval_batches",
+    "context",
+    "d_model",
+    "heads",
+    "layers",
     "hidden",
 ];
 
@@ -65,7 +72,12 @@ fn config(args: &TrainArgs, vocab: usize) -> Result<LmConfig> {
 fn optimizer(args: &TrainArgs) -> Result<Optimizer> {
     let decay = match args.lr_schedule {
         ScheduleKind::Constant => Decay::Constant,
-        ScheduleKind::Step => return Err(Error::usage("--lr-schedule step", "counts epochs, which language models do not have; use cosine or constant")),
+        ScheduleKind::Step => {
+            return Err(Error::usage(
+                "--lr-schedule step",
+                "counts epochs, which language models do not have; use cosine or constant",
+            ))
+        }
         ScheduleKind::Cosine => Decay::Cosine {
             horizon: args.steps,
             min_lr: args.lr_min,
@@ -88,7 +100,10 @@ fn optimizer(args: &TrainArgs) -> Result<Optimizer> {
 /// `train --model gpt|char-rnn`.
 pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
     if let Some(id) = IMAGE_ONLY.iter().find(|id| given(id)) {
-        return Err(Error::usage(&flag(id), "is an image-model flag; language models train for --steps on --text"));
+        return Err(Error::usage(
+            &flag(id),
+            "is an image-model flag; language models train for --steps on --text",
+        ));
     }
     let resumed = args.resume.as_deref().map(checkpoint::load).transpose()?;
     let text_path = args.text.clone().unwrap_or_else(default_text_path);
@@ -101,8 +116,17 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
             (ck.config, ck.optimizer, ck.batch_size, ck.seed)
         }
         None => {
-            let batch = if given("batch_size") { args.batch_size } else { DEFAULT_BATCH };
-            (config(args, corpus.vocab.len())?, optimizer(args)?, batch, args.seed)
+            let batch = if given("batch_size") {
+                args.batch_size
+            } else {
+                DEFAULT_BATCH
+            };
+            (
+                config(args, corpus.vocab.len())?,
+                optimizer(args)?,
+                batch,
+                args.seed,
+            )
         }
     };
     let ctx = shadergrad::nn::Model::context(&config).unwrap_or(1);
@@ -114,7 +138,10 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
         eval_batches: args.eval_batches.max(1),
         seed,
         optimizer: opt,
-        text: args.text.as_ref().map_or("default".into(), |p| p.display().to_string()),
+        text: args
+            .text
+            .as_ref()
+            .map_or("default".into(), |p| p.display().to_string()),
         save: args.save.clone().or(args.resume.clone()),
     };
     let gpu = Gpu::new()?;
@@ -131,17 +158,26 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
     let params: usize = run.trainer.store.specs.iter().map(|s| s.numel()).sum();
     println!("model: {} ({params} parameters), text: {} ({} training and {} held-out characters, vocabulary {})",
         config.to_json(), text_path.display(), corpus.train.len(), corpus.val.len(), corpus.vocab.len());
-    println!("unigram baseline: {:.3} bits per character on the held-out text", corpus.unigram_bpc());
+    println!(
+        "unigram baseline: {:.3} bits per character on the held-out text",
+        corpus.unigram_bpc()
+    );
     let mut log = match &args.metrics_out {
-        Some(p) => Some((std::fs::File::create(p).map_err(|e| Error::io(p, e))?, p.clone())),
+        Some(p) => Some((
+            std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
+            p.clone(),
+        )),
         None => None,
     };
     let mut write_err = None;
     run.run(&cfg, &mut |row| {
         println!(
             "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
-            row["step"], row["loss"].as_f64().unwrap_or(f64::NAN), row["bpc"].as_f64().unwrap_or(f64::NAN),
-            row["val_loss"].as_f64().unwrap_or(f64::NAN), row["val_bpc"].as_f64().unwrap_or(f64::NAN),
+            row["step"],
+            row["loss"].as_f64().unwrap_or(f64::NAN),
+            row["bpc"].as_f64().unwrap_or(f64::NAN),
+            row["val_loss"].as_f64().unwrap_or(f64::NAN),
+            row["val_bpc"].as_f64().unwrap_or(f64::NAN),
             row["tokens_per_second"].as_f64().unwrap_or(0.0)
         );
         if let Some((f, p)) = log.as_mut() {
@@ -179,9 +215,4 @@ fn load_lm(path: &Path) -> Result<LmCheckpoint> {
         return Err(Error::usage("--checkpoint", format!("{} holds no language model (its `model` metadata is not gpt or char-rnn); `evaluate` and `predict` read image models", path.display())));
     }
     checkpoint::load(path)
-}
-
-/// The text path a run's flags name (for messages).
-pub fn text_of(args: &TrainArgs) -> PathBuf {
-    args.text.clone().unwrap_or_else(default_text_path)
 }

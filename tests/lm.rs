@@ -76,7 +76,10 @@ fn check_model_gradients(cfg: LmConfig, batch: usize) {
     let label = g.input("label", &[batch * t], DType::U32);
     let per_token = g.loss(Loss::SoftmaxCrossEntropy, logits, label).unwrap();
     let loss = g.mean(per_token, &[0]).unwrap();
-    let params: Vec<_> = g.ids().filter(|&i| matches!(g.node(i).op, Op::Param(_))).collect();
+    let params: Vec<_> = g
+        .ids()
+        .filter(|&i| matches!(g.node(i).op, Op::Param(_)))
+        .collect();
     let grads = grad(&mut g, loss, &params).unwrap();
     g.mark_output(loss);
     grads.iter().for_each(|&d| g.mark_output(d));
@@ -102,7 +105,7 @@ fn check_model_gradients(cfg: LmConfig, batch: usize) {
         let picks: Vec<usize> = (0..3).map(|k| (k * 7919 + pi * 31) % n).collect();
         let mut fd = Vec::new();
         for &e in &picks {
-            let mut at = |delta: f32| {
+            let at = |delta: f32| {
                 let mut w = values[pi].clone();
                 w[e] += delta;
                 s.write(p, &w).unwrap();
@@ -120,12 +123,23 @@ fn check_model_gradients(cfg: LmConfig, batch: usize) {
 
 #[test]
 fn gpt_gradients_match_finite_differences() {
-    let cfg = GptConfig { vocab: 11, context: 5, d_model: 8, heads: 2, layers: 2 };
+    let cfg = GptConfig {
+        vocab: 11,
+        context: 5,
+        d_model: 8,
+        heads: 2,
+        layers: 2,
+    };
     check_model_gradients(LmConfig::Gpt(cfg), 3);
 }
 
 #[test]
 fn char_rnn_gradients_match_finite_differences() {
-    let cfg = CharRnnConfig { vocab: 7, context: 4, embed: 3, hidden: 6 };
+    let cfg = CharRnnConfig {
+        vocab: 7,
+        context: 4,
+        embed: 3,
+        hidden: 6,
+    };
     check_model_gradients(LmConfig::CharRnn(cfg), 2);
 }

@@ -229,7 +229,7 @@ pub fn build_plan(
     } else {
         Accuracy::Classification
     };
-    d.push(accumulate_metrics(
+    d.extend(accumulate_metrics(
         gpu, &loss_t, &prob_t, &label, accuracy, metrics,
     )?);
     if let Some(opt) = optimizer {
@@ -267,7 +267,9 @@ fn check_source(model: &dyn Model, source: &BatchSource<'_>) -> Result<bool> {
         return Err(Error::usage(
             "model",
             match text {
-                true => "a text source feeds language models (token inputs); this model takes images",
+                true => {
+                    "a text source feeds language models (token inputs); this model takes images"
+                }
                 false => "a language model reads text; add it with Trainer::add_text",
             },
         ));

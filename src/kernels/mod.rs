@@ -183,7 +183,12 @@ impl Shader {
                 "mse_forward",
                 "mse_backward",
             ],
-            Shader::Reduce => &["sum_outer_inner", "accumulate_metrics"],
+            Shader::Reduce => &[
+                "sum_outer_inner",
+                "accumulate_metrics",
+                "metrics_partial",
+                "metrics_combine",
+            ],
             Shader::Optim => &["adam", "sgd", "grad_sumsq_partial", "grad_sumsq_final"],
             Shader::Softmax => &[
                 "softmax_rows_forward",

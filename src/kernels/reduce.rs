@@ -108,7 +108,7 @@ pub fn accumulate_metrics(
     label: &Tensor,
     accuracy: Accuracy,
     metrics: &Tensor,
-) -> Result<Dispatch> {
+) -> Result<Vec<Dispatch>> {
     let op = "accumulate_metrics";
     let [batch, classes] = match prob.shape[..] {
         [b, c] => [b, c],
@@ -133,31 +133,65 @@ pub fn accumulate_metrics(
         count: 1,
         _pad: [0; 2],
     };
-    if batch * (classes + 1) > LOOP_BUDGET {
+    if classes + 1 > LOOP_BUDGET {
         return Err(Error::Limit {
             op: op.into(),
-            what: "batch x classes (loop iterations of the one metrics invocation)".into(),
-            requested: (batch * (classes + 1)) as u64,
+            what: "classes (loop iterations per row of the metrics)".into(),
+            requested: (classes + 1) as u64,
             limit: LOOP_BUDGET as u64,
-            hint: "use a smaller batch size".into(),
+            hint: "use fewer classes".into(),
         });
     }
-    dispatch(
-        gpu,
-        &KernelCall {
-            shader: Shader::Reduce,
-            entry: op,
-            params: bytemuck::bytes_of(&params),
-            bindings: &[
-                (loss, Access::Read),
-                (prob, Access::Read),
-                (label, Access::Read),
-                (metrics, Access::ReadWrite),
-            ],
-            workgroups: [1, 1, 1],
-            constants: &[],
-        },
-    )
+    let call = |entry: &'static str, params: &Params, bindings: &[(&Tensor, Access)], wg| {
+        dispatch(
+            gpu,
+            &KernelCall {
+                shader: Shader::Reduce,
+                entry,
+                params: bytemuck::bytes_of(params),
+                bindings,
+                workgroups: wg,
+                constants: &[],
+            },
+        )
+    };
+    if batch * (classes + 1) <= LOOP_BUDGET {
+        let b = [
+            (loss, Access::Read),
+            (prob, Access::Read),
+            (label, Access::Read),
+            (metrics, Access::ReadWrite),
+        ];
+        return Ok(vec![call(op, &params, &b, [1, 1, 1])?]);
+    }
+    // Chunks of rows, each within the budget, then their totals in order.
+    let rows = LOOP_BUDGET / (classes + 1);
+    let chunks = batch.div_ceil(rows);
+    let part = Tensor::zeros(gpu, "metrics partials", &[4 * chunks])?;
+    let p = Params {
+        i: rows as u32,
+        count: chunks as u32,
+        ..params
+    };
+    let b = [
+        (loss, Access::Read),
+        (prob, Access::Read),
+        (label, Access::Read),
+        (&part, Access::ReadWrite),
+    ];
+    let first = call(
+        "metrics_partial",
+        &p,
+        &b,
+        grid_1d(gpu, "metrics_partial", chunks)?,
+    )?;
+    let b = [
+        (&part, Access::Read),
+        (prob, Access::Read),
+        (label, Access::Read),
+        (metrics, Access::ReadWrite),
+    ];
+    Ok(vec![first, call("metrics_combine", &p, &b, [1, 1, 1])?])
 }
 
 pub fn sum_outer_inner_ref(x: &[f64], (r, j, i): (usize, usize, usize)) -> Vec<f64> {

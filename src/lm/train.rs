@@ -15,8 +15,8 @@ use super::LmConfig;
 use crate::checkpoint::OptimizerState;
 use crate::executor::Trainer;
 use crate::gpu::Gpu;
-use crate::nn::Model as _;
 use crate::kernels::optim::Optimizer;
+use crate::nn::Model as _;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -62,7 +62,14 @@ impl<'g> LmRun<'g> {
         resume: Option<&LmCheckpoint>,
     ) -> Result<Self> {
         if data.vocab.len() != config.vocab() {
-            return Err(Error::usage("train", format!("the text has {} distinct characters, the model a vocabulary of {}", data.vocab.len(), config.vocab())));
+            return Err(Error::usage(
+                "train",
+                format!(
+                    "the text has {} distinct characters, the model a vocabulary of {}",
+                    data.vocab.len(),
+                    config.vocab()
+                ),
+            ));
         }
         let mut trainer = Trainer::new(gpu, config, cfg.optimizer, cfg.seed)?;
         let mut history = Vec::new();
@@ -96,7 +103,10 @@ impl<'g> LmRun<'g> {
         let m = self.trainer.read_metrics()?;
         self.trainer.reset_metrics();
         if m.non_finite {
-            return Err(Error::usage("evaluate", "a held-out loss is NaN or infinite; hint: lower --lr"));
+            return Err(Error::usage(
+                "evaluate",
+                "a held-out loss is NaN or infinite; hint: lower --lr",
+            ));
         }
         Ok(m.loss)
     }
@@ -149,5 +159,3 @@ impl<'g> LmRun<'g> {
         })
     }
 }
-
-
