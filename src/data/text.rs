@@ -6,14 +6,12 @@
 //! On the GPU the two splits live in one u32 buffer, train then val ([`TextCorpus::upload`]),
 //! and [`crate::kernels::random::text_windows`] draws each batch there.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
-use super::idx::{ReadCtx, DEFAULT_CAP_BYTES};
+use super::idx::{open_content, ReadCtx, DEFAULT_CAP_BYTES};
 use super::{check_digest, hex, read_manifest};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -239,32 +237,27 @@ impl TextCorpus {
 /// The file's content, gunzipped if it starts with the gzip magic, at most
 /// [`DEFAULT_CAP_BYTES`]; and whether it was gzip.
 fn read_content(path: &Path) -> Result<(Vec<u8>, bool)> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::data(
-            path,
-            "file",
-            "not found; expected a UTF-8 text file (raw or .gz)",
-        ),
-        _ => Error::io(path, e),
-    })?;
-    let mut br = BufReader::with_capacity(1 << 16, file);
-    let head = br.fill_buf().map_err(|e| Error::io(path, e))?;
-    if head.is_empty() {
-        return Err(Error::data(
-            path,
-            "length",
-            "file is empty (0 bytes); expected UTF-8 text",
-        ));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::data(
+                path,
+                "file",
+                "not found; expected a UTF-8 text file (raw or .gz)",
+            ))
+        }
+        Err(e) => return Err(Error::io(path, e)),
+        Ok(m) if m.len() == 0 => {
+            return Err(Error::data(
+                path,
+                "length",
+                "file is empty (0 bytes); expected UTF-8 text",
+            ))
+        }
+        Ok(_) => {}
     }
-    let gz = head.starts_with(&[0x1f, 0x8b]);
-    let inner: Box<dyn Read> = if gz {
-        Box::new(MultiGzDecoder::new(br))
-    } else {
-        Box::new(br)
-    };
+    let (mut r, gz) = open_content(path, DEFAULT_CAP_BYTES)?;
     let mut bytes = Vec::new();
-    let ctx = ReadCtx { path, gz };
-    ctx.io(inner.take(DEFAULT_CAP_BYTES + 1).read_to_end(&mut bytes))?;
+    ReadCtx { path, gz }.io(r.read_to_end(&mut bytes))?;
     if bytes.len() as u64 > DEFAULT_CAP_BYTES {
         return Err(Error::data(
             path,
