@@ -6,6 +6,8 @@
 //   for i < M, j < N, kk < K of the block. Strides express both layouts of each operand
 //   (A stored [M, K]: a_m = K, a_k = 1; stored [K, M]: a_m = 1, a_k = M; likewise B).
 //   With ACCUMULATE the block is added to what C holds (K split over several dispatches).
+//   matmul_subgroup is batched: workgroup z = b runs product b, its A, B and C starting
+//   a_batch, b_batch and c_batch elements further on (b_batch 0 shares B).
 //
 // Two entry points share the 32 x 2 register block and differ only in where A and B live:
 //   matmul_subgroup  A and B in storage buffers (a whole matmul is one block);
@@ -30,8 +32,8 @@
 //   5 uniform a_win    6 uniform b_win            (matmul_window; array<vec4<f32>, 4096> each)
 //   3 storage read bias   4 storage read_write c  (both)
 //
-// Dispatch: (ceil(N / (2 * WG)), ceil(M / 32), 1) workgroups of WG invocations (WG a
-// multiple of 8). Overridable: WG.
+// Dispatch: (ceil(N / (2 * WG)), ceil(M / 32), batch) workgroups of WG invocations (WG a
+// multiple of 8; batch 1 for matmul_window). Overridable: WG.
 
 struct Params {
     m: u32,
@@ -47,9 +49,9 @@ struct Params {
     c_base: u32,
     c_m: u32,
     bias_base: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
 }
 
 const BIAS: u32 = 4u;
@@ -65,6 +67,9 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<uniform> a_win: array<vec4<f32>, 4096>;
 @group(0) @binding(6) var<uniform> b_win: array<vec4<f32>, 4096>;
+
+// Where this product's C starts (c_base, plus c_batch per batch index).
+var<private> c_off: u32;
 
 // The 32 x 2 block: acc[2 * i + j] += opA[m0 + i, k] * opB[k, n_j]. Lane l holds
 // opA[m0 + 8g + l, k] in a[g]; b0, b1 are this invocation's opB[k, n_0], opB[k, n_1].
@@ -170,7 +175,7 @@ fn block_fma(acc: ptr<function, array<f32, 64>>, a: vec4<f32>, b0: f32, b1: f32)
 // C[c_base + m*c_m + n] (+)= act(v + bias), inside the block only.
 fn store_one(m: u32, n: u32, v: f32) {
     if (m < p.m && n < p.n) {
-        let at = p.c_base + m * p.c_m + n;
+        let at = c_off + m * p.c_m + n;
         var x = v;
         if ((p.flags & ACCUMULATE) != 0u) {
             x += c[at];
@@ -270,7 +275,10 @@ fn block_origin(lid: vec3<u32>, wid: vec3<u32>, lane: u32) -> Origin {
     let n0 = (wid.x * 2u) * WG + lid.x;
     let cols = min(vec2<u32>(n0, n0 + WG), vec2<u32>(p.n - 1u));
     let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
-    return Origin(m0, n0, vec2<u32>(p.b_base) + cols * p.b_n, vec4<u32>(p.a_base) + rows * p.a_m);
+    let a0 = p.a_base + wid.z * p.a_batch;
+    let b0 = p.b_base + wid.z * p.b_batch;
+    c_off = p.c_base + wid.z * p.c_batch;
+    return Origin(m0, n0, vec2<u32>(b0) + cols * p.b_n, vec4<u32>(a0) + rows * p.a_m);
 }
 
 @compute @workgroup_size(WG)

@@ -101,7 +101,7 @@ fn optimizer(args: &TrainArgs) -> Result<Optimizer> {
 pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
     if let Some(id) = IMAGE_ONLY.iter().find(|id| given(id)) {
         return Err(Error::usage(
-            &flag(id),
+            flag(id),
             "is an image-model flag; language models train for --steps on --text",
         ));
     }

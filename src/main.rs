@@ -42,7 +42,7 @@ enum Command {
     /// List every adapter and the features and limits that matter to shadergrad.
     Info,
     /// Train a model on MNIST (default: the Keras MNIST CNN, Adam 1e-3, batch 128, 10 epochs).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Test loss, accuracy and confusion matrix of a checkpoint on the MNIST test set.
     Evaluate(EvaluateArgs),
     /// The digit in each PNG image (any size, grey or colour, either polarity), with the ten
@@ -285,7 +285,7 @@ fn main() -> ExitCode {
     let mut note = None;
     let result = match cli.command {
         Command::Info => info().map(|()| 0),
-        Command::Train(args) => train(args, &given, &mut note),
+        Command::Train(args) => train(*args, &given, &mut note),
         Command::Evaluate(args) => evaluate(args).map(|()| 0),
         Command::Predict(args) => predict(args).map(|()| 0),
         Command::Bench(args) => bench(args),
@@ -500,7 +500,7 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
     }
     if let Some(id) = lm_cli::LM_ONLY.iter().find(|id| given(id)) {
         let msg = "is a language-model flag; give --model gpt or --model char-rnn";
-        return Err(Error::usage(&format!("--{}", id.replace('_', "-")), msg));
+        return Err(Error::usage(format!("--{}", id.replace('_', "-")), msg));
     }
     check_train_args(&args)?;
     let mut cfg = FitConfig {

@@ -1059,17 +1059,31 @@ fn batched_matmul_and_candidates_match_reference() {
             for kernel in kernels {
                 check_matmul(gpu, &mut rng, &spec, kernel);
             }
+            if gpu.subgroups() {
+                // Batched by workgroup z (attention's [B*H, T, T] products).
+                check_matmul(gpu, &mut rng, &spec, MatmulKernel::Subgroup { wg: 64 });
+            }
             let candidates = matmul_candidates(gpu, &spec);
             assert!(!candidates.is_empty(), "no candidate for {spec:?}");
             for kernel in candidates {
                 assert!(
-                    !matches!(
-                        kernel,
-                        MatmulKernel::Subgroup { .. } | MatmulKernel::Window { .. }
-                    ),
+                    !matches!(kernel, MatmulKernel::Window { .. }),
                     "{kernel:?} offered for a batch"
                 );
+                check_matmul(gpu, &mut rng, &spec, kernel);
             }
+        }
+    }
+    // Attention's layouts: transposed A (dK = dSᵀ Q), transposed B (S = Q Kᵀ), both.
+    for (ta, tb) in [(true, false), (false, true), (true, true)] {
+        let spec = MatmulSpec {
+            batch: 7,
+            transpose_a: ta,
+            transpose_b: tb,
+            ..MatmulSpec::new(13, 33, 9)
+        };
+        for kernel in matmul_candidates(gpu, &spec) {
+            check_matmul(gpu, &mut rng, &spec, kernel);
         }
     }
     for spec in [

@@ -285,6 +285,13 @@ fn resolve_model(
 
 /// The model's parameters and, when the file has any `optimizer.` tensor, the optimizer
 /// state, each checked for name, shape and finite values; no other tensor may remain.
+/// A file's metadata, parameters and optimizer state (when it has one).
+pub type LoadedTensors = (
+    BTreeMap<String, String>,
+    Vec<Vec<f32>>,
+    Option<OptimizerState>,
+);
+
 /// A checkpoint of any model: its metadata, then its parameters (and optimizer state, when
 /// the file has one) read against `specs`; `kind` and `described` name the model in errors.
 pub fn load_tensors(
@@ -293,11 +300,7 @@ pub fn load_tensors(
     kind: &str,
     specs: &[ParamSpec],
     described: &str,
-) -> Result<(
-    BTreeMap<String, String>,
-    Vec<Vec<f32>>,
-    Option<OptimizerState>,
-)> {
+) -> Result<LoadedTensors> {
     let (tensors, meta, data) = parse(path, bytes)?;
     let (params, state) = read_tensors(path, kind, specs, described, tensors, data)?;
     Ok((meta, params, state))

@@ -159,7 +159,9 @@ struct BlockParams {
     c_base: u32,
     c_m: u32,
     bias_base: u32,
-    pad: [u32; 3],
+    a_batch: u32,
+    b_batch: u32,
+    c_batch: u32,
 }
 
 const BIAS: u32 = 4;
@@ -241,7 +243,7 @@ pub fn matmul(
 /// [`Gpu::family`], the default first: what the lowering times to keep the fastest.
 /// gpu: tiled configurations (split-K first where M x N is small and K large), then the
 /// register tiles; window: window, subgroup, register tiles; subgroup: subgroup, register
-/// tiles; portable: register tiles. The subgroup and window kernels decline batches.
+/// tiles; portable: register tiles. The window kernel declines batches.
 pub fn matmul_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
     let register = MatmulKernel::RegisterTile(Tiles {
         wg: 64,
@@ -255,22 +257,19 @@ pub fn matmul_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
         Family::Gpu => {
             out.extend(tiled_candidates(gpu, spec));
             out.push(register);
-            if single && gpu.subgroups() {
+            if gpu.subgroups() {
                 out.push(subgroup);
             }
         }
         Family::Window => {
             if single {
-                out.extend([MatmulKernel::Window { wg: 64 }, subgroup]);
+                out.push(MatmulKernel::Window { wg: 64 });
             }
-            out.push(register);
+            out.extend([subgroup, register]);
             out.extend(tiled_candidates(gpu, spec).into_iter().take(1));
         }
         Family::Subgroup => {
-            if single {
-                out.push(subgroup);
-            }
-            out.push(register);
+            out.extend([subgroup, register]);
             out.extend(tiled_candidates(gpu, spec).into_iter().take(1));
         }
         Family::Portable => out.push(register),
@@ -398,14 +397,23 @@ fn matmul_tiled(
 /// The untiled kernels: single products only (RegisterTile aside), tile sizes in range,
 /// subgroups of at least 8 for the subgroup and window kernels.
 fn check_kernel(gpu: &Gpu, spec: &MatmulSpec, kernel: MatmulKernel) -> Result<()> {
-    if spec.batch > 1 && !matches!(kernel, MatmulKernel::RegisterTile(_)) {
+    if spec.batch > 1 && matches!(kernel, MatmulKernel::Window { .. }) {
         return Err(Error::usage(
             "matmul kernel",
             format!(
-                "{kernel:?} runs single products only; use Tiled or RegisterTile for batch {}",
+                "{kernel:?} runs single products only; use Subgroup, Tiled or RegisterTile for batch {}",
                 spec.batch
             ),
         ));
+    }
+    if spec.batch > gpu.limits.max_compute_workgroups_per_dimension as usize {
+        return Err(Error::Limit {
+            op: "matmul".into(),
+            what: "batch (workgroups along z)".into(),
+            requested: spec.batch as u64,
+            limit: gpu.limits.max_compute_workgroups_per_dimension as u64,
+            hint: "split the batch".into(),
+        });
     }
     match kernel {
         MatmulKernel::Tiled(_) => {}
@@ -498,13 +506,17 @@ fn subgroup_call(spec: &MatmulSpec, wg: u32) -> DirectCall {
         b_k,
         b_n,
         c_m: n,
+        a_batch: m * k,
+        b_batch: if spec.shared_b { 0 } else { n * k },
+        c_batch: m * n,
         ..Default::default()
     };
+    let [x, y, _] = subgroup_grid(spec.m, spec.n, wg);
     (
         Shader::MatmulSubgroup,
         "matmul_subgroup",
         bytemuck::bytes_of(&params).to_vec(),
-        subgroup_grid(spec.m, spec.n, wg),
+        [x, y, spec.batch as u32],
         vec![("WG", wg as f64)],
     )
 }

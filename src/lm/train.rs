@@ -118,7 +118,7 @@ impl<'g> LmRun<'g> {
         while self.trainer.steps < cfg.steps {
             self.trainer.step(self.train_src, 0, cfg.batch, true)?;
             let t = self.trainer.steps;
-            if t % cfg.eval_every.max(1) != 0 && t != cfg.steps {
+            if !t.is_multiple_of(cfg.eval_every.max(1)) && t != cfg.steps {
                 continue;
             }
             let m = self.trainer.read_metrics()?;
@@ -140,6 +140,16 @@ impl<'g> LmRun<'g> {
             since = (Instant::now(), t);
         }
         Ok(())
+    }
+
+    /// Per-dispatch timing of one training step (debug aid; see Trainer::profile_step).
+    pub fn profile_step(
+        &mut self,
+        batch: usize,
+        repeats: usize,
+    ) -> Result<Vec<(&'static str, f64)>> {
+        self.trainer
+            .profile_step(self.train_src, batch, true, repeats)
     }
 
     /// The run's state as a checkpoint.
