@@ -170,6 +170,7 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             vec![Some(gr.mul(mask, share)?)]
         }
         Op::Expand => vec![Some(unbroadcast(gr, g, &shp(gr, 0))?)],
+        Op::Copy => vec![Some(g)],
         Op::Reshape => vec![Some(gr.reshape(g, &shp(gr, 0))?)],
         Op::Aux(_) if n.dtype == DType::U32 => vec![None],
         Op::Aux(k) => {

@@ -167,6 +167,10 @@ pub enum Op {
     LayerNormBackwardParams {
         eps: f32,
     },
+    /// [x] -> a value of its own holding x's elements. Never merged with another node (no
+    /// common-subexpression elimination), so each copy gets its own buffer: how parameters
+    /// that share one gradient each get theirs.
+    Copy,
     /// [state, value]: write value into the state leaf (a non-trainable parameter such as
     /// a running mean) at the end of the step; a sink, its own value is the state's buffer.
     Assign,
@@ -277,7 +281,7 @@ impl Graph {
             dtype,
             aux,
         };
-        if !matches!(node.op, Op::Input(_) | Op::Param(_)) {
+        if !matches!(node.op, Op::Input(_) | Op::Param(_) | Op::Copy) {
             if let Some(i) = self.nodes.iter().rposition(|n| *n == node) {
                 return Id(i as u32);
             }

@@ -220,6 +220,10 @@ fn lower_node(
                 false => max_pool2d_backward(gpu, &ps, &dy, &arg, &y)?,
             });
         }
+        Op::Copy => {
+            let v = x(0)?;
+            d.push(copy_strided(gpu, &CopySpec::contiguous(&v.shape), &v, &y)?);
+        }
         Op::Assign => {
             let v = x(1)?;
             d.push(copy_strided(gpu, &CopySpec::contiguous(&v.shape), &v, &y)?);

@@ -142,27 +142,21 @@ fn step_graph(model: &dyn Model, batch: usize, regression: bool, train: bool) ->
 }
 
 /// Each parameter's gradient must be a value of its own, written into the gradient
-/// buffer: a gradient that is a leaf, or shared with another parameter, gets a copy (+ 0).
+/// buffer: a gradient that is a leaf gets a copy, and so does every parameter of a
+/// gradient shared by several (two biases added to one value), so that no dispatch reads
+/// one region of the gradient buffer while writing another (WebGPU forbids binding a
+/// buffer read-only and read-write at once).
 fn separate_grads(g: &mut Graph, grads: &[Id]) -> Result<Vec<Id>> {
-    let mut seen = Vec::new();
+    let roots: Vec<(Id, usize)> = grads.iter().map(|&gr| g.storage_of(gr)).collect();
     let mut out = Vec::new();
-    for &gr in grads {
-        let root = g.storage_of(gr);
+    for (&gr, root) in grads.iter().zip(&roots) {
         let unused = matches!(g.node(gr).op, Op::Const(0.0)); // its gradient stays zero
-        let own = !g.node(root.0).op.is_leaf() && !seen.contains(&root);
-        let gr = if unused || own {
-            gr
-        } else {
-            let zero = g.constant(0.0, &[]);
-            g.push(
-                Op::Binary(BinaryOp::Add),
-                vec![gr, zero],
-                g.shape(gr).to_vec(),
-                DType::F32,
-            )
-        };
-        seen.push(g.storage_of(gr));
-        out.push(gr);
+        let shared = roots.iter().filter(|r| *r == root).count() > 1;
+        let own = !g.node(root.0).op.is_leaf() && !shared;
+        out.push(match unused || own {
+            true => gr,
+            false => g.push(Op::Copy, vec![gr], g.shape(gr).to_vec(), DType::F32),
+        });
     }
     Ok(out)
 }
