@@ -22,7 +22,7 @@
 //   4 storage read_write  state    [2] u32 (len, i)
 //   5 storage read_write  out      [N] u32 (the drawn tokens)
 //
-// Dispatch: one workgroup of one invocation (a draw is sequential and V is small); an
+// Entry point sample_next. Dispatch: one workgroup of one invocation (a draw is sequential and V is small); an
 // invocation past the first returns at once.
 
 struct Params {
