@@ -205,21 +205,17 @@ fn conv2d_matches_reference() {
         if subgroups {
             // The portable kernel too, wherever the subgroup one is the default.
             let y1 = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
-            run(
+            let fwd = conv2d_forward_with(
                 gpu,
-                &[&conv2d_forward_with(
-                    gpu,
-                    Conv2dKernel::Direct,
-                    &s,
-                    &tx,
-                    &tw,
-                    Some(&tb),
-                    false,
-                    &y1,
-                )
-                .unwrap()],
-            )
-            .unwrap();
+                Conv2dKernel::Direct,
+                &s,
+                &tx,
+                &tw,
+                Some(&tb),
+                false,
+                &y1,
+            );
+            run_all(gpu, &fwd.unwrap()).unwrap();
             let want = conv2d_forward_ref(&s, &f64s(&x), &f64s(&w), Some(&f64s(&b)), false);
             assert_close(
                 &format!("conv2d_forward portable {s:?}"),
@@ -229,14 +225,9 @@ fn conv2d_matches_reference() {
                 1e-5 * (s.c_in * s.kh * s.kw) as f64,
             );
             let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
-            run(
-                gpu,
-                &[
-                    &conv2d_backward_weight_with(gpu, Conv2dKernel::Direct, &s, &tdy, &tx, &part)
-                        .unwrap(),
-                ],
-            )
-            .unwrap();
+            let dweight =
+                conv2d_backward_weight_with(gpu, Conv2dKernel::Direct, &s, &tdy, &tx, &part);
+            run_all(gpu, &dweight.unwrap()).unwrap();
             let got = part.to_f32(gpu).unwrap();
             let (n_w, (oh, ow)) = (n(s.w_shape()), s.out_hw());
             let sum = |j: usize| {
@@ -1105,7 +1096,8 @@ fn batched_matmul_and_candidates_match_reference() {
 }
 
 /// Forward, input gradient and weight gradient (+ dbias, summed over the partial rows on
-/// the host) of `s` with `kernel` against the references; Subgroup skips backward_input.
+/// the host) of `s` with `kernel` against the references; Subgroup skips backward_input,
+/// Window the passes its candidate lists do not offer for `s`.
 fn check_conv_kernel(
     gpu: &shadergrad::gpu::Gpu,
     rng: &mut Rng,
@@ -1126,11 +1118,8 @@ fn check_conv_kernel(
     let (x, w, b, dy) = (f64s(&x), f64s(&w), f64s(&b), f64s(&dy));
     let what = format!("{kernel:?} {s:?}");
     let y = Tensor::zeros(gpu, "y", &s.y_shape()).unwrap();
-    run(
-        gpu,
-        &[&conv2d_forward_with(gpu, kernel, s, &tx, &tw, Some(&tb), true, &y).unwrap()],
-    )
-    .unwrap();
+    let fwd = conv2d_forward_with(gpu, kernel, s, &tx, &tw, Some(&tb), true, &y);
+    run_all(gpu, &fwd.unwrap()).unwrap();
     assert_close(
         &format!("conv2d_forward {what}"),
         &y.to_f32(gpu).unwrap(),
@@ -1138,13 +1127,13 @@ fn check_conv_kernel(
         1e-4,
         1e-5 * (s.c_in * s.kh * s.kw) as f64,
     );
-    if kernel != Conv2dKernel::Subgroup {
+    // Subgroup has no input gradient; Window runs what its candidate lists offer.
+    let offered =
+        |list: Vec<Conv2dKernel>| kernel != Conv2dKernel::Window || list.contains(&kernel);
+    if kernel != Conv2dKernel::Subgroup && offered(conv2d_backward_input_candidates(gpu, s)) {
         let dx = Tensor::zeros(gpu, "dx", &s.x_shape()).unwrap();
-        run(
-            gpu,
-            &[&conv2d_backward_input_with(gpu, kernel, s, &tdy, &tw, &dx).unwrap()],
-        )
-        .unwrap();
+        let dinput = conv2d_backward_input_with(gpu, kernel, s, &tdy, &tw, &dx);
+        run_all(gpu, &dinput.unwrap()).unwrap();
         assert_close(
             &format!("conv2d_backward_input {what}"),
             &dx.to_f32(gpu).unwrap(),
@@ -1153,15 +1142,16 @@ fn check_conv_kernel(
             1e-5 * (s.c_out * s.kh * s.kw) as f64,
         );
     }
-    let part = Tensor::zeros(gpu, "part", &[s.weight_chunks(), s.part_row()]).unwrap();
-    run(
-        gpu,
-        &[&conv2d_backward_weight_with(gpu, kernel, s, &tdy, &tx, &part).unwrap()],
-    )
-    .unwrap();
+    if !offered(conv2d_backward_weight_candidates(gpu, s)) {
+        return;
+    }
+    let rows = conv2d_backward_weight_rows(gpu, kernel, s);
+    let part = Tensor::zeros(gpu, "part", &[rows, s.part_row()]).unwrap();
+    let dweight = conv2d_backward_weight_with(gpu, kernel, s, &tdy, &tx, &part);
+    run_all(gpu, &dweight.unwrap()).unwrap();
     let got = part.to_f32(gpu).unwrap();
     let sum = |j: usize| {
-        (0..s.weight_chunks())
+        (0..rows)
             .map(|c| got[c * s.part_row() + j] as f64)
             .sum::<f64>() as f32
     };
@@ -1247,4 +1237,73 @@ fn conv2d_implicit_gemm_and_stride_match_reference() {
             );
         }
     }
+}
+
+/// The window conv kernels (implicit GEMMs on uniform windows, the window family's): several
+/// images a window and one, row blocks past 32 channels, even kernels (uneven same
+/// padding), stride 2 (forward and dweight only), kernels larger than the output, weight
+/// gradients cut into slices; and refusals where an image does not fit a window.
+#[test]
+fn conv2d_window_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    if gpu.family() != Family::Window {
+        eprintln!(
+            "conv2d_window_matches_reference: NOT TESTED here: the window conv kernels run in \
+             the window family only, and {} runs the {} family",
+            gpu.describe(),
+            gpu.family()
+        );
+        return;
+    }
+    let mut rng = Rng::new(15);
+    let s = |[batch, c_in, h, w, c_out, kh, kw, stride]: [usize; 8], padding| Conv2dSpec {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        padding,
+        stride,
+    };
+    let specs = [
+        s([3, 5, 7, 6, 11, 3, 3, 1], Padding::Same),
+        s([2, 16, 28, 28, 16, 3, 3, 1], Padding::Same), // one 28 x 28 x 16 image a window
+        s([3, 3, 9, 8, 37, 4, 2, 1], Padding::Same),
+        s([4, 7, 11, 13, 5, 3, 3, 2], Padding::Valid),
+        s([1, 1, 1, 1, 1, 1, 1, 1], Padding::Valid),
+        s([3, 32, 7, 7, 33, 3, 3, 1], Padding::Same),
+        s([5, 2, 5, 5, 3, 5, 5, 1], Padding::Valid),
+        s([9, 1, 28, 28, 8, 3, 3, 1], Padding::Valid),
+    ];
+    for spec in &specs {
+        for pass in [
+            conv2d_forward_candidates(gpu, spec),
+            conv2d_backward_weight_candidates(gpu, spec),
+        ] {
+            assert_eq!(pass.first(), Some(&Conv2dKernel::Window), "{spec:?}");
+        }
+        let input = conv2d_backward_input_candidates(gpu, spec).contains(&Conv2dKernel::Window);
+        assert_eq!(input, spec.stride == 1, "input gradient of {spec:?}");
+        check_conv_kernel(gpu, &mut rng, spec, Conv2dKernel::Window);
+    }
+    // 40 x 20 x 21 floats an image (x and dy): more than a window holds.
+    let big = s([2, 40, 20, 21, 40, 3, 3, 1], Padding::Same);
+    for list in [
+        conv2d_forward_candidates(gpu, &big),
+        conv2d_backward_input_candidates(gpu, &big),
+        conv2d_backward_weight_candidates(gpu, &big),
+    ] {
+        assert!(!list.contains(&Conv2dKernel::Window), "{list:?}");
+    }
+    let (x, w, y) = (
+        Tensor::zeros(gpu, "x", &big.x_shape()).unwrap(),
+        Tensor::zeros(gpu, "w", &big.w_shape()).unwrap(),
+        Tensor::zeros(gpu, "y", &big.y_shape()).unwrap(),
+    );
+    let err = conv2d_forward_with(gpu, Conv2dKernel::Window, &big, &x, &w, None, false, &y)
+        .err()
+        .expect("an image larger than a window is refused");
+    assert!(err.to_string().contains("window"), "{err}");
 }

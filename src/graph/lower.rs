@@ -152,41 +152,29 @@ fn lower_node(
         Op::Conv2d(c) => {
             let s = conv_spec(g, node.inputs[0], node.inputs[1], *c)?;
             let b = if c.bias { Some(x(2)?) } else { None };
-            let windowed = match gpu.windows() {
-                true => conv2d_forward_windowed(gpu, &s, &x(0)?, &x(1)?, b.as_ref(), c.relu, &y)?,
-                false => None,
-            };
-            match windowed {
-                Some(ds) => d.extend(ds),
-                None => {
-                    let k = choices.conv(id);
-                    d.push(conv2d_forward_with(
-                        gpu,
-                        k,
-                        &s,
-                        &x(0)?,
-                        &x(1)?,
-                        b.as_ref(),
-                        c.relu,
-                        &y,
-                    )?)
-                }
-            }
+            let k = choices.conv(id);
+            let (xt, wt) = (x(0)?, x(1)?);
+            d.extend(conv_forward(
+                gpu,
+                k,
+                &s,
+                [&xt, &wt],
+                b.as_ref(),
+                c.relu,
+                &y,
+            )?);
         }
         Op::Conv2dBackwardInput(c) => {
             let s = conv_spec(g, id, node.inputs[1], *c)?;
             let k = choices.conv(id);
-            d.push(conv2d_backward_input_with(gpu, k, &s, &x(0)?, &x(1)?, &y)?);
+            d.extend(conv2d_backward_input_with(gpu, k, &s, &x(0)?, &x(1)?, &y)?);
         }
         Op::Conv2dBackwardWeight { conv, bias } => {
             let s = conv_spec(g, node.inputs[1], id, *conv)?;
-            let part = Tensor::zeros(
-                gpu,
-                "conv dweight partials",
-                &[s.weight_chunks(), s.part_row()],
-            )?;
             let k = choices.conv(id);
-            d.push(conv2d_backward_weight_with(
+            let rows = conv2d_backward_weight_rows(gpu, k, &s);
+            let part = Tensor::zeros(gpu, "conv dweight partials", &[rows, s.part_row()])?;
+            d.extend(conv2d_backward_weight_with(
                 gpu,
                 k,
                 &s,
@@ -277,6 +265,25 @@ fn lower_node(
         _ => super::lower_ew::lower_elementwise(gpu, g, ts, id, d)?,
     }
     Ok(())
+}
+
+/// A conv forward with kernel `k` as the lowering runs it: on uniform-window adapters a
+/// kernel other than Window runs as the windowed subgroup forward where its windows fit.
+pub(super) fn conv_forward(
+    gpu: &Gpu,
+    k: Conv2dKernel,
+    s: &Conv2dSpec,
+    [x, w]: [&Tensor; 2],
+    b: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    if gpu.windows() && k != Conv2dKernel::Window {
+        if let Some(ds) = conv2d_forward_windowed(gpu, s, x, w, b, relu, y)? {
+            return Ok(ds);
+        }
+    }
+    conv2d_forward_with(gpu, k, s, x, w, b, relu, y)
 }
 
 /// x viewed as [outer, kept, inner] when the kept axes are one contiguous block and each

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::ir::*;
-use super::lower::{conv_spec, matmul_spec};
+use super::lower::{conv_forward, conv_spec, matmul_spec};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::*;
 use crate::kernels::matmul::{
@@ -141,9 +141,15 @@ pub fn choose(
         return Ok((0..labels.len()).find(|&i| build(i).is_ok()).unwrap_or(0));
     }
     let info = &gpu.info;
+    // The candidates are part of the key: a new kernel is measured, not hidden by a choice
+    // cached before it existed.
     let key = format!(
-        "{} | {:?} | {} {} | {what}",
-        info.name, info.backend, info.driver, info.driver_info
+        "{} | {:?} | {} {} | {what} | {}",
+        info.name,
+        info.backend,
+        info.driver,
+        info.driver_info,
+        labels.join(", ")
     );
     if let Some(c) = cached(&key).and_then(|c| labels.iter().position(|l| *l == c)) {
         return Ok(c);
@@ -263,15 +269,21 @@ fn choose_conv(gpu: &Gpu, g: &Graph, id: Id) -> Result<Option<Conv2dKernel>> {
     let x = Tensor::zeros(gpu, "tune x", &s.x_shape())?;
     let w = Tensor::zeros(gpu, "tune w", &s.w_shape())?;
     let y = Tensor::zeros(gpu, "tune y", &s.y_shape())?;
-    let part = Tensor::zeros(gpu, "tune partials", &[s.weight_chunks(), s.part_row()])?;
     let labels: Vec<String> = cands.iter().map(|k| format!("{k:?}")).collect();
-    let i = choose(gpu, &format!("conv2d pass {pass} {s:?}"), &labels, &|i| {
-        Ok(vec![match pass {
-            0 => conv2d_forward_with(gpu, cands[i], &s, &x, &w, None, false, &y)?,
-            1 => conv2d_backward_input_with(gpu, cands[i], &s, &y, &w, &x)?,
-            _ => conv2d_backward_weight_with(gpu, cands[i], &s, &y, &x, &part)?,
-        }])
-    })?;
+    let i = choose(
+        gpu,
+        &format!("conv2d pass {pass} {s:?}"),
+        &labels,
+        &|i| match pass {
+            0 => conv_forward(gpu, cands[i], &s, [&x, &w], None, false, &y),
+            1 => conv2d_backward_input_with(gpu, cands[i], &s, &y, &w, &x),
+            _ => {
+                let rows = conv2d_backward_weight_rows(gpu, cands[i], &s);
+                let part = Tensor::zeros(gpu, "tune partials", &[rows, s.part_row()])?;
+                conv2d_backward_weight_with(gpu, cands[i], &s, &y, &x, &part)
+            }
+        },
+    )?;
     Ok(cands.get(i).copied())
 }
 

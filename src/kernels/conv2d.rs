@@ -5,6 +5,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+mod window_gemm;
 mod windowed;
 pub use windowed::*;
 
@@ -265,6 +266,10 @@ pub enum Conv2dKernel {
     /// K = CI*KH*KW per image; backward_input M = CI, N = H*W, K = CO*KH*KW; backward_weight
     /// M = CO, N = CI*KH*KW + 1 (dbias), K = the chunk's images x OH*OW.
     ImplicitGemm(TileConfig),
+    /// matmul_subgroup.wgsl's conv2d_window entry points: implicit GEMMs on the matmuls'
+    /// 32 x 2 block reading uniform windows (window family; see window_gemm.rs), one
+    /// dispatch per run of images that fits a window; stride 1 for the input gradient.
+    Window,
 }
 
 /// Input channels from which the implicit-GEMM kernels are offered: below, K is shorter
@@ -303,6 +308,9 @@ fn candidates(gpu: &Gpu, s: &Conv2dSpec, pass: Pass) -> Vec<Conv2dKernel> {
             out.push(Conv2dKernel::Direct);
         }
         Family::Window | Family::Subgroup => {
+            if window_gemm::window_fits(gpu, s, pass) {
+                out.push(Conv2dKernel::Window);
+            }
             if subgroup {
                 out.push(Conv2dKernel::Subgroup);
             }
@@ -337,12 +345,22 @@ pub fn conv2d_backward_weight_candidates(gpu: &Gpu, s: &Conv2dSpec) -> Vec<Conv2
     candidates(gpu, s, Pass::BackwardWeight)
 }
 
-/// A candidate list's default: its first kernel, else the direct one (runs anywhere).
+/// A candidate list's default for the one-dispatch wrappers: its first kernel other than
+/// Window (several dispatches; the lowering measures it), else the direct one.
 fn first_or_direct(candidates: Vec<Conv2dKernel>) -> Conv2dKernel {
     candidates
         .into_iter()
-        .next()
+        .find(|k| *k != Conv2dKernel::Window)
         .unwrap_or(Conv2dKernel::Direct)
+}
+
+/// Partial-sum rows `kernel`'s weight gradient writes: [`Conv2dSpec::weight_chunks`], or
+/// the window kernel's dispatches x slices.
+pub fn conv2d_backward_weight_rows(gpu: &Gpu, kernel: Conv2dKernel, s: &Conv2dSpec) -> usize {
+    match kernel {
+        Conv2dKernel::Window => window_gemm::window_weight_rows(gpu, s).unwrap_or(0),
+        _ => s.weight_chunks(),
+    }
 }
 
 /// The implicit-GEMM params: the conv geometry on the tiled GEMM's shapes.
@@ -392,11 +410,15 @@ pub fn conv2d_forward(
     y: &Tensor,
 ) -> Result<Dispatch> {
     let kernel = first_or_direct(conv2d_forward_candidates(gpu, s));
-    conv2d_forward_with(gpu, kernel, s, x, weight, bias, relu, y)
+    one(
+        "conv2d_forward",
+        conv2d_forward_with(gpu, kernel, s, x, weight, bias, relu, y)?,
+    )
 }
 
 /// [`conv2d_forward`] with the kernel chosen by the caller (Subgroup needs
-/// [`Gpu::subgroups`] and stride 1; where its grid is too wide it runs Direct).
+/// [`Gpu::subgroups`] and stride 1; where its grid is too wide it runs Direct): one
+/// dispatch, or one per window for Window.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_with(
     gpu: &Gpu,
@@ -407,15 +429,33 @@ pub fn conv2d_forward_with(
     bias: Option<&Tensor>,
     relu: bool,
     y: &Tensor,
-) -> Result<Dispatch> {
-    s.validate()?;
+) -> Result<Vec<Dispatch>> {
     let op = "conv2d_forward";
+    s.validate()?;
     expect_shape(op, "x", x, &s.x_shape())?;
     expect_shape(op, "weight", weight, &s.w_shape())?;
     expect_shape(op, "y", y, &s.y_shape())?;
     if let Some(b) = bias {
         expect_shape(op, "bias", b, &[s.c_out])?;
     }
+    match kernel {
+        Conv2dKernel::Window => window_gemm::forward(gpu, s, x, weight, bias, relu, y),
+        _ => Ok(vec![forward_one(gpu, kernel, s, x, weight, bias, relu, y)?]),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_one(
+    gpu: &Gpu,
+    kernel: Conv2dKernel,
+    s: &Conv2dSpec,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    relu: bool,
+    y: &Tensor,
+) -> Result<Dispatch> {
+    let op = "conv2d_forward";
     let flags = bias.is_some() as u32 | (relu as u32) << 1;
     let (oh, ow) = s.out_hw();
     if let Conv2dKernel::ImplicitGemm(t) = kernel {
@@ -501,10 +541,14 @@ pub fn conv2d_backward_input(
     dx: &Tensor,
 ) -> Result<Dispatch> {
     let kernel = first_or_direct(conv2d_backward_input_candidates(gpu, s));
-    conv2d_backward_input_with(gpu, kernel, s, dy, weight, dx)
+    one(
+        "conv2d_backward_input",
+        conv2d_backward_input_with(gpu, kernel, s, dy, weight, dx)?,
+    )
 }
 
-/// [`conv2d_backward_input`] with the kernel chosen by the caller (Direct or ImplicitGemm).
+/// [`conv2d_backward_input`] with the kernel chosen by the caller (Direct, ImplicitGemm or
+/// Window).
 pub fn conv2d_backward_input_with(
     gpu: &Gpu,
     kernel: Conv2dKernel,
@@ -512,12 +556,27 @@ pub fn conv2d_backward_input_with(
     dy: &Tensor,
     weight: &Tensor,
     dx: &Tensor,
-) -> Result<Dispatch> {
-    s.validate()?;
+) -> Result<Vec<Dispatch>> {
     let op = "conv2d_backward_input";
+    s.validate()?;
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "weight", weight, &s.w_shape())?;
     expect_shape(op, "dx", dx, &s.x_shape())?;
+    match kernel {
+        Conv2dKernel::Window => window_gemm::backward_input(gpu, s, dy, weight, dx),
+        _ => Ok(vec![input_one(gpu, kernel, s, dy, weight, dx)?]),
+    }
+}
+
+fn input_one(
+    gpu: &Gpu,
+    kernel: Conv2dKernel,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    weight: &Tensor,
+    dx: &Tensor,
+) -> Result<Dispatch> {
+    let op = "conv2d_backward_input";
     match kernel {
         Conv2dKernel::ImplicitGemm(t) => {
             let k = s.c_out * s.kh * s.kw;
@@ -526,9 +585,9 @@ pub fn conv2d_backward_input_with(
             let d = tiled(gpu, op, t, Mode::ConvBackwardInput, p, weight, dy, None, dx)?;
             one(op, d)
         }
-        Conv2dKernel::Subgroup => Err(Error::usage(
+        Conv2dKernel::Subgroup | Conv2dKernel::Window => Err(Error::usage(
             op,
-            "there is no subgroup kernel for the input gradient; use Direct or ImplicitGemm",
+            "there is no subgroup kernel for the input gradient; use Direct, ImplicitGemm or Window",
         )),
         Conv2dKernel::Direct => conv_call(gpu, op, &params(s, 0), [dy, weight, weight], dx),
     }
@@ -545,10 +604,14 @@ pub fn conv2d_backward_weight(
     part: &Tensor,
 ) -> Result<Dispatch> {
     let kernel = first_or_direct(conv2d_backward_weight_candidates(gpu, s));
-    conv2d_backward_weight_with(gpu, kernel, s, dy, x, part)
+    one(
+        "conv2d_backward_weight",
+        conv2d_backward_weight_with(gpu, kernel, s, dy, x, part)?,
+    )
 }
 
-/// [`conv2d_backward_weight`] with the kernel chosen by the caller.
+/// [`conv2d_backward_weight`] with the kernel chosen by the caller; part is
+/// [[`conv2d_backward_weight_rows`], CO*CI*KH*KW + CO].
 pub fn conv2d_backward_weight_with(
     gpu: &Gpu,
     kernel: Conv2dKernel,
@@ -556,12 +619,28 @@ pub fn conv2d_backward_weight_with(
     dy: &Tensor,
     x: &Tensor,
     part: &Tensor,
-) -> Result<Dispatch> {
-    s.validate()?;
+) -> Result<Vec<Dispatch>> {
     let op = "conv2d_backward_weight";
+    s.validate()?;
     expect_shape(op, "dy", dy, &s.y_shape())?;
     expect_shape(op, "x", x, &s.x_shape())?;
-    expect_shape(op, "part", part, &[s.weight_chunks(), s.part_row()])?;
+    let rows = conv2d_backward_weight_rows(gpu, kernel, s);
+    expect_shape(op, "part", part, &[rows, s.part_row()])?;
+    match kernel {
+        Conv2dKernel::Window => window_gemm::backward_weight(gpu, s, dy, x, part),
+        _ => Ok(vec![weight_one(gpu, kernel, s, dy, x, part)?]),
+    }
+}
+
+fn weight_one(
+    gpu: &Gpu,
+    kernel: Conv2dKernel,
+    s: &Conv2dSpec,
+    dy: &Tensor,
+    x: &Tensor,
+    part: &Tensor,
+) -> Result<Dispatch> {
+    let op = "conv2d_backward_weight";
     let (oh, ow) = s.out_hw();
     if let Conv2dKernel::ImplicitGemm(t) = kernel {
         let taps = s.c_in * s.kh * s.kw;

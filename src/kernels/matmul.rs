@@ -142,26 +142,41 @@ struct Params {
     _pad: u32,
 }
 
-/// Params of matmul_subgroup.wgsl: one block of C, operands addressed by strides.
+/// Params of matmul_subgroup.wgsl: one block of C, operands addressed by strides (and the
+/// conv entry points' geometry, used by conv2d's window kernels).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-struct BlockParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32,
-    a_base: u32,
-    a_m: u32,
-    a_k: u32,
-    b_base: u32,
-    b_k: u32,
-    b_n: u32,
-    c_base: u32,
-    c_m: u32,
-    bias_base: u32,
-    a_batch: u32,
-    b_batch: u32,
-    c_batch: u32,
+pub(crate) struct BlockParams {
+    pub(crate) m: u32,
+    pub(crate) n: u32,
+    pub(crate) k: u32,
+    pub(crate) flags: u32,
+    pub(crate) a_base: u32,
+    pub(crate) a_m: u32,
+    pub(crate) a_k: u32,
+    pub(crate) b_base: u32,
+    pub(crate) b_k: u32,
+    pub(crate) b_n: u32,
+    pub(crate) c_base: u32,
+    pub(crate) c_m: u32,
+    pub(crate) bias_base: u32,
+    pub(crate) a_batch: u32,
+    pub(crate) b_batch: u32,
+    pub(crate) c_batch: u32,
+    // The conv entry points' geometry (see matmul_subgroup.wgsl; zero for the matmuls).
+    pub(crate) c_in: u32,
+    pub(crate) h: u32,
+    pub(crate) w: u32,
+    pub(crate) kh: u32,
+    pub(crate) kw: u32,
+    pub(crate) pad_h: u32,
+    pub(crate) pad_w: u32,
+    pub(crate) out_h: u32,
+    pub(crate) out_w: u32,
+    pub(crate) stride: u32,
+    pub(crate) a_ci: u32,
+    pub(crate) k_rows: u32,
+    pub(crate) bias_at: u32,
 }
 
 const BIAS: u32 = 4;

@@ -150,7 +150,12 @@ impl Shader {
             Shader::Transpose => &["transpose"],
             Shader::Matmul => &["matmul"],
             Shader::MatmulTiled => &["matmul_tiled", "matmul_split_reduce"],
-            Shader::MatmulSubgroup => &["matmul_subgroup", "matmul_window"],
+            Shader::MatmulSubgroup => &[
+                "matmul_subgroup",
+                "matmul_window",
+                "conv2d_window",
+                "conv2d_window_weight",
+            ],
             Shader::Conv2d => &[
                 "conv2d_forward",
                 "conv2d_backward_input",

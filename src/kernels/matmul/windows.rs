@@ -173,9 +173,7 @@ pub(super) fn matmul_windows(
             c_base: (blk.m0 * n + blk.n0) as u32,
             c_m: n as u32,
             bias_base: blk.n0 as u32,
-            a_batch: 0,
-            b_batch: 0,
-            c_batch: 0,
+            ..Default::default()
         };
         out.push(dispatch(
             gpu,
