@@ -219,41 +219,25 @@ impl BatchNorm {
         }
     }
 
+    /// One fused op (batchnorm.wgsl): the batch's statistics and the running update in
+    /// training graphs, the running statistics in evaluation graphs.
     pub fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         let s = g.shape(x).to_vec();
         let c = g.shape(self.weight)[0];
-        let (axes, per_channel): (Vec<usize>, Vec<usize>) = match s.len() {
-            4 if s[1] == c => (vec![0, 2, 3], vec![c, 1, 1]),
-            2 if s[1] == c => (vec![0], vec![c]),
-            _ => {
-                return Err(crate::Error::shape(
-                    "batch_norm",
-                    format!("x {s:?} with {c} channels; hint: x is [B, C, H, W] or [B, C]"),
-                ))
-            }
-        };
-        let (mean, var) = if g.training {
-            let mean = g.mean(x, &axes)?; // [C]
-            let m = g.reshape(mean, &per_channel)?;
-            let xc = g.sub(x, m)?;
-            let sq = g.unary(crate::graph::UnaryOp::Square, xc)?;
-            let var = g.mean(sq, &axes)?; // [C], biased
-            self.update_running(g, mean, var, s.iter().product::<usize>() / c)?;
-            (mean, var)
-        } else {
-            (self.running_mean, self.running_var)
-        };
-        let m = g.reshape(mean, &per_channel)?;
-        let xc = g.sub(x, m)?;
-        let eps = g.constant(self.eps, &[]);
-        let v = g.add(var, eps)?;
-        let rstd = g.unary(crate::graph::UnaryOp::Rsqrt, v)?;
-        let rstd = g.reshape(rstd, &per_channel)?;
-        let norm = g.mul(xc, rstd)?;
-        let w = g.reshape(self.weight, &per_channel)?;
-        let b = g.reshape(self.bias, &per_channel)?;
-        let y = g.mul(norm, w)?;
-        g.add(y, b)
+        if !matches!(s.len(), 2 | 4) || s[1] != c {
+            return Err(crate::Error::shape(
+                "batch_norm",
+                format!("x {s:?} with {c} channels; hint: x is [B, C, H, W] or [B, C]"),
+            ));
+        }
+        if !g.training {
+            let stats = [self.weight, self.bias, self.running_mean, self.running_var];
+            return g.batch_norm_eval(x, stats, self.eps);
+        }
+        let y = g.batch_norm_train(x, self.weight, self.bias, self.eps)?;
+        let (mean, var) = (g.aux(y, 0), g.aux(y, 1)); // [C], var biased
+        self.update_running(g, mean, var, s.iter().product::<usize>() / c)?;
+        Ok(y)
     }
 
     /// running = (1 - momentum) running + momentum batch (the variance unbiased, over `n`

@@ -354,6 +354,28 @@ fn batch_norm_training_mode() {
     check("batch_norm 1d", &[&[5, 3]], false, |g, p| {
         BatchNorm::new(g, "bn", 3, 0).forward(g, p[0]).unwrap()
     });
+    // gamma and beta checked too; then with the ReLU after it fused into the forward and
+    // its mask into the backward (batchnorm.wgsl's RELU). Shapes whose values keep the
+    // ReLU's kink away from the finite differences' steps ([5, 3] has an output within
+    // one step of zero, fused or not).
+    for (shape, relu, fused) in [
+        (&[4, 3, 2, 2][..], false, false),
+        (&[4, 3, 2, 2], true, true),
+        (&[7, 3], true, true),
+    ] {
+        check(
+            &format!("batch_norm {shape:?} (gamma, beta), relu {relu} fused {fused}"),
+            &[shape, &[3], &[3]],
+            fused,
+            |g, p| {
+                let y = g.batch_norm_train(p[0], p[1], p[2], 1e-5).unwrap();
+                match relu {
+                    true => g.relu(y).unwrap(),
+                    false => y,
+                }
+            },
+        );
+    }
 }
 
 #[test]
@@ -395,5 +417,57 @@ fn layer_norm_input_and_params() {
         &[&[70, 3], &[3], &[3]],
         false,
         |g, p| g.layer_norm(p[0], p[1], p[2], 1e-5).unwrap(),
+    );
+}
+
+/// The fusion the check above relies on: Relu(BatchNorm) becomes BatchNorm{relu}, and the
+/// ReLU's backward becomes the batch norm backward's mask.
+#[test]
+fn batch_norm_relu_fuses() {
+    use shadergrad::graph::fuse::{fuse, FuseOptions};
+    use shadergrad::graph::Op;
+    let mut g = Graph::new();
+    let p: Vec<Id> = [&[4usize, 3, 2, 2][..], &[3], &[3]]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            g.param(ParamSpec {
+                name: format!("p{i}"),
+                shape: s.to_vec(),
+                init: Init::Zeros,
+                layer: 0,
+                trainable: true,
+            })
+        })
+        .collect();
+    let y = g.batch_norm_train(p[0], p[1], p[2], 1e-5).unwrap();
+    let r = g.relu(y).unwrap();
+    let loss = g.sum(r, &[0, 1, 2, 3]).unwrap();
+    let grads = grad(&mut g, loss, &p).unwrap();
+    g.mark_output(loss);
+    for &gr in &grads {
+        g.mark_output(gr);
+    }
+    fuse(&mut g, FuseOptions::default());
+    let live = g.live_from(&g.outputs.clone());
+    let ops: Vec<&Op> = g
+        .ids()
+        .filter(|i| live[i.index()])
+        .map(|i| &g.node(i).op)
+        .collect();
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, Op::BatchNorm { relu: true, .. })),
+        "{ops:?}"
+    );
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, Op::BatchNormBackward { relu: true, .. })),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.iter()
+            .any(|op| matches!(op, Op::Unary(UnaryOp::Relu) | Op::UnaryBackward(_))),
+        "{ops:?}"
     );
 }

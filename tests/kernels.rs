@@ -1307,3 +1307,141 @@ fn conv2d_window_matches_reference() {
         .expect("an image larger than a window is refused");
     assert!(err.to_string().contains("window"), "{err}");
 }
+
+/// Batch norm, training and evaluation forward and backward, with and without the fused
+/// ReLU, against the f64 references: one value a channel, BatchNorm1d ([B, C], S = 1),
+/// primes, more chunks than one (batch past the partial sums' split), channels far from zero
+/// mean (the shifted sums).
+#[test]
+fn batch_norm_matches_reference() {
+    use shadergrad::kernels::batchnorm::*;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(16);
+    for (shape, offset) in [
+        (vec![1, 1, 1, 1], 0.0),
+        (vec![3, 5, 7, 6], 3.0),
+        (vec![17, 3], -2.0),
+        (vec![2, 7, 13, 11], 0.5),
+        (vec![130, 4, 3, 1], 40.0),
+        (vec![9, 16, 28, 28], 1.0),
+    ] {
+        for relu in [false, true] {
+            let s = BatchNormSpec::of_shape(&shape, 1e-5, relu).unwrap();
+            let (full, c) = (shape.iter().product::<usize>(), s.channels);
+            // Channel c centred near offset * c, spread 1..2.
+            let x: Vec<f32> = rng
+                .uniform_vec(full, -1.0, 1.0)
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    v * (1.0 + (j / s.spatial % c) as f32 / c as f32)
+                        + offset * (j / s.spatial % c) as f32
+                })
+                .collect();
+            let gamma = rng.uniform_vec(c, 0.5, 1.5);
+            let beta = rng.uniform_vec(c, -0.5, 0.5);
+            let dy = rng.uniform_vec(full, -1.0, 1.0);
+            let (tx, tg, tb, tdy) = (
+                upload(gpu, &shape, &x),
+                upload(gpu, &[c], &gamma),
+                upload(gpu, &[c], &beta),
+                upload(gpu, &shape, &dy),
+            );
+            let zeros = |shape: &[usize]| Tensor::zeros(gpu, "out", shape).unwrap();
+            let (y, mean, var) = (zeros(&shape), zeros(&[c]), zeros(&[c]));
+            let (part, coef) = (zeros(&[s.part_len()]), zeros(&[s.coef_len()]));
+            let sc = BatchNormScratch {
+                part: &part,
+                coef: &coef,
+            };
+            let t = BatchNormTensors {
+                x: &tx,
+                gamma: &tg,
+                beta: &tb,
+                y: &y,
+                mean: &mean,
+                var: &var,
+            };
+            run_all(gpu, &batch_norm_train(gpu, &s, &t, &sc).unwrap()).unwrap();
+            let (x, gamma, beta, dy) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&dy));
+            let (want_mean, want_var) = batch_norm_stats_ref(&s, &x);
+            let what = format!("batch_norm {shape:?} relu {relu}");
+            assert_close(
+                &format!("{what} mean"),
+                &mean.to_f32(gpu).unwrap(),
+                &want_mean,
+                1e-5,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} var"),
+                &var.to_f32(gpu).unwrap(),
+                &want_var,
+                1e-4,
+                1e-5,
+            );
+            let want_y = batch_norm_apply_ref(&s, &x, [&gamma, &beta, &want_mean, &want_var]);
+            assert_close(
+                &format!("{what} y"),
+                &y.to_f32(gpu).unwrap(),
+                &want_y,
+                1e-4,
+                1e-4,
+            );
+            let (dx, dgamma, dbeta) = (zeros(&shape), zeros(&[c]), zeros(&[c]));
+            let grads = BatchNormGrads {
+                dy: &tdy,
+                dx: &dx,
+                dgamma: &dgamma,
+                dbeta: &dbeta,
+            };
+            run_all(gpu, &batch_norm_backward(gpu, &s, &t, &grads, &sc).unwrap()).unwrap();
+            let (want_dx, want_dgamma, want_dbeta) =
+                batch_norm_backward_ref(&s, &x, [&gamma, &beta], &dy);
+            let atol = 1e-5 * (s.count() as f64).sqrt();
+            assert_close(
+                &format!("{what} dx"),
+                &dx.to_f32(gpu).unwrap(),
+                &want_dx,
+                1e-3,
+                atol,
+            );
+            assert_close(
+                &format!("{what} dgamma"),
+                &dgamma.to_f32(gpu).unwrap(),
+                &want_dgamma,
+                1e-4,
+                atol,
+            );
+            assert_close(
+                &format!("{what} dbeta"),
+                &dbeta.to_f32(gpu).unwrap(),
+                &want_dbeta,
+                1e-4,
+                atol,
+            );
+            // Evaluation: given statistics (here a made-up running mean and var).
+            let run_mean = rng.uniform_vec(c, -1.0, 1.0);
+            let run_var = rng.uniform_vec(c, 0.1, 2.0);
+            let (tm, tv) = (upload(gpu, &[c], &run_mean), upload(gpu, &[c], &run_var));
+            let t = BatchNormTensors {
+                x: &tx,
+                gamma: &tg,
+                beta: &tb,
+                y: &y,
+                mean: &tm,
+                var: &tv,
+            };
+            run_all(gpu, &batch_norm_eval(gpu, &s, &t, &sc).unwrap()).unwrap();
+            let want =
+                batch_norm_apply_ref(&s, &x, [&gamma, &beta, &f64s(&run_mean), &f64s(&run_var)]);
+            assert_close(
+                &format!("{what} eval y"),
+                &y.to_f32(gpu).unwrap(),
+                &want,
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}

@@ -246,6 +246,27 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let dbeta = gr.aux(dgamma, 0);
             vec![Some(dx), Some(dgamma), Some(dbeta)]
         }
+        Op::BatchNorm {
+            eps,
+            relu,
+            training: true,
+        } => {
+            let (x, gamma, c) = (ins[0], ins[1], shp(gr, 1));
+            let op = Op::BatchNormBackward {
+                eps: *eps,
+                relu: *relu,
+            };
+            let aux = vec![(c.clone(), DType::F32), (c, DType::F32)];
+            let dx = gr.push_with_aux(op, vec![x, y, gamma, g], shp(gr, 0), DType::F32, aux);
+            let (dgamma, dbeta) = (gr.aux(dx, 0), gr.aux(dx, 1));
+            vec![Some(dx), Some(dgamma), Some(dbeta)]
+        }
+        Op::BatchNorm { training: false, .. } => {
+            return Err(Error::shape(
+                "autodiff",
+                "batch norm with running statistics (evaluation mode) is not differentiated; build the graph in training mode",
+            ))
+        }
         Op::Loss(kind) => vec![Some(loss_vjp(gr, *kind, y, &ins, g)?), None],
         op => return Err(second_order(op)),
     })

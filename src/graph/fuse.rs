@@ -18,7 +18,7 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
     let mut total = 0;
     loop {
         let mut n = bias_into_producer(g) + relu_into_producer(g);
-        n += relu_into_pool_backward(g) + conv_bias_grad(g);
+        n += relu_into_pool_backward(g) + conv_bias_grad(g) + relu_into_batch_norm(g);
         if opts.conv_relu_pool {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
         }
@@ -139,6 +139,75 @@ fn relu_into_pool_backward(g: &mut Graph) -> usize {
         let node = &mut g.nodes[id.index()];
         node.op = Op::MaxPool2dBackward { pool, relu: true };
         node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// Relu(BatchNorm(..)) -> BatchNorm{relu}, the ReLU's readers reading the batch norm; and
+/// BatchNormBackward(x, bn, gamma, ReluBackward(r or bn, dy)) -> BatchNormBackward{relu}(x,
+/// bn, gamma, dy): the fused output is positive exactly where the ReLU let its gradient
+/// through. The batch norm's value may have no reader but the ReLU, ReLU backwards (their
+/// mask is the same on either side of the ReLU), its aux aliases and its backward.
+fn relu_into_batch_norm(g: &mut Graph) -> usize {
+    let live = g.live_from(&g.outputs);
+    let mut n = 0;
+    for r in g.ids() {
+        let bn = g.node(r).inputs.first().copied();
+        let (Op::Unary(UnaryOp::Relu), Some(bn)) = (&g.node(r).op, bn) else {
+            continue;
+        };
+        let Op::BatchNorm { relu: false, .. } = g.node(bn).op else {
+            continue;
+        };
+        let readers: Vec<Id> = g
+            .ids()
+            .filter(|&i| live[i.index()] && g.node(i).inputs.contains(&bn))
+            .collect();
+        let ok = readers.iter().all(|&i| match g.node(i).op {
+            Op::Aux(_) | Op::UnaryBackward(UnaryOp::Relu) => true,
+            // Its own backward reads it as input 1 (for the statistics), nothing else.
+            Op::BatchNormBackward { .. } => (g.node(i).inputs.iter())
+                .enumerate()
+                .all(|(k, &v)| v != bn || k == 1),
+            _ => i == r,
+        });
+        if !ok || g.is_output(bn) || g.is_output(r) {
+            continue;
+        }
+        if let Op::BatchNorm { relu, .. } = &mut g.nodes[bn.index()].op {
+            *relu = true;
+        }
+        for node in g.nodes.iter_mut().skip(r.index() + 1) {
+            for i in node.inputs.iter_mut().filter(|i| **i == r) {
+                *i = bn;
+            }
+        }
+        n += 1 + relu_mask_into_backward(g, bn);
+    }
+    n
+}
+
+/// BatchNormBackward{relu: false}(x, bn, gamma, ReluBackward(bn, dy)) ->
+/// BatchNormBackward{relu}(x, bn, gamma, dy), for `bn` just fused with its ReLU.
+fn relu_mask_into_backward(g: &mut Graph, bn: Id) -> usize {
+    let uses = g.uses();
+    let mut n = 0;
+    for b in g.ids() {
+        let node = g.node(b);
+        let Op::BatchNormBackward { eps, relu: false } = node.op else {
+            continue;
+        };
+        let rb = node.inputs[3];
+        let rn = g.node(rb);
+        let masks = rn.op == Op::UnaryBackward(UnaryOp::Relu) && rn.inputs[0] == bn;
+        if node.inputs[1] != bn || !masks || !single_use(g, &uses, rb) {
+            continue;
+        }
+        let dy = rn.inputs[1];
+        let node = &mut g.nodes[b.index()];
+        node.op = Op::BatchNormBackward { eps, relu: true };
+        node.inputs[3] = dy;
         n += 1;
     }
     n

@@ -167,6 +167,20 @@ pub enum Op {
     LayerNormBackwardParams {
         eps: f32,
     },
+    /// Batch normalisation over axis 1 of x [B, C, ...], then a ReLU with `relu`.
+    /// Training: [x, gamma, beta] -> y with the batch's statistics; aux 0 its mean [C], aux 1
+    /// its biased variance [C]. Evaluation: [x, gamma, beta, mean, var] -> y with the given
+    /// (running) statistics, no aux.
+    BatchNorm {
+        eps: f32,
+        relu: bool,
+        training: bool,
+    },
+    /// [x, batch-norm node (training), gamma, dy] -> dx; aux 0 dgamma [C], aux 1 dbeta [C].
+    BatchNormBackward {
+        eps: f32,
+        relu: bool,
+    },
     /// [x] -> a value of its own holding x's elements. Never merged with another node (no
     /// common-subexpression elimination), so each copy gets its own buffer: how parameters
     /// that share one gradient each get theirs.

@@ -262,6 +262,7 @@ fn lower_node(
         }
         Op::Permute(p) if p == &[1, 0] => d.push(transpose(gpu, &x(0)?, &y)?),
         _ if super::lower_seq::lower_seq(gpu, g, ts, id, d)? => {}
+        _ if super::lower_bn::lower_bn(gpu, g, ts, id, d)? => {}
         _ => super::lower_ew::lower_elementwise(gpu, g, ts, id, d)?,
     }
     Ok(())

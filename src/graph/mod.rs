@@ -7,6 +7,7 @@ pub mod autodiff;
 pub mod fuse;
 pub mod ir;
 pub mod lower;
+mod lower_bn;
 mod lower_conv;
 mod lower_ew;
 mod lower_seq;

@@ -184,6 +184,60 @@ impl Graph {
         Ok(self.push_with_aux(Op::Dropout { p, salt }, vec![x], shape, DType::F32, aux))
     }
 
+    /// Batch normalisation of x [B, C, ...] over every axis but 1, with gamma and beta [C]
+    /// (PyTorch's `BatchNorm1d/2d` in training mode): the batch's statistics, which
+    /// `aux(y, 0)` (mean) and `aux(y, 1)` (biased variance) give.
+    pub fn batch_norm_train(&mut self, x: Id, gamma: Id, beta: Id, eps: f32) -> Result<Id> {
+        let c = self.batch_norm_channels(x, &[gamma, beta], eps)?;
+        let stats = vec![(vec![c], DType::F32), (vec![c], DType::F32)];
+        let op = Op::BatchNorm {
+            eps,
+            relu: false,
+            training: true,
+        };
+        let shape = self.shape(x).to_vec();
+        Ok(self.push_with_aux(op, vec![x, gamma, beta], shape, DType::F32, stats))
+    }
+
+    /// Batch normalisation with given statistics mean and var [C] (evaluation mode).
+    pub fn batch_norm_eval(
+        &mut self,
+        x: Id,
+        [gamma, beta, mean, var]: [Id; 4],
+        eps: f32,
+    ) -> Result<Id> {
+        self.batch_norm_channels(x, &[gamma, beta, mean, var], eps)?;
+        let op = Op::BatchNorm {
+            eps,
+            relu: false,
+            training: false,
+        };
+        let shape = self.shape(x).to_vec();
+        Ok(self.push(op, vec![x, gamma, beta, mean, var], shape, DType::F32))
+    }
+
+    /// C of x [B, C, ...], checking that every per-channel operand is [C] and eps is sane.
+    fn batch_norm_channels(&self, x: Id, per_channel: &[Id], eps: f32) -> Result<usize> {
+        let s = self.shape(x).to_vec();
+        let c = s.get(1).copied().unwrap_or(0);
+        let ok = s.len() >= 2
+            && numel(&s) > 0
+            && per_channel.iter().all(|&p| self.shape(p) == [c])
+            && eps >= 0.0
+            && eps.is_finite();
+        if !ok {
+            let ps: Vec<Vec<usize>> = per_channel
+                .iter()
+                .map(|&p| self.shape(p).to_vec())
+                .collect();
+            return Err(shape_err(
+                "batch_norm",
+                format!("x {s:?}, per-channel operands {ps:?}, eps {eps}; hint: x is [B, C] or [B, C, H, W] and gamma, beta, mean, var are [C]"),
+            ));
+        }
+        Ok(c)
+    }
+
     /// Per-sample loss [B] of outputs z [B, C] against labels (u32 [B]) or targets
     /// (f32 [B, C]); `aux(loss, 0)` holds the probabilities (or predictions) [B, C].
     pub fn loss(&mut self, kind: Loss, z: Id, target: Id) -> Result<Id> {

@@ -11,6 +11,7 @@ use crate::{Error, Result};
 pub use family::Family;
 
 pub mod activation;
+pub mod batchnorm;
 pub mod conv2d;
 pub mod copy;
 pub mod elementwise;
@@ -59,10 +60,11 @@ pub enum Shader {
     ReduceAxis,
     Random,
     Sample,
+    BatchNorm,
 }
 
 impl Shader {
-    pub const ALL: [Shader; 21] = [
+    pub const ALL: [Shader; 22] = [
         Shader::Gather,
         Shader::Transpose,
         Shader::Matmul,
@@ -84,6 +86,7 @@ impl Shader {
         Shader::ReduceAxis,
         Shader::Random,
         Shader::Sample,
+        Shader::BatchNorm,
     ];
 
     pub fn file(self) -> &'static str {
@@ -109,6 +112,7 @@ impl Shader {
             Shader::ReduceAxis => "shaders/reduce_axis.wgsl",
             Shader::Random => "shaders/random.wgsl",
             Shader::Sample => "shaders/sample.wgsl",
+            Shader::BatchNorm => "shaders/batchnorm.wgsl",
         }
     }
 
@@ -135,6 +139,7 @@ impl Shader {
             Shader::ReduceAxis => include_str!("../../shaders/reduce_axis.wgsl"),
             Shader::Random => include_str!("../../shaders/random.wgsl"),
             Shader::Sample => include_str!("../../shaders/sample.wgsl"),
+            Shader::BatchNorm => include_str!("../../shaders/batchnorm.wgsl"),
         }
     }
 
@@ -222,6 +227,15 @@ impl Shader {
             Shader::ReduceAxis => &["reduce_axis"],
             Shader::Random => &["random_uniform", "dropout_mask", "text_windows"],
             Shader::Sample => &["sample_next"],
+            Shader::BatchNorm => &[
+                "batch_norm_partial",
+                "batch_norm_stats",
+                "batch_norm_affine",
+                "batch_norm_forward",
+                "batch_norm_backward_partial",
+                "batch_norm_backward_params",
+                "batch_norm_backward_input",
+            ],
         }
     }
 }

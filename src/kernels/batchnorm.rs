@@ -1,0 +1,467 @@
+//! Batch normalisation over axis 1 (BatchNorm2d on [B, C, H, W], BatchNorm1d on [B, C]),
+//! optionally with the ReLU that follows it: shaders/batchnorm.wgsl, its wrappers and
+//! references. B = batch, C = channels, S = positions per channel and image (H x W, or 1);
+//! n = B x S values per channel.
+//!
+//! Training: per-channel sums over chunks of images, their fixed-order combination into the
+//! batch's mean and (biased) variance, the per-channel affine (scale, shift), then one
+//! elementwise pass: 4 dispatches. Evaluation: the affine from given (running) statistics
+//! and the pass: 2. Backward: the sums of dy and dy * xhat per chunk, dgamma, dbeta and dx's
+//! per-channel coefficients, then one elementwise pass: 3.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{dispatch, Dispatch, KernelCall, Shader, LOOP_BUDGET};
+use crate::gpu::{Access, Gpu};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Invocations the partial sums aim at (chunks x channels), for the 2 cores of a CPU
+/// adapter and more on a GPU.
+const PARTIAL_INVOCATIONS: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormSpec {
+    pub batch: usize,
+    pub channels: usize,
+    /// Positions per channel and image (H x W; 1 for BatchNorm1d).
+    pub spatial: usize,
+    /// PyTorch's default 1e-5.
+    pub eps: f32,
+    /// A ReLU after the normalisation (forward), its mask in the backward.
+    pub relu: bool,
+}
+
+impl BatchNormSpec {
+    /// The spec of x [B, C, ...] (C = axis 1, the rest flattened into S).
+    pub fn of_shape(shape: &[usize], eps: f32, relu: bool) -> Result<BatchNormSpec> {
+        if shape.len() < 2 {
+            return Err(Error::shape(
+                "batch_norm",
+                format!("x {shape:?}; hint: x is [B, C] or [B, C, H, W]"),
+            ));
+        }
+        Ok(BatchNormSpec {
+            batch: shape[0],
+            channels: shape[1],
+            spatial: shape[2..].iter().product(),
+            eps,
+            relu,
+        })
+    }
+
+    /// Values per channel.
+    pub fn count(&self) -> usize {
+        self.batch * self.spatial
+    }
+
+    /// Images per partial sum: enough chunks for [`PARTIAL_INVOCATIONS`] invocations, at
+    /// most [`LOOP_BUDGET`] values per invocation.
+    pub fn chunk(&self) -> usize {
+        let chunks = PARTIAL_INVOCATIONS.div_ceil(self.channels.max(1));
+        let by_budget = (LOOP_BUDGET / (self.spatial + 1)).max(1);
+        self.batch.div_ceil(chunks).min(by_budget).max(1)
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.batch.div_ceil(self.chunk())
+    }
+
+    /// Elements of the partial-sum scratch [chunks, C, 2].
+    pub fn part_len(&self) -> usize {
+        self.chunks() * self.channels * 2
+    }
+
+    /// Elements of the per-channel coefficient scratch (forward 2 a channel, backward 4).
+    pub fn coef_len(&self) -> usize {
+        self.channels * 4
+    }
+
+    fn validate(&self, op: &str) -> Result<()> {
+        if self.batch == 0 || self.channels == 0 || self.spatial == 0 {
+            return Err(Error::shape(op, format!("empty input {self:?}")));
+        }
+        if !(self.eps >= 0.0 && self.eps.is_finite()) {
+            return Err(Error::shape(
+                op,
+                format!("eps {} must be finite and >= 0", self.eps),
+            ));
+        }
+        // The elementwise passes divide positions in f32: exact below 2^22.
+        let chunk_values = self.chunk() * self.spatial;
+        if chunk_values > LOOP_BUDGET || self.chunks() > LOOP_BUDGET || chunk_values >= 1 << 22 {
+            return Err(Error::Limit {
+                op: op.into(),
+                what: "values a channel (loop iterations per invocation)".into(),
+                requested: self.count() as u64,
+                limit: LOOP_BUDGET as u64,
+                hint: "use smaller images or batches".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The forward's operands: x, y [B, C, ...], gamma, beta, mean, var [C].
+pub struct BatchNormTensors<'a> {
+    pub x: &'a Tensor,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub y: &'a Tensor,
+    /// Training: written (the batch's statistics); evaluation: read (the running ones).
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+}
+
+/// The backward's gradients: dy (in), dx [B, C, ...], dgamma, dbeta [C] (out).
+pub struct BatchNormGrads<'a> {
+    pub dy: &'a Tensor,
+    pub dx: &'a Tensor,
+    pub dgamma: &'a Tensor,
+    pub dbeta: &'a Tensor,
+}
+
+/// Scratch of the wrappers: part [`BatchNormSpec::part_len`], coef
+/// [`BatchNormSpec::coef_len`] elements.
+pub struct BatchNormScratch<'a> {
+    pub part: &'a Tensor,
+    pub coef: &'a Tensor,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+    chunk: u32,
+    chunks: u32,
+    flags: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+fn params(s: &BatchNormSpec) -> Params {
+    Params {
+        batch: s.batch as u32,
+        channels: s.channels as u32,
+        spatial: s.spatial as u32,
+        chunk: s.chunk() as u32,
+        chunks: s.chunks() as u32,
+        flags: s.relu as u32,
+        eps: s.eps,
+        _pad: 0,
+    }
+}
+
+const WG: usize = 256;
+
+fn expect_len(op: &str, name: &str, t: &Tensor, n: usize) -> Result<()> {
+    if t.numel() != n {
+        return Err(Error::shape(
+            op,
+            format!("{name} has shape {:?}, expected {n} elements", t.shape),
+        ));
+    }
+    Ok(())
+}
+
+fn check(
+    op: &str,
+    s: &BatchNormSpec,
+    t: &BatchNormTensors<'_>,
+    scratch: &BatchNormScratch<'_>,
+) -> Result<()> {
+    s.validate(op)?;
+    let full = s.batch * s.channels * s.spatial;
+    for (name, v, n) in [
+        ("x", t.x, full),
+        ("y", t.y, full),
+        ("gamma", t.gamma, s.channels),
+        ("beta", t.beta, s.channels),
+        ("mean", t.mean, s.channels),
+        ("var", t.var, s.channels),
+        ("part", scratch.part, s.part_len()),
+        ("coef", scratch.coef, s.coef_len()),
+    ] {
+        expect_len(op, name, v, n)?;
+    }
+    if t.x.shape.get(1) != Some(&s.channels) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x has shape {:?}, expected {} channels on axis 1",
+                t.x.shape, s.channels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One dispatch of `entry`: per channel or per (chunk, channel) over 1-D workgroups of WG
+/// (`n` invocations), or the elementwise grid (chunks, C, 1) when `n` is None.
+fn call(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &BatchNormSpec,
+    n: Option<usize>,
+    bindings: &[(&Tensor, Access)],
+) -> Result<Dispatch> {
+    let workgroups = match n {
+        Some(n) => [n.div_ceil(WG), 1, 1],
+        None => [s.chunks(), s.channels, 1],
+    };
+    let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    if let Some(&big) = workgroups.iter().find(|&&w| w > max) {
+        return Err(Error::Limit {
+            op: entry.into(),
+            what: "workgroups along one axis (channels, images or positions / 64)".into(),
+            requested: big as u64,
+            limit: max as u64,
+            hint: "use a smaller batch or fewer channels".into(),
+        });
+    }
+    let workgroups = workgroups.map(|w| w as u32);
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::BatchNorm,
+            entry,
+            params: bytemuck::bytes_of(&params(s)),
+            bindings,
+            workgroups,
+            constants: &[("WG", WG as f64)],
+        },
+    )
+}
+
+/// The affine (scale, shift) from mean and var into coef, then y = act(x * scale + shift).
+fn affine_and_apply(
+    gpu: &Gpu,
+    s: &BatchNormSpec,
+    t: &BatchNormTensors<'_>,
+    coef: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let (r, w) = (Access::Read, Access::ReadWrite);
+    Ok(vec![
+        call(
+            gpu,
+            "batch_norm_affine",
+            s,
+            Some(s.channels),
+            &[
+                (gpu.dummy(), r),
+                (t.mean, r),
+                (t.var, r),
+                (t.gamma, r),
+                (t.beta, r),
+                (coef, w),
+            ],
+        )?,
+        call(
+            gpu,
+            "batch_norm_forward",
+            s,
+            None,
+            &[
+                (t.x, r),
+                (coef, r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (t.y, w),
+            ],
+        )?,
+    ])
+}
+
+/// Training forward: the batch's mean and biased var [C] into t.mean, t.var, and
+/// y = act((x - mean) / sqrt(var + eps) * gamma + beta).
+pub fn batch_norm_train(
+    gpu: &Gpu,
+    s: &BatchNormSpec,
+    t: &BatchNormTensors<'_>,
+    scratch: &BatchNormScratch<'_>,
+) -> Result<Vec<Dispatch>> {
+    let op = "batch_norm";
+    check(op, s, t, scratch)?;
+    let (r, w) = (Access::Read, Access::ReadWrite);
+    let mut d = vec![
+        call(
+            gpu,
+            "batch_norm_partial",
+            s,
+            Some(s.chunks() * s.channels),
+            &[
+                (t.x, r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (scratch.part, w),
+            ],
+        )?,
+        call(
+            gpu,
+            "batch_norm_stats",
+            s,
+            Some(s.channels),
+            &[
+                (t.x, r),
+                (scratch.part, r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (gpu.dummy(), r),
+                (t.mean, w),
+                (t.var, w),
+            ],
+        )?,
+    ];
+    d.extend(affine_and_apply(gpu, s, t, scratch.coef)?);
+    Ok(d)
+}
+
+/// Evaluation forward: y = act((x - mean) / sqrt(var + eps) * gamma + beta) with the given
+/// (running) statistics t.mean, t.var.
+pub fn batch_norm_eval(
+    gpu: &Gpu,
+    s: &BatchNormSpec,
+    t: &BatchNormTensors<'_>,
+    scratch: &BatchNormScratch<'_>,
+) -> Result<Vec<Dispatch>> {
+    check("batch_norm (evaluation)", s, t, scratch)?;
+    affine_and_apply(gpu, s, t, scratch.coef)
+}
+
+/// Backward of [`batch_norm_train`]: dx, dgamma, dbeta from dy, with t as the forward left
+/// it (y is read only with relu).
+pub fn batch_norm_backward(
+    gpu: &Gpu,
+    s: &BatchNormSpec,
+    t: &BatchNormTensors<'_>,
+    grads: &BatchNormGrads<'_>,
+    scratch: &BatchNormScratch<'_>,
+) -> Result<Vec<Dispatch>> {
+    let op = "batch_norm_backward";
+    check(op, s, t, scratch)?;
+    let full = s.batch * s.channels * s.spatial;
+    expect_len(op, "dy", grads.dy, full)?;
+    expect_len(op, "dx", grads.dx, full)?;
+    expect_len(op, "dgamma", grads.dgamma, s.channels)?;
+    expect_len(op, "dbeta", grads.dbeta, s.channels)?;
+    let (r, w) = (Access::Read, Access::ReadWrite);
+    let y = if s.relu { t.y } else { gpu.dummy() };
+    Ok(vec![
+        call(
+            gpu,
+            "batch_norm_backward_partial",
+            s,
+            Some(s.chunks() * s.channels),
+            &[
+                (t.x, r),
+                (grads.dy, r),
+                (y, r),
+                (t.mean, r),
+                (t.var, r),
+                (scratch.part, w),
+            ],
+        )?,
+        call(
+            gpu,
+            "batch_norm_backward_params",
+            s,
+            Some(s.channels),
+            &[
+                (gpu.dummy(), r),
+                (scratch.part, r),
+                (t.gamma, r),
+                (t.mean, r),
+                (t.var, r),
+                (scratch.coef, w),
+                (grads.dgamma, w),
+                (grads.dbeta, w),
+            ],
+        )?,
+        call(
+            gpu,
+            "batch_norm_backward_input",
+            s,
+            None,
+            &[
+                (t.x, r),
+                (grads.dy, r),
+                (y, r),
+                (gpu.dummy(), r),
+                (scratch.coef, r),
+                (grads.dx, w),
+            ],
+        )?,
+    ])
+}
+
+// ---- CPU references (f64) ----------------------------------------------------------------
+
+/// Index of (b, c, s) in x [B, C, S].
+fn at(s: &BatchNormSpec, b: usize, c: usize, i: usize) -> usize {
+    (b * s.channels + c) * s.spatial + i
+}
+
+/// The batch's mean and biased variance per channel (two passes).
+pub fn batch_norm_stats_ref(s: &BatchNormSpec, x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let n = s.count() as f64;
+    let mut mean = vec![0.0; s.channels];
+    let mut var = vec![0.0; s.channels];
+    for c in 0..s.channels {
+        let vals = (0..s.batch).flat_map(|b| (0..s.spatial).map(move |i| (b, i)));
+        mean[c] = vals.clone().map(|(b, i)| x[at(s, b, c, i)]).sum::<f64>() / n;
+        var[c] = vals
+            .map(|(b, i)| (x[at(s, b, c, i)] - mean[c]).powi(2))
+            .sum::<f64>()
+            / n;
+    }
+    (mean, var)
+}
+
+/// y = act((x - mean) / sqrt(var + eps) * gamma + beta) with the given statistics.
+pub fn batch_norm_apply_ref(
+    s: &BatchNormSpec,
+    x: &[f64],
+    [gamma, beta, mean, var]: [&[f64]; 4],
+) -> Vec<f64> {
+    let mut y = vec![0.0; x.len()];
+    for (j, v) in y.iter_mut().enumerate() {
+        let c = (j / s.spatial) % s.channels;
+        let r = 1.0 / (var[c] + s.eps as f64).sqrt();
+        let z = (x[j] - mean[c]) * r * gamma[c] + beta[c];
+        *v = if s.relu { z.max(0.0) } else { z };
+    }
+    y
+}
+
+/// (dx, dgamma, dbeta) of the training forward with the batch's statistics, given dy.
+pub fn batch_norm_backward_ref(
+    s: &BatchNormSpec,
+    x: &[f64],
+    [gamma, beta]: [&[f64]; 2],
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mean, var) = batch_norm_stats_ref(s, x);
+    let y = batch_norm_apply_ref(s, x, [gamma, beta, &mean, &var]);
+    let n = s.count() as f64;
+    let (mut dgamma, mut dbeta) = (vec![0.0; s.channels], vec![0.0; s.channels]);
+    let g = |j: usize| if s.relu && y[j] <= 0.0 { 0.0 } else { dy[j] };
+    let xhat = |j: usize, c: usize| (x[j] - mean[c]) / (var[c] + s.eps as f64).sqrt();
+    for j in 0..x.len() {
+        let c = (j / s.spatial) % s.channels;
+        dbeta[c] += g(j);
+        dgamma[c] += g(j) * xhat(j, c);
+    }
+    let dx = (0..x.len())
+        .map(|j| {
+            let c = (j / s.spatial) % s.channels;
+            let r = 1.0 / (var[c] + s.eps as f64).sqrt();
+            gamma[c] * r * (g(j) - dbeta[c] / n - xhat(j, c) * dgamma[c] / n)
+        })
+        .collect();
+    (dx, dgamma, dbeta)
+}
