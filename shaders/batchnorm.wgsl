@@ -8,10 +8,11 @@
 //   batch_norm_stats:     channel c: S1, S2 = the chunks' sums (chunks in order),
 //                         m = S1 / n, mean[c] = K[c] + m, var[c] = max(S2 / n - m^2, 0)
 //                         (biased; the shift keeps the difference well conditioned)
-//   batch_norm_affine:    coef[c] = (scale, shift): scale = gamma / sqrt(var + eps),
-//                         shift = beta - mean * scale (training: the batch's mean and var;
-//                         evaluation: the running ones)
-//   batch_norm_forward:   y[b,c,s] = act(x[b,c,s] * scale[c] + shift[c])
+//   batch_norm_affine:    coef[c] = (scale, beta, mean, -): scale = gamma / sqrt(var + eps)
+//                         (training: the batch's mean and var; evaluation: the running ones)
+//   batch_norm_forward:   y[b,c,s] = act((x[b,c,s] - mean[c]) * scale[c] + beta[c])
+//                         (not x * scale + (beta - mean * scale): that cancels when the
+//                         mean is large against the spread)
 //   batch_norm_backward_partial: with g = dy, masked to 0 where y <= 0 with RELU, and
 //                         xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps):
 //                         part[j, c] = (sum g, sum g * xhat) over chunk j as above
@@ -28,20 +29,23 @@
 //   entry              1 x      2 src     3 src2    4 src3    5 src4    6 dst     7 dst2  8 dst3
 //   partial            x                                                part
 //   stats              x        part                                    mean      var
-//   affine                      mean      var       gamma     beta      coef2
-//   forward            x        coef2                                   y
+//   affine                      mean      var       gamma     beta      coef
+//   forward            x                                      coef      y       -   -   coef
 //   backward_partial   x        dy        y         mean      var       part
-//   backward_params             part      gamma     mean      var       coef4     dgamma  dbeta
-//   backward_input     x        dy        y                   coef4     dx
-// part [chunks, C, 2], mean and var [C], coef2 [C, 2] = (scale, shift), coef4 [C, 4] =
-// (a, e, f, mean); y is read by the backward entries only with RELU.
+//   backward_params             part      gamma     mean      var       coef      dgamma  dbeta
+//   backward_input     x        dy        y                   coef      dx      -   -   coef
+//   (forward and backward_input: 9 uniform coef_u, the first 1024 coefficients as a
+//   uniform buffer; with COEF_STORAGE they read the storage binding instead.)
+// part [chunks, C, 2], mean and var [C], coef [C, 4]: forward (scale, beta, mean, -),
+// backward (a, e, f, mean); y is read by the backward entries only with RELU.
 //
 // Dispatch: partial and backward_partial one invocation per (chunk j, channel c),
 // i = j * C + c; stats, affine, backward_params one per channel; all 1-D over
-// ceil(n / WG) workgroups of WG. forward and backward_input: (chunks, C, 1) workgroups,
-// workgroup (j, c) covering chunk j's images of channel c: invocation l takes the values
-// t = l, l + WG, ... of the chunk (image t / S, position t % S, divided in f32: llvmpipe
-// has no vector integer division), its channel's coefficients loaded once.
+// ceil(n / WG) workgroups of WG. forward and backward_input: one invocation per value of
+// a run of whole images (fewer than 2^22 values: the channel comes from f32 divisions,
+// llvmpipe dividing integer vectors lane by lane), value first + gid.x, over
+// (ceil(count / WG), 1, 1) workgroups; one dispatch per run. (A loop over a plane per
+// workgroup, its coefficients loaded once, ran several times slower on lavapipe.)
 
 struct Params {
     batch: u32,
@@ -49,12 +53,17 @@ struct Params {
     spatial: u32,
     chunk: u32,     // images per partial sum
     chunks: u32,
-    flags: u32,     // 1 = ReLU after the normalisation
+    flags: u32,     // 1 = ReLU after the normalisation, 2 = coef from storage (C > 1024)
     eps: f32,
-    _pad: u32,
+    first: u32,     // forward and backward_input: the dispatch's first value of x
+    count: u32,     // ... and its values (whole images, fewer than 2^22)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const RELU: u32 = 1u;
+const COEF_STORAGE: u32 = 2u;
 
 override WG: u32 = 64u;
 
@@ -67,6 +76,12 @@ override WG: u32 = 64u;
 @group(0) @binding(6) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dst2: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dst3: array<f32>;
+// The coefficients again, as a uniform buffer (the elementwise entries, when C <=
+// UNIFORM_CHANNELS): on CPU adapters a uniform load costs a fraction of a storage load, and
+// these two passes would otherwise load 2 or 4 of them per value.
+@group(0) @binding(9) var<uniform> coef_u: array<vec4<f32>, 1024>;
+
+const UNIFORM_CHANNELS: u32 = 1024u;
 
 fn count() -> f32 {
     return f32(p.batch) * f32(p.spatial);
@@ -131,9 +146,11 @@ fn batch_norm_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (c >= p.channels) {
         return;
     }
-    let scale = src3[c] * inverseSqrt(src2[c] + p.eps);
-    dst[2u * c] = scale;
-    dst[2u * c + 1u] = src4[c] - src[c] * scale;
+    // 1 / sqrt, not inverseSqrt: llvmpipe approximates that to ~4e-4.
+    let scale = src3[c] / sqrt(src2[c] + p.eps);
+    dst[4u * c] = scale;
+    dst[4u * c + 1u] = src4[c];
+    dst[4u * c + 2u] = src[c];
 }
 
 // a / b for a < 2^22 through f32 (exact with this margin): llvmpipe divides integer
@@ -142,39 +159,36 @@ fn div_small(a: u32, b: u32) -> u32 {
     return u32((f32(a) + 0.5) / f32(b));
 }
 
-// Where value t of workgroup (j, c)'s chunk lies in x [B, C, S], or past the chunk's end
-// (0xffffffff).
-fn chunk_at(wid: vec3<u32>, t: u32) -> u32 {
-    let b0 = wid.x * p.chunk;
-    let n = (min(b0 + p.chunk, p.batch) - b0) * p.spatial;
-    if (t >= n) {
-        return 0xffffffffu;
+// The elementwise passes' value: index `at` into x [B, C, S] (from the dispatch's first
+// value on) and its channel, or at = 0xffffffff past the dispatch's values.
+fn element(gid: vec3<u32>) -> vec2<u32> {
+    let i = gid.x;
+    if (i >= p.count) {
+        return vec2<u32>(0xffffffffu, 0u);
     }
-    let b = div_small(t, p.spatial);
-    return ((b0 + b) * p.channels + wid.y) * p.spatial + (t - b * p.spatial);
+    let plane = div_small(i, p.spatial);
+    return vec2<u32>(p.first + i, plane - div_small(plane, p.channels) * p.channels);
 }
 
-// The values t of the chunk this invocation takes: l, l + WG, ...
-fn chunk_steps() -> u32 {
-    return (p.chunk * p.spatial + WG - 1u) / WG;
+// Channel c's coefficients: coef_u, or with COEF_STORAGE the storage binding src4.
+fn coef_of(c: u32) -> vec4<f32> {
+    if ((p.flags & COEF_STORAGE) != 0u) {
+        let k = 4u * c;
+        return vec4<f32>(src4[k], src4[k + 1u], src4[k + 2u], src4[k + 3u]);
+    }
+    return coef_u[min(c, UNIFORM_CHANNELS - 1u)];
 }
 
 @compute @workgroup_size(WG)
-fn batch_norm_forward(@builtin(local_invocation_id) lid: vec3<u32>,
-                      @builtin(workgroup_id) wid: vec3<u32>) {
-    let c = wid.y;
-    let scale = src[2u * c];
-    let shift = src[2u * c + 1u];
-    for (var i = 0u; i < chunk_steps(); i++) {
-        let at = chunk_at(wid, i * WG + lid.x);
-        if (at == 0xffffffffu) {
-            break;
-        }
-        var v = fma(x[at], scale, shift);
+fn batch_norm_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = element(gid);
+    if (e.x != 0xffffffffu) {
+        let k = coef_of(e.y);
+        var v = fma(x[e.x] - k.z, k.x, k.y);
         if ((p.flags & RELU) != 0u) {
             v = max(v, 0.0);
         }
-        dst[at] = v;
+        dst[e.x] = v;
     }
 }
 
@@ -194,7 +208,7 @@ fn batch_norm_backward_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let q = part_of(gid.x);
     let m = src3[q.c];
-    let r = inverseSqrt(src4[q.c] + p.eps);
+    let r = 1.0 / sqrt(src4[q.c] + p.eps);
     var sg = 0.0;
     var sgx = 0.0;
     for (var b = q.b0; b < q.b1; b++) {
@@ -225,7 +239,7 @@ fn batch_norm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
     dst2[c] = dgamma;
     dst3[c] = dbeta;
     let n = count();
-    let r = inverseSqrt(src4[c] + p.eps);
+    let r = 1.0 / sqrt(src4[c] + p.eps);
     let a = src2[c] * r;
     dst[4u * c] = a;
     dst[4u * c + 1u] = -a * r * dgamma / n;
@@ -234,18 +248,10 @@ fn batch_norm_backward_params(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 @compute @workgroup_size(WG)
-fn batch_norm_backward_input(@builtin(local_invocation_id) lid: vec3<u32>,
-                             @builtin(workgroup_id) wid: vec3<u32>) {
-    let k = 4u * wid.y;
-    let a = src4[k];
-    let e = src4[k + 1u];
-    let f = src4[k + 2u];
-    let m = src4[k + 3u];
-    for (var i = 0u; i < chunk_steps(); i++) {
-        let at = chunk_at(wid, i * WG + lid.x);
-        if (at == 0xffffffffu) {
-            break;
-        }
-        dst[at] = fma(a, grad_at(at), fma(e, x[at] - m, f));
+fn batch_norm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = element(gid);
+    if (e.x != 0xffffffffu) {
+        let k = coef_of(e.y);
+        dst[e.x] = fma(k.x, grad_at(e.x), fma(k.y, x[e.x] - k.w, k.z));
     }
 }

@@ -1311,7 +1311,7 @@ fn conv2d_window_matches_reference() {
 /// Batch norm, training and evaluation forward and backward, with and without the fused
 /// ReLU, against the f64 references: one value a channel, BatchNorm1d ([B, C], S = 1),
 /// primes, more chunks than one (batch past the partial sums' split), channels far from zero
-/// mean (the shifted sums).
+/// mean (the shifted sums), more channels than the uniform coefficients hold.
 #[test]
 fn batch_norm_matches_reference() {
     use shadergrad::kernels::batchnorm::*;
@@ -1324,6 +1324,7 @@ fn batch_norm_matches_reference() {
         (vec![2, 7, 13, 11], 0.5),
         (vec![130, 4, 3, 1], 40.0),
         (vec![9, 16, 28, 28], 1.0),
+        (vec![8, 1031], 0.01), // past the uniform coefficients: read from storage
     ] {
         for relu in [false, true] {
             let s = BatchNormSpec::of_shape(&shape, 1e-5, relu).unwrap();

@@ -87,9 +87,11 @@ impl BatchNormSpec {
                 format!("eps {} must be finite and >= 0", self.eps),
             ));
         }
-        // The elementwise passes divide positions in f32: exact below 2^22.
+        // The elementwise passes divide in f32: an image's values below 2^22.
+        let image = self.channels * self.spatial;
         let chunk_values = self.chunk() * self.spatial;
-        if chunk_values > LOOP_BUDGET || self.chunks() > LOOP_BUDGET || chunk_values >= 1 << 22 {
+        if chunk_values > LOOP_BUDGET || self.chunks() > LOOP_BUDGET || image >= ELEMENTWISE_VALUES
+        {
             return Err(Error::Limit {
                 op: op.into(),
                 what: "values a channel (loop iterations per invocation)".into(),
@@ -138,7 +140,9 @@ struct Params {
     chunks: u32,
     flags: u32,
     eps: f32,
-    _pad: u32,
+    first: u32,
+    count: u32,
+    _pad: [u32; 3],
 }
 
 fn params(s: &BatchNormSpec) -> Params {
@@ -148,13 +152,24 @@ fn params(s: &BatchNormSpec) -> Params {
         spatial: s.spatial as u32,
         chunk: s.chunk() as u32,
         chunks: s.chunks() as u32,
-        flags: s.relu as u32,
+        flags: s.relu as u32
+            | if s.channels > UNIFORM_CHANNELS {
+                COEF_STORAGE
+            } else {
+                0
+            },
         eps: s.eps,
-        _pad: 0,
+        first: 0,
+        count: 0,
+        _pad: [0; 3],
     }
 }
 
-const WG: usize = 256;
+const WG: usize = 64;
+/// Channels whose coefficients the elementwise passes read from a uniform buffer (16 KiB,
+/// WebGPU's default limit); more read them from storage (flag COEF_STORAGE).
+const UNIFORM_CHANNELS: usize = 1024;
+const COEF_STORAGE: u32 = 2;
 
 fn expect_len(op: &str, name: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n {
@@ -186,6 +201,13 @@ fn check(
     ] {
         expect_len(op, name, v, n)?;
     }
+    let align = 256;
+    if scratch.coef.offset % align != 0 {
+        return Err(Error::shape(
+            op,
+            format!("coef starts at byte {}, not a multiple of {align} (it is bound as a uniform buffer)", scratch.coef.offset),
+        ));
+    }
     if t.x.shape.get(1) != Some(&s.channels) {
         return Err(Error::shape(
             op,
@@ -198,41 +220,92 @@ fn check(
     Ok(())
 }
 
-/// One dispatch of `entry`: per channel or per (chunk, channel) over 1-D workgroups of WG
-/// (`n` invocations), or the elementwise grid (chunks, C, 1) when `n` is None.
-fn call(
+/// Values an elementwise dispatch may cover (its channel comes from f32 divisions).
+const ELEMENTWISE_VALUES: usize = 1 << 22;
+
+/// One dispatch of `entry` with `n` invocations, values `first..first + n` for the
+/// elementwise entries.
+fn call_at(
     gpu: &Gpu,
     entry: &'static str,
     s: &BatchNormSpec,
-    n: Option<usize>,
+    [first, n]: [usize; 2],
     bindings: &[(&Tensor, Access)],
 ) -> Result<Dispatch> {
-    let workgroups = match n {
-        Some(n) => [n.div_ceil(WG), 1, 1],
-        None => [s.chunks(), s.channels, 1],
-    };
+    let groups = n.div_ceil(WG);
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    if let Some(&big) = workgroups.iter().find(|&&w| w > max) {
+    if groups > max {
         return Err(Error::Limit {
             op: entry.into(),
-            what: "workgroups along one axis (channels, images or positions / 64)".into(),
-            requested: big as u64,
+            what: "workgroups".into(),
+            requested: groups as u64,
             limit: max as u64,
             hint: "use a smaller batch or fewer channels".into(),
         });
     }
-    let workgroups = workgroups.map(|w| w as u32);
+    let p = Params {
+        first: first as u32,
+        count: n as u32,
+        ..params(s)
+    };
     dispatch(
         gpu,
         &KernelCall {
             shader: Shader::BatchNorm,
             entry,
-            params: bytemuck::bytes_of(&params(s)),
+            params: bytemuck::bytes_of(&p),
             bindings,
-            workgroups,
+            workgroups: [groups as u32, 1, 1],
             constants: &[("WG", WG as f64)],
         },
     )
+}
+
+/// One dispatch of a per-channel or per-(chunk, channel) entry with `n` invocations.
+fn call(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &BatchNormSpec,
+    n: usize,
+    bindings: &[(&Tensor, Access)],
+) -> Result<Dispatch> {
+    call_at(gpu, entry, s, [0, n], bindings)
+}
+
+/// An elementwise entry over every value: one dispatch per run of whole images of fewer
+/// than [`ELEMENTWISE_VALUES`] values. `bindings` are 1..=6; coef is bound again as the
+/// uniform coefficients (binding 9).
+fn elementwise(
+    gpu: &Gpu,
+    entry: &'static str,
+    s: &BatchNormSpec,
+    bindings: &[(&Tensor, Access)],
+    coef: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    // The first UNIFORM_CHANNELS coefficients (the buffer's window slack covers them).
+    let coef_u = Tensor {
+        buffer: coef.buffer.clone(),
+        offset: coef.offset,
+        shape: vec![UNIFORM_CHANNELS * 4],
+    };
+    // 7 and 8 are unused: the output again (a read-only dummy would conflict with it).
+    let out = bindings[5].0;
+    let mut all = bindings.to_vec();
+    all.extend([
+        (out, Access::ReadWrite),
+        (out, Access::ReadWrite),
+        (&coef_u, Access::Window),
+    ]);
+    let bindings = &all;
+    let image = s.channels * s.spatial;
+    let images = ((ELEMENTWISE_VALUES - 1) / image).clamp(1, s.batch);
+    (0..s.batch)
+        .step_by(images)
+        .map(|b0| {
+            let n = images.min(s.batch - b0) * image;
+            call_at(gpu, entry, s, [b0 * image, n], bindings)
+        })
+        .collect()
 }
 
 /// The affine (scale, shift) from mean and var into coef, then y = act(x * scale + shift).
@@ -243,36 +316,36 @@ fn affine_and_apply(
     coef: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (r, w) = (Access::Read, Access::ReadWrite);
-    Ok(vec![
-        call(
-            gpu,
-            "batch_norm_affine",
-            s,
-            Some(s.channels),
-            &[
-                (gpu.dummy(), r),
-                (t.mean, r),
-                (t.var, r),
-                (t.gamma, r),
-                (t.beta, r),
-                (coef, w),
-            ],
-        )?,
-        call(
-            gpu,
-            "batch_norm_forward",
-            s,
-            None,
-            &[
-                (t.x, r),
-                (coef, r),
-                (gpu.dummy(), r),
-                (gpu.dummy(), r),
-                (gpu.dummy(), r),
-                (t.y, w),
-            ],
-        )?,
-    ])
+    Ok(vec![call(
+        gpu,
+        "batch_norm_affine",
+        s,
+        s.channels,
+        &[
+            (gpu.dummy(), r),
+            (t.mean, r),
+            (t.var, r),
+            (t.gamma, r),
+            (t.beta, r),
+            (coef, w),
+        ],
+    )?]
+    .into_iter()
+    .chain(elementwise(
+        gpu,
+        "batch_norm_forward",
+        s,
+        &[
+            (t.x, r),
+            (gpu.dummy(), r),
+            (gpu.dummy(), r),
+            (gpu.dummy(), r),
+            (coef, r),
+            (t.y, w),
+        ],
+        coef,
+    )?)
+    .collect())
 }
 
 /// Training forward: the batch's mean and biased var [C] into t.mean, t.var, and
@@ -291,7 +364,7 @@ pub fn batch_norm_train(
             gpu,
             "batch_norm_partial",
             s,
-            Some(s.chunks() * s.channels),
+            s.chunks() * s.channels,
             &[
                 (t.x, r),
                 (gpu.dummy(), r),
@@ -305,7 +378,7 @@ pub fn batch_norm_train(
             gpu,
             "batch_norm_stats",
             s,
-            Some(s.channels),
+            s.channels,
             &[
                 (t.x, r),
                 (scratch.part, r),
@@ -356,7 +429,7 @@ pub fn batch_norm_backward(
             gpu,
             "batch_norm_backward_partial",
             s,
-            Some(s.chunks() * s.channels),
+            s.chunks() * s.channels,
             &[
                 (t.x, r),
                 (grads.dy, r),
@@ -370,7 +443,7 @@ pub fn batch_norm_backward(
             gpu,
             "batch_norm_backward_params",
             s,
-            Some(s.channels),
+            s.channels,
             &[
                 (gpu.dummy(), r),
                 (scratch.part, r),
@@ -382,21 +455,23 @@ pub fn batch_norm_backward(
                 (grads.dbeta, w),
             ],
         )?,
-        call(
-            gpu,
-            "batch_norm_backward_input",
-            s,
-            None,
-            &[
-                (t.x, r),
-                (grads.dy, r),
-                (y, r),
-                (gpu.dummy(), r),
-                (scratch.coef, r),
-                (grads.dx, w),
-            ],
-        )?,
-    ])
+    ]
+    .into_iter()
+    .chain(elementwise(
+        gpu,
+        "batch_norm_backward_input",
+        s,
+        &[
+            (t.x, r),
+            (grads.dy, r),
+            (y, r),
+            (gpu.dummy(), r),
+            (scratch.coef, r),
+            (grads.dx, w),
+        ],
+        scratch.coef,
+    )?)
+    .collect())
 }
 
 // ---- CPU references (f64) ----------------------------------------------------------------
