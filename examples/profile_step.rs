@@ -1,5 +1,5 @@
 //! Per-kernel timing of one training step of a model (debug aid): one submit per kernel.
-//! cargo run --release --example profile_step -- [cnn|mlp|softmax|lenet5|vgg-small|gpt|char-rnn] [batch]
+//! cargo run --release --example profile_step -- [cnn|mlp|softmax|lenet5|vgg-small|gpt|char-rnn|MODEL.json] [batch]
 use shadergrad::executor::Trainer;
 use shadergrad::fit::split_sources;
 use shadergrad::gpu::Gpu;
@@ -10,6 +10,9 @@ fn main() -> shadergrad::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // cnn (the default) or any named model: mlp, softmax, lenet5, vgg-small.
     let model = match args.get(1).filter(|m| *m != "gpt" && *m != "char-rnn") {
+        Some(file) if file.ends_with(".json") => {
+            shadergrad::model_file::load(std::path::Path::new(file))?
+        }
         Some(name) => shadergrad::checkpoint::preset(name).ok_or_else(|| {
             shadergrad::Error::usage("model", format!("{name:?} is not a named model"))
         })?,

@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example step_time            # the seed CNN
 //!     cargo run --release --example step_time -- vgg-small   # any named model
+//!     cargo run --release --example step_time -- model.json  # or a model file
 use shadergrad::executor::Trainer;
 use shadergrad::fit::split_sources;
 use shadergrad::gpu::Gpu;
@@ -13,6 +14,9 @@ fn main() -> shadergrad::Result<()> {
     let mnist = shadergrad::data::load_mnist(&shadergrad::data::default_data_dir())?;
     let gpu = Gpu::new()?;
     let model = match std::env::args().nth(1) {
+        Some(file) if file.ends_with(".json") => {
+            shadergrad::model_file::load(std::path::Path::new(&file))?
+        }
         Some(name) => shadergrad::checkpoint::preset(&name).ok_or_else(|| {
             shadergrad::Error::usage("model", format!("{name:?} is not a named model"))
         })?,

@@ -141,8 +141,7 @@ struct Params {
     flags: u32,
     eps: f32,
     first: u32,
-    count: u32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 fn params(s: &BatchNormSpec) -> Params {
@@ -160,12 +159,11 @@ fn params(s: &BatchNormSpec) -> Params {
             },
         eps: s.eps,
         first: 0,
-        count: 0,
-        _pad: [0; 3],
+        _pad: [0; 4],
     }
 }
 
-const WG: usize = 64;
+const WG: usize = 256;
 /// Channels whose coefficients the elementwise passes read from a uniform buffer (16 KiB,
 /// WebGPU's default limit); more read them from storage (flag COEF_STORAGE).
 const UNIFORM_CHANNELS: usize = 1024;
@@ -220,32 +218,32 @@ fn check(
     Ok(())
 }
 
-/// Values an elementwise dispatch may cover (its channel comes from f32 divisions).
+/// Values an image may hold for the elementwise passes (its channel comes from an f32
+/// division).
 const ELEMENTWISE_VALUES: usize = 1 << 22;
 
-/// One dispatch of `entry` with `n` invocations, values `first..first + n` for the
+/// One dispatch of `entry` over `grid` invocations (x, y), image `first` on for the
 /// elementwise entries.
 fn call_at(
     gpu: &Gpu,
     entry: &'static str,
     s: &BatchNormSpec,
-    [first, n]: [usize; 2],
+    [first, nx, ny]: [usize; 3],
     bindings: &[(&Tensor, Access)],
 ) -> Result<Dispatch> {
-    let groups = n.div_ceil(WG);
+    let groups = [nx.div_ceil(WG), ny];
     let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
-    if groups > max {
+    if groups[0] > max {
         return Err(Error::Limit {
             op: entry.into(),
             what: "workgroups".into(),
-            requested: groups as u64,
+            requested: groups[0] as u64,
             limit: max as u64,
             hint: "use a smaller batch or fewer channels".into(),
         });
     }
     let p = Params {
         first: first as u32,
-        count: n as u32,
         ..params(s)
     };
     dispatch(
@@ -255,7 +253,7 @@ fn call_at(
             entry,
             params: bytemuck::bytes_of(&p),
             bindings,
-            workgroups: [groups as u32, 1, 1],
+            workgroups: [groups[0] as u32, groups[1] as u32, 1],
             constants: &[("WG", WG as f64)],
         },
     )
@@ -269,7 +267,7 @@ fn call(
     n: usize,
     bindings: &[(&Tensor, Access)],
 ) -> Result<Dispatch> {
-    call_at(gpu, entry, s, [0, n], bindings)
+    call_at(gpu, entry, s, [0, n, 1], bindings)
 }
 
 /// An elementwise entry over every value: one dispatch per run of whole images of fewer
@@ -298,12 +296,12 @@ fn elementwise(
     ]);
     let bindings = &all;
     let image = s.channels * s.spatial;
-    let images = ((ELEMENTWISE_VALUES - 1) / image).clamp(1, s.batch);
+    let images = (gpu.limits.max_compute_workgroups_per_dimension as usize).min(s.batch);
     (0..s.batch)
         .step_by(images)
         .map(|b0| {
-            let n = images.min(s.batch - b0) * image;
-            call_at(gpu, entry, s, [b0 * image, n], bindings)
+            let n = images.min(s.batch - b0);
+            call_at(gpu, entry, s, [b0, image, n], bindings)
         })
         .collect()
 }
