@@ -57,8 +57,12 @@ struct Params {
     flags: u32,     // 1 = ReLU after the normalisation, 2 = coef from storage (C > 1024)
     eps: f32,
     first: u32,     // forward and backward_input: the dispatch's first image
+    h: u32,         // the pool entries: x's planes h x w (h * w = spatial), windows
+    w: u32,         // pool x pool every pool, pooled planes out_h x out_w
+    pool: u32,
+    out_h: u32,
+    out_w: u32,
     _pad0: u32,
-    _pad3: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -254,5 +258,129 @@ fn batch_norm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (e.x != 0xffffffffu) {
         let k = coef_of(e.y);
         dst[e.x] = fma(k.x, grad_at(e.x), fma(k.y, x[e.x] - k.w, k.z));
+    }
+}
+
+// ---- Batch norm, ReLU and a max pool of windows pool x pool every pool, fused ----------
+//
+//   batch_norm_pool_forward:  y[b,c,py,px] = max over the window of
+//                             relu((x - mean) * scale + beta) (first maximum in row-major
+//                             order wins, a NaN anywhere wins: as pool.wgsl), argmax its
+//                             position iy * w + ix in the plane, stored as f32 (exact below
+//                             2^24); the normalised values are never written
+//   batch_norm_pool_backward_partial: as batch_norm_backward_partial, visiting only the
+//                             windows' maxima: g = dy_pooled where y_pooled > 0 (the ReLU
+//                             let it through), at x's argmax position; zero elsewhere
+//   batch_norm_pool_backward_input: dx = a * g + e * (x - mean) + f for every value, g as
+//                             above at the argmax positions, 0 elsewhere (and outside every
+//                             window, at odd edges)
+//
+// Bindings:
+//   entry                 1 x   2 src      3 src2    4 src3   5 src4   6 dst     7 dst2
+//   pool_forward          x                                   coef     y pooled  argmax
+//   pool_backward_partial x     dy pooled  y pooled  mean     var      part      argmax
+//   pool_backward_input   x     dy pooled  y pooled           coef     dx        argmax
+// (+ 8 unused, 9 coef_u as batch_norm_forward.)
+//
+// Dispatch: pool_forward one invocation per pooled value, pool_backward_input one per
+// window of a grid of ceil(h / pool) x ceil(w / pool) (the last ones may reach past the
+// pooled planes, at odd edges), (ceil(C * windows / WG), images, 1) workgroups as
+// batch_norm_forward; pool_backward_partial as batch_norm_backward_partial.
+
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Window q of an image's C * (rows * cols) windows: (channel, window row, window column),
+// or channel = 0xffffffff past them.
+fn window_of(q: u32, rows: u32, cols: u32) -> vec3<u32> {
+    if (q >= p.channels * rows * cols) {
+        return vec3<u32>(0xffffffffu, 0u, 0u);
+    }
+    let c = div_small(q, rows * cols);
+    let r = q - c * rows * cols;
+    let wy = div_small(r, cols);
+    return vec3<u32>(c, wy, r - wy * cols);
+}
+
+@compute @workgroup_size(WG)
+fn batch_norm_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let win = window_of(gid.x, p.out_h, p.out_w);
+    if (win.x == 0xffffffffu) {
+        return;
+    }
+    let k = coef_of(win.x);
+    let img = p.first + gid.y;
+    let base = (img * p.channels + win.x) * p.spatial;
+    var best = 0.0;
+    var best_at = 0u;
+    for (var ky = 0u; ky < p.pool; ky++) {
+        for (var kx = 0u; kx < p.pool; kx++) {
+            let at = (win.y * p.pool + ky) * p.w + win.z * p.pool + kx;
+            let v = max(fma(x[base + at] - k.z, k.x, k.y), 0.0);
+            if ((ky == 0u && kx == 0u) || (!is_nan(best) && (is_nan(v) || v > best))) {
+                best = v;
+                best_at = at;
+            }
+        }
+    }
+    let o = (img * p.channels + win.x) * p.out_h * p.out_w + win.y * p.out_w + win.z;
+    dst[o] = best;
+    dst2[o] = f32(best_at);
+}
+
+@compute @workgroup_size(WG)
+fn batch_norm_pool_backward_partial(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= p.chunks * p.channels) {
+        return;
+    }
+    let q = part_of(gid.x);
+    let m = src3[q.c];
+    let r = 1.0 / sqrt(src4[q.c] + p.eps);
+    let pooled = p.out_h * p.out_w;
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var b = q.b0; b < q.b1; b++) {
+        let plane = b * p.channels + q.c;
+        for (var o = plane * pooled; o < (plane + 1u) * pooled; o++) {
+            let g = select(0.0, src[o], src2[o] > 0.0);
+            sg += g;
+            sgx = fma(g, (x[plane * p.spatial + u32(dst2[o])] - m) * r, sgx);
+        }
+    }
+    dst[2u * gid.x] = sg;
+    dst[2u * gid.x + 1u] = sgx;
+}
+
+@compute @workgroup_size(WG)
+fn batch_norm_pool_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let rows = (p.h + p.pool - 1u) / p.pool;
+    let cols = (p.w + p.pool - 1u) / p.pool;
+    let win = window_of(gid.x, rows, cols);
+    if (win.x == 0xffffffffu) {
+        return;
+    }
+    let k = coef_of(win.x);
+    let img = p.first + gid.y;
+    let plane = img * p.channels + win.x;
+    // The window's gradient and argmax, if it is one of the pooled windows.
+    var g = 0.0;
+    var g_at = 0xffffffffu;
+    if (win.y < p.out_h && win.z < p.out_w) {
+        let o = plane * p.out_h * p.out_w + win.y * p.out_w + win.z;
+        g = select(0.0, src[o], src2[o] > 0.0);
+        g_at = u32(dst2[o]);
+    }
+    let base = plane * p.spatial;
+    for (var ky = 0u; ky < p.pool; ky++) {
+        for (var kx = 0u; kx < p.pool; kx++) {
+            let iy = win.y * p.pool + ky;
+            let ix = win.z * p.pool + kx;
+            if (iy < p.h && ix < p.w) {
+                let at = iy * p.w + ix;
+                let gi = select(0.0, g, at == g_at);
+                dst[base + at] = fma(k.x, gi, fma(k.y, x[base + at] - k.w, k.z));
+            }
+        }
     }
 }

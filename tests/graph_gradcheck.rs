@@ -376,6 +376,21 @@ fn batch_norm_training_mode() {
             },
         );
     }
+    // Batch norm, ReLU and a max pool fused (BatchNormPool): odd planes (the last row and
+    // column belong to no window) and windows of 2 and 3. ([3, 2, 5, 5] has two values of
+    // a window within a step of each other, fused or not.)
+    for (shape, pool) in [(&[2, 2, 5, 5][..], 2), (&[2, 2, 6, 7], 3)] {
+        check(
+            &format!("batch_norm+relu+max_pool {shape:?} pool {pool} (fused)"),
+            &[shape, &[2], &[2]],
+            true,
+            |g, p| {
+                let y = g.batch_norm_train(p[0], p[1], p[2], 1e-5).unwrap();
+                let y = g.relu(y).unwrap();
+                g.max_pool2d(y, pool, pool).unwrap()
+            },
+        );
+    }
 }
 
 #[test]
@@ -420,54 +435,82 @@ fn layer_norm_input_and_params() {
     );
 }
 
-/// The fusion the check above relies on: Relu(BatchNorm) becomes BatchNorm{relu}, and the
-/// ReLU's backward becomes the batch norm backward's mask.
+/// The fusions the checks above rely on: Relu(BatchNorm) becomes BatchNorm{relu}, the
+/// ReLU's backward the batch norm backward's mask; with a max pool after it (pool =
+/// stride), BatchNormPool and BatchNormPoolBackward, and no pool or ReLU op is left.
 #[test]
 fn batch_norm_relu_fuses() {
     use shadergrad::graph::fuse::{fuse, FuseOptions};
     use shadergrad::graph::Op;
-    let mut g = Graph::new();
-    let p: Vec<Id> = [&[4usize, 3, 2, 2][..], &[3], &[3]]
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            g.param(ParamSpec {
-                name: format!("p{i}"),
-                shape: s.to_vec(),
-                init: Init::Zeros,
-                layer: 0,
-                trainable: true,
+    for pool in [false, true] {
+        let mut g = Graph::new();
+        let p: Vec<Id> = [&[4usize, 3, 4, 4][..], &[3], &[3]]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                g.param(ParamSpec {
+                    name: format!("p{i}"),
+                    shape: s.to_vec(),
+                    init: Init::Zeros,
+                    layer: 0,
+                    trainable: true,
+                })
             })
-        })
-        .collect();
-    let y = g.batch_norm_train(p[0], p[1], p[2], 1e-5).unwrap();
-    let r = g.relu(y).unwrap();
-    let loss = g.sum(r, &[0, 1, 2, 3]).unwrap();
-    let grads = grad(&mut g, loss, &p).unwrap();
-    g.mark_output(loss);
-    for &gr in &grads {
-        g.mark_output(gr);
+            .collect();
+        let y = g.batch_norm_train(p[0], p[1], p[2], 1e-5).unwrap();
+        let mean = g.aux(y, 0);
+        g.mark_output(mean);
+        let mut r = g.relu(y).unwrap();
+        if pool {
+            r = g.max_pool2d(r, 2, 2).unwrap();
+        }
+        let axes: Vec<usize> = (0..4).collect();
+        let loss = g.sum(r, &axes).unwrap();
+        let grads = grad(&mut g, loss, &p).unwrap();
+        g.mark_output(loss);
+        for &gr in &grads {
+            g.mark_output(gr);
+        }
+        fuse(&mut g, FuseOptions::default());
+        let live = g.live_from(&g.outputs.clone());
+        let ops: Vec<&Op> = g
+            .ids()
+            .filter(|i| live[i.index()])
+            .map(|i| &g.node(i).op)
+            .collect();
+        let has = |f: &dyn Fn(&Op) -> bool| ops.iter().any(|op| f(op));
+        if pool {
+            assert!(
+                has(&|op| matches!(op, Op::BatchNormPool { pool: 2, .. })),
+                "{ops:?}"
+            );
+            assert!(
+                has(&|op| matches!(op, Op::BatchNormPoolBackward { .. })),
+                "{ops:?}"
+            );
+            let fused = g
+                .ids()
+                .find(|&i| matches!(g.node(i).op, Op::BatchNormPool { .. }));
+            let mean_at = g.node(g.outputs[0]);
+            assert_eq!(mean_at.op, Op::Aux(1), "the mean moves to aux 1");
+            assert_eq!(Some(mean_at.inputs[0]), fused);
+            assert!(!has(&|op| matches!(
+                op,
+                Op::MaxPool2d(_) | Op::MaxPool2dBackward { .. }
+            )));
+        } else {
+            assert!(
+                has(&|op| matches!(op, Op::BatchNorm { relu: true, .. })),
+                "{ops:?}"
+            );
+            assert!(
+                has(&|op| matches!(op, Op::BatchNormBackward { relu: true, .. })),
+                "{ops:?}"
+            );
+        }
+        assert!(!has(&|op| matches!(
+            op,
+            Op::Unary(UnaryOp::Relu) | Op::UnaryBackward(_)
+        )));
     }
-    fuse(&mut g, FuseOptions::default());
-    let live = g.live_from(&g.outputs.clone());
-    let ops: Vec<&Op> = g
-        .ids()
-        .filter(|i| live[i.index()])
-        .map(|i| &g.node(i).op)
-        .collect();
-    assert!(
-        ops.iter()
-            .any(|op| matches!(op, Op::BatchNorm { relu: true, .. })),
-        "{ops:?}"
-    );
-    assert!(
-        ops.iter()
-            .any(|op| matches!(op, Op::BatchNormBackward { relu: true, .. })),
-        "{ops:?}"
-    );
-    assert!(
-        !ops.iter()
-            .any(|op| matches!(op, Op::Unary(UnaryOp::Relu) | Op::UnaryBackward(_))),
-        "{ops:?}"
-    );
 }

@@ -1362,6 +1362,7 @@ fn batch_norm_matches_reference() {
                 y: &y,
                 mean: &mean,
                 var: &var,
+                argmax: None,
             };
             run_all(gpu, &batch_norm_train(gpu, &s, &t, &sc).unwrap()).unwrap();
             let (x, gamma, beta, dy) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&dy));
@@ -1432,6 +1433,7 @@ fn batch_norm_matches_reference() {
                 y: &y,
                 mean: &tm,
                 var: &tv,
+                argmax: None,
             };
             run_all(gpu, &batch_norm_eval(gpu, &s, &t, &sc).unwrap()).unwrap();
             let want =
@@ -1444,5 +1446,116 @@ fn batch_norm_matches_reference() {
                 1e-4,
             );
         }
+    }
+}
+
+/// Batch norm, ReLU and a max pool fused (training and evaluation forward, backward)
+/// against the composed references: pools of 2 and 3, planes whose last rows and columns
+/// no window covers (their gradient is the batch norm's alone), one-window planes.
+#[test]
+fn batch_norm_pool_matches_reference() {
+    use shadergrad::kernels::batchnorm::*;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(17);
+    for (shape, pool) in [
+        (vec![3, 5, 7, 6], 2),
+        (vec![2, 3, 7, 8], 3),
+        (vec![9, 16, 28, 28], 2),
+        (vec![4, 2, 2, 3], 2),
+        (vec![130, 4, 4, 4], 2),
+    ] {
+        let s = BatchNormSpec {
+            pool,
+            ..BatchNormSpec::of_shape(&shape, 1e-5, true).unwrap()
+        };
+        let (full, c) = (shape.iter().product::<usize>(), s.channels);
+        let (ph, pw) = s.pooled_hw();
+        let pooled = [shape[0], c, ph, pw];
+        let x = rng.uniform_vec(full, -1.0, 1.0);
+        let gamma = rng.uniform_vec(c, 0.5, 1.5);
+        let beta = rng.uniform_vec(c, -0.5, 0.5);
+        let dy = rng.uniform_vec(s.y_len(), -1.0, 1.0);
+        let (tx, tg, tb, tdy) = (
+            upload(gpu, &shape, &x),
+            upload(gpu, &[c], &gamma),
+            upload(gpu, &[c], &beta),
+            upload(gpu, &pooled, &dy),
+        );
+        let zeros = |shape: &[usize]| Tensor::zeros(gpu, "out", shape).unwrap();
+        let (y, argmax, mean, var) = (zeros(&pooled), zeros(&pooled), zeros(&[c]), zeros(&[c]));
+        let (part, coef) = (zeros(&[s.part_len()]), zeros(&[s.coef_len()]));
+        let sc = BatchNormScratch {
+            part: &part,
+            coef: &coef,
+        };
+        let t = BatchNormTensors {
+            x: &tx,
+            gamma: &tg,
+            beta: &tb,
+            y: &y,
+            mean: &mean,
+            var: &var,
+            argmax: Some(&argmax),
+        };
+        run_all(gpu, &batch_norm_train(gpu, &s, &t, &sc).unwrap()).unwrap();
+        let (x, gamma, beta, dy) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&dy));
+        let (want_mean, want_var) = batch_norm_stats_ref(&s, &x);
+        let (want_y, want_arg) =
+            batch_norm_pool_ref(&s, &x, [&gamma, &beta, &want_mean, &want_var]);
+        let what = format!("batch_norm_pool {shape:?} pool {pool}");
+        assert_close(
+            &format!("{what} y"),
+            &y.to_f32(gpu).unwrap(),
+            &want_y,
+            1e-4,
+            1e-4,
+        );
+        let want_arg: Vec<f64> = want_arg.iter().map(|&a| a as f64).collect();
+        assert_close(
+            &format!("{what} argmax"),
+            &argmax.to_f32(gpu).unwrap(),
+            &want_arg,
+            0.0,
+            0.0,
+        );
+        let (dx, dgamma, dbeta) = (zeros(&shape), zeros(&[c]), zeros(&[c]));
+        let grads = BatchNormGrads {
+            dy: &tdy,
+            dx: &dx,
+            dgamma: &dgamma,
+            dbeta: &dbeta,
+        };
+        run_all(gpu, &batch_norm_backward(gpu, &s, &t, &grads, &sc).unwrap()).unwrap();
+        let (want_dx, want_dgamma, want_dbeta) =
+            batch_norm_pool_backward_ref(&s, &x, [&gamma, &beta], &dy);
+        let atol = 1e-5 * (s.count() as f64).sqrt();
+        assert_close(
+            &format!("{what} dx"),
+            &dx.to_f32(gpu).unwrap(),
+            &want_dx,
+            1e-3,
+            atol,
+        );
+        let got = dgamma.to_f32(gpu).unwrap();
+        assert_close(&format!("{what} dgamma"), &got, &want_dgamma, 1e-4, atol);
+        let got = dbeta.to_f32(gpu).unwrap();
+        assert_close(&format!("{what} dbeta"), &got, &want_dbeta, 1e-4, atol);
+        // Evaluation with given statistics.
+        let (rm, rv) = (rng.uniform_vec(c, -0.5, 0.5), rng.uniform_vec(c, 0.2, 2.0));
+        let (tm, tv) = (upload(gpu, &[c], &rm), upload(gpu, &[c], &rv));
+        let t = BatchNormTensors {
+            mean: &tm,
+            var: &tv,
+            ..t
+        };
+        run_all(gpu, &batch_norm_eval(gpu, &s, &t, &sc).unwrap()).unwrap();
+        let (want, _) = batch_norm_pool_ref(&s, &x, [&gamma, &beta, &f64s(&rm), &f64s(&rv)]);
+        assert_close(
+            &format!("{what} eval y"),
+            &y.to_f32(gpu).unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }

@@ -267,6 +267,12 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
                 "batch norm with running statistics (evaluation mode) is not differentiated; build the graph in training mode",
             ))
         }
+        Op::BatchNormPool { .. } => {
+            return Err(Error::shape(
+                "autodiff",
+                "BatchNormPool is made by fusion after autodiff; differentiate the batch norm, ReLU and max pool it fuses",
+            ))
+        }
         Op::Loss(kind) => vec![Some(loss_vjp(gr, *kind, y, &ins, g)?), None],
         op => return Err(second_order(op)),
     })

@@ -19,6 +19,7 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
     loop {
         let mut n = bias_into_producer(g) + relu_into_producer(g);
         n += relu_into_pool_backward(g) + conv_bias_grad(g) + relu_into_batch_norm(g);
+        n += batch_norm_pool(g);
         if opts.conv_relu_pool {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
         }
@@ -208,6 +209,95 @@ fn relu_mask_into_backward(g: &mut Graph, bn: Id) -> usize {
         let node = &mut g.nodes[b.index()];
         node.op = Op::BatchNormBackward { eps, relu: true };
         node.inputs[3] = dy;
+        n += 1;
+    }
+    n
+}
+
+/// MaxPool2d(bn = BatchNorm{relu}(x, ..)) with pool = stride -> BatchNormPool(x, ..): the
+/// normalised values are never written. Its statistics move to aux 1, 2 (the argmax is aux
+/// 0); and BatchNormBackward(x, bn, gamma, MaxPool2dBackward(pool, dy)) ->
+/// BatchNormPoolBackward(x, pool, gamma, dy): the batch norm's gradient is the pooled one
+/// at the argmax positions where the pooled value is positive (what either pool backward,
+/// with or without its ReLU mask, and the ReLU-masked batch norm backward make of it). The
+/// batch norm may have no other reader, nor the pool's argmax.
+fn batch_norm_pool(g: &mut Graph) -> usize {
+    let live = g.live_from(&g.outputs);
+    let readers = |g: &Graph, of: Id| -> Vec<Id> {
+        g.ids()
+            .filter(|&i| live[i.index()] && g.node(i).inputs.contains(&of))
+            .collect()
+    };
+    let mut n = 0;
+    for p in g.ids() {
+        let Op::MaxPool2d(pool) = g.node(p).op else {
+            continue;
+        };
+        let bn = g.node(p).inputs[0];
+        let Op::BatchNorm {
+            eps,
+            relu: true,
+            training,
+        } = g.node(bn).op
+        else {
+            continue;
+        };
+        // The batch norm's backward and the pool backward feeding only it.
+        let mut backward = None;
+        let bn_ok = readers(g, bn).iter().all(|&i| match g.node(i).op {
+            Op::Aux(_) => true,
+            Op::BatchNormBackward { .. } if g.node(i).inputs[1] == bn => {
+                backward = Some(i);
+                g.node(i).inputs.iter().filter(|&&v| v == bn).count() == 1
+            }
+            _ => i == p,
+        });
+        let pool_backward = backward.map(|b| g.node(b).inputs[3]);
+        let pb_ok = match pool_backward {
+            Some(pb) => {
+                matches!(g.node(pb).op, Op::MaxPool2dBackward { .. })
+                    && g.node(pb).inputs[0] == p
+                    && readers(g, pb) == [backward.unwrap_or(pb)]
+                    && !g.is_output(pb)
+            }
+            None => true,
+        };
+        // Nothing else may read the pool's argmax (its positions become f32).
+        let argmax_ok = readers(g, p).iter().all(|&i| {
+            !matches!(g.node(i).op, Op::MaxPool2dBackward { .. } | Op::Aux(_))
+                || Some(i) == pool_backward
+        });
+        let fits = pool.pool == pool.stride && g.shape(bn).len() == 4;
+        if !(bn_ok && pb_ok && argmax_ok && fits) || g.is_output(bn) {
+            continue;
+        }
+        let (x_node, pooled_shape) = (g.node(bn).clone(), g.node(p).shape.clone());
+        let mut aux = vec![(pooled_shape, DType::F32)];
+        aux.extend(x_node.aux.iter().cloned());
+        let fused = &mut g.nodes[p.index()];
+        fused.op = Op::BatchNormPool {
+            eps,
+            pool: pool.pool,
+            training,
+        };
+        fused.inputs = x_node.inputs.clone();
+        fused.aux = aux;
+        for i in readers(g, bn) {
+            let node = &mut g.nodes[i.index()];
+            if let Op::Aux(k) = node.op {
+                node.op = Op::Aux(k + 1);
+                node.inputs = vec![p];
+            }
+        }
+        if let (Some(b), Some(pb)) = (backward, pool_backward) {
+            let dy = g.node(pb).inputs[1];
+            let node = &mut g.nodes[b.index()];
+            node.op = Op::BatchNormPoolBackward {
+                eps,
+                pool: pool.pool,
+            };
+            node.inputs = vec![node.inputs[0], p, node.inputs[2], dy];
+        }
         n += 1;
     }
     n

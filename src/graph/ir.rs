@@ -181,6 +181,20 @@ pub enum Op {
         eps: f32,
         relu: bool,
     },
+    /// Fused (fuse.rs) BatchNorm{relu} then a max pool of `pool` x `pool` windows every
+    /// `pool`: the inputs of BatchNorm -> the pooled y; aux 0 the argmax positions in the
+    /// H x W plane as f32 (y's shape), training: aux 1 mean, aux 2 var [C]. The normalised
+    /// values are never written.
+    BatchNormPool {
+        eps: f32,
+        pool: usize,
+        training: bool,
+    },
+    /// [x, BatchNormPool node, gamma, dy (pooled)] -> dx; aux 0 dgamma, aux 1 dbeta.
+    BatchNormPoolBackward {
+        eps: f32,
+        pool: usize,
+    },
     /// [x] -> a value of its own holding x's elements. Never merged with another node (no
     /// common-subexpression elimination), so each copy gets its own buffer: how parameters
     /// that share one gradient each get theirs.

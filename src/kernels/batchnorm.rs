@@ -26,6 +26,11 @@ pub struct BatchNormSpec {
     pub channels: usize,
     /// Positions per channel and image (H x W; 1 for BatchNorm1d).
     pub spatial: usize,
+    /// The planes H x W of a 4-D x (spatial x 1 otherwise).
+    pub h: usize,
+    pub w: usize,
+    /// A max pool of pool x pool windows every pool after the ReLU (0: none); see pool.rs.
+    pub pool: usize,
     /// PyTorch's default 1e-5.
     pub eps: f32,
     /// A ReLU after the normalisation (forward), its mask in the backward.
@@ -41,13 +46,35 @@ impl BatchNormSpec {
                 format!("x {shape:?}; hint: x is [B, C] or [B, C, H, W]"),
             ));
         }
+        let spatial = shape[2..].iter().product();
+        let (h, w) = match shape.len() {
+            4 => (shape[2], shape[3]),
+            _ => (spatial, 1),
+        };
         Ok(BatchNormSpec {
             batch: shape[0],
             channels: shape[1],
-            spatial: shape[2..].iter().product(),
+            spatial,
+            h,
+            w,
+            pool: 0,
             eps,
             relu,
         })
+    }
+
+    /// The pooled planes (H x W without a pool).
+    pub fn pooled_hw(&self) -> (usize, usize) {
+        match self.pool {
+            0 => (self.h, self.w),
+            k => (self.h / k, self.w / k),
+        }
+    }
+
+    /// The shape of y: x's, pooled.
+    pub fn y_len(&self) -> usize {
+        let (ph, pw) = self.pooled_hw();
+        self.batch * self.channels * ph * pw
     }
 
     /// Values per channel.
@@ -87,6 +114,14 @@ impl BatchNormSpec {
                 format!("eps {} must be finite and >= 0", self.eps),
             ));
         }
+        if self.pool > 0
+            && (!self.relu || self.pool > self.h.min(self.w) || self.spatial >= 1 << 24)
+        {
+            return Err(Error::shape(
+                op,
+                format!("a pool of {0}x{0} needs the ReLU and fits [B, C, H, W] of H, W >= {0} (argmax positions below 2^24): {self:?}", self.pool),
+            ));
+        }
         // The elementwise passes divide in f32: an image's values below 2^22.
         let image = self.channels * self.spatial;
         let chunk_values = self.chunk() * self.spatial;
@@ -113,6 +148,8 @@ pub struct BatchNormTensors<'a> {
     /// Training: written (the batch's statistics); evaluation: read (the running ones).
     pub mean: &'a Tensor,
     pub var: &'a Tensor,
+    /// With a pool: each pooled value's position in its H x W plane, as f32 (y's shape).
+    pub argmax: Option<&'a Tensor>,
 }
 
 /// The backward's gradients: dy (in), dx [B, C, ...], dgamma, dbeta [C] (out).
@@ -141,7 +178,12 @@ struct Params {
     flags: u32,
     eps: f32,
     first: u32,
-    _pad: [u32; 4],
+    h: u32,
+    w: u32,
+    pool: u32,
+    out_h: u32,
+    out_w: u32,
+    _pad: [u32; 3],
 }
 
 fn params(s: &BatchNormSpec) -> Params {
@@ -159,7 +201,12 @@ fn params(s: &BatchNormSpec) -> Params {
             },
         eps: s.eps,
         first: 0,
-        _pad: [0; 4],
+        h: s.h as u32,
+        w: s.w as u32,
+        pool: s.pool as u32,
+        out_h: s.pooled_hw().0 as u32,
+        out_w: s.pooled_hw().1 as u32,
+        _pad: [0; 3],
     }
 }
 
@@ -189,7 +236,7 @@ fn check(
     let full = s.batch * s.channels * s.spatial;
     for (name, v, n) in [
         ("x", t.x, full),
-        ("y", t.y, full),
+        ("y", t.y, s.y_len()),
         ("gamma", t.gamma, s.channels),
         ("beta", t.beta, s.channels),
         ("mean", t.mean, s.channels),
@@ -198,6 +245,16 @@ fn check(
         ("coef", scratch.coef, s.coef_len()),
     ] {
         expect_len(op, name, v, n)?;
+    }
+    match (s.pool, t.argmax) {
+        (0, None) => {}
+        (k, Some(a)) if k > 0 => expect_len(op, "argmax", a, s.y_len())?,
+        _ => {
+            return Err(Error::shape(
+                op,
+                "an argmax tensor is given exactly when the spec has a pool",
+            ))
+        }
     }
     let align = 256;
     if scratch.coef.offset % align != 0 {
@@ -270,14 +327,15 @@ fn call(
     call_at(gpu, entry, s, [0, n, 1], bindings)
 }
 
-/// An elementwise entry over every value: one dispatch per run of whole images of fewer
-/// than [`ELEMENTWISE_VALUES`] values. `bindings` are 1..=6; coef is bound again as the
-/// uniform coefficients (binding 9).
+/// An elementwise entry: `per_image` invocations an image (its values, or with a pool its
+/// windows), workgroup rows the images, as many dispatches as the grid's rows need.
+/// `bindings` are 1..=6 and optionally 7; coef is bound again as the uniform coefficients
+/// (binding 9).
 fn elementwise(
     gpu: &Gpu,
     entry: &'static str,
     s: &BatchNormSpec,
-    bindings: &[(&Tensor, Access)],
+    (bindings, per_image): (&[(&Tensor, Access)], usize),
     coef: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     // The first UNIFORM_CHANNELS coefficients (the buffer's window slack covers them).
@@ -286,22 +344,20 @@ fn elementwise(
         offset: coef.offset,
         shape: vec![UNIFORM_CHANNELS * 4],
     };
-    // 7 and 8 are unused: the output again (a read-only dummy would conflict with it).
+    // Unused 7 and 8: the output again (a read-only dummy would conflict with it).
     let out = bindings[5].0;
     let mut all = bindings.to_vec();
-    all.extend([
-        (out, Access::ReadWrite),
-        (out, Access::ReadWrite),
-        (&coef_u, Access::Window),
-    ]);
+    while all.len() < 8 {
+        all.push((out, Access::ReadWrite));
+    }
+    all.push((&coef_u, Access::Window));
     let bindings = &all;
-    let image = s.channels * s.spatial;
     let images = (gpu.limits.max_compute_workgroups_per_dimension as usize).min(s.batch);
     (0..s.batch)
         .step_by(images)
         .map(|b0| {
             let n = images.min(s.batch - b0);
-            call_at(gpu, entry, s, [b0, image, n], bindings)
+            call_at(gpu, entry, s, [b0, per_image, n], bindings)
         })
         .collect()
 }
@@ -314,6 +370,22 @@ fn affine_and_apply(
     coef: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let (r, w) = (Access::Read, Access::ReadWrite);
+    let mut bindings = vec![
+        (t.x, r),
+        (gpu.dummy(), r),
+        (gpu.dummy(), r),
+        (gpu.dummy(), r),
+        (coef, r),
+        (t.y, w),
+    ];
+    let (ph, pw) = s.pooled_hw();
+    let (entry, per_image) = match t.argmax {
+        Some(a) => {
+            bindings.push((a, w));
+            ("batch_norm_pool_forward", s.channels * ph * pw)
+        }
+        None => ("batch_norm_forward", s.channels * s.spatial),
+    };
     Ok(vec![call(
         gpu,
         "batch_norm_affine",
@@ -331,16 +403,9 @@ fn affine_and_apply(
     .into_iter()
     .chain(elementwise(
         gpu,
-        "batch_norm_forward",
+        entry,
         s,
-        &[
-            (t.x, r),
-            (gpu.dummy(), r),
-            (gpu.dummy(), r),
-            (gpu.dummy(), r),
-            (coef, r),
-            (t.y, w),
-        ],
+        (&bindings[..], per_image),
         coef,
     )?)
     .collect())
@@ -416,27 +481,46 @@ pub fn batch_norm_backward(
     let op = "batch_norm_backward";
     check(op, s, t, scratch)?;
     let full = s.batch * s.channels * s.spatial;
-    expect_len(op, "dy", grads.dy, full)?;
+    expect_len(op, "dy", grads.dy, s.y_len())?;
     expect_len(op, "dx", grads.dx, full)?;
     expect_len(op, "dgamma", grads.dgamma, s.channels)?;
     expect_len(op, "dbeta", grads.dbeta, s.channels)?;
     let (r, w) = (Access::Read, Access::ReadWrite);
     let y = if s.relu { t.y } else { gpu.dummy() };
+    let mut partial = vec![
+        (t.x, r),
+        (grads.dy, r),
+        (y, r),
+        (t.mean, r),
+        (t.var, r),
+        (scratch.part, w),
+    ];
+    let mut input = vec![
+        (t.x, r),
+        (grads.dy, r),
+        (y, r),
+        (gpu.dummy(), r),
+        (scratch.coef, r),
+        (grads.dx, w),
+    ];
+    let windows = s.channels * s.h.div_ceil(s.pool.max(1)) * s.w.div_ceil(s.pool.max(1));
+    let (entries, per_image) = match t.argmax {
+        Some(a) => {
+            partial.push((a, w));
+            input.push((a, w));
+            let e = [
+                "batch_norm_pool_backward_partial",
+                "batch_norm_pool_backward_input",
+            ];
+            (e, windows)
+        }
+        None => {
+            let e = ["batch_norm_backward_partial", "batch_norm_backward_input"];
+            (e, s.channels * s.spatial)
+        }
+    };
     Ok(vec![
-        call(
-            gpu,
-            "batch_norm_backward_partial",
-            s,
-            s.chunks() * s.channels,
-            &[
-                (t.x, r),
-                (grads.dy, r),
-                (y, r),
-                (t.mean, r),
-                (t.var, r),
-                (scratch.part, w),
-            ],
-        )?,
+        call(gpu, entries[0], s, s.chunks() * s.channels, &partial)?,
         call(
             gpu,
             "batch_norm_backward_params",
@@ -457,16 +541,9 @@ pub fn batch_norm_backward(
     .into_iter()
     .chain(elementwise(
         gpu,
-        "batch_norm_backward_input",
+        entries[1],
         s,
-        &[
-            (t.x, r),
-            (grads.dy, r),
-            (y, r),
-            (gpu.dummy(), r),
-            (scratch.coef, r),
-            (grads.dx, w),
-        ],
+        (&input[..], per_image),
         scratch.coef,
     )?)
     .collect())
@@ -537,4 +614,41 @@ pub fn batch_norm_backward_ref(
         })
         .collect();
     (dx, dgamma, dbeta)
+}
+
+/// The max pool (pool x pool every pool) of the fused kernels.
+fn pool_spec(s: &BatchNormSpec) -> crate::kernels::pool::PoolSpec {
+    crate::kernels::pool::PoolSpec {
+        batch: s.batch,
+        channels: s.channels,
+        h: s.h,
+        w: s.w,
+        pool: s.pool,
+        stride: s.pool,
+    }
+}
+
+/// Reference of the fused forward (s.pool > 0): the batch norm (with its ReLU) with the
+/// given statistics, then the pool: (y pooled, argmax).
+pub fn batch_norm_pool_ref(
+    s: &BatchNormSpec,
+    x: &[f64],
+    stats: [&[f64]; 4],
+) -> (Vec<f64>, Vec<u32>) {
+    let y = batch_norm_apply_ref(s, x, stats);
+    crate::kernels::pool::max_pool2d_forward_ref(&pool_spec(s), &y)
+}
+
+/// Reference of the fused backward: the pooled gradient dy routed to the argmax positions
+/// where the pooled value is positive, then the batch norm's backward.
+pub fn batch_norm_pool_backward_ref(
+    s: &BatchNormSpec,
+    x: &[f64],
+    [gamma, beta]: [&[f64]; 2],
+    dy: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mean, var) = batch_norm_stats_ref(s, x);
+    let (y, argmax) = batch_norm_pool_ref(s, x, [gamma, beta, &mean, &var]);
+    let dense = crate::kernels::pool::max_pool2d_relu_backward_ref(&pool_spec(s), dy, &argmax, &y);
+    batch_norm_backward_ref(s, x, [gamma, beta], &dense)
 }
