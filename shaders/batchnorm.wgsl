@@ -39,6 +39,26 @@
 // part [chunks, C, 2], mean and var [C], coef [C, 4]: forward (scale, beta, mean, -),
 // backward (a, e, f, mean); y is read by the backward entries only with RELU.
 //
+// Batch norm, ReLU and a max pool of windows pool x pool every pool, fused:
+//   batch_norm_pool_forward:  y[b,c,py,px] = max over the window of
+//                             relu((x - mean) * scale + beta) (first maximum in row-major
+//                             order wins, a NaN anywhere wins: as pool.wgsl), argmax its
+//                             position iy * w + ix in the plane, stored as f32 (exact below
+//                             2^24); the normalised values are never written
+//   batch_norm_pool_backward_partial: as batch_norm_backward_partial, visiting only the
+//                             windows' maxima: g = dy_pooled where y_pooled > 0 (the ReLU
+//                             let it through), at x's argmax position; zero elsewhere
+//   batch_norm_pool_backward_input: dx = a * g + e * (x - mean) + f for every value, g as
+//                             above at the argmax positions, 0 elsewhere (and outside every
+//                             window, at odd edges)
+//
+// Bindings:
+//   entry                 1 x   2 src      3 src2    4 src3   5 src4   6 dst     7 dst2
+//   pool_forward          x                                   coef     y pooled  argmax
+//   pool_backward_partial x     dy pooled  y pooled  mean     var      part      argmax
+//   pool_backward_input   x     dy pooled  y pooled           coef     dx        argmax
+// (+ 8 unused, 9 coef_u as batch_norm_forward.)
+//
 // Dispatch: partial and backward_partial one invocation per (chunk j, channel c),
 // i = j * C + c; stats, affine, backward_params one per channel; all 1-D over
 // ceil(n / WG) workgroups of WG. forward and backward_input: one invocation per value,
@@ -47,6 +67,10 @@
 // 2^22 values; llvmpipe divides integer vectors lane by lane). Measured on lavapipe, this
 // ran at ~half relu_forward's rate; a loop over a plane per workgroup (coefficients loaded
 // once), a (positions, C, B) grid and a flat index with two divisions were slower.
+// pool_forward: one invocation per pooled value, pool_backward_input one per window of a
+// grid of ceil(h / pool) x ceil(w / pool) (the last ones may reach past the pooled planes,
+// at odd edges), both (ceil(C * windows / WG), images, 1) workgroups as forward;
+// pool_backward_partial as backward_partial.
 
 struct Params {
     batch: u32,
@@ -261,31 +285,7 @@ fn batch_norm_backward_input(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// ---- Batch norm, ReLU and a max pool of windows pool x pool every pool, fused ----------
-//
-//   batch_norm_pool_forward:  y[b,c,py,px] = max over the window of
-//                             relu((x - mean) * scale + beta) (first maximum in row-major
-//                             order wins, a NaN anywhere wins: as pool.wgsl), argmax its
-//                             position iy * w + ix in the plane, stored as f32 (exact below
-//                             2^24); the normalised values are never written
-//   batch_norm_pool_backward_partial: as batch_norm_backward_partial, visiting only the
-//                             windows' maxima: g = dy_pooled where y_pooled > 0 (the ReLU
-//                             let it through), at x's argmax position; zero elsewhere
-//   batch_norm_pool_backward_input: dx = a * g + e * (x - mean) + f for every value, g as
-//                             above at the argmax positions, 0 elsewhere (and outside every
-//                             window, at odd edges)
-//
-// Bindings:
-//   entry                 1 x   2 src      3 src2    4 src3   5 src4   6 dst     7 dst2
-//   pool_forward          x                                   coef     y pooled  argmax
-//   pool_backward_partial x     dy pooled  y pooled  mean     var      part      argmax
-//   pool_backward_input   x     dy pooled  y pooled           coef     dx        argmax
-// (+ 8 unused, 9 coef_u as batch_norm_forward.)
-//
-// Dispatch: pool_forward one invocation per pooled value, pool_backward_input one per
-// window of a grid of ceil(h / pool) x ceil(w / pool) (the last ones may reach past the
-// pooled planes, at odd edges), (ceil(C * windows / WG), images, 1) workgroups as
-// batch_norm_forward; pool_backward_partial as batch_norm_backward_partial.
+// ---- Batch norm, ReLU and max pool fused (documented in the header) ----
 
 fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;

@@ -235,6 +235,9 @@ impl Shader {
                 "batch_norm_backward_partial",
                 "batch_norm_backward_params",
                 "batch_norm_backward_input",
+                "batch_norm_pool_forward",
+                "batch_norm_pool_backward_partial",
+                "batch_norm_pool_backward_input",
             ],
         }
     }
