@@ -257,7 +257,7 @@ fn check(
         }
     }
     let align = 256;
-    if scratch.coef.offset % align != 0 {
+    if !scratch.coef.offset.is_multiple_of(align) {
         return Err(Error::shape(
             op,
             format!("coef starts at byte {}, not a multiple of {align} (it is bound as a uniform buffer)", scratch.coef.offset),

@@ -1,8 +1,9 @@
-//! The conv2d passes as implicit GEMMs on matmul_subgroup.wgsl's 32 x 2 register block,
-//! reading their operands through 64 KiB uniform windows (entry points conv2d_window and
-//! conv2d_window_weight): [`super::Conv2dKernel::Window`], for CPU adapters (the window family),
-//! where a uniform load costs a tenth of a storage load. One dispatch per run of images
-//! whose tensors fit one window each; the weight must fit one window too.
+//! The conv2d passes as implicit GEMMs on matmul_subgroup.wgsl's register block (64
+//! accumulators: 32 x 2, 16 x 4 or 8 x 8 rows x columns an invocation), reading their
+//! operands through 64 KiB uniform windows (entry points conv2d_window and
+//! conv2d_window_weight): [`super::Conv2dKernel::Window`], for CPU adapters (the window
+//! family), where a uniform load costs a tenth of a storage load. One dispatch per run of
+//! images whose tensors fit one window each; the weight must fit one window too.
 //!
 //! - forward: M = CO rows (the weight window), N = images x OH x OW columns gathered from
 //!   the x window (implicit im2col), K = CI x KH x KW;
@@ -74,6 +75,7 @@ impl Block {
         [("WG", self.wg as f64), ("ROWS", self.rows as f64)]
     }
 }
+
 /// Workgroups a dispatch aims at (2 cores, some slack for uneven ones): the weight
 /// gradient's slices, and the narrower workgroups of the other passes.
 const MIN_WORKGROUPS: usize = 8;
@@ -220,7 +222,6 @@ fn conv_call(
 
 /// The geometry fields shared by the passes: a conv summing `c_in` channels of an
 /// `h` x `w` plane into an `out_h` x `out_w` one.
-#[allow(clippy::too_many_arguments)]
 fn geometry(
     s: &Conv2dSpec,
     c_in: usize,
