@@ -101,106 +101,107 @@ override COLS: u32 = 64u / ROWS;
 var<private> c_off: u32;
 
 // The block: acc[2 * i + j] += opA[row i, k] * opB[k, column 2 * (i / ROWS) + j], row
-// i = m0 + i % ROWS (i < 32). Lane l holds opA[row 8g + l, k] in a[g]; b0[g], b1[g] are the
-// two columns that accumulator rows 8g..8g+7 multiply (the same pair for every g when ROWS
-// is 32: see column_pairs).
-fn block_fma(acc: ptr<function, array<f32, 64>>, a: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) {
+// i = m0 + i % ROWS (i < 32). Lane l holds opA[row 8g + l, k] in a[g]; bg0, bg1 (g = x, y,
+// z, w) are the two column values that accumulator rows 8g..8g+7 multiply (the same pair
+// for every g when ROWS is 32: see column_pairs). Scalars, not two vec4s: with vec4
+// arguments llvmpipe ran the matmuls at half speed.
+fn block_fma(acc: ptr<function, array<f32, 64>>, a: vec4<f32>, bx0: f32, bx1: f32, by0: f32, by1: f32, bz0: f32, bz1: f32, bw0: f32, bw1: f32) {
     let s0 = subgroupBroadcast(a.x, 0u);
-    (*acc)[0] = fma(s0, b0.x, (*acc)[0]);
-    (*acc)[1] = fma(s0, b1.x, (*acc)[1]);
+    (*acc)[0] = fma(s0, bx0, (*acc)[0]);
+    (*acc)[1] = fma(s0, bx1, (*acc)[1]);
     let s1 = subgroupBroadcast(a.x, 1u);
-    (*acc)[2] = fma(s1, b0.x, (*acc)[2]);
-    (*acc)[3] = fma(s1, b1.x, (*acc)[3]);
+    (*acc)[2] = fma(s1, bx0, (*acc)[2]);
+    (*acc)[3] = fma(s1, bx1, (*acc)[3]);
     let s2 = subgroupBroadcast(a.x, 2u);
-    (*acc)[4] = fma(s2, b0.x, (*acc)[4]);
-    (*acc)[5] = fma(s2, b1.x, (*acc)[5]);
+    (*acc)[4] = fma(s2, bx0, (*acc)[4]);
+    (*acc)[5] = fma(s2, bx1, (*acc)[5]);
     let s3 = subgroupBroadcast(a.x, 3u);
-    (*acc)[6] = fma(s3, b0.x, (*acc)[6]);
-    (*acc)[7] = fma(s3, b1.x, (*acc)[7]);
+    (*acc)[6] = fma(s3, bx0, (*acc)[6]);
+    (*acc)[7] = fma(s3, bx1, (*acc)[7]);
     let s4 = subgroupBroadcast(a.x, 4u);
-    (*acc)[8] = fma(s4, b0.x, (*acc)[8]);
-    (*acc)[9] = fma(s4, b1.x, (*acc)[9]);
+    (*acc)[8] = fma(s4, bx0, (*acc)[8]);
+    (*acc)[9] = fma(s4, bx1, (*acc)[9]);
     let s5 = subgroupBroadcast(a.x, 5u);
-    (*acc)[10] = fma(s5, b0.x, (*acc)[10]);
-    (*acc)[11] = fma(s5, b1.x, (*acc)[11]);
+    (*acc)[10] = fma(s5, bx0, (*acc)[10]);
+    (*acc)[11] = fma(s5, bx1, (*acc)[11]);
     let s6 = subgroupBroadcast(a.x, 6u);
-    (*acc)[12] = fma(s6, b0.x, (*acc)[12]);
-    (*acc)[13] = fma(s6, b1.x, (*acc)[13]);
+    (*acc)[12] = fma(s6, bx0, (*acc)[12]);
+    (*acc)[13] = fma(s6, bx1, (*acc)[13]);
     let s7 = subgroupBroadcast(a.x, 7u);
-    (*acc)[14] = fma(s7, b0.x, (*acc)[14]);
-    (*acc)[15] = fma(s7, b1.x, (*acc)[15]);
+    (*acc)[14] = fma(s7, bx0, (*acc)[14]);
+    (*acc)[15] = fma(s7, bx1, (*acc)[15]);
     let s8 = subgroupBroadcast(a.y, 0u);
-    (*acc)[16] = fma(s8, b0.y, (*acc)[16]);
-    (*acc)[17] = fma(s8, b1.y, (*acc)[17]);
+    (*acc)[16] = fma(s8, by0, (*acc)[16]);
+    (*acc)[17] = fma(s8, by1, (*acc)[17]);
     let s9 = subgroupBroadcast(a.y, 1u);
-    (*acc)[18] = fma(s9, b0.y, (*acc)[18]);
-    (*acc)[19] = fma(s9, b1.y, (*acc)[19]);
+    (*acc)[18] = fma(s9, by0, (*acc)[18]);
+    (*acc)[19] = fma(s9, by1, (*acc)[19]);
     let s10 = subgroupBroadcast(a.y, 2u);
-    (*acc)[20] = fma(s10, b0.y, (*acc)[20]);
-    (*acc)[21] = fma(s10, b1.y, (*acc)[21]);
+    (*acc)[20] = fma(s10, by0, (*acc)[20]);
+    (*acc)[21] = fma(s10, by1, (*acc)[21]);
     let s11 = subgroupBroadcast(a.y, 3u);
-    (*acc)[22] = fma(s11, b0.y, (*acc)[22]);
-    (*acc)[23] = fma(s11, b1.y, (*acc)[23]);
+    (*acc)[22] = fma(s11, by0, (*acc)[22]);
+    (*acc)[23] = fma(s11, by1, (*acc)[23]);
     let s12 = subgroupBroadcast(a.y, 4u);
-    (*acc)[24] = fma(s12, b0.y, (*acc)[24]);
-    (*acc)[25] = fma(s12, b1.y, (*acc)[25]);
+    (*acc)[24] = fma(s12, by0, (*acc)[24]);
+    (*acc)[25] = fma(s12, by1, (*acc)[25]);
     let s13 = subgroupBroadcast(a.y, 5u);
-    (*acc)[26] = fma(s13, b0.y, (*acc)[26]);
-    (*acc)[27] = fma(s13, b1.y, (*acc)[27]);
+    (*acc)[26] = fma(s13, by0, (*acc)[26]);
+    (*acc)[27] = fma(s13, by1, (*acc)[27]);
     let s14 = subgroupBroadcast(a.y, 6u);
-    (*acc)[28] = fma(s14, b0.y, (*acc)[28]);
-    (*acc)[29] = fma(s14, b1.y, (*acc)[29]);
+    (*acc)[28] = fma(s14, by0, (*acc)[28]);
+    (*acc)[29] = fma(s14, by1, (*acc)[29]);
     let s15 = subgroupBroadcast(a.y, 7u);
-    (*acc)[30] = fma(s15, b0.y, (*acc)[30]);
-    (*acc)[31] = fma(s15, b1.y, (*acc)[31]);
+    (*acc)[30] = fma(s15, by0, (*acc)[30]);
+    (*acc)[31] = fma(s15, by1, (*acc)[31]);
     let s16 = subgroupBroadcast(a.z, 0u);
-    (*acc)[32] = fma(s16, b0.z, (*acc)[32]);
-    (*acc)[33] = fma(s16, b1.z, (*acc)[33]);
+    (*acc)[32] = fma(s16, bz0, (*acc)[32]);
+    (*acc)[33] = fma(s16, bz1, (*acc)[33]);
     let s17 = subgroupBroadcast(a.z, 1u);
-    (*acc)[34] = fma(s17, b0.z, (*acc)[34]);
-    (*acc)[35] = fma(s17, b1.z, (*acc)[35]);
+    (*acc)[34] = fma(s17, bz0, (*acc)[34]);
+    (*acc)[35] = fma(s17, bz1, (*acc)[35]);
     let s18 = subgroupBroadcast(a.z, 2u);
-    (*acc)[36] = fma(s18, b0.z, (*acc)[36]);
-    (*acc)[37] = fma(s18, b1.z, (*acc)[37]);
+    (*acc)[36] = fma(s18, bz0, (*acc)[36]);
+    (*acc)[37] = fma(s18, bz1, (*acc)[37]);
     let s19 = subgroupBroadcast(a.z, 3u);
-    (*acc)[38] = fma(s19, b0.z, (*acc)[38]);
-    (*acc)[39] = fma(s19, b1.z, (*acc)[39]);
+    (*acc)[38] = fma(s19, bz0, (*acc)[38]);
+    (*acc)[39] = fma(s19, bz1, (*acc)[39]);
     let s20 = subgroupBroadcast(a.z, 4u);
-    (*acc)[40] = fma(s20, b0.z, (*acc)[40]);
-    (*acc)[41] = fma(s20, b1.z, (*acc)[41]);
+    (*acc)[40] = fma(s20, bz0, (*acc)[40]);
+    (*acc)[41] = fma(s20, bz1, (*acc)[41]);
     let s21 = subgroupBroadcast(a.z, 5u);
-    (*acc)[42] = fma(s21, b0.z, (*acc)[42]);
-    (*acc)[43] = fma(s21, b1.z, (*acc)[43]);
+    (*acc)[42] = fma(s21, bz0, (*acc)[42]);
+    (*acc)[43] = fma(s21, bz1, (*acc)[43]);
     let s22 = subgroupBroadcast(a.z, 6u);
-    (*acc)[44] = fma(s22, b0.z, (*acc)[44]);
-    (*acc)[45] = fma(s22, b1.z, (*acc)[45]);
+    (*acc)[44] = fma(s22, bz0, (*acc)[44]);
+    (*acc)[45] = fma(s22, bz1, (*acc)[45]);
     let s23 = subgroupBroadcast(a.z, 7u);
-    (*acc)[46] = fma(s23, b0.z, (*acc)[46]);
-    (*acc)[47] = fma(s23, b1.z, (*acc)[47]);
+    (*acc)[46] = fma(s23, bz0, (*acc)[46]);
+    (*acc)[47] = fma(s23, bz1, (*acc)[47]);
     let s24 = subgroupBroadcast(a.w, 0u);
-    (*acc)[48] = fma(s24, b0.w, (*acc)[48]);
-    (*acc)[49] = fma(s24, b1.w, (*acc)[49]);
+    (*acc)[48] = fma(s24, bw0, (*acc)[48]);
+    (*acc)[49] = fma(s24, bw1, (*acc)[49]);
     let s25 = subgroupBroadcast(a.w, 1u);
-    (*acc)[50] = fma(s25, b0.w, (*acc)[50]);
-    (*acc)[51] = fma(s25, b1.w, (*acc)[51]);
+    (*acc)[50] = fma(s25, bw0, (*acc)[50]);
+    (*acc)[51] = fma(s25, bw1, (*acc)[51]);
     let s26 = subgroupBroadcast(a.w, 2u);
-    (*acc)[52] = fma(s26, b0.w, (*acc)[52]);
-    (*acc)[53] = fma(s26, b1.w, (*acc)[53]);
+    (*acc)[52] = fma(s26, bw0, (*acc)[52]);
+    (*acc)[53] = fma(s26, bw1, (*acc)[53]);
     let s27 = subgroupBroadcast(a.w, 3u);
-    (*acc)[54] = fma(s27, b0.w, (*acc)[54]);
-    (*acc)[55] = fma(s27, b1.w, (*acc)[55]);
+    (*acc)[54] = fma(s27, bw0, (*acc)[54]);
+    (*acc)[55] = fma(s27, bw1, (*acc)[55]);
     let s28 = subgroupBroadcast(a.w, 4u);
-    (*acc)[56] = fma(s28, b0.w, (*acc)[56]);
-    (*acc)[57] = fma(s28, b1.w, (*acc)[57]);
+    (*acc)[56] = fma(s28, bw0, (*acc)[56]);
+    (*acc)[57] = fma(s28, bw1, (*acc)[57]);
     let s29 = subgroupBroadcast(a.w, 5u);
-    (*acc)[58] = fma(s29, b0.w, (*acc)[58]);
-    (*acc)[59] = fma(s29, b1.w, (*acc)[59]);
+    (*acc)[58] = fma(s29, bw0, (*acc)[58]);
+    (*acc)[59] = fma(s29, bw1, (*acc)[59]);
     let s30 = subgroupBroadcast(a.w, 6u);
-    (*acc)[60] = fma(s30, b0.w, (*acc)[60]);
-    (*acc)[61] = fma(s30, b1.w, (*acc)[61]);
+    (*acc)[60] = fma(s30, bw0, (*acc)[60]);
+    (*acc)[61] = fma(s30, bw1, (*acc)[61]);
     let s31 = subgroupBroadcast(a.w, 7u);
-    (*acc)[62] = fma(s31, b0.w, (*acc)[62]);
-    (*acc)[63] = fma(s31, b1.w, (*acc)[63]);
+    (*acc)[62] = fma(s31, bw0, (*acc)[62]);
+    (*acc)[63] = fma(s31, bw1, (*acc)[63]);
 }
 
 // C[col_at + m*c_m] (+)= act(v + bias[bias_base + n]) for row m, column n inside the block;
@@ -339,7 +340,10 @@ fn matmul_subgroup(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var k = 0u; k < p.k; k++) {
         let ak = o.a_at + vec4<u32>(k * p.a_k);
         let bk = o.b_at + vec2<u32>(k * p.b_k);
-        block_fma(&acc, vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]), vec4<f32>(b[bk.x]), vec4<f32>(b[bk.y]));
+        let b0 = b[bk.x];
+        let b1 = b[bk.y];
+        let av = vec4<f32>(a[ak.x], a[ak.y], a[ak.z], a[ak.w]);
+        block_fma(&acc, av, b0, b1, b0, b1, b0, b1, b0, b1);
     }
     store_block(&acc, o.m0, two_columns(o.n0), two_columns(c_off + o.n0));
 }
@@ -362,7 +366,9 @@ fn matmul_window(@builtin(local_invocation_id) lid: vec3<u32>,
         let ak = o.a_at + vec4<u32>(k * p.a_k);
         let bk = o.b_at + vec2<u32>(k * p.b_k);
         let av = vec4<f32>(win_a(ak.x), win_a(ak.y), win_a(ak.z), win_a(ak.w));
-        block_fma(&acc, av, vec4<f32>(win_b(bk.x)), vec4<f32>(win_b(bk.y)));
+        let b0 = win_b(bk.x);
+        let b1 = win_b(bk.y);
+        block_fma(&acc, av, b0, b1, b0, b1, b0, b1, b0, b1);
     }
     store_block(&acc, o.m0, two_columns(o.n0), two_columns(c_off + o.n0));
 }
@@ -427,6 +433,13 @@ fn column_pairs(lo: vec4<f32>, hi: vec4<f32>) -> array<vec4<f32>, 2> {
         return array<vec4<f32>, 2>(lo.xxzz, lo.yyww);
     }
     return array<vec4<f32>, 2>(lo.xxxx, lo.yyyy);
+}
+
+// block_fma with the column pairs of column_pairs: row group g multiplies (bp[0][g], bp[1][g]).
+fn block_pairs(acc: ptr<function, array<f32, 64>>, a: vec4<f32>, bp: array<vec4<f32>, 2>) {
+    let b0 = bp[0];
+    let b1 = bp[1];
+    block_fma(acc, a, b0.x, b1.x, b0.y, b1.y, b0.z, b1.z, b0.w, b1.w);
 }
 
 fn eight(lo: vec4<u32>, hi: vec4<u32>) -> array<u32, 8> {
@@ -502,8 +515,7 @@ fn conv2d_window(@builtin(local_invocation_id) lid: vec3<u32>,
                 }
                 let t = ky * p.kw + kx;
                 let ak = a_ci + vec4<u32>(select(t, taps - 1u - t, flip));
-                let bp = column_pairs(b_lo, b_hi);
-                block_fma(&acc, load_rows(ak), bp[0], bp[1]);
+                block_pairs(&acc, load_rows(ak), column_pairs(b_lo, b_hi));
             }
         }
     }
@@ -560,8 +572,7 @@ fn conv2d_window_weight(@builtin(local_invocation_id) lid: vec3<u32>,
             if (COLS > 4u) {
                 b_hi = select(conv_taps(hi.plane + plane, iy + hi.dy, ix + hi.dx), vec4<f32>(1.0), hi.ones);
             }
-            let bp = column_pairs(b_lo, b_hi);
-            block_fma(&acc, load_rows(a_row + vec4<u32>(ox)), bp[0], bp[1]);
+            block_pairs(&acc, load_rows(a_row + vec4<u32>(ox)), column_pairs(b_lo, b_hi));
         }
     }
     c_off = p.c_base + wid.z * p.c_batch;
