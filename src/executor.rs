@@ -464,7 +464,7 @@ impl<'g> Trainer<'g> {
                 d.record(&mut pass);
             }
         }
-        gpu.queue.submit([encoder.finish()]);
+        gpu.submit(encoder.finish());
         if train {
             self.steps = t;
         }

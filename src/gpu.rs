@@ -73,6 +73,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     /// Number of host readbacks so far (tests check that a training step makes none).
     readbacks: std::sync::atomic::AtomicUsize,
+    /// Number of queue submits through [`Gpu::submit`] (tests check a step is one).
+    submits: std::sync::atomic::AtomicUsize,
     /// A 16-byte buffer bound where a kernel's binding is unused (a bias that is off).
     dummy: std::sync::OnceLock<crate::tensor::Tensor>,
     dummy_window: std::sync::OnceLock<crate::tensor::Tensor>,
@@ -386,6 +388,7 @@ impl Gpu {
             dummy: std::sync::OnceLock::new(),
             dummy_window: std::sync::OnceLock::new(),
             readbacks: std::sync::atomic::AtomicUsize::new(0),
+            submits: std::sync::atomic::AtomicUsize::new(0),
             timeout_us: AtomicU64::new(timeout.as_micros().min(u64::MAX as u128) as u64),
             forced: None,
         })
@@ -500,6 +503,18 @@ impl Gpu {
     /// How many times [`Gpu::read_bytes`] has copied GPU data back to the host.
     pub fn readbacks(&self) -> usize {
         self.readbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many command buffers [`Gpu::submit`] has submitted.
+    pub fn submits(&self) -> usize {
+        self.submits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Submit one command buffer, counted (see [`Gpu::submits`]).
+    pub fn submit(&self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        self.submits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue.submit([commands])
     }
 
     pub fn describe(&self) -> String {
@@ -751,7 +766,7 @@ impl Gpu {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-        let index = self.queue.submit([encoder.finish()]);
+        let index = self.submit(encoder.finish());
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

@@ -46,8 +46,8 @@ pub struct LmRun<'g> {
     pub trainer: Trainer<'g>,
     pub config: LmConfig,
     vocab: Vec<char>,
-    train_src: usize,
-    val_src: usize,
+    pub train_src: usize,
+    pub val_src: usize,
     pub history: Vec<Value>,
 }
 
