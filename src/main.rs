@@ -545,13 +545,18 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
             let model = checkpoint::preset(kind)
                 .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
             // A named model takes the data's image shape and class count.
-            (kind.to_string(), model.for_data(data.train.shape(), data.classes)?)
+            (
+                kind.to_string(),
+                model.for_data(data.train.shape(), data.classes)?,
+            )
         }
     };
     let kind = kind.as_str();
     check_image_size(&dir, &data, &model)?;
     check_data_classes(&dir, &data, &model)?;
-    cfg.classes = resumed.as_ref().map_or(data.names.clone(), |c| c.classes.clone());
+    cfg.classes = resumed
+        .as_ref()
+        .map_or(data.names.clone(), |c| c.classes.clone());
     let augment = choose_augment(&args, resumed.as_ref(), given)?;
     if !augment.is_off() {
         augment
@@ -614,7 +619,11 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         data.train.len() - split.n_train
     );
     if !augment.is_off() {
-        let flip = if augment.flip { ", horizontal flips" } else { "" };
+        let flip = if augment.flip {
+            ", horizontal flips"
+        } else {
+            ""
+        };
         println!(
             "augmenting training batches on the GPU: shifts of up to {} pixels{flip}",
             augment.shift
@@ -1075,7 +1084,12 @@ impl<'g> Run<'g> {
 
 impl Run<'_> {
     /// The test metrics of the trained parameters, printed and logged.
-    fn test(&mut self, split: &Split, test: &data::Split, epoch: usize) -> Result<serde_json::Value> {
+    fn test(
+        &mut self,
+        split: &Split,
+        test: &data::Split,
+        epoch: usize,
+    ) -> Result<serde_json::Value> {
         let test_set = self.trainer.add_dataset(&test.images, &test.labels)?;
         let order: Vec<u32> = (0..test.len() as u32).collect();
         let source = self.trainer.add_source(test_set, &order)?;

@@ -257,12 +257,10 @@ impl Sequential {
         self.input = input;
         match self.layers.last_mut() {
             Some(Layer::Dense { units, .. }) => *units = classes,
-            _ => {
-                return Err(Error::shape(
-                    "Sequential",
-                    "the model does not end with Dense, so its output cannot follow the class count",
-                ))
-            }
+            _ => return Err(Error::shape(
+                "Sequential",
+                "the model does not end with Dense, so its output cannot follow the class count",
+            )),
         }
         self.shapes()?;
         Ok(self)

@@ -247,7 +247,10 @@ pub fn load_like_folder(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>> {
         return Err(image_err(path, msg));
     }
     image.planes(c).ok_or_else(|| {
-        image_err(path, "is a colour image; the model takes grey images (one channel)")
+        image_err(
+            path,
+            "is a colour image; the model takes grey images (one channel)",
+        )
     })
 }
 

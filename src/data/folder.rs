@@ -74,7 +74,11 @@ pub fn read_png(path: &Path) -> Result<Image> {
 /// [`read_png`] on bytes already read; `path` names them in errors.
 pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<Image> {
     if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        let what = if bytes.is_empty() { "empty" } else { "not a PNG file" };
+        let what = if bytes.is_empty() {
+            "empty"
+        } else {
+            "not a PNG file"
+        };
         return Err(bad(path, "png", format!("{what} (no PNG signature)")));
     }
     let broken = |e: png::DecodingError| bad(path, "png", format!("not a readable PNG: {e}"));
@@ -203,7 +207,11 @@ fn read_split(
             images.push((path, image, label as u8));
         }
         if images.len() == before {
-            return Err(bad(folder, "images", "the class folder holds no PNG images"));
+            return Err(bad(
+                folder,
+                "images",
+                "the class folder holds no PNG images",
+            ));
         }
     }
     let first = &images[0].1; // at least two classes, each with an image
@@ -234,14 +242,19 @@ fn read_split(
 
 fn check_png_name(path: &Path) -> Result<()> {
     if path.is_dir() {
-        return Err(bad(path, "file", "is a directory; a class folder holds only .png images"));
+        return Err(bad(
+            path,
+            "file",
+            "is a directory; a class folder holds only .png images",
+        ));
     }
     let png = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if !png {
-        let msg = "not a .png file; a class folder holds only PNG images (convert it, or move it out)";
+        let msg =
+            "not a .png file; a class folder holds only PNG images (convert it, or move it out)";
         return Err(bad(path, "file", msg));
     }
     Ok(())
