@@ -42,7 +42,8 @@ struct Cli {
 enum Command {
     /// List every adapter and the features and limits that matter to shadergrad.
     Info,
-    /// Train a model on MNIST (default: the Keras MNIST CNN, Adam 1e-3, batch 128, 10 epochs).
+    /// Train a model on MNIST or --data-dir (default: the Keras MNIST CNN, Adam 1e-3, batch
+    /// 128, 10 epochs).
     Train(Box<TrainArgs>),
     /// Test loss, accuracy and confusion matrix of a checkpoint on the test set (MNIST's, or
     /// that of --data-dir).
