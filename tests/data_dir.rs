@@ -72,10 +72,7 @@ fn folders(root: &Path, names: &[&str], per_class: usize) {
 }
 
 fn err(dir: &Path) -> String {
-    load_data_dir(dir, &[], None)
-        .err()
-        .expect("refused")
-        .to_string()
+    load_data_dir(dir, &[], None).expect_err("refused").to_string()
 }
 
 #[test]
