@@ -1773,6 +1773,14 @@ fn fuzz_png_path() {
                 Err(e) => assert!(matches!(e, Error::Image { .. }), "{e:?}"),
             }
             outcomes[r.is_ok() as usize] += 1;
+            // The image-folder reader on the same bytes: an image or an error naming it.
+            let f = no_panic("png folder", &input, || {
+                shadergrad::data::folder::decode_png(path, &input)
+            });
+            match &f {
+                Ok(im) => assert_eq!(im.pixels.len(), im.width * im.height * im.channels),
+                Err(e) => assert!(e.to_string().starts_with("fuzz.png: "), "{e:?}"),
+            }
         }
     }
     // Any grey image, however odd its size or content, makes a 28x28 digit or a clean error.
