@@ -529,32 +529,8 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         None => None,
     };
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
-    // A resumed run's folders are labelled by its classes, and its images take its input.
-    let data = match &resumed {
-        Some(c) => data::load_data_dir(&dir, &c.classes, Some(c.model.input))?,
-        None => data::load_data_dir(&dir, &[], None)?,
-    };
-    let (kind, model) = match (&resumed, &args.model_file) {
-        (Some(c), _) => (c.kind.clone(), c.model.clone()),
-        (None, Some(f)) => {
-            let model = shadergrad::model_file::load(f)?;
-            check_model_classes(f, &dir, &data, &model)?;
-            (model_file_kind(f), model)
-        }
-        (None, None) => {
-            let kind = args.model.name();
-            let model = checkpoint::preset(kind)
-                .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
-            // A named model takes the data's image shape and class count.
-            (
-                kind.to_string(),
-                model.for_data(data.train.shape(), data.classes)?,
-            )
-        }
-    };
+    let (data, kind, model) = data_and_model(&args, resumed.as_ref(), &dir)?;
     let kind = kind.as_str();
-    check_image_size(&dir, &data, &model)?;
-    check_data_classes(&dir, &data, &model)?;
     cfg.classes = resumed
         .as_ref()
         .map_or(data.names.clone(), |c| c.classes.clone());
@@ -643,6 +619,38 @@ fn train(args: TrainArgs, given: &dyn Fn(&str) -> bool, note: &mut Option<String
         *note = run.kept.take();
     }
     result
+}
+
+/// The data of `dir` and the model to train on it: a resumed checkpoint's (its folders
+/// labelled by its classes, its input the images' size), a model file's (which must fit
+/// the data), or a named one (which takes the data's image shape and class count).
+fn data_and_model(
+    args: &TrainArgs,
+    resumed: Option<&Checkpoint>,
+    dir: &Path,
+) -> Result<(data::ImageData, String, Sequential)> {
+    let data = match resumed {
+        Some(c) => data::load_data_dir(dir, &c.classes, Some(c.model.input))?,
+        None => data::load_data_dir(dir, &[], None)?,
+    };
+    let (kind, model) = match (resumed, &args.model_file) {
+        (Some(c), _) => (c.kind.clone(), c.model.clone()),
+        (None, Some(f)) => {
+            let model = shadergrad::model_file::load(f)?;
+            check_model_classes(f, dir, &data, &model)?;
+            (model_file_kind(f), model)
+        }
+        (None, None) => {
+            let kind = args.model.name();
+            let model = checkpoint::preset(kind)
+                .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
+            let model = model.for_data(data.train.shape(), data.classes)?;
+            (kind.to_string(), model)
+        }
+    };
+    check_image_size(dir, &data, &model)?;
+    check_data_classes(dir, &data, &model)?;
+    Ok((data, kind, model))
 }
 
 /// Refuse bad training flags before anything is loaded.

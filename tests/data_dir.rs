@@ -72,7 +72,9 @@ fn folders(root: &Path, names: &[&str], per_class: usize) {
 }
 
 fn err(dir: &Path) -> String {
-    load_data_dir(dir, &[], None).expect_err("refused").to_string()
+    load_data_dir(dir, &[], None)
+        .expect_err("refused")
+        .to_string()
 }
 
 #[test]
@@ -496,4 +498,42 @@ fn cli_trains_an_rgb_image_folder_with_augmentation() {
         &["predict", "--checkpoint", c, small.to_str().unwrap()],
         &["small.png", "is 4x4", "8x8"],
     );
+}
+
+/// A folder without test/: training skips the test evaluation and says so, evaluate takes
+/// every image, and a shift the images cannot take is refused before any GPU work.
+#[test]
+fn cli_trains_a_folder_without_a_test_set() {
+    let Some(_) = common::gpu() else { return };
+    let tmp = TempDir::new("cli-plain");
+    folders(&tmp.0, &["ant", "bee", "cow"], 6);
+    let d = tmp.0.to_str().unwrap();
+    let ck = tmp.0.join("plain.safetensors");
+    let c = ck.to_str().unwrap();
+    let base = [
+        "train",
+        "--data-dir",
+        d,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "7",
+        "--model",
+        "softmax",
+    ];
+    let out = ok(&[&base[..], &["--save", c]].concat());
+    assert!(
+        out.contains("train on 14 samples, validate on 4") && out.contains("no test set"),
+        "{out}"
+    );
+    let eval = ok(&["evaluate", "--checkpoint", c, "--data-dir", d]);
+    assert!(
+        eval.contains("18 images: every image of the folder") && eval.contains("2 cow"),
+        "{eval}"
+    );
+    let all = fails(
+        &[&base[..], &["--augment-shift", "4"]].concat(),
+        &["--augment-shift", "1x4x5"],
+    );
+    assert!(!all.contains("adapter:"), "{all}");
 }
