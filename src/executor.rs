@@ -9,6 +9,7 @@ use crate::gpu::Gpu;
 use crate::graph::{build_plan, BatchSource, Plan};
 use crate::kernels::gather::START_OFFSET;
 use crate::kernels::optim::{step_params, Optimizer};
+use crate::kernels::random::Augment;
 use crate::kernels::reduce::METRICS_LEN;
 use crate::nn::Model;
 use crate::params::ParamStore;
@@ -134,7 +135,7 @@ impl Dataset {
         }
     }
 
-    fn batches<'a>(&'a self, src: &'a Source) -> BatchSource<'a> {
+    fn batches<'a>(&'a self, src: &'a Source, augment: Augment) -> BatchSource<'a> {
         let order = &src.order;
         match self {
             Dataset::Text(d) => {
@@ -150,6 +151,7 @@ impl Dataset {
                 pixels: &d.pixels,
                 labels: &d.labels,
                 order,
+                augment,
             },
             Dataset::Rows(d) => BatchSource::Rows {
                 features: &d.features,
@@ -192,8 +194,10 @@ pub struct Trainer<'g> {
     pub store: ParamStore,
     /// Optimizer updates applied so far (Adam's t).
     pub steps: u64,
-    /// The run's seed: parameter initialisation and the dropout streams.
+    /// The run's seed: parameter initialisation and the dropout and augmentation streams.
     pub seed: u64,
+    /// Shifts and flips of training batches of image datasets ([`Trainer::set_augment`]).
+    augment: Augment,
     metrics: Tensor,
     datasets: Vec<Dataset>,
     sources: Vec<Source>,
@@ -220,6 +224,7 @@ impl<'g> Trainer<'g> {
             store,
             steps: 0,
             seed,
+            augment: Augment::default(),
             metrics: Tensor::zeros(gpu, "metrics", &[METRICS_LEN])?,
             datasets: Vec::new(),
             sources: Vec::new(),
@@ -351,10 +356,27 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
+    /// Augment the training batches of image datasets from now on (the plans compiled so
+    /// far are dropped); evaluation batches are never augmented. Each training step draws
+    /// its shifts and flips from the seed and the step number only, as dropout does, so
+    /// reruns and resumed runs see the same batches.
+    pub fn set_augment(&mut self, augment: Augment) -> Result<()> {
+        if !augment.is_off() {
+            augment.check(self.model.input())?;
+        }
+        self.augment = augment;
+        self.plans.clear();
+        Ok(())
+    }
+
+    pub fn augment(&self) -> Augment {
+        self.augment
+    }
+
     fn plan(&mut self, key: PlanKey) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let src = &self.sources[key.source];
-            let source = self.datasets[src.dataset].batches(src);
+            let source = self.datasets[src.dataset].batches(src, self.augment);
             let opt = key.train.then_some(&self.optimizer);
             let plan = build_plan(
                 self.gpu,
@@ -438,8 +460,8 @@ impl<'g> Trainer<'g> {
                 bytemuck::bytes_of(&(start as u32)),
             );
         }
-        // Dropout masks: a fresh counter each training step, from the seed and the step
-        // number only, so reruns and resumed runs draw the same masks.
+        // Dropout masks and augmentation: a fresh counter each training step, from the seed
+        // and the step number only, so reruns and resumed runs draw the same.
         for &i in &plan.random {
             crate::kernels::random::write_counter(gpu, &plan.dispatches[i], counter);
         }

@@ -17,7 +17,7 @@ use shadergrad::{Error, Result};
 use crate::{GenerateArgs, ModelKind, OptimizerKind, ScheduleKind, TrainArgs};
 
 /// Image-model flags a language model refuses (clap ids).
-const IMAGE_ONLY: [&str; 7] = [
+const IMAGE_ONLY: [&str; 9] = [
     "epochs",
     "validation_split",
     "data_dir",
@@ -25,6 +25,8 @@ const IMAGE_ONLY: [&str; 7] = [
     "restore_best",
     "lr_step_epochs",
     "model_file",
+    "augment_shift",
+    "augment_flip",
 ];
 
 /// Language-model flags an image model refuses (clap ids).

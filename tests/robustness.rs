@@ -339,18 +339,16 @@ fn bad_data_files_name_the_file_and_the_problem() {
             vec![data::TRAIN_IMAGES, "dims"]),
         ("zero-width images", Box::new(move |d| std::fs::write(images(d), idx_images(64, 28, 0, &[])).unwrap()),
             vec![data::TRAIN_IMAGES, "image size is 28x0"]),
-        ("images of the wrong size for the model", Box::new(move |d| {
-            std::fs::write(images(d), idx_images(64, 20, 20, &vec![7; 64 * 400])).unwrap();
-            std::fs::write(d.join(data::TEST_IMAGES), idx_images(16, 20, 20, &vec![7; 16 * 400])).unwrap();
-        }), vec![data::TRAIN_IMAGES, "the images are 20x20 but the model takes 1x28x28"]),
         ("a labels file where the images belong", Box::new(move |d| std::fs::write(images(d), idx_labels(&[1; 64])).unwrap()),
             vec![data::TRAIN_IMAGES, "magic", "3 dims"]),
         ("images/labels count mismatch", Box::new(move |d| std::fs::write(labels(d), idx_labels(&[1; 63])).unwrap()),
             vec![data::TRAIN_LABELS, "count", "64 images", "63 labels"]),
-        ("label 10", Box::new(move |d| rewrite(labels(d), &|mut b| { b[8 + 5] = 10; b })),
-            vec![data::TRAIN_LABELS, "label at index 5 is 10"]),
-        ("label 255", Box::new(move |d| rewrite(labels(d), &|mut b| { let n = b.len(); b[n - 1] = 255; b })),
-            vec![data::TRAIN_LABELS, "label at index 63 is 255"]),
+        ("a test label 10 (training labels 0..=9)", Box::new(move |d| rewrite(d.join(data::TEST_LABELS), &|mut b| { b[8 + 5] = 10; b })),
+            vec![data::TEST_LABELS, "label at index 5 is 10", "0..=9 (10 classes)"]),
+        ("a test label 255", Box::new(move |d| rewrite(d.join(data::TEST_LABELS), &|mut b| { let n = b.len(); b[n - 1] = 255; b })),
+            vec![data::TEST_LABELS, "label at index 15 is 255"]),
+        ("training labels all 0", Box::new(move |d| std::fs::write(labels(d), idx_labels(&[0; 64])).unwrap()),
+            vec![data::TRAIN_LABELS, "at least 2 classes"]),
         ("corrupt gzip", Box::new(move |d| {
             let mut gz = gzip(&std::fs::read(labels(d)).unwrap());
             let n = gz.len();
@@ -402,6 +400,43 @@ fn bad_data_files_name_the_file_and_the_problem() {
             r.all()
         );
     }
+    // A named model takes the images' size; a model file's input must be it.
+    let dir = tmp.join("size");
+    good_data(&dir);
+    std::fs::write(images(&dir), idx_images(64, 20, 20, &vec![7; 64 * 400])).unwrap();
+    std::fs::write(
+        dir.join(data::TEST_IMAGES),
+        idx_images(16, 20, 20, &vec![7; 16 * 400]),
+    )
+    .unwrap();
+    let file = tmp.join("m28.json");
+    std::fs::write(&file, r#"{"input": [1, 28, 28], "layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}"#).unwrap();
+    let (d, f) = (
+        dir.to_string_lossy().into_owned(),
+        file.to_string_lossy().into_owned(),
+    );
+    let r = expect_failure(
+        "images of the wrong size for the model",
+        &[
+            "train",
+            "--model-file",
+            &f,
+            "--epochs",
+            "1",
+            "--data-dir",
+            &d,
+        ],
+        &[],
+        &[
+            data::TRAIN_IMAGES,
+            "the images are 20x20 but the model takes 1x28x28",
+        ],
+    );
+    assert!(
+        !r.stdout.contains("adapter:"),
+        "refused after opening the GPU:\n{}",
+        r.all()
+    );
     // The same checks guard evaluate.
     let dir = tmp.join("evaluate");
     good_data(&dir);
@@ -493,6 +528,8 @@ fn synthetic(kind: &str) -> Checkpoint {
         validation_split: 0.0,
         history: Vec::new(),
         metrics: Value::Null,
+        augment: Default::default(),
+        classes: Vec::new(),
     }
 }
 
@@ -1736,6 +1773,14 @@ fn fuzz_png_path() {
                 Err(e) => assert!(matches!(e, Error::Image { .. }), "{e:?}"),
             }
             outcomes[r.is_ok() as usize] += 1;
+            // The image-folder reader on the same bytes: an image or an error naming it.
+            let f = no_panic("png folder", &input, || {
+                shadergrad::data::folder::decode_png(path, &input)
+            });
+            match &f {
+                Ok(im) => assert_eq!(im.pixels.len(), im.width * im.height * im.channels),
+                Err(e) => assert!(e.to_string().starts_with("fuzz.png: "), "{e:?}"),
+            }
         }
     }
     // Any grey image, however odd its size or content, makes a 28x28 digit or a clean error.

@@ -215,7 +215,12 @@ impl Shader {
             ],
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
-            Shader::Random => &["random_uniform", "dropout_mask", "text_windows"],
+            Shader::Random => &[
+                "random_uniform",
+                "dropout_mask",
+                "text_windows",
+                "augment_images",
+            ],
             Shader::Sample => &["sample_next"],
         }
     }
