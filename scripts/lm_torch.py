@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The shadergrad GPT (`train --model gpt` at its defaults) in PyTorch, on CPU, for the
-README's comparison of held-out loss after the same number of steps.
+"""shadergrad's language models in PyTorch, on CPU: the GPT (`train --model gpt` at its
+defaults) trained for the README's comparison of held-out loss after the same number of
+steps, and both models' checkpoints loaded with load_state_dict(strict=True).
 
 Same model: nanoGPT's layout and names (token and learned position embeddings, pre-norm
 blocks of causal self-attention and a GELU(tanh) MLP, LayerNorm eps 1e-5, untied lm_head
@@ -9,16 +10,19 @@ N(0, 0.02 / sqrt(2 L)); zero biases), the same data (the shipped text, sorted ch
 vocabulary, last 10% held out), Adam (beta 0.9, 0.999, eps 1e-7 as shadergrad's) at --lr
 with shadergrad's schedules (--lr-schedule cosine, --lr-min, --warmup-steps),
 B windows of T + 1 characters drawn uniformly at random each step, and the held-out loss
-over 8 fixed batches every 50 steps. Only the random streams differ (NumPy's, not
-Philox), so the curves agree in distribution, not bit for bit.
+over 8 fixed batches every 100 steps (the defaults here are `train --model gpt`'s). Only
+the random streams differ (NumPy's, not Philox), so the curves agree in distribution, not
+bit for bit.
 
-    python3 scripts/gpt_torch.py [--steps 400] [--threads 2] [--text data/text/...gz]
+    python3 scripts/lm_torch.py [--steps 1500] [--threads 2] [--text data/text/...gz]
 
-With --check CHECKPOINT it trains nothing: it loads a shadergrad GPT checkpoint into this
-module with load_state_dict(strict=True) (the optimizer.* moments left out) and prints the
-greedy continuation of --prompt, which `shadergrad generate --temperature 0` should match:
+With --check CHECKPOINT it trains nothing: it loads a shadergrad GPT or char-RNN checkpoint
+into the module here (the optimizer.* moments left out) with load_state_dict(strict=True)
+and prints the greedy continuation of --prompt, which `shadergrad generate --temperature 0`
+should match; --reference OUT.json also writes the logits of the prompt (its last T
+characters) and that continuation, which tests/lm_interop.rs compares with shadergrad's:
 
-    python3 scripts/gpt_torch.py --check gpt.safetensors --prompt "ROMEO:" --tokens 200
+    python3 scripts/lm_torch.py --check gpt.safetensors --prompt "ROMEO:" --tokens 200
 """
 import argparse
 import gzip
@@ -79,6 +83,19 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
 
+class CharRNN(nn.Module):
+    """`train --model char-rnn`: embedding -> Elman RNN (tanh, h_0 = 0) -> linear."""
+
+    def __init__(self, vocab, embed, hidden):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed)
+        self.rnn = nn.RNN(embed, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, vocab)
+
+    def forward(self, idx):
+        return self.fc(self.rnn(self.embed(idx))[0])
+
+
 def rate(a, t):
     """shadergrad's schedule (src/schedule.rs) for update t (0-based)."""
     base = a.lr
@@ -91,25 +108,36 @@ def rate(a, t):
 
 def check(a):
     """Load a shadergrad checkpoint strictly and print its greedy continuation of a prompt."""
+    import hashlib
     import json
     from safetensors import safe_open
     with safe_open(a.check, framework="pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("optimizer.")}
     cfg, vocab = json.loads(meta["lm"]), json.loads(meta["vocab"])
-    assert cfg["kind"] == "gpt", f"{a.check}: a {cfg['kind']} checkpoint, not gpt"
-    model = GPT(cfg["vocab"], cfg["context"], cfg["d_model"], cfg["heads"], cfg["layers"])
+    if cfg["kind"] == "gpt":
+        model = GPT(cfg["vocab"], cfg["context"], cfg["d_model"], cfg["heads"], cfg["layers"])
+    else:
+        model = CharRNN(cfg["vocab"], cfg["embed"], cfg["hidden"])
     model.load_state_dict(state, strict=True)
     model.eval()
     ids = [vocab.index(c) for c in a.prompt]
     out = []
     with torch.no_grad():
+        logits = model(torch.tensor([ids[-cfg["context"]:]]))[0].double()
         for _ in range(a.tokens):
             ctx = torch.tensor([ids[-cfg["context"]:]])
             nxt = int(model(ctx)[0, -1].argmax())
             ids.append(nxt)
             out.append(vocab[nxt])
     print(a.prompt + "".join(out))
+    if a.reference:
+        ref = {"checkpoint": a.check.split("/")[-1],
+               "checkpoint_sha256": hashlib.sha256(open(a.check, "rb").read()).hexdigest(),
+               "torch": torch.__version__, "prompt": a.prompt, "logits": logits.tolist(),
+               "greedy": "".join(out)}
+        with open(a.reference, "w") as f:
+            json.dump(ref, f)
 
 
 def main():
@@ -117,20 +145,21 @@ def main():
     ap.add_argument("--check", metavar="CHECKPOINT")
     ap.add_argument("--prompt", default="\n")
     ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--reference", metavar="OUT.json")
     ap.add_argument("--text", default="data/text/shakespeare_tragedies.txt.gz")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    ap.add_argument("--lr-min", type=float, default=0.0)
-    ap.add_argument("--warmup-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    ap.add_argument("--lr-min", type=float, default=1e-4)
+    ap.add_argument("--warmup-steps", type=int, default=100)
     a = ap.parse_args()
     if a.check:
         return check(a)
