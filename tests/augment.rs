@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use common::mnist;
 
 use serde_json::Value;
 use shadergrad::checkpoint::{load_bytes, Checkpoint};
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
@@ -156,11 +155,6 @@ fn augment_images_refuses_what_it_cannot_do() {
 // ---------------------------------------------------------------- training
 
 const PIXELS: usize = 28 * 28;
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 fn cfg() -> FitConfig {
     FitConfig {

@@ -5,12 +5,12 @@
 
 mod common;
 
+use common::mnist;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 use shadergrad::checkpoint::{self, Checkpoint, OptimizerState};
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
@@ -19,11 +19,6 @@ use shadergrad::model::Sequential;
 use shadergrad::rng::Rng;
 use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{plot, predict, Error};
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 /// A fresh directory under the system temp dir.
 fn temp_dir(name: &str) -> PathBuf {

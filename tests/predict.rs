@@ -5,11 +5,11 @@
 
 mod common;
 
+use common::mnist;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use shadergrad::checkpoint::{self, Checkpoint};
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
@@ -18,11 +18,6 @@ use shadergrad::predict::{self, argmax, GreyImage};
 use shadergrad::Error;
 
 use png::{BitDepth, ColorType};
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =
