@@ -6,6 +6,7 @@
 
 pub mod error;
 
+#[cfg(native)]
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod model_file;
 pub mod nn;
 pub mod params;
+pub mod platform;
 pub mod plot;
 pub mod predict;
 pub mod rng;

@@ -6,7 +6,7 @@
 //! checkpoint saved). Losses are in nats per character; bpc = loss / ln 2.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use crate::platform::Instant;
 
 use serde_json::{json, Value};
 
