@@ -4,8 +4,9 @@
 // training steps (the loss must fall), a known MNIST test image through predict() and
 // through the drawing pad, a checkpoint export/import round trip, and a screenshot.
 // Run with: node --experimental-websocket scripts/web-test.mjs   (Node 20; 22 needs no flag)
-// Env: CHROMIUM (default /usr/bin/chromium), WEB_TEST_STEPS (default 200), WEB_TEST_OUT
-// (default target/web-test).
+// Env: CHROMIUM (default /usr/bin/chromium), WEB_TEST_STEPS (default 200), WEB_TEST_BATCH
+// (images a step, default 16: SwiftShader is a CPU), WEB_TEST_KERNELS (force a kernel
+// family), WEB_TEST_OUT (default target/web-test).
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
@@ -17,6 +18,8 @@ const web = join(root, 'web');
 const out = resolve(process.env.WEB_TEST_OUT ?? join(root, 'target/web-test'));
 const chromium = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const steps = Number(process.env.WEB_TEST_STEPS ?? 200);
+const batch = Number(process.env.WEB_TEST_BATCH ?? 16);
+const kernels = process.env.WEB_TEST_KERNELS ?? '';   // force a kernel family (?kernels=)
 const started = Date.now();
 const secs = () => ((Date.now() - started) / 1000).toFixed(1);
 let passed = 0, failed = 0;
@@ -46,7 +49,7 @@ const server = createServer((req, res) => {
   res.end(readFileSync(file));
 });
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const url = `http://127.0.0.1:${server.address().port}/`;
+const url = `http://127.0.0.1:${server.address().port}/?batch=${batch}${kernels ? `&kernels=${kernels}` : ''}`;
 
 // ---- headless Chromium, WebGPU on SwiftShader
 const profile = mkdtempSync(join(tmpdir(), 'shadergrad-chromium-'));
@@ -133,7 +136,7 @@ try {
   const hasGpu = await page_eval('!!navigator.gpu && navigator.gpu.requestAdapter().then((a) => !!a)');
   if (!hasGpu) throw new Error('Chromium has no WebGPU adapter: SwiftShader (libvk_swiftshader.so, shipped in Debian\'s chromium) missing or WebGPU disabled');
   const info = await page_eval('window.shadergradTest.ready');
-  console.log(`[${secs()} s] page ready: ${info.adapter}; kernels: ${info.family}`);
+  console.log(`[${secs()} s] page ready: ${info.browser_adapter} (${info.adapter}); kernels: ${info.family}; subgroup sizes ${info.subgroup_sizes}; ${info.features}`);
 
   const results = await page_eval('window.shadergradTest.kernelTests()');
   const bad = results.filter((r) => !r.ok);
@@ -151,8 +154,13 @@ try {
     `training: ${losses.length} steps, mean loss of the first 10 ${first.toFixed(3)} -> last 20 ${last.toFixed(3)} [${secs()} s]`);
 
   const ms = await page_eval('window.shadergradTest.timeSteps(10)');
-  console.log(`     ${ms.toFixed(1)} ms per training step (batch 128, no readback between steps)`);
+  console.log(`     ${ms.toFixed(1)} ms per training step (batch ${info.batch}, no readback between steps)`);
 
+  if (process.env.WEB_TEST_PROFILE) {
+    const rows = await page_eval('window.shadergradTest.profileStep(1)');
+    for (const [name, t, wg] of rows) console.log(`     ${t.toFixed(1).padStart(8)} ms  ${name} ${wg}`);
+    console.log(`     ${rows.reduce((a, r) => a + r[1], 0).toFixed(1)} ms in all`);
+  }
   const img = await page_eval('window.shadergradTest.testImage(0)');
   const probs = await page_eval(`window.shadergradTest.predict(${JSON.stringify(img.pixels)})`);
   check(probs.length === 10 && argmax(probs) === img.label && Math.abs(mean(probs) * 10 - 1) < 1e-4,

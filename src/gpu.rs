@@ -469,17 +469,23 @@ impl Gpu {
     }
 
     /// The kernel family this device runs: the forced one, else the adapter's default
-    /// (gpu for discrete, integrated and virtual GPUs; window for CPU adapters that can
+    /// (gpu for discrete, integrated and virtual GPUs and a browser's GPU; window for CPU adapters that can
     /// bind the windows; subgroup; else portable). See [`crate::kernels::family`].
     pub fn family(&self) -> Family {
         if let Some(f) = self.forced {
             return f;
         }
         use wgpu::DeviceType::*;
-        let gpu_like = matches!(
-            self.info.device_type,
-            DiscreteGpu | IntegratedGpu | VirtualGpu
-        );
+        // A browser tells only whether its adapter is a software fallback (Cpu, such as
+        // SwiftShader, where workgroup barriers are slow and the portable kernels win) or
+        // not (Other: a GPU, for the tiled kernels).
+        let browser_gpu = self.info.backend == wgpu::Backend::BrowserWebGpu
+            && self.info.device_type == Other;
+        let gpu_like = browser_gpu
+            || matches!(
+                self.info.device_type,
+                DiscreteGpu | IntegratedGpu | VirtualGpu
+            );
         if gpu_like
             && self.limits.max_compute_workgroup_storage_size
                 >= crate::kernels::matmul::TILED_MIN_WORKGROUP_BYTES

@@ -58,7 +58,7 @@ async function trainSteps(steps) {
   const r = JSON.parse(await call(() => sg.train(steps)));
   losses.push(...r.losses); accs.push(...r.accuracies);
   drawChart();
-  $('steprate').textContent = `${r.ms_per_step.toFixed(0)} ms a step (with its loss read back)`;
+  $('steprate').textContent = `${r.ms_per_step.toFixed(0)} ms a step (with its loss read back), step ${r.steps}, epoch ${r.epoch + 1}`;
   for (const e of r.epochs) {
     log(`Epoch ${e.epoch} - ${e.seconds.toFixed(1)}s - ${e.images_per_second.toFixed(0)} img/s - ` +
         `loss: ${e.loss.toFixed(4)} - accuracy: ${e.accuracy.toFixed(4)} - ` +
@@ -161,14 +161,19 @@ async function fetchBytes(name) {
 async function main() {
   await initWasm();
   if (!navigator.gpu) throw new Error('this browser has no WebGPU (navigator.gpu is undefined)');
-  const info = JSON.parse(await call(() => sg.start()));
-  $('status').textContent = `Adapter: ${info.adapter} - kernels: ${info.family}`;
+  // ?kernels=gpu|window|subgroup|portable forces a kernel family (the adapter's default otherwise);
+  // ?batch=N trains on N images a step (default 128).
+  const q = new URLSearchParams(location.search);
+  const info = JSON.parse(await call(() => sg.start(q.get('kernels') ?? '', Number(q.get('batch') ?? 0))));
+  const a = (await navigator.gpu.requestAdapter())?.info ?? {};
+  info.browser_adapter = [a.vendor, a.architecture, a.description].filter(Boolean).join(' ');
+  $('status').textContent = `Adapter: ${info.browser_adapter || 'WebGPU'}${a.isFallbackAdapter ? ' (software)' : ''} - kernels: ${info.family}`;
   const files = await Promise.all(['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
     't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'].map(fetchBytes));
   const d = JSON.parse(await call(() => sg.loadMnist(...files, N_TRAIN, N_TEST)));
   $('ntrain').textContent = d.n_train.toLocaleString('en');
   $('ntest').textContent = d.n_test.toLocaleString('en');
-  log(`MNIST: ${d.n_train} training images (${d.steps_per_epoch} steps an epoch), ${d.n_test} test images`);
+  log(`MNIST: ${d.n_train} training images (${d.steps_per_epoch} steps of ${info.batch} an epoch), ${d.n_test} test images`);
   for (const id of ['train', 'checks', 'export', 'import']) $(id).disabled = false;
   $('train').onclick = () => {
     training = !training;
@@ -197,6 +202,7 @@ window.shadergradTest = {
   testImage: (i) => JSON.parse(sg.testImage(i)),
   evaluate: async () => JSON.parse(await call(() => sg.evaluate())),
   timeSteps: (steps) => call(() => sg.timeSteps(steps)),
+  profileStep: async (repeats) => JSON.parse(await call(() => sg.profileStep(repeats))),
   kernelTests,
   // Export, then import what was exported: the predictions of `pixels` before and after.
   checkpointRoundTrip: async (pixels) => {

@@ -24,7 +24,7 @@ use shadergrad::model::Sequential;
 use shadergrad::platform::Instant;
 use shadergrad::{Error, Result};
 
-/// Images per training step, as the CLI's default.
+/// Images per training step by default, as the CLI's.
 const BATCH: usize = 128;
 /// Images per evaluation step.
 const EVAL_BATCH: usize = 250;
@@ -51,6 +51,8 @@ struct Data {
 
 struct App {
     trainer: Trainer<'static>,
+    /// Images per training step.
+    batch: usize,
     data: Option<Data>,
     /// Epochs finished, and steps done in the current one.
     epoch: usize,
@@ -88,17 +90,26 @@ macro_rules! with_app {
 
 /// Open the browser's WebGPU adapter and build the seed CNN (Adam 1e-3, seed 42). Returns
 /// the adapter as JSON: name, kernel family, subgroups, limits that matter.
+/// `kernels` forces a kernel family (gpu, window, subgroup, portable), as
+/// `SHADERGRAD_KERNELS` does natively; empty for the adapter's default. `batch`: images per
+/// training step (0 for 128).
 #[wasm_bindgen(js_name = start)]
-pub async fn start() -> std::result::Result<String, JsValue> {
+pub async fn start(kernels: String, batch: usize) -> std::result::Result<String, JsValue> {
     console_error_panic_hook();
     if APP.with(|a| a.borrow().is_some()) {
         return Err(js_err("shadergrad: start() was already called"));
     }
-    let gpu: &'static Gpu = Box::leak(Box::new(Gpu::request().await.map_err(js_err)?));
+    let mut gpu = Gpu::request().await.map_err(js_err)?;
+    if !kernels.is_empty() {
+        let family = kernels.parse().map_err(js_err)?;
+        gpu.force_family(family).map_err(js_err)?;
+    }
+    let gpu: &'static Gpu = Box::leak(Box::new(gpu));
     let model = Sequential::mnist_cnn();
     let trainer = Trainer::new(gpu, model, Optimizer::adam(1e-3), SEED).map_err(js_err)?;
     put(App {
         trainer,
+        batch: if batch == 0 { BATCH } else { batch },
         data: None,
         epoch: 0,
         pos: 0,
@@ -112,9 +123,11 @@ pub async fn start() -> std::result::Result<String, JsValue> {
         "family": gpu.family().to_string(),
         "subgroups": gpu.subgroups(),
         "subgroup_sizes": [gpu.info.subgroup_min_size, gpu.info.subgroup_max_size],
+        "features": format!("{:?}", gpu.features),
         "max_storage_buffer_binding_size": l.max_storage_buffer_binding_size,
         "max_compute_workgroup_storage_size": l.max_compute_workgroup_storage_size,
         "parameters": 693_962,
+        "batch": if batch == 0 { BATCH } else { batch },
     })
     .to_string())
 }
@@ -163,7 +176,7 @@ pub async fn load_mnist(
         let (ti, tl) = split(names, &train_images, &train_labels, n_train)?;
         let names = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz");
         let (vi, vl) = split(names, &test_images, &test_labels, n_test)?;
-        let n_train = n_train / BATCH * BATCH;
+        let n_train = n_train / app.batch * app.batch;
         let t = &mut app.trainer;
         let train_set = t.add_dataset(&ti[..n_train * 784], &tl[..n_train])?;
         let test_set = t.add_dataset(&vi, &vl)?;
@@ -179,7 +192,7 @@ pub async fn load_mnist(
             test_labels: vl,
         };
         app.data = Some(data);
-        Ok(json!({"n_train": n_train, "n_test": n_test, "steps_per_epoch": n_train / BATCH})
+        Ok(json!({"n_train": n_train, "n_test": n_test, "steps_per_epoch": n_train / app.batch})
             .to_string())
     })
 }
@@ -195,11 +208,11 @@ impl App {
     async fn step(&mut self) -> Result<Metrics> {
         let (source, steps) = {
             let d = self.data()?;
-            (d.train, d.n_train / BATCH)
+            (d.train, d.n_train / self.batch)
         };
         self.started.get_or_insert_with(Instant::now);
         self.trainer.reset_metrics();
-        self.trainer.step(source, self.pos * BATCH, BATCH, true)?;
+        self.trainer.step(source, self.pos * self.batch, self.batch, true)?;
         let m = self.trainer.read_metrics_async().await?;
         if m.non_finite {
             return Err(Error::gpu("train", format!("non-finite loss at step {}", self.trainer.steps)));
@@ -260,7 +273,7 @@ fn epoch_json(e: &EpochLog) -> Value {
     })
 }
 
-/// Train `steps` steps of 128 images; per step its loss and accuracy, and the epochs that
+/// Train `steps` steps (of 128 images unless `start` said otherwise); per step its loss and accuracy, and the epochs that
 /// ended during the call (with the test set's loss and accuracy), as JSON.
 #[wasm_bindgen]
 pub async fn train(steps: usize) -> std::result::Result<String, JsValue> {
@@ -291,13 +304,19 @@ pub async fn time_steps(steps: usize) -> std::result::Result<f64, JsValue> {
     with_app!(|app| {
         let (source, per_epoch) = {
             let d = app.data()?;
-            (d.train, d.n_train / BATCH)
+            (d.train, d.n_train / app.batch)
         };
+        // A warm-up step first: the first step of a plan builds it.
+        if app.pos + 2 >= per_epoch {
+            return Err(Error::usage("timeSteps", "too close to the epoch's end; train a step first"));
+        }
+        app.trainer.step(source, app.pos * app.batch, app.batch, true)?;
+        app.pos += 1;
         let steps = steps.min(per_epoch - app.pos - 1).max(1);
         app.trainer.gpu.settle("timeSteps").await?;
         let t = Instant::now();
         for _ in 0..steps {
-            app.trainer.step(source, app.pos * BATCH, BATCH, true)?;
+            app.trainer.step(source, app.pos * app.batch, app.batch, true)?;
             app.pos += 1;
         }
         app.trainer.gpu.settle("timeSteps").await?;
@@ -359,7 +378,7 @@ pub fn test_image(i: usize) -> std::result::Result<String, JsValue> {
 pub async fn export_checkpoint() -> std::result::Result<Vec<u8>, JsValue> {
     with_app!(|app| {
         let cfg = FitConfig {
-            batch_size: BATCH,
+            batch_size: app.batch,
             seed: SEED,
             validation_split: 0.0,
             ..FitConfig::default()
@@ -416,4 +435,36 @@ pub fn mnist_from_drawing(width: usize, height: usize, grey: Vec<u8>) -> std::re
         pixels: grey.iter().map(|&v| v as f32).collect(),
     };
     shadergrad::predict::to_mnist(Path::new("drawing"), &img).map_err(js_err)
+}
+
+/// Milliseconds per run of each dispatch of the training step (each run `repeats` times in
+/// one submit, then awaited), as JSON [[kernel, ms, workgroups]]: where a step's time goes
+/// on this adapter. Diagnostic: the repeated updates change the parameters.
+#[wasm_bindgen(js_name = profileStep)]
+pub async fn profile_step(repeats: usize) -> std::result::Result<String, JsValue> {
+    with_app!(|app| {
+        let source = app.data()?.train;
+        let (batch, gpu) = (app.batch, app.trainer.gpu);
+        let plan = app
+            .trainer
+            .outputs(source, batch, true)
+            .ok_or_else(|| Error::usage("profileStep", "train a step first"))?;
+        let mut out = Vec::new();
+        for d in &plan.dispatches {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for _ in 0..repeats.max(1) {
+                    d.record(&mut pass);
+                }
+            }
+            gpu.settle("profileStep").await?;
+            let t = Instant::now();
+            gpu.queue.submit([encoder.finish()]);
+            gpu.settle("profileStep").await?;
+            let ms = t.elapsed().as_secs_f64() * 1e3 / repeats.max(1) as f64;
+            out.push(json!([d.name, ms, d.workgroups]));
+        }
+        Ok(Value::Array(out).to_string())
+    })
 }
