@@ -1,12 +1,15 @@
 // The browser test: serves web/ (built by scripts/build-web.sh) on localhost, starts
 // headless Chromium with WebGPU on SwiftShader (its CPU Vulkan), and drives the page through
-// the DevTools protocol: the in-page kernel checks (GPU vs CPU reference), a few hundred
-// training steps (the loss must fall), a known MNIST test image through predict() and
-// through the drawing pad, a checkpoint export/import round trip, and a screenshot.
+// the DevTools protocol: the in-page kernel checks (GPU vs CPU reference), one epoch of a few
+// hundred training steps (the loss must fall; then the test set's accuracy), a known MNIST
+// test image through predict() and through the drawing pad, a checkpoint export/import
+// round trip, and a screenshot.
 // Run with: node --experimental-websocket scripts/web-test.mjs   (Node 20; 22 needs no flag)
 // Env: CHROMIUM (default /usr/bin/chromium), WEB_TEST_STEPS (default 200), WEB_TEST_BATCH
-// (images a step, default 16: SwiftShader is a CPU), WEB_TEST_KERNELS (force a kernel
-// family), WEB_TEST_OUT (default target/web-test).
+// (images a step, default 16: SwiftShader is a CPU), WEB_TEST_TRAIN (training images,
+// default steps x batch: one epoch), WEB_TEST_KERNELS (force a kernel family),
+// WEB_TEST_TIMING_ROUNDS (rounds of 10 timed steps, default 1), WEB_TEST_PROFILE=1 (time
+// each kernel of a step), WEB_TEST_OUT (default target/web-test).
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
@@ -49,7 +52,10 @@ const server = createServer((req, res) => {
   res.end(readFileSync(file));
 });
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const url = `http://127.0.0.1:${server.address().port}/?batch=${batch}${kernels ? `&kernels=${kernels}` : ''}`;
+// 3,200 training images: the 200 steps of 16 are one epoch, whose end evaluates the test set.
+const train = Number(process.env.WEB_TEST_TRAIN ?? steps * batch);
+const url = `http://127.0.0.1:${server.address().port}/?batch=${batch}&train=${train}&test=1000` +
+  (kernels ? `&kernels=${kernels}` : '');
 
 // ---- headless Chromium, WebGPU on SwiftShader
 const profile = mkdtempSync(join(tmpdir(), 'shadergrad-chromium-'));
@@ -153,8 +159,14 @@ try {
   check(losses.length === steps && losses.every(Number.isFinite) && last < 0.5 * first,
     `training: ${losses.length} steps, mean loss of the first 10 ${first.toFixed(3)} -> last 20 ${last.toFixed(3)} [${secs()} s]`);
 
-  const ms = await page_eval('window.shadergradTest.timeSteps(10)');
-  console.log(`     ${ms.toFixed(1)} ms per training step (batch ${info.batch}, no readback between steps)`);
+  const epochs = await page_eval('window.shadergradTest.epochs');
+  const acc = epochs[0]?.test_accuracy ?? 0;
+  check(epochs.length === 1 && acc > 0.85, `one epoch, then the test set: test_accuracy ${acc.toFixed(4)} (of 1,000 images) [${secs()} s]`);
+
+  for (let round = 0; round < Number(process.env.WEB_TEST_TIMING_ROUNDS ?? 1); round++) {
+    const ms = await page_eval('window.shadergradTest.timeSteps(10)');
+    console.log(`     ${ms.toFixed(1)} ms per training step (batch ${info.batch}, 10 steps, no readback between them)`);
+  }
 
   if (process.env.WEB_TEST_PROFILE) {
     const rows = await page_eval('window.shadergradTest.profileStep(1)');

@@ -334,7 +334,9 @@ impl Gpu {
             .await
             .map_err(|e| Error::NoAdapter {
                 requested: format!(" from navigator.gpu ({e})"),
-                available: "none: this browser has no WebGPU adapter (Chromium: --enable-unsafe-webgpu)".into(),
+                available:
+                    "none: this browser has no WebGPU adapter (Chromium: --enable-unsafe-webgpu)"
+                        .into(),
             })?;
         let limits = adapter.limits();
         Self::open(adapter, limits).await
@@ -479,8 +481,8 @@ impl Gpu {
         // A browser tells only whether its adapter is a software fallback (Cpu, such as
         // SwiftShader, where workgroup barriers are slow and the portable kernels win) or
         // not (Other: a GPU, for the tiled kernels).
-        let browser_gpu = self.info.backend == wgpu::Backend::BrowserWebGpu
-            && self.info.device_type == Other;
+        let browser_gpu =
+            self.info.backend == wgpu::Backend::BrowserWebGpu && self.info.device_type == Other;
         let gpu_like = browser_gpu
             || matches!(
                 self.info.device_type,
@@ -761,31 +763,31 @@ impl Gpu {
         };
         let (layout, pipeline) = self.scoped(error, || {
             let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(entry),
-                entries: &entries,
-            });
-        let pipeline_layout = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(entry),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
-            });
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(entry),
+                    entries: &entries,
+                });
+            let pipeline_layout =
+                self.device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(entry),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
+                });
             (layout, pipeline)
         })?;
         let p = Arc::new(Pipeline { pipeline, layout });
@@ -923,6 +925,6 @@ impl Gpu {
 }
 
 /// What a readback's map callback sends.
-type MapReceiver =
-    futures_intrusive::channel::shared::OneshotReceiver<std::result::Result<(), wgpu::BufferAsyncError>>;
-
+type MapReceiver = futures_intrusive::channel::shared::OneshotReceiver<
+    std::result::Result<(), wgpu::BufferAsyncError>,
+>;

@@ -4,6 +4,17 @@
 //! Modules are listed in the order data flows through them: files -> GPU context and
 //! tensors -> kernels.
 
+// In the browser wgpu's handles are not Send (one thread), and cfg'd-out native code leaves
+// a return or a drop that only matter natively.
+#![cfg_attr(
+    not(native),
+    allow(
+        clippy::arc_with_non_send_sync,
+        clippy::needless_return,
+        clippy::drop_non_drop
+    )
+)]
+
 pub mod error;
 
 #[cfg(native)]

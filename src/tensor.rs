@@ -138,7 +138,11 @@ impl Tensor {
         if data.len() != self.numel() {
             return Err(Error::shape(
                 "write_u32",
-                format!("{} values for a tensor of shape {:?}", data.len(), self.shape),
+                format!(
+                    "{} values for a tensor of shape {:?}",
+                    data.len(),
+                    self.shape
+                ),
             ));
         }
         gpu.queue

@@ -7,6 +7,7 @@ const N_TRAIN = 12800;   // a whole number of 128-image batches
 const N_TEST = 2000;
 const $ = (id) => document.getElementById(id);
 
+// The page's URL may set ?batch=, ?train=, ?test= (sizes) and ?kernels= (a kernel family).
 // Each engine call awaits the one before (the engine runs one call at a time).
 let chain = Promise.resolve();
 function call(f) {
@@ -60,6 +61,7 @@ async function trainSteps(steps) {
   drawChart();
   $('steprate').textContent = `${r.ms_per_step.toFixed(0)} ms a step (with its loss read back), step ${r.steps}, epoch ${r.epoch + 1}`;
   for (const e of r.epochs) {
+    window.shadergradTest.epochs.push(e);
     log(`Epoch ${e.epoch} - ${e.seconds.toFixed(1)}s - ${e.images_per_second.toFixed(0)} img/s - ` +
         `loss: ${e.loss.toFixed(4)} - accuracy: ${e.accuracy.toFixed(4)} - ` +
         `test_loss: ${e.test_loss.toFixed(4)} - test_accuracy: ${e.test_accuracy.toFixed(4)}`);
@@ -170,7 +172,9 @@ async function main() {
   $('status').textContent = `Adapter: ${info.browser_adapter || 'WebGPU'}${a.isFallbackAdapter ? ' (software)' : ''} - kernels: ${info.family}`;
   const files = await Promise.all(['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
     't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'].map(fetchBytes));
-  const d = JSON.parse(await call(() => sg.loadMnist(...files, N_TRAIN, N_TEST)));
+  const n = (key, dflt) => Number(q.get(key) ?? dflt);   // ?train=N&test=N: subset sizes
+  const d = JSON.parse(await call(() => sg.loadMnist(...files, n('train', N_TRAIN), n('test', N_TEST))));
+  $('batch').textContent = info.batch;
   $('ntrain').textContent = d.n_train.toLocaleString('en');
   $('ntest').textContent = d.n_test.toLocaleString('en');
   log(`MNIST: ${d.n_train} training images (${d.steps_per_epoch} steps of ${info.batch} an epoch), ${d.n_test} test images`);
@@ -196,6 +200,7 @@ ready.catch((e) => { $('status').textContent = `Error: ${e.message ?? e}`; });
 window.shadergradTest = {
   ready,                                   // resolves to the adapter info once data is loaded
   train: async (steps) => (await trainSteps(steps)).losses,
+  epochs: [],
   predict: async (pixels) => Array.from(await call(() => sg.predict(Uint8Array.from(pixels)))),
   // Paint a 28x28 image on the drawing pad and predict it through the pad's path.
   predictDrawn: async (pixels) => { paintDigit(pixels); return predictPad(); },

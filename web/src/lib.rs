@@ -149,13 +149,24 @@ fn split(
     let imgs = parse_idx(ipath, images, DEFAULT_CAP_BYTES)?;
     let lbls = parse_idx(lpath, labels, DEFAULT_CAP_BYTES)?;
     if imgs.dims.len() != 3 || imgs.dims[1..] != [28, 28] {
-        return Err(Error::data(ipath, "dims", format!("{:?}; expected [N, 28, 28]", imgs.dims)));
+        return Err(Error::data(
+            ipath,
+            "dims",
+            format!("{:?}; expected [N, 28, 28]", imgs.dims),
+        ));
     }
     if lbls.dims != imgs.dims[..1] {
-        return Err(Error::data(lpath, "dims", format!("{:?}; expected [{}]", lbls.dims, imgs.dims[0])));
+        return Err(Error::data(
+            lpath,
+            "dims",
+            format!("{:?}; expected [{}]", lbls.dims, imgs.dims[0]),
+        ));
     }
     if n == 0 || n > imgs.dims[0] {
-        return Err(Error::usage(names.0, format!("{n} images asked of {}", imgs.dims[0])));
+        return Err(Error::usage(
+            names.0,
+            format!("{n} images asked of {}", imgs.dims[0]),
+        ));
     }
     Ok((imgs.data[..n * 784].to_vec(), lbls.data[..n].to_vec()))
 }
@@ -192,8 +203,10 @@ pub async fn load_mnist(
             test_labels: vl,
         };
         app.data = Some(data);
-        Ok(json!({"n_train": n_train, "n_test": n_test, "steps_per_epoch": n_train / app.batch})
-            .to_string())
+        Ok(
+            json!({"n_train": n_train, "n_test": n_test, "steps_per_epoch": n_train / app.batch})
+                .to_string(),
+        )
     })
 }
 
@@ -212,13 +225,21 @@ impl App {
         };
         self.started.get_or_insert_with(Instant::now);
         self.trainer.reset_metrics();
-        self.trainer.step(source, self.pos * self.batch, self.batch, true)?;
+        self.trainer
+            .step(source, self.pos * self.batch, self.batch, true)?;
         let m = self.trainer.read_metrics_async().await?;
         if m.non_finite {
-            return Err(Error::gpu("train", format!("non-finite loss at step {}", self.trainer.steps)));
+            return Err(Error::gpu(
+                "train",
+                format!("non-finite loss at step {}", self.trainer.steps),
+            ));
         }
         let c = m.count as f64;
-        self.totals = (self.totals.0 + m.loss * c, self.totals.1 + m.accuracy * c, self.totals.2 + m.count);
+        self.totals = (
+            self.totals.0 + m.loss * c,
+            self.totals.1 + m.accuracy * c,
+            self.totals.2 + m.count,
+        );
         self.pos += 1;
         if self.pos == steps {
             self.end_epoch().await?;
@@ -229,7 +250,10 @@ impl App {
     /// The epoch's line (test metrics in the validation fields), and the next shuffle.
     async fn end_epoch(&mut self) -> Result<()> {
         let test = self.evaluate().await?;
-        let seconds = self.started.take().map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let seconds = self
+            .started
+            .take()
+            .map_or(0.0, |s| s.elapsed().as_secs_f64());
         let (loss, acc, n) = std::mem::take(&mut self.totals);
         let n_f = (n as f64).max(1.0);
         self.epoch += 1;
@@ -245,7 +269,8 @@ impl App {
         self.pos = 0;
         let d = self.data()?;
         let (source, n_train) = (d.train, d.n_train);
-        self.trainer.set_order(source, &epoch_order(SEED, self.epoch, n_train))
+        self.trainer
+            .set_order(source, &epoch_order(SEED, self.epoch, n_train))
     }
 
     /// Loss and accuracy over the test images (forward passes only).
@@ -287,7 +312,10 @@ pub async fn train(steps: usize) -> std::result::Result<String, JsValue> {
             accuracies.push(m.accuracy);
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
-        let epochs: Vec<Value> = app.history[epochs_before..].iter().map(epoch_json).collect();
+        let epochs: Vec<Value> = app.history[epochs_before..]
+            .iter()
+            .map(epoch_json)
+            .collect();
         Ok(json!({
             "losses": losses, "accuracies": accuracies, "epochs": epochs,
             "epoch": app.epoch, "step_in_epoch": app.pos, "steps": app.trainer.steps,
@@ -308,15 +336,20 @@ pub async fn time_steps(steps: usize) -> std::result::Result<f64, JsValue> {
         };
         // A warm-up step first: the first step of a plan builds it.
         if app.pos + 2 >= per_epoch {
-            return Err(Error::usage("timeSteps", "too close to the epoch's end; train a step first"));
+            return Err(Error::usage(
+                "timeSteps",
+                "too close to the epoch's end; train a step first",
+            ));
         }
-        app.trainer.step(source, app.pos * app.batch, app.batch, true)?;
+        app.trainer
+            .step(source, app.pos * app.batch, app.batch, true)?;
         app.pos += 1;
         let steps = steps.min(per_epoch - app.pos - 1).max(1);
         app.trainer.gpu.settle("timeSteps").await?;
         let t = Instant::now();
         for _ in 0..steps {
-            app.trainer.step(source, app.pos * app.batch, app.batch, true)?;
+            app.trainer
+                .step(source, app.pos * app.batch, app.batch, true)?;
             app.pos += 1;
         }
         app.trainer.gpu.settle("timeSteps").await?;
@@ -339,7 +372,10 @@ pub async fn evaluate() -> std::result::Result<String, JsValue> {
 pub async fn predict(pixels: Vec<u8>) -> std::result::Result<Vec<f32>, JsValue> {
     with_app!(|app| {
         if pixels.len() != 784 {
-            return Err(Error::shape("predict", format!("{} pixels; expected 784 (28x28)", pixels.len())));
+            return Err(Error::shape(
+                "predict",
+                format!("{} pixels; expected 784 (28x28)", pixels.len()),
+            ));
         }
         let (canvas, source) = {
             let d = app.data()?;
@@ -388,7 +424,10 @@ pub async fn export_checkpoint() -> std::result::Result<Vec<u8>, JsValue> {
         let ckpt = Checkpoint::capture_async(t, "cnn", &cfg, app.epoch, &app.history, metrics);
         let ckpt = ckpt.await?;
         if let Some(at) = shadergrad::fit::first_non_finite(&ckpt.model, &ckpt.params)? {
-            return Err(Error::gpu("exportCheckpoint", format!("{at} is not finite")));
+            return Err(Error::gpu(
+                "exportCheckpoint",
+                format!("{at} is not finite"),
+            ));
         }
         ckpt.to_bytes()
     })
@@ -409,7 +448,8 @@ pub async fn import_checkpoint(bytes: Vec<u8>) -> std::result::Result<String, Js
         app.totals = (0.0, 0.0, 0);
         app.started = None;
         if let Some(d) = &app.data {
-            app.trainer.set_order(d.train, &epoch_order(SEED, app.epoch, d.n_train))?;
+            app.trainer
+                .set_order(d.train, &epoch_order(SEED, app.epoch, d.n_train))?;
         }
         Ok(json!({"epoch": ckpt.epoch, "steps": ckpt.steps}).to_string())
     })
@@ -428,7 +468,11 @@ pub async fn kernel_tests() -> std::result::Result<String, JsValue> {
 /// A drawing (grey values 0-255 of a `width` x `height` canvas, row-major) as an MNIST
 /// digit: 784 values, cropped, scaled and centred by mass as `shadergrad predict` does.
 #[wasm_bindgen(js_name = mnistFromDrawing)]
-pub fn mnist_from_drawing(width: usize, height: usize, grey: Vec<u8>) -> std::result::Result<Vec<u8>, JsValue> {
+pub fn mnist_from_drawing(
+    width: usize,
+    height: usize,
+    grey: Vec<u8>,
+) -> std::result::Result<Vec<u8>, JsValue> {
     let img = shadergrad::predict::GreyImage {
         width,
         height,
