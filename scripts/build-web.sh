@@ -22,7 +22,7 @@ fi
 profile=${WEB_PROFILE:-web}
 cargo build --quiet --profile "$profile" --target wasm32-unknown-unknown -p shadergrad-web
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
-    "target/wasm32-unknown-unknown/$profile/shadergrad_web.wasm"
+    "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/$profile/shadergrad_web.wasm"
 mkdir -p web/data
 cp data/mnist/*-ubyte.gz web/data/
 echo "build-web: web/ is ready ($(du -h web/pkg/shadergrad_web_bg.wasm | cut -f1) of wasm); serve it with scripts/serve-web.sh"

@@ -471,8 +471,9 @@ impl Gpu {
     }
 
     /// The kernel family this device runs: the forced one, else the adapter's default
-    /// (gpu for discrete, integrated and virtual GPUs and a browser's GPU; window for CPU adapters that can
-    /// bind the windows; subgroup; else portable). See [`crate::kernels::family`].
+    /// (gpu for discrete, integrated and virtual GPUs and a browser's GPU; window for CPU
+    /// adapters that can bind the windows; subgroup; else portable). See
+    /// [`crate::kernels::family`].
     pub fn family(&self) -> Family {
         if let Some(f) = self.forced {
             return f;

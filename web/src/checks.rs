@@ -84,6 +84,7 @@ pub async fn all(gpu: &'static Gpu) -> Result<Vec<Value>> {
     activations(&mut c, &mut rng).await?;
     losses(&mut c, &mut rng).await?;
     adam(&mut c, &mut rng).await?;
+    blocking_refused(&mut c)?;
     gpu.check("kernel checks")?;
     Ok(c.out)
 }
@@ -413,5 +414,17 @@ async fn adam(c: &mut Checks, rng: &mut Rng) -> Result<()> {
         c.close(format!("adam n={n} m"), &tm, &m, 1e-5, 1e-6)
             .await?;
     }
+    Ok(())
+}
+
+/// A blocking readback in the browser is an error naming its async form, not a hang.
+fn blocking_refused(c: &mut Checks) -> Result<()> {
+    let t = c.upload(&[3], &[1.0, 2.0, 3.0])?;
+    let (ok, detail) = match t.to_f32(c.gpu) {
+        Ok(v) => (false, format!("returned {v:?} without waiting")),
+        Err(e) => (e.to_string().contains("to_f32_async"), e.to_string()),
+    };
+    c.out
+        .push(json!({"name": "blocking readback refused", "ok": ok, "detail": detail}));
     Ok(())
 }
