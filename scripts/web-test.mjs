@@ -9,7 +9,8 @@
 // (images a step, default 16: SwiftShader is a CPU), WEB_TEST_TRAIN (training images,
 // default steps x batch: one epoch), WEB_TEST_KERNELS (force a kernel family),
 // WEB_TEST_TIMING_ROUNDS (rounds of 10 timed steps, default 1), WEB_TEST_PROFILE=1 (time
-// each kernel of a step), WEB_TEST_OUT (default target/web-test).
+// each kernel of a step), WEB_TEST_SAVE_CHECKPOINT=FILE (write the page's checkpoint),
+// WEB_TEST_OUT (default target/web-test).
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from 'node:fs';
@@ -184,6 +185,14 @@ try {
   check(rt.bytes > 693962 * 4 && JSON.stringify(rt.before) === JSON.stringify(rt.after),
     `checkpoint export (${rt.bytes} bytes) and import: the same predictions after`);
 
+  if (process.env.WEB_TEST_SAVE_CHECKPOINT) {
+    const n = await page_eval('window.shadergradTest.checkpointBase64()');
+    let b64 = '';
+    for (let i = 0; i < n; i += 1 << 20)
+      b64 += await page_eval(`window.shadergradTest.checkpointSlice(${i}, ${i + (1 << 20)})`);
+    writeFileSync(process.env.WEB_TEST_SAVE_CHECKPOINT, Buffer.from(b64, 'base64'));
+    console.log(`     checkpoint: ${process.env.WEB_TEST_SAVE_CHECKPOINT}`);
+  }
   const shot = await send('Page.captureScreenshot', { format: 'png' });
   writeFileSync(join(out, 'screenshot.png'), Buffer.from(shot.data, 'base64'));
   console.log(`     screenshot: ${join(out, 'screenshot.png')}`);

@@ -209,6 +209,16 @@ window.shadergradTest = {
   timeSteps: (steps) => call(() => sg.timeSteps(steps)),
   profileStep: async (repeats) => JSON.parse(await call(() => sg.profileStep(repeats))),
   kernelTests,
+  // Export the checkpoint and keep it as base64 (its length returned): the test reads it
+  // in slices with checkpointSlice(start, end), to check it with the CLI.
+  checkpointBase64: async () => {
+    const bytes = await exportCheckpoint(false);
+    let s = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    window.shadergradTest.exported = btoa(s);
+    return window.shadergradTest.exported.length;
+  },
+  checkpointSlice: (start, end) => window.shadergradTest.exported.slice(start, end),
   // Export, then import what was exported: the predictions of `pixels` before and after.
   checkpointRoundTrip: async (pixels) => {
     const p = () => call(() => sg.predict(Uint8Array.from(pixels))).then(Array.from);
