@@ -137,7 +137,20 @@ impl Checkpoint {
         history: &[EpochLog],
         metrics: Value,
     ) -> Result<Checkpoint> {
-        let (m, v) = trainer.read_optimizer_state()?;
+        let ckpt = Self::capture_async(trainer, kind, cfg, epoch, history, metrics);
+        crate::platform::block_on("Checkpoint::capture", ckpt)
+    }
+
+    /// [`Checkpoint::capture`]'s async core.
+    pub async fn capture_async(
+        trainer: &Trainer<'_>,
+        kind: &str,
+        cfg: &FitConfig,
+        epoch: usize,
+        history: &[EpochLog],
+        metrics: Value,
+    ) -> Result<Checkpoint> {
+        let (m, v) = trainer.read_optimizer_state_async().await?;
         Ok(Checkpoint {
             kind: kind.into(),
             model: trainer.model.as_sequential().cloned().ok_or_else(|| {
@@ -146,7 +159,7 @@ impl Checkpoint {
                     "only Sequential models are saved in checkpoints",
                 )
             })?,
-            params: trainer.read_params()?,
+            params: trainer.read_params_async().await?,
             optimizer: trainer.optimizer,
             state: Some(OptimizerState { m, v }),
             steps: trainer.steps,

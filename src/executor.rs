@@ -13,6 +13,7 @@ use crate::kernels::random::Augment;
 use crate::kernels::reduce::METRICS_LEN;
 use crate::nn::Model;
 use crate::params::ParamStore;
+use crate::platform::block_on;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -258,6 +259,30 @@ impl<'g> Trainer<'g> {
             outputs,
         )?));
         Ok(self.datasets.len() - 1)
+    }
+
+    /// Overwrite the pixels of image dataset `dataset` with as many images of the same size
+    /// (the web page's drawn digit).
+    pub fn write_images(&self, dataset: usize, images: &[u8]) -> Result<()> {
+        let Some(Dataset::Images(d)) = self.datasets.get(dataset) else {
+            return Err(Error::usage(
+                "write_images",
+                format!("dataset {dataset} is not an image set"),
+            ));
+        };
+        if images.len() != d.n * d.pixels_per_image || !d.pixels_per_image.is_multiple_of(4) {
+            return Err(Error::shape(
+                "write_images",
+                format!(
+                    "{} pixel bytes for {} images of {} pixels",
+                    images.len(),
+                    d.n,
+                    d.pixels_per_image
+                ),
+            ));
+        }
+        let packed = pack_u8_to_u32(images);
+        d.pixels.write_u32(self.gpu, &packed)
     }
 
     /// A stream of batches from `dataset` in `order`; returns its id.
@@ -514,7 +539,7 @@ impl<'g> Trainer<'g> {
         let mut out = Vec::new();
         for d in &plan.dispatches {
             let run = |n: usize| -> Result<f64> {
-                let started = std::time::Instant::now();
+                let started = crate::platform::Instant::now();
                 let mut encoder = gpu
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -554,7 +579,11 @@ impl<'g> Trainer<'g> {
 
     /// Read the running totals (waits for the GPU).
     pub fn read_metrics(&self) -> Result<Metrics> {
-        let m = self.metrics.to_f32(self.gpu)?;
+        block_on("read_metrics", self.read_metrics_async())
+    }
+
+    pub async fn read_metrics_async(&self) -> Result<Metrics> {
+        let m = self.metrics.to_f32_async(self.gpu).await?;
         let count = m[2] as usize;
         let denom = (count as f64).max(1.0);
         Ok(Metrics {
@@ -582,6 +611,10 @@ impl<'g> Trainer<'g> {
         self.store.read(self.gpu, &self.store.params)
     }
 
+    pub async fn read_params_async(&self) -> Result<Vec<Vec<f32>>> {
+        self.store.read_async(self.gpu, &self.store.params).await
+    }
+
     pub fn write_params(&self, values: &[Vec<f32>]) -> Result<()> {
         self.store.write(self.gpu, &self.store.params, values)
     }
@@ -590,9 +623,14 @@ impl<'g> Trainer<'g> {
     /// tensor, for a checkpoint.
     #[allow(clippy::type_complexity)]
     pub fn read_optimizer_state(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        block_on("read_optimizer_state", self.read_optimizer_state_async())
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub async fn read_optimizer_state_async(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         Ok((
-            self.store.read(self.gpu, &self.store.m)?,
-            self.store.read(self.gpu, &self.store.v)?,
+            self.store.read_async(self.gpu, &self.store.m).await?,
+            self.store.read_async(self.gpu, &self.store.v).await?,
         ))
     }
 

@@ -3,12 +3,12 @@
 //! and metrics read from the GPU only every `log_every` steps and at epoch end.
 
 use std::io::IsTerminal;
-use std::time::Instant;
 
 use crate::executor::{Metrics, Trainer};
 use crate::kernels::LOOP_BUDGET;
 use crate::model::{Layer, Sequential};
 use crate::nn::Model;
+use crate::platform::Instant;
 use crate::rng::Rng;
 use crate::{Error, Result};
 

@@ -5,8 +5,8 @@
 //! are evaluated, and a row {step, loss, val_loss, bpc, val_bpc, ...} is reported (and the
 //! checkpoint saved). Losses are in nats per character; bpc = loss / ln 2.
 
+use crate::platform::Instant;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
