@@ -22,8 +22,11 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown ||
     rustup target add wasm32-unknown-unknown
 version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
-    echo "web-test: installing wasm-bindgen-cli $version"
-    cargo install --quiet wasm-bindgen-cli --version "$version"
+    # The CLI only (not its two other tools), unoptimised and without debug info: half the
+    # compile time of a release install, and it runs for about a second either way.
+    echo "web-test: installing wasm-bindgen-cli $version (wasm-bindgen only, a debug build)"
+    CARGO_PROFILE_DEV_DEBUG=false cargo install --quiet --debug wasm-bindgen-cli \
+        --version "$version" --bin wasm-bindgen
 fi
 echo "web-test: tools ready after $((SECONDS - started)) s"
 
