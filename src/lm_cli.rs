@@ -188,24 +188,42 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
         None => None,
     };
     let mut write_err = None;
-    run.run(&cfg, &mut |row| {
-        println!(
-            "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
-            row["step"],
-            row["loss"].as_f64().unwrap_or(f64::NAN),
-            row["bpc"].as_f64().unwrap_or(f64::NAN),
-            row["val_loss"].as_f64().unwrap_or(f64::NAN),
-            row["val_bpc"].as_f64().unwrap_or(f64::NAN),
-            row["tokens_per_second"].as_f64().unwrap_or(0.0)
-        );
-        if let Some((f, p)) = log.as_mut() {
-            if let Err(e) = writeln!(f, "{row}") {
-                write_err.get_or_insert(Error::io(p.as_path(), e));
+    let interrupt = crate::Interrupt::install();
+    let finished = run.run_until(
+        &cfg,
+        &mut |row| {
+            println!(
+                "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
+                row["step"],
+                row["loss"].as_f64().unwrap_or(f64::NAN),
+                row["bpc"].as_f64().unwrap_or(f64::NAN),
+                row["val_loss"].as_f64().unwrap_or(f64::NAN),
+                row["val_bpc"].as_f64().unwrap_or(f64::NAN),
+                row["tokens_per_second"].as_f64().unwrap_or(0.0)
+            );
+            if let Some((f, p)) = log.as_mut() {
+                if let Err(e) = writeln!(f, "{row}") {
+                    write_err.get_or_insert(Error::io(p.as_path(), e));
+                }
             }
-        }
-    })?;
+        },
+        &|| interrupt.requested(),
+    )?;
     if let Some(e) = write_err {
         return Err(e);
+    }
+    if !finished {
+        // Interrupted between steps: save where the run stands, so --resume goes on from
+        // this very step (its first report then averages the steps after the resume).
+        let t = run.trainer.steps;
+        match &cfg.save {
+            Some(p) => {
+                checkpoint::save(p, &run.checkpoint(&cfg)?)?;
+                eprintln!("interrupted at step {t}; saved {}", p.display());
+            }
+            None => eprintln!("interrupted at step {t}; nothing saved (no --save)"),
+        }
+        return Ok(interrupt.exit_code());
     }
     if let Some(p) = &cfg.save {
         println!("saved {}", p.display());

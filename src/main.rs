@@ -321,7 +321,7 @@ fn main() -> ExitCode {
 
 /// Ctrl-C (SIGINT) and SIGTERM during training: the first one asks the run to stop after
 /// the step in progress (and save); a second one ends the process at once.
-struct Interrupt {
+pub(crate) struct Interrupt {
     flag: Arc<AtomicBool>,
     signal: Arc<AtomicUsize>,
 }
@@ -329,7 +329,7 @@ struct Interrupt {
 impl Interrupt {
     /// Without a handler (the OS refused one) Ctrl-C ends the process as usual: say so and
     /// go on, since training itself is unaffected.
-    fn install() -> Interrupt {
+    pub(crate) fn install() -> Interrupt {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
@@ -349,12 +349,12 @@ impl Interrupt {
         Interrupt { flag, signal }
     }
 
-    fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
 
     /// 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended.
-    fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self.signal.load(Ordering::SeqCst) {
             0 => 130,
             s => (128 + s).min(255) as u8,

@@ -1316,8 +1316,17 @@ fn non_finite_parameters_are_caught_on_the_host() {
 
 /// Start a training run, wait for `after` on its stdout, then send it `signal` (by its pid).
 fn interrupt_run(args: &[&str], signal: &str, wait_after: Duration) -> Run {
+    interrupt_run_after(args, "train on", signal, wait_after)
+}
+
+/// Start the CLI with `args`, wait for a stdout line starting with `ready`, then
+/// `wait_after`, send SIG`signal` and collect the run.
+fn interrupt_run_after(args: &[&str], ready: &str, signal: &str, wait_after: Duration) -> Run {
+    // One stderr file per run: tests of this binary interrupt runs side by side.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = std::env::temp_dir().join(format!(
-        "shadergrad-robust-{}-sig{signal}",
+        "shadergrad-robust-{}-sig{signal}-{n}",
         std::process::id()
     ));
     let err = tmp.with_extension("stderr");
@@ -1340,7 +1349,7 @@ fn interrupt_run(args: &[&str], signal: &str, wait_after: Duration) -> Run {
     let deadline = Instant::now() + RUN_LIMIT;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.starts_with("train on") => break,
+            Ok(line) if line.starts_with(ready) => break,
             Ok(_) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(_) if Instant::now() > deadline => break,
@@ -2062,4 +2071,80 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+/// Ctrl-C in a language-model run: the step in progress finishes, the run is saved at that
+/// step (not at the last evaluation), exit 130; resuming to step N gives the parameters of
+/// an uninterrupted N-step run, to the bit.
+#[test]
+fn ctrl_c_saves_a_language_model_run_at_its_step() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = TempDir::new("sigint-lm");
+    let common = [
+        "train",
+        "--model",
+        "gpt",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "2",
+        "--context",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr-schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+    ];
+    let ck = tmp.arg("lm.safetensors");
+    let r = interrupt_run_after(
+        &[
+            &common[..],
+            &["--steps", "100000", "--eval-every", "100000", "--save", &ck],
+        ]
+        .concat(),
+        "unigram baseline",
+        "INT",
+        Duration::from_millis(500),
+    );
+    assert!(!r.all().contains("panicked"), "{}", r.all());
+    assert_eq!(r.code(), Some(130), "{}", r.all());
+    assert!(
+        r.stderr.contains("interrupted at step") && r.stderr.contains(&format!("saved {ck}")),
+        "{}",
+        r.all()
+    );
+    let saved = shadergrad::lm::checkpoint::load(Path::new(&ck)).expect("the checkpoint loads");
+    assert!(saved.steps > 0 && saved.steps < 100000, "{}", saved.steps);
+    let n = (saved.steps + 7).to_string();
+    expect_success(
+        "resume the interrupted language model",
+        &["train", "--resume", &ck, "--steps", &n],
+        &[],
+    );
+    let full = tmp.arg("full.safetensors");
+    expect_success(
+        "the same language model uninterrupted",
+        &[
+            &common[..],
+            &["--steps", &n, "--eval-every", "100000", "--save", &full],
+        ]
+        .concat(),
+        &[],
+    );
+    let (a, b) = (
+        shadergrad::lm::checkpoint::load(Path::new(&ck)).unwrap(),
+        shadergrad::lm::checkpoint::load(Path::new(&full)).unwrap(),
+    );
+    assert_eq!(a.steps, b.steps);
+    assert_eq!(
+        bits(&a.params),
+        bits(&b.params),
+        "interrupted + resumed == uninterrupted"
+    );
 }
