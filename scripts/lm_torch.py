@@ -14,7 +14,7 @@ over 8 fixed batches every 100 steps (the defaults here are `train --model gpt`'
 the random streams differ (NumPy's, not Philox), so the curves agree in distribution, not
 bit for bit.
 
-    python3 scripts/lm_torch.py [--steps 1500] [--threads 2] [--text data/text/...gz]
+    python3 scripts/lm_torch.py [--steps 1200] [--threads 2] [--text data/text/...gz]
 
 With --check CHECKPOINT it trains nothing: it loads a shadergrad GPT or char-RNN checkpoint
 into the module here (the optimizer.* moments left out) with load_state_dict(strict=True)
@@ -147,7 +147,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--reference", metavar="OUT.json")
     ap.add_argument("--text", default="data/text/shakespeare_tragedies.txt.gz")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--d-model", type=int, default=128)

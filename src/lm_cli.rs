@@ -45,7 +45,7 @@ pub const LM_ONLY: [&str; 9] = [
 /// The language models' own defaults for the flags they share with the image models (whose
 /// defaults are Keras's): 16 windows a step and Adam at 3e-3, warmed up over 100 steps, then
 /// a cosine down to 1e-4 at --steps. With the GPT's default size these reach 2.7 bits per
-/// character in 1,500 steps, as PyTorch does (README, Language models).
+/// character in 1,200 steps, as PyTorch does (README, Language models).
 const DEFAULT_BATCH: usize = 16;
 const DEFAULT_LR: f32 = 3e-3;
 const DEFAULT_LR_MIN: f32 = 1e-4;

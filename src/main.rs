@@ -211,7 +211,7 @@ struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     text: Option<PathBuf>,
     /// Language models: optimizer steps to reach (the total, with --resume).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1200)]
     steps: u64,
     /// Language models: evaluate (and save) every N steps.
     #[arg(long, value_name = "N", default_value_t = 100)]
