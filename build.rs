@@ -1,5 +1,6 @@
 //! Embeds the git commit (SHADERGRAD_COMMIT) and the wgpu version from Cargo.lock
 //! (SHADERGRAD_WGPU_VERSION) for `shadergrad bench`'s JSON. Without git, "unknown".
+//! Sets `cfg(native)` on every target but wasm32 (the browser), see src/platform.rs.
 
 use std::process::Command;
 
@@ -12,6 +13,10 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
+    println!("cargo::rustc-check-cfg=cfg(native)");
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("wasm32") {
+        println!("cargo:rustc-cfg=native");
+    }
     if let Some(commit) = git(&["rev-parse", "HEAD"]) {
         println!("cargo:rustc-env=SHADERGRAD_COMMIT={commit}");
     }

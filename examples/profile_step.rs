@@ -67,7 +67,7 @@ fn profile_lm(gpu: &Gpu, kind: &str, batch: usize) -> shadergrad::Result<Vec<(&'
             context: 64,
             d_model: 128,
             heads: 4,
-            layers: 4,
+            layers: 3,
         }),
         _ => LmConfig::CharRnn(CharRnnConfig {
             vocab,

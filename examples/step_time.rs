@@ -4,6 +4,7 @@
 //!     cargo run --release --example step_time            # the seed CNN
 //!     cargo run --release --example step_time -- vgg-small   # any named model
 //!     cargo run --release --example step_time -- model.json  # or a model file
+//!     cargo run --release --example step_time -- cnn 16      # another batch size
 use shadergrad::executor::Trainer;
 use shadergrad::fit::split_sources;
 use shadergrad::gpu::Gpu;
@@ -22,17 +23,21 @@ fn main() -> shadergrad::Result<()> {
         })?,
         None => Sequential::mnist_cnn(),
     };
+    let batch: usize = std::env::args()
+        .nth(2)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(128);
     let mut t = Trainer::new(&gpu, model, Optimizer::adam(1e-3), 42)?;
     let set = t.add_dataset(&mnist.train.images, &mnist.train.labels)?;
     let split = split_sources(&mut t, set, mnist.train.len(), 0.2)?;
     for i in 0..5 {
-        t.step(split.train, i * 128, 128, true)?;
+        t.step(split.train, i * batch, batch, true)?;
     }
     t.read_metrics()?;
     for round in 0..3 {
         let start = std::time::Instant::now();
         for i in 0..30 {
-            t.step(split.train, (i % 300) * 128, 128, true)?;
+            t.step(split.train, (i % 300) * batch, batch, true)?;
         }
         t.read_metrics()?;
         let ms = start.elapsed().as_secs_f64() * 1e3 / 30.0;

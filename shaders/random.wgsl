@@ -16,15 +16,28 @@
 //                    so 0 <= start_b < len - T, and for t < T, i = b * T + t:
 //                      x[i] = tok[off + start_b + t]      (inputs)
 //                      y[i] = tok[off + start_b + t + 1]  (next-token targets)
+//   augment_images:  a training batch x [B, C, H, W] (f32 bits in out2) shifted and flipped
+//                    per image into out, the image's block w = block(b) giving
+//                      dy = floor(w.x * (2S + 1) / 2^32) - S,  dx = likewise from w.y,
+//                      flip = F and (w.z >> 31) == 1        (S = max shift, F = flip on)
+//                    and for i = ((b * C + c) * H + y) * W + x, with u = x - dx and
+//                    sx = W - 1 - u when flipped, else u:
+//                      out[i] = x[((b * C + c) * H + y - dy) * W + sx]
+//                               when 0 <= y - dy < H and 0 <= u < W, else 0
+//                    (the image flipped, then moved by (dy, dx) with zeros coming in:
+//                    torchvision's RandomCrop(padding=S) and RandomHorizontalFlip in law).
 // The host rewrites counter (byte offset 24 of Params) per step, so one recorded dispatch
 // draws fresh numbers each step; distinct streams take distinct seeds.
 //
 // Bindings (group 0):
 //   0 uniform             Params { n, threshold, scale, _, seed_lo, seed_hi, counter_lo,
-//                         counter_hi, seq_len, tok_offset, tok_len, _ }
+//                         counter_hi, seq_len, tok_offset, tok_len, _, channels, height,
+//                         width, max_shift, flip, _, _, _ }
 //   1 storage read_write  out   [n] 32-bit words: y or mask as f32 bits (random_uniform,
-//                         dropout_mask); x [B * T] u32 (text_windows)
-//   2 storage read_write  out2  [B * T] u32: y (text_windows only)
+//                         dropout_mask); x [B * T] u32 (text_windows); the augmented
+//                         batch [B, C, H, W] as f32 bits (augment_images)
+//   2 storage read_write  out2  [B * T] u32: y (text_windows); the gathered batch x
+//                         [B, C, H, W] as f32 bits, only read (augment_images)
 //   3 storage read        tok   the encoded text, u32 (text_windows only)
 //
 // Dispatch, 1-D over a 2-D grid of 256-wide workgroups (k = gid.x + gid.y * nwg.x * 256):
@@ -32,6 +45,8 @@
 //                                 elements past n are not written.
 //   text_windows:                 one invocation per output element, i = k < n = B * T
 //                                 (each recomputes its row's block: 10 rounds, no memory).
+//   augment_images:               one invocation per output element, i = k < n =
+//                                 B * C * H * W (each recomputes its image's block).
 
 struct Params {
     n: u32,
@@ -46,6 +61,14 @@ struct Params {
     tok_offset: u32,
     tok_len: u32,
     _pad1: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    max_shift: u32,
+    flip: u32,
+    _pad2: u32,
+    _pad3: u32,
+    _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -125,4 +148,34 @@ fn text_windows(@builtin(global_invocation_id) gid: vec3<u32>,
     let src = p.tok_offset + start + t;
     out[i] = tok[src];
     out2[i] = tok[src + 1u];
+}
+
+// A shift in [-S, S] from a random word: floor(w * (2S + 1) / 2^32) - S, exact.
+fn shift_of(w: u32) -> i32 {
+    return i32(mulhilo(w, 2u * p.max_shift + 1u).x) - i32(p.max_shift);
+}
+
+@compute @workgroup_size(256)
+fn augment_images(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.n) {
+        return;
+    }
+    let hw = p.height * p.width;
+    let plane = i / hw;                // b * C + c
+    let b = plane / p.channels;
+    let y = i32((i % hw) / p.width);
+    let x = i32(i % p.width);
+    let w = block(b);
+    let sy = y - shift_of(w.x);
+    let u = x - shift_of(w.y);
+    let flipped = p.flip != 0u && (w.z >> 31u) == 1u;
+    let sx = select(u, i32(p.width) - 1 - u, flipped);
+    let inside = sy >= 0 && sy < i32(p.height) && u >= 0 && u < i32(p.width);
+    var v = 0u;
+    if (inside) {
+        v = out2[plane * hw + u32(sy) * p.width + u32(sx)];
+    }
+    out[i] = v;
 }

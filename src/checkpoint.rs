@@ -22,6 +22,7 @@ use crate::fit::{first_non_finite, EpochLog, FitConfig, Partial};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::Padding;
 use crate::kernels::optim::Optimizer;
+use crate::kernels::random::Augment;
 use crate::model::{Activation, Layer, ParamSpec, Sequential};
 use crate::{Error, Result};
 
@@ -120,6 +121,10 @@ pub struct Checkpoint {
     pub history: Vec<EpochLog>,
     /// The last epoch's metrics (plus `test_loss`, `test_accuracy` once the test set ran).
     pub metrics: Value,
+    /// The training batches' augmentation (off when the metadata has no `augment`).
+    pub augment: Augment,
+    /// The class names in label order (`classes` metadata); empty when the data named none.
+    pub classes: Vec<String>,
 }
 
 impl Checkpoint {
@@ -132,7 +137,20 @@ impl Checkpoint {
         history: &[EpochLog],
         metrics: Value,
     ) -> Result<Checkpoint> {
-        let (m, v) = trainer.read_optimizer_state()?;
+        let ckpt = Self::capture_async(trainer, kind, cfg, epoch, history, metrics);
+        crate::platform::block_on("Checkpoint::capture", ckpt)
+    }
+
+    /// [`Checkpoint::capture`]'s async core.
+    pub async fn capture_async(
+        trainer: &Trainer<'_>,
+        kind: &str,
+        cfg: &FitConfig,
+        epoch: usize,
+        history: &[EpochLog],
+        metrics: Value,
+    ) -> Result<Checkpoint> {
+        let (m, v) = trainer.read_optimizer_state_async().await?;
         Ok(Checkpoint {
             kind: kind.into(),
             model: trainer.model.as_sequential().cloned().ok_or_else(|| {
@@ -141,7 +159,7 @@ impl Checkpoint {
                     "only Sequential models are saved in checkpoints",
                 )
             })?,
-            params: trainer.read_params()?,
+            params: trainer.read_params_async().await?,
             optimizer: trainer.optimizer,
             state: Some(OptimizerState { m, v }),
             steps: trainer.steps,
@@ -151,6 +169,8 @@ impl Checkpoint {
             validation_split: cfg.validation_split,
             history: history.to_vec(),
             metrics,
+            augment: trainer.augment(),
+            classes: cfg.classes.clone(),
         })
     }
 
@@ -165,8 +185,10 @@ impl Checkpoint {
     /// trainer built for the same model.
     pub fn restore(&self, trainer: &mut Trainer<'_>) -> Result<()> {
         trainer.write_params(&self.params)?;
-        // The run's seed keys its dropout streams: a resumed run draws the same masks.
+        // The run's seed keys its dropout and augmentation streams: a resumed run draws
+        // the same masks and shifts.
         trainer.seed = self.seed;
+        trainer.set_augment(self.augment)?;
         if let Some(s) = &self.state {
             trainer.write_optimizer_state(&s.m, &s.v, self.steps)?;
         }
@@ -254,6 +276,15 @@ impl Checkpoint {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        // Augmentation and class names only when there are any (older files have neither).
+        .chain((!self.augment.is_off()).then(|| {
+            let aug = self.augment.to_json().to_string();
+            ("augment".to_string(), aug)
+        }))
+        .chain((!self.classes.is_empty()).then(|| {
+            let names = serde_json::json!(self.classes).to_string();
+            ("classes".to_string(), names)
+        }))
         // A model that is no preset carries its description (model_file.rs's JSON).
         .chain((preset(&self.kind).as_ref() != Some(&self.model)).then(|| {
             (

@@ -9,9 +9,11 @@ use crate::gpu::Gpu;
 use crate::graph::{build_plan, BatchSource, Plan};
 use crate::kernels::gather::START_OFFSET;
 use crate::kernels::optim::{step_params, Optimizer};
+use crate::kernels::random::Augment;
 use crate::kernels::reduce::METRICS_LEN;
 use crate::nn::Model;
 use crate::params::ParamStore;
+use crate::platform::block_on;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
@@ -134,7 +136,7 @@ impl Dataset {
         }
     }
 
-    fn batches<'a>(&'a self, src: &'a Source) -> BatchSource<'a> {
+    fn batches<'a>(&'a self, src: &'a Source, augment: Augment) -> BatchSource<'a> {
         let order = &src.order;
         match self {
             Dataset::Text(d) => {
@@ -150,6 +152,7 @@ impl Dataset {
                 pixels: &d.pixels,
                 labels: &d.labels,
                 order,
+                augment,
             },
             Dataset::Rows(d) => BatchSource::Rows {
                 features: &d.features,
@@ -192,8 +195,10 @@ pub struct Trainer<'g> {
     pub store: ParamStore,
     /// Optimizer updates applied so far (Adam's t).
     pub steps: u64,
-    /// The run's seed: parameter initialisation and the dropout streams.
+    /// The run's seed: parameter initialisation and the dropout and augmentation streams.
     pub seed: u64,
+    /// Shifts and flips of training batches of image datasets ([`Trainer::set_augment`]).
+    augment: Augment,
     metrics: Tensor,
     datasets: Vec<Dataset>,
     sources: Vec<Source>,
@@ -220,6 +225,7 @@ impl<'g> Trainer<'g> {
             store,
             steps: 0,
             seed,
+            augment: Augment::default(),
             metrics: Tensor::zeros(gpu, "metrics", &[METRICS_LEN])?,
             datasets: Vec::new(),
             sources: Vec::new(),
@@ -253,6 +259,30 @@ impl<'g> Trainer<'g> {
             outputs,
         )?));
         Ok(self.datasets.len() - 1)
+    }
+
+    /// Overwrite the pixels of image dataset `dataset` with as many images of the same size
+    /// (the web page's drawn digit).
+    pub fn write_images(&self, dataset: usize, images: &[u8]) -> Result<()> {
+        let Some(Dataset::Images(d)) = self.datasets.get(dataset) else {
+            return Err(Error::usage(
+                "write_images",
+                format!("dataset {dataset} is not an image set"),
+            ));
+        };
+        if images.len() != d.n * d.pixels_per_image || !d.pixels_per_image.is_multiple_of(4) {
+            return Err(Error::shape(
+                "write_images",
+                format!(
+                    "{} pixel bytes for {} images of {} pixels",
+                    images.len(),
+                    d.n,
+                    d.pixels_per_image
+                ),
+            ));
+        }
+        let packed = pack_u8_to_u32(images);
+        d.pixels.write_u32(self.gpu, &packed)
     }
 
     /// A stream of batches from `dataset` in `order`; returns its id.
@@ -351,10 +381,27 @@ impl<'g> Trainer<'g> {
         Ok(())
     }
 
+    /// Augment the training batches of image datasets from now on (the plans compiled so
+    /// far are dropped); evaluation batches are never augmented. Each training step draws
+    /// its shifts and flips from the seed and the step number only, as dropout does, so
+    /// reruns and resumed runs see the same batches.
+    pub fn set_augment(&mut self, augment: Augment) -> Result<()> {
+        if !augment.is_off() {
+            augment.check(self.model.input())?;
+        }
+        self.augment = augment;
+        self.plans.clear();
+        Ok(())
+    }
+
+    pub fn augment(&self) -> Augment {
+        self.augment
+    }
+
     fn plan(&mut self, key: PlanKey) -> Result<&Plan> {
         if !self.plans.contains_key(&key) {
             let src = &self.sources[key.source];
-            let source = self.datasets[src.dataset].batches(src);
+            let source = self.datasets[src.dataset].batches(src, self.augment);
             let opt = key.train.then_some(&self.optimizer);
             let plan = build_plan(
                 self.gpu,
@@ -438,8 +485,8 @@ impl<'g> Trainer<'g> {
                 bytemuck::bytes_of(&(start as u32)),
             );
         }
-        // Dropout masks: a fresh counter each training step, from the seed and the step
-        // number only, so reruns and resumed runs draw the same masks.
+        // Dropout masks and augmentation: a fresh counter each training step, from the seed
+        // and the step number only, so reruns and resumed runs draw the same.
         for &i in &plan.random {
             crate::kernels::random::write_counter(gpu, &plan.dispatches[i], counter);
         }
@@ -464,7 +511,7 @@ impl<'g> Trainer<'g> {
                 d.record(&mut pass);
             }
         }
-        gpu.queue.submit([encoder.finish()]);
+        gpu.submit(encoder.finish());
         if train {
             self.steps = t;
         }
@@ -492,7 +539,7 @@ impl<'g> Trainer<'g> {
         let mut out = Vec::new();
         for d in &plan.dispatches {
             let run = |n: usize| -> Result<f64> {
-                let started = std::time::Instant::now();
+                let started = crate::platform::Instant::now();
                 let mut encoder = gpu
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -532,7 +579,11 @@ impl<'g> Trainer<'g> {
 
     /// Read the running totals (waits for the GPU).
     pub fn read_metrics(&self) -> Result<Metrics> {
-        let m = self.metrics.to_f32(self.gpu)?;
+        block_on("read_metrics", self.read_metrics_async())
+    }
+
+    pub async fn read_metrics_async(&self) -> Result<Metrics> {
+        let m = self.metrics.to_f32_async(self.gpu).await?;
         let count = m[2] as usize;
         let denom = (count as f64).max(1.0);
         Ok(Metrics {
@@ -560,6 +611,10 @@ impl<'g> Trainer<'g> {
         self.store.read(self.gpu, &self.store.params)
     }
 
+    pub async fn read_params_async(&self) -> Result<Vec<Vec<f32>>> {
+        self.store.read_async(self.gpu, &self.store.params).await
+    }
+
     pub fn write_params(&self, values: &[Vec<f32>]) -> Result<()> {
         self.store.write(self.gpu, &self.store.params, values)
     }
@@ -568,9 +623,14 @@ impl<'g> Trainer<'g> {
     /// tensor, for a checkpoint.
     #[allow(clippy::type_complexity)]
     pub fn read_optimizer_state(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        block_on("read_optimizer_state", self.read_optimizer_state_async())
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub async fn read_optimizer_state_async(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         Ok((
-            self.store.read(self.gpu, &self.store.m)?,
-            self.store.read(self.gpu, &self.store.v)?,
+            self.store.read_async(self.gpu, &self.store.m).await?,
+            self.store.read_async(self.gpu, &self.store.v).await?,
         ))
     }
 

@@ -3,12 +3,12 @@
 //! and metrics read from the GPU only every `log_every` steps and at epoch end.
 
 use std::io::IsTerminal;
-use std::time::Instant;
 
 use crate::executor::{Metrics, Trainer};
 use crate::kernels::LOOP_BUDGET;
 use crate::model::{Layer, Sequential};
 use crate::nn::Model;
+use crate::platform::Instant;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -23,6 +23,9 @@ pub struct FitConfig {
     pub log_every: usize,
     /// Show a progress bar (only when stdout is a terminal) and print epoch lines.
     pub verbose: bool,
+    /// The class names in label order (an image folder's sub-folders), saved with the
+    /// checkpoints; empty when the data names none (IDX files).
+    pub classes: Vec<String>,
 }
 
 impl Default for FitConfig {
@@ -34,6 +37,7 @@ impl Default for FitConfig {
             seed: 42,
             log_every: 25,
             verbose: true,
+            classes: Vec::new(),
         }
     }
 }

@@ -1,11 +1,17 @@
 //! The GPU context: adapter choice, device with the adapter's real limits, error capture,
 //! pipeline cache, and the few places where the host waits for the GPU (always with a
-//! timeout).
+//! timeout). Each wait has an async core that also runs in the browser (WebGPU, where the
+//! page's event loop delivers the callbacks); the native blocking forms wrap it (see
+//! [`crate::platform`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::platform::block_on;
+#[cfg(native)]
+use crate::platform::Instant;
 
 use crate::kernels::{Family, Shader};
 use crate::{Error, Result};
@@ -73,6 +79,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     /// Number of host readbacks so far (tests check that a training step makes none).
     readbacks: std::sync::atomic::AtomicUsize,
+    /// Number of queue submits through [`Gpu::submit`] (tests check a step is one).
+    submits: std::sync::atomic::AtomicUsize,
     /// A 16-byte buffer bound where a kernel's binding is unused (a bias that is off).
     dummy: std::sync::OnceLock<crate::tensor::Tensor>,
     dummy_window: std::sync::OnceLock<crate::tensor::Tensor>,
@@ -92,6 +100,7 @@ pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
     )
 }
 
+#[cfg(native)]
 fn instance() -> wgpu::Instance {
     private_runtime_dir();
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
@@ -128,6 +137,7 @@ pub fn private_runtime_dir() {
 
 /// A warning for a CPU adapter (lavapipe, llvmpipe, WARP, SwiftShader): naming the GPU that
 /// exists where there is one, else what training there costs. None on a GPU.
+#[cfg(native)]
 pub fn cpu_adapter_warning(info: &wgpu::AdapterInfo) -> Option<String> {
     if info.device_type != wgpu::DeviceType::Cpu {
         return None;
@@ -171,10 +181,12 @@ fn one_line(msg: &str) -> String {
 }
 
 /// The backend names `WGPU_BACKEND` accepts (wgpu's own list).
+#[cfg(native)]
 const BACKEND_NAMES: &str = "vulkan (vk), metal (mtl), dx12 (d3d12), gl (opengl, gles)";
 
 /// Every adapter on every backend, whatever `WGPU_BACKEND` says: what an error lists when
 /// the requested backend or name matches nothing.
+#[cfg(native)]
 fn all_adapters() -> Vec<wgpu::Adapter> {
     private_runtime_dir();
     let desc = wgpu::InstanceDescriptor {
@@ -185,6 +197,7 @@ fn all_adapters() -> Vec<wgpu::Adapter> {
     pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
 }
 
+#[cfg(native)]
 fn describe_all(adapters: &[wgpu::Adapter]) -> String {
     if adapters.is_empty() {
         return "none".to_string();
@@ -217,6 +230,7 @@ fn timeout_from_env() -> Result<Duration> {
 
 /// All adapters the instance sees on the backends of `WGPU_BACKEND`, or else on the
 /// primary backends (Vulkan, Metal, DX12), or else on any backend (OpenGL).
+#[cfg(native)]
 pub fn enumerate_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     if let Some(backends) = wgpu::Backends::from_env() {
         return pollster::block_on(instance.enumerate_adapters(backends));
@@ -231,6 +245,7 @@ pub fn enumerate_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 impl Gpu {
     /// Pick an adapter from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`, else
     /// the best available, and open a device with the adapter's own limits.
+    #[cfg(native)]
     pub fn new() -> Result<Gpu> {
         // A bad setting is refused whether or not an adapter exists.
         timeout_from_env()?;
@@ -305,6 +320,31 @@ impl Gpu {
         }
     }
 
+    /// The browser's adapter (`navigator.gpu`, high performance) with its own limits.
+    #[cfg(not(native))]
+    pub async fn request() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::BROWSER_WEBGPU,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
+        let adapter = instance
+            .request_adapter(&options)
+            .await
+            .map_err(|e| Error::NoAdapter {
+                requested: format!(" from navigator.gpu ({e})"),
+                available:
+                    "none: this browser has no WebGPU adapter (Chromium: --enable-unsafe-webgpu)"
+                        .into(),
+            })?;
+        let limits = adapter.limits();
+        Self::open(adapter, limits).await
+    }
+
+    #[cfg(native)]
     pub fn with_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         // Ask for everything the adapter can do: the defaults (128 MiB bindings, 16 KiB
         // workgroup memory) are lower than most hardware's.
@@ -314,7 +354,13 @@ impl Gpu {
 
     /// A device on `adapter` that enforces `limits` (each at most the adapter's): how the
     /// tests rehearse a smaller GPU than the one they run on.
+    #[cfg(native)]
     pub fn with_adapter_limits(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
+        block_on("Gpu::open", Self::open(adapter, limits))
+    }
+
+    /// [`Gpu::with_adapter_limits`]'s async core.
+    pub async fn open(adapter: wgpu::Adapter, limits: wgpu::Limits) -> Result<Gpu> {
         let info = adapter.get_info();
         let timeout = timeout_from_env()?;
         let forced = Family::from_env()?;
@@ -334,8 +380,10 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::Device {
+        let (device, queue) = adapter
+            .request_device(&desc)
+            .await
+            .map_err(|e| Error::Device {
                 adapter: describe_adapter(&info),
                 msg: e.to_string(),
             })?;
@@ -386,6 +434,7 @@ impl Gpu {
             dummy: std::sync::OnceLock::new(),
             dummy_window: std::sync::OnceLock::new(),
             readbacks: std::sync::atomic::AtomicUsize::new(0),
+            submits: std::sync::atomic::AtomicUsize::new(0),
             timeout_us: AtomicU64::new(timeout.as_micros().min(u64::MAX as u128) as u64),
             forced: None,
         })
@@ -425,17 +474,24 @@ impl Gpu {
     }
 
     /// The kernel family this device runs: the forced one, else the adapter's default
-    /// (gpu for discrete, integrated and virtual GPUs; window for CPU adapters that can
-    /// bind the windows; subgroup; else portable). See [`crate::kernels::family`].
+    /// (gpu for discrete, integrated and virtual GPUs and a browser's GPU; window for CPU
+    /// adapters that can bind the windows; subgroup; else portable). See
+    /// [`crate::kernels::family`].
     pub fn family(&self) -> Family {
         if let Some(f) = self.forced {
             return f;
         }
         use wgpu::DeviceType::*;
-        let gpu_like = matches!(
-            self.info.device_type,
-            DiscreteGpu | IntegratedGpu | VirtualGpu
-        );
+        // A browser tells only whether its adapter is a software fallback (Cpu, such as
+        // SwiftShader, where workgroup barriers are slow and the portable kernels win) or
+        // not (Other: a GPU, for the tiled kernels).
+        let browser_gpu =
+            self.info.backend == wgpu::Backend::BrowserWebGpu && self.info.device_type == Other;
+        let gpu_like = browser_gpu
+            || matches!(
+                self.info.device_type,
+                DiscreteGpu | IntegratedGpu | VirtualGpu
+            );
         if gpu_like
             && self.limits.max_compute_workgroup_storage_size
                 >= crate::kernels::matmul::TILED_MIN_WORKGROUP_BYTES
@@ -461,6 +517,7 @@ impl Gpu {
         self.timeout_us.store(us, Ordering::Relaxed);
     }
 
+    #[cfg(native)]
     fn timeout_error(&self, op: &str) -> Error {
         Error::Timeout {
             op: op.to_string(),
@@ -500,6 +557,18 @@ impl Gpu {
     /// How many times [`Gpu::read_bytes`] has copied GPU data back to the host.
     pub fn readbacks(&self) -> usize {
         self.readbacks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many command buffers [`Gpu::submit`] has submitted.
+    pub fn submits(&self) -> usize {
+        self.submits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Submit one command buffer, counted (see [`Gpu::submits`]).
+    pub fn submit(&self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        self.submits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue.submit([commands])
     }
 
     pub fn describe(&self) -> String {
@@ -551,10 +620,36 @@ impl Gpu {
     }
 
     /// Block until `index` (or all submitted work) is done, at most [`Gpu::timeout`].
+    #[cfg(native)]
     pub fn wait(&self, op: &str, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.wait_for(op, index, self.timeout())
     }
 
+    /// In the browser only the fault check: a tab may not block, and WebGPU runs one queue
+    /// in order, so whatever reads the results later (a readback) sees the work done. Await
+    /// [`Gpu::settle`] to know when it is.
+    #[cfg(not(native))]
+    pub fn wait(&self, op: &str, _index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.check(op)
+    }
+
+    /// Wait until all submitted work is done (natively: [`Gpu::wait`]; in the browser the
+    /// queue's submitted-work-done callback).
+    pub async fn settle(&self, op: &str) -> Result<()> {
+        #[cfg(native)]
+        return self.wait(op, None);
+        #[cfg(not(native))]
+        {
+            let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
+            self.queue.on_submitted_work_done(move || {
+                let _ = tx.send(());
+            });
+            let _ = rx.receive().await;
+            self.check(op)
+        }
+    }
+
+    #[cfg(native)]
     fn wait_for(
         &self,
         op: &str,
@@ -592,14 +687,20 @@ impl Gpu {
         if let Some(m) = modules.get(&shader) {
             return Ok(m.clone());
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.file()),
             source: wgpu::ShaderSource::Wgsl(shader.source().into()),
         };
-        let module = if shader_checks() {
-            self.device.create_shader_module(desc)
-        } else {
+        let file = shader.file();
+        let error = move |msg| Error::Shader {
+            file: file.into(),
+            entry: "(module)".into(),
+            msg,
+        };
+        let module = self.scoped(error, || {
+            if shader_checks() {
+                return self.device.create_shader_module(desc);
+            }
             // SAFETY: every kernel guards its own indexing (bounds-checked loads and stores,
             // grids sized with div_ceil) and tests/kernels.rs runs each against its reference
             // on awkward shapes with the checks on (debug and test builds, CI); release
@@ -608,14 +709,7 @@ impl Gpu {
                 self.device
                     .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
             }
-        };
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                file: shader.file().into(),
-                entry: "(module)".into(),
-                msg: e.to_string(),
-            });
-        }
+        })?;
         let module = Arc::new(module);
         modules.insert(shader, module.clone());
         Ok(module)
@@ -676,40 +770,42 @@ impl Gpu {
                 count: None,
             });
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(entry),
-                entries: &entries,
-            });
-        let pipeline_layout = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(entry),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                file: shader.file().into(),
-                entry: entry.into(),
-                msg: e.to_string(),
-            });
-        }
+        let file = shader.file();
+        let name = entry.to_string();
+        let error = move |msg| Error::Shader {
+            file: file.into(),
+            entry: name,
+            msg,
+        };
+        let (layout, pipeline) = self.scoped(error, || {
+            let layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(entry),
+                    entries: &entries,
+                });
+            let pipeline_layout =
+                self.device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(entry),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+            let pipeline = self
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: self.pipeline_cache.as_ref().map(|(c, _)| c),
+                });
+            (layout, pipeline)
+        })?;
         let p = Arc::new(Pipeline { pipeline, layout });
         self.pipelines
             .lock()
@@ -735,9 +831,48 @@ impl Gpu {
         std::fs::rename(&tmp, file).map_err(|e| Error::io(file, e))
     }
 
+    /// Run `make` inside a validation error scope; what it raised becomes `error(message)`.
+    /// Natively the scope's verdict is awaited here (a bad shader fails at once); in the
+    /// browser it arrives later and goes to the fault slot, so the next check reports it.
+    pub fn scoped<T>(
+        &self,
+        error: impl FnOnce(String) -> Error + 'static,
+        make: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let made = make();
+        let verdict = scope.pop();
+        #[cfg(native)]
+        if let Some(e) = pollster::block_on(verdict) {
+            return Err(error(e.to_string()));
+        }
+        #[cfg(not(native))]
+        {
+            let fault = self.fault.clone();
+            crate::platform::spawn(async move {
+                if let Some(e) = verdict.await {
+                    let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert_with(|| one_line(&error(e.to_string()).to_string()));
+                }
+            });
+        }
+        Ok(made)
+    }
+
     /// Copy `size` bytes at `offset` of `buffer` back to the host. For tests, metrics and
-    /// checkpoints only: never inside a training step.
+    /// checkpoints only: never inside a training step. Native; see
+    /// [`Gpu::read_bytes_async`].
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        block_on("read_bytes", self.read_bytes_async(buffer, offset, size))
+    }
+
+    /// [`Gpu::read_bytes`]'s async core.
+    pub async fn read_bytes_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         self.readbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let padded = size.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT;
@@ -751,32 +886,13 @@ impl Gpu {
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-        let index = self.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
+        let index = self.submit(encoder.finish());
+        let (tx, rx) = futures_intrusive::channel::shared::oneshot_channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        // The map callback runs inside a poll; never block on it without a deadline.
-        let deadline = Instant::now() + self.timeout();
-        let mut index = Some(index);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            self.wait_for("readback", index.take(), left)?;
-            match rx.try_recv() {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => return Err(Error::gpu("readback map", e.to_string())),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    self.check("readback map")?;
-                    return Err(Error::gpu("readback map", "map callback dropped"));
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) if left.is_zero() => {
-                    return Err(self.timeout_error("readback map"));
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-            }
-        }
+        let mapped = self.mapped(index, rx).await;
+        mapped.and_then(|()| self.check("readback"))?;
         let view = staging
             .slice(..)
             .get_mapped_range()
@@ -786,4 +902,45 @@ impl Gpu {
         staging.unmap();
         Ok(bytes)
     }
+
+    /// Natively: poll the device until the map callback of the readback submitted as
+    /// `index` has run (wgpu runs callbacks inside polls), never past the timeout.
+    #[cfg(native)]
+    async fn mapped(&self, index: wgpu::SubmissionIndex, rx: MapReceiver) -> Result<()> {
+        let mut received = std::pin::pin!(rx.receive());
+        let deadline = Instant::now() + self.timeout();
+        let mut index = Some(index);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_for("readback", index.take(), left)?;
+            match crate::platform::poll_once(received.as_mut()) {
+                Some(r) => return self.map_result(r),
+                None if left.is_zero() => return Err(self.timeout_error("readback map")),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// In the browser: the page's event loop runs the map callback; await it.
+    #[cfg(not(native))]
+    async fn mapped(&self, _index: wgpu::SubmissionIndex, rx: MapReceiver) -> Result<()> {
+        let r = rx.receive().await;
+        self.map_result(r)
+    }
+
+    fn map_result(&self, r: Option<std::result::Result<(), wgpu::BufferAsyncError>>) -> Result<()> {
+        match r {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::gpu("readback map", e.to_string())),
+            None => {
+                self.check("readback map")?;
+                Err(Error::gpu("readback map", "map callback dropped"))
+            }
+        }
+    }
 }
+
+/// What a readback's map callback sends.
+type MapReceiver = futures_intrusive::channel::shared::OneshotReceiver<
+    std::result::Result<(), wgpu::BufferAsyncError>,
+>;

@@ -19,6 +19,7 @@ use shadergrad::fit::{
 };
 use shadergrad::gpu::{cpu_adapter_warning, describe_adapter, Gpu};
 use shadergrad::kernels::optim::Optimizer;
+use shadergrad::kernels::random::Augment;
 use shadergrad::kernels::Family;
 use shadergrad::model::Sequential;
 use shadergrad::schedule::{Decay, Schedule};
@@ -41,12 +42,14 @@ struct Cli {
 enum Command {
     /// List every adapter and the features and limits that matter to shadergrad.
     Info,
-    /// Train a model on MNIST (default: the Keras MNIST CNN, Adam 1e-3, batch 128, 10 epochs).
+    /// Train a model on MNIST or --data-dir (default: the Keras MNIST CNN, Adam 1e-3, batch
+    /// 128, 10 epochs).
     Train(Box<TrainArgs>),
-    /// Test loss, accuracy and confusion matrix of a checkpoint on the MNIST test set.
+    /// Test loss, accuracy and confusion matrix of a checkpoint on the test set (MNIST's, or
+    /// that of --data-dir).
     Evaluate(EvaluateArgs),
-    /// The digit in each PNG image (any size, grey or colour, either polarity), with the ten
-    /// class probabilities.
+    /// The class of each PNG image with the class probabilities: digits of any size, grey or
+    /// colour, either polarity; or images like an image-folder model's training images.
     Predict(PredictArgs),
     /// Sample text from a language-model checkpoint on the GPU (deterministic for a seed).
     Generate(GenerateArgs),
@@ -127,9 +130,10 @@ enum ScheduleKind {
 struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
+    /// Samples a step [language models: 16 windows].
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Learning rate.
+    /// Learning rate [language models: 3e-3].
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
@@ -146,7 +150,7 @@ struct TrainArgs {
     /// Scale the gradient down to this global L2 norm when it is larger (clip_grad_norm_).
     #[arg(long, value_name = "C")]
     clip_norm: Option<f32>,
-    /// Learning-rate schedule, evaluated every step.
+    /// Learning-rate schedule, evaluated every step [language models: cosine over --steps].
     #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
     lr_schedule: ScheduleKind,
     /// Step schedule: epochs between decays.
@@ -155,10 +159,11 @@ struct TrainArgs {
     /// Step schedule: the factor of each decay.
     #[arg(long, value_name = "G", default_value_t = 0.1)]
     lr_gamma: f32,
-    /// Cosine schedule: the rate at the end of the last epoch.
+    /// Cosine schedule: the rate at the end of the last epoch [language models: 1e-4].
     #[arg(long, default_value_t = 0.0)]
     lr_min: f32,
-    /// Raise the rate linearly from lr/N to lr over the first N steps (with any schedule).
+    /// Raise the rate linearly from lr/N to lr over the first N steps (with any schedule)
+    /// [language models: 100, at most a quarter of --steps].
     #[arg(long, value_name = "N", default_value_t = 0)]
     warmup_steps: u64,
     /// Stop when val_loss has not improved for PATIENCE epochs in a row.
@@ -172,9 +177,18 @@ struct TrainArgs {
     validation_split: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Directory holding the four MNIST IDX files (raw or .gz). Default: the vendored copy.
+    /// Directory holding the four IDX files of the MNIST layout (raw or .gz; MNIST,
+    /// Fashion-MNIST, ...), or one sub-folder of PNG images per class (or train/ and test/
+    /// holding such sub-folders). Default: the vendored MNIST.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Shift each training image by up to N pixels each way at random (zeros come in at
+    /// the edges), on the GPU; validation and test images are never augmented.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    augment_shift: usize,
+    /// Flip each training image horizontally with probability 1/2, on the GPU.
+    #[arg(long)]
+    augment_flip: bool,
     #[arg(long, value_enum, default_value_t = ModelKind::Cnn)]
     model: ModelKind,
     /// Train the model described in this JSON file instead of a named one (see README).
@@ -198,7 +212,7 @@ struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     text: Option<PathBuf>,
     /// Language models: optimizer steps to reach (the total, with --resume).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1200)]
     steps: u64,
     /// Language models: evaluate (and save) every N steps.
     #[arg(long, value_name = "N", default_value_t = 100)]
@@ -216,7 +230,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     heads: usize,
     /// GPT: transformer blocks.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     layers: usize,
     /// char-RNN: hidden units (the embedding is a quarter as wide).
     #[arg(long, default_value_t = 256)]
@@ -245,7 +259,8 @@ struct GenerateArgs {
 struct EvaluateArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Directory holding the four MNIST IDX files (raw or .gz). Default: the vendored copy.
+    /// IDX files of the MNIST layout or class folders of PNG images, as for train (a
+    /// folder without test/ is evaluated whole). Default: the vendored MNIST.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Default: the checkpoint's training batch size.
@@ -257,7 +272,8 @@ struct EvaluateArgs {
 struct PredictArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// PNG images, each holding one digit.
+    /// PNG images: each holding one digit (MNIST-style models), or for a model trained on
+    /// image folders, images like the training ones (same size).
     #[arg(required = true)]
     images: Vec<PathBuf>,
 }
@@ -306,7 +322,7 @@ fn main() -> ExitCode {
 
 /// Ctrl-C (SIGINT) and SIGTERM during training: the first one asks the run to stop after
 /// the step in progress (and save); a second one ends the process at once.
-struct Interrupt {
+pub(crate) struct Interrupt {
     flag: Arc<AtomicBool>,
     signal: Arc<AtomicUsize>,
 }
@@ -314,7 +330,7 @@ struct Interrupt {
 impl Interrupt {
     /// Without a handler (the OS refused one) Ctrl-C ends the process as usual: say so and
     /// go on, since training itself is unaffected.
-    fn install() -> Interrupt {
+    pub(crate) fn install() -> Interrupt {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
@@ -334,12 +350,12 @@ impl Interrupt {
         Interrupt { flag, signal }
     }
 
-    fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
 
     /// 130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended.
-    fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self.signal.load(Ordering::SeqCst) {
             0 => 130,
             s => (128 + s).min(255) as u8,
@@ -537,21 +553,19 @@ fn train(
         Some(p) => Some(resume_settings(p, &args, &mut cfg, given)?),
         None => None,
     };
-    let (kind, model) = match (&resumed, &args.model_file) {
-        (Some(c), _) => (c.kind.clone(), c.model.clone()),
-        (None, Some(f)) => (model_file_kind(f), shadergrad::model_file::load(f)?),
-        (None, None) => {
-            let kind = args.model.name();
-            let model = checkpoint::preset(kind)
-                .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
-            (kind.to_string(), model)
-        }
-    };
-    let kind = kind.as_str();
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
-    let mnist = data::load_mnist(&dir)?;
-    check_image_size(&dir, &mnist, &model)?;
-    let optimizer = choose_optimizer(&args, &cfg, mnist.train.len(), resumed.as_ref(), given)?;
+    let (data, kind, model) = data_and_model(&args, resumed.as_ref(), &dir)?;
+    let kind = kind.as_str();
+    cfg.classes = resumed
+        .as_ref()
+        .map_or(data.names.clone(), |c| c.classes.clone());
+    let augment = choose_augment(&args, resumed.as_ref(), given)?;
+    if !augment.is_off() {
+        augment
+            .check(model.input)
+            .map_err(|e| Error::usage("--augment-shift", e.to_string()))?;
+    }
+    let optimizer = choose_optimizer(&args, &cfg, data.train.len(), resumed.as_ref(), given)?;
     let early = EarlyStopping::new(args.early_stopping, args.restore_best);
     if early.active() && cfg.validation_split == 0.0 {
         let flag = if args.restore_best {
@@ -584,7 +598,8 @@ fn train(
         resumed.as_ref(),
         early,
     )?;
-    let split = run.add_training_set(&mnist.train)?;
+    run.trainer.set_augment(augment)?;
+    let split = run.add_training_set(&data.train)?;
     let interrupt = Interrupt::install();
     let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
         .ok()
@@ -603,13 +618,24 @@ fn train(
     println!(
         "train on {} samples, validate on {}",
         split.n_train,
-        mnist.train.len() - split.n_train
+        data.train.len() - split.n_train
     );
+    if !augment.is_off() {
+        let flip = if augment.flip {
+            ", horizontal flips"
+        } else {
+            ""
+        };
+        println!(
+            "augmenting training batches on the GPU: shifts of up to {} pixels{flip}",
+            augment.shift
+        );
+    }
     let first = resumed.as_ref().map_or(1, |c| c.epoch + 1);
     let partial = resumed.as_ref().and_then(Checkpoint::partial);
     let result = match run.epochs(&split, first, partial, &should_stop, &interrupt) {
         Ok(Some(code)) => Ok(code),
-        Ok(None) => run.finish(&split, &mnist.test),
+        Ok(None) => run.finish(&split, data.test.as_ref()),
         Err(e) => Err(e),
     };
     // On a failure, say what is on disk (the last checkpoint written is never replaced by
@@ -618,6 +644,38 @@ fn train(
         *note = run.kept.take();
     }
     result
+}
+
+/// The data of `dir` and the model to train on it: a resumed checkpoint's (its folders
+/// labelled by its classes, its input the images' size), a model file's (which must fit
+/// the data), or a named one (which takes the data's image shape and class count).
+fn data_and_model(
+    args: &TrainArgs,
+    resumed: Option<&Checkpoint>,
+    dir: &Path,
+) -> Result<(data::ImageData, String, Sequential)> {
+    let data = match resumed {
+        Some(c) => data::load_data_dir(dir, &c.classes, Some(c.model.input))?,
+        None => data::load_data_dir(dir, &[], None)?,
+    };
+    let (kind, model) = match (resumed, &args.model_file) {
+        (Some(c), _) => (c.kind.clone(), c.model.clone()),
+        (None, Some(f)) => {
+            let model = shadergrad::model_file::load(f)?;
+            check_model_classes(f, dir, &data, &model)?;
+            (model_file_kind(f), model)
+        }
+        (None, None) => {
+            let kind = args.model.name();
+            let model = checkpoint::preset(kind)
+                .ok_or_else(|| Error::usage("--model", format!("{kind:?} is not a named model")))?;
+            let model = model.for_data(data.train.shape(), data.classes)?;
+            (kind.to_string(), model)
+        }
+    };
+    check_image_size(dir, &data, &model)?;
+    check_data_classes(dir, &data, &model)?;
+    Ok((data, kind, model))
 }
 
 /// Refuse bad training flags before anything is loaded.
@@ -733,6 +791,27 @@ fn choose_optimizer(
     Ok(ck.optimizer)
 }
 
+/// The augmentation the flags ask for, or a resumed checkpoint's (flags given must then
+/// agree with it).
+fn choose_augment(
+    args: &TrainArgs,
+    resumed: Option<&Checkpoint>,
+    given: &dyn Fn(&str) -> bool,
+) -> Result<Augment> {
+    let flags = Augment {
+        shift: args.augment_shift,
+        flip: args.augment_flip,
+    };
+    let Some(ck) = resumed else {
+        return Ok(flags);
+    };
+    if (given("augment_shift") || given("augment_flip")) && flags != ck.augment {
+        let msg = format!("differ from the checkpoint's augmentation {}; a resumed run keeps it: leave the flags out", ck.augment.to_json());
+        return Err(Error::usage("--augment-shift, --augment-flip", msg));
+    }
+    Ok(ck.augment)
+}
+
 /// The flags that make up the optimizer (clap ids).
 const OPTIMIZER_FLAGS: [&str; 11] = [
     "optimizer",
@@ -804,8 +883,13 @@ impl<'g> Run<'g> {
             )),
             None => None,
         };
+        let data_name = args
+            .data_dir
+            .as_deref()
+            .and_then(Path::file_name)
+            .map_or("MNIST".into(), |n| n.to_string_lossy().into_owned());
         let title = format!(
-            "{kind} on MNIST ({} parameters), {optimizer:?}, batch {}",
+            "{kind} on {data_name} ({} parameters), {optimizer:?}, batch {}",
             model.param_count()?,
             cfg.batch_size
         );
@@ -982,8 +1066,9 @@ impl<'g> Run<'g> {
         self.early.update(&self.trainer, &entry)
     }
 
-    /// Restore the best epoch when asked, evaluate on the test set, save the final checkpoint.
-    fn finish(&mut self, split: &Split, test: &data::Split) -> Result<u8> {
+    /// Restore the best epoch when asked, evaluate on the test set (when the data has one),
+    /// save the final checkpoint.
+    fn finish(&mut self, split: &Split, test: Option<&data::Split>) -> Result<u8> {
         let mut epoch = self.last_epoch;
         let mut history = self.history.clone();
         if let Some(best) = self.early.restore(&mut self.trainer)? {
@@ -1001,23 +1086,13 @@ impl<'g> Run<'g> {
         } else if self.early.restore_best {
             println!("--restore-best: no epoch of this run improved on the resumed checkpoint's best; keeping the last parameters");
         }
-        let test_set = self.trainer.add_dataset(&test.images, &test.labels)?;
-        let order: Vec<u32> = (0..test.len() as u32).collect();
-        let source = self.trainer.add_source(test_set, &order)?;
-        let m = self.trainer.evaluate(source, self.cfg.batch_size)?;
-        if m.non_finite || !m.loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: "test loss (the trained parameters)".into(),
-                epoch,
-                step: split.n_train.div_ceil(self.cfg.batch_size),
-            });
-        }
-        println!(
-            "test_loss: {:.4} - test_accuracy: {:.4}",
-            m.loss, m.accuracy
-        );
-        let test_json = serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy });
-        self.log.write(test_json.clone())?;
+        let test_json = match test {
+            Some(test) => self.test(split, test, epoch)?,
+            None => {
+                println!("no test set (the data directory has no test/ folder): the validation metrics are the held-out ones");
+                serde_json::json!({})
+            }
+        };
         if let Some(p) = &self.save {
             let mut metrics = history.last().map(EpochLog::to_json).unwrap_or_default();
             if let (Some(obj), Some(test)) = (metrics.as_object_mut(), test_json.as_object()) {
@@ -1038,6 +1113,35 @@ impl<'g> Run<'g> {
             println!("curves: {}", p.display());
         }
         Ok(0)
+    }
+}
+
+impl Run<'_> {
+    /// The test metrics of the trained parameters, printed and logged.
+    fn test(
+        &mut self,
+        split: &Split,
+        test: &data::Split,
+        epoch: usize,
+    ) -> Result<serde_json::Value> {
+        let test_set = self.trainer.add_dataset(&test.images, &test.labels)?;
+        let order: Vec<u32> = (0..test.len() as u32).collect();
+        let source = self.trainer.add_source(test_set, &order)?;
+        let m = self.trainer.evaluate(source, self.cfg.batch_size)?;
+        if m.non_finite || !m.loss.is_finite() {
+            return Err(Error::NonFinite {
+                what: "test loss (the trained parameters)".into(),
+                epoch,
+                step: split.n_train.div_ceil(self.cfg.batch_size),
+            });
+        }
+        println!(
+            "test_loss: {:.4} - test_accuracy: {:.4}",
+            m.loss, m.accuracy
+        );
+        let test_json = serde_json::json!({ "test_loss": m.loss, "test_accuracy": m.accuracy });
+        self.log.write(test_json.clone())?;
+        Ok(test_json)
     }
 }
 
@@ -1176,17 +1280,61 @@ fn model_file_kind(path: &Path) -> String {
     }
 }
 
-fn check_image_size(dir: &Path, mnist: &data::Mnist, model: &Sequential) -> Result<()> {
+fn check_image_size(dir: &Path, data: &data::ImageData, model: &Sequential) -> Result<()> {
     let [c, h, w] = model.input;
-    if c != 1 || (mnist.train.rows, mnist.train.cols) != (h, w) {
-        return Err(Error::data(
-            dir.join(data::TRAIN_IMAGES),
-            "dims",
-            format!(
-                "the images are {}x{} but the model takes {c}x{h}x{w}",
-                mnist.train.rows, mnist.train.cols
-            ),
-        ));
+    let t = &data.train;
+    if t.shape() != model.input {
+        let (path, field) = match data::is_idx_dir(dir) {
+            true => (dir.join(data::TRAIN_IMAGES), "dims"),
+            false => (dir.to_path_buf(), "images"),
+        };
+        let images = match t.channels {
+            1 => format!("{}x{}", t.rows, t.cols),
+            n => format!("{n}x{}x{}", t.rows, t.cols),
+        };
+        let msg = format!("the images are {images} but the model takes {c}x{h}x{w}");
+        return Err(Error::data(path, field, msg));
+    }
+    Ok(())
+}
+
+/// The classes a model tells apart: its outputs, or 2 for one sigmoid unit.
+fn model_classes(model: &Sequential) -> Result<usize> {
+    let outputs = model.outputs()?;
+    let sigmoid = model.output_activation() == shadergrad::model::Activation::Sigmoid;
+    Ok(if sigmoid && outputs == 1 { 2 } else { outputs })
+}
+
+/// The data's labels must be outputs of the model.
+fn check_data_classes(dir: &Path, data: &data::ImageData, model: &Sequential) -> Result<()> {
+    let outputs = model_classes(model)?;
+    if data.classes > outputs {
+        let msg = format!(
+            "the data has {} classes (labels 0..={}) but the model has {outputs} outputs",
+            data.classes,
+            data.classes - 1
+        );
+        return Err(Error::data(dir, "classes", msg));
+    }
+    Ok(())
+}
+
+/// A model file's output must have one unit per class of the data.
+fn check_model_classes(
+    file: &Path,
+    dir: &Path,
+    data: &data::ImageData,
+    model: &Sequential,
+) -> Result<()> {
+    let outputs = model_classes(model)?;
+    if outputs != data.classes {
+        let msg = format!(
+            "the model has {outputs} outputs but {} has {} classes; give the last dense layer \"units\": {}",
+            dir.display(),
+            data.classes,
+            data.classes
+        );
+        return Err(Error::data(file, "layers", msg));
     }
     Ok(())
 }
@@ -1198,14 +1346,20 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
     // Everything that can be checked without the GPU first.
     let ck = checkpoint::load(&args.checkpoint, None)?;
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
-    let mnist = data::load_mnist(&dir)?;
-    check_image_size(&dir, &mnist, &ck.model)?;
+    let data = data::load_data_dir(&dir, &ck.classes, Some(ck.model.input))?;
+    check_image_size(&dir, &data, &ck.model)?;
+    check_data_classes(&dir, &data, &ck.model)?;
+    // A folder without test/ is evaluated whole.
+    let (set, which) = match &data.test {
+        Some(t) => (t, "test"),
+        None => (&data.train, "every image of the folder"),
+    };
     let batch = args.batch_size.unwrap_or(ck.batch_size);
     let gpu = Gpu::new()?;
     check_batch(&gpu.limits, &ck.model, batch, false)?;
     let mut trainer = load_for_inference(&gpu, &args.checkpoint, &ck)?;
-    let test_set = trainer.add_dataset(&mnist.test.images, &mnist.test.labels)?;
-    let order: Vec<u32> = (0..mnist.test.len() as u32).collect();
+    let test_set = trainer.add_dataset(&set.images, &set.labels)?;
+    let order: Vec<u32> = (0..set.len() as u32).collect();
     let test = trainer.add_source(test_set, &order)?;
     let out = predict::infer(&mut trainer, test, batch)?;
     if out.metrics.non_finite || !out.metrics.loss.is_finite() {
@@ -1216,23 +1370,39 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
         });
     }
     println!(
-        "test_loss: {:.4} - test_accuracy: {:.4} ({} images)",
+        "test_loss: {:.4} - test_accuracy: {:.4} ({} images: {which})",
         out.metrics.loss, out.metrics.accuracy, out.metrics.count
     );
-    println!("confusion matrix (rows: true digit, columns: predicted):");
+    println!("confusion matrix (rows: true class, columns: predicted):");
     print!("{}", predict::format_confusion(&out.confusion()));
+    if !ck.classes.is_empty() {
+        let legend: Vec<String> = ck
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i} {n}"))
+            .collect();
+        println!("classes: {}", legend.join(", "));
+    }
     Ok(())
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint, None)?;
-    if ck.model.input != [1, 28, 28] {
-        let msg = format!("model input {:?} is not a 28x28 grey image", ck.model.input);
+    // Image-folder models read each image as their training folders were read; others
+    // read digits the way MNIST was made.
+    let folder = !ck.classes.is_empty();
+    if !folder && ck.model.input != [1, 28, 28] {
+        let msg = format!("model input {:?} is not a 28x28 grey image, and the checkpoint names no classes of an image folder", ck.model.input);
         return Err(Error::usage("--checkpoint", msg));
     }
     let mut read = Vec::new();
     for path in &args.images {
-        match predict::load_digit(path) {
+        let image = match folder {
+            true => predict::load_like_folder(path, ck.model.input),
+            false => predict::load_digit(path),
+        };
+        match image {
             Ok(d) => read.push((path, d)),
             Err(e) => eprintln!("error: {e}"),
         }
@@ -1246,11 +1416,22 @@ fn predict(args: PredictArgs) -> Result<()> {
     let digits: Vec<Vec<u8>> = read.iter().map(|(_, d)| d.clone()).collect();
     check_batch(&gpu.limits, &ck.model, digits.len().clamp(1, 128), false)?;
     let probs = predict::predict_digits(&mut trainer, &digits)?;
-    let head: String = (0..10).map(|c| format!("{:>7}", format!("p{c}"))).collect();
-    println!("digit{head}  image");
+    let classes = probs.first().map_or(0, Vec::len);
+    let head: String = (0..classes)
+        .map(|c| format!("{:>7}", format!("p{c}")))
+        .collect();
+    let width = ck.classes.iter().map(String::len).max().unwrap_or(0).max(5);
+    let name = |c: usize| ck.classes.get(c).cloned().unwrap_or(c.to_string());
+    let first = if folder { "class" } else { "digit" };
+    println!("{first:>width$}{head}  image");
     for (p, (path, _)) in probs.iter().zip(&read) {
         let cols: String = p.iter().map(|v| format!("{v:>7.4}")).collect();
-        println!("{:>5}{cols}  {}", predict::argmax(p), path.display());
+        let class = name(predict::argmax(p));
+        println!("{class:>width$}{cols}  {}", path.display());
+    }
+    if folder {
+        let legend: Vec<String> = (0..classes).map(|c| format!("p{c} {}", name(c))).collect();
+        println!("classes: {}", legend.join(", "));
     }
     let failed = args.images.len() - read.len();
     if failed > 0 {

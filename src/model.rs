@@ -251,6 +251,22 @@ impl Sequential {
             .dense(10, Activation::Softmax)
     }
 
+    /// This model for other data: images of shape `input` [C, H, W] in `classes` classes
+    /// (a named model's input and the width of its last Dense layer follow the data; the
+    /// layers in between infer their shapes as usual).
+    pub fn for_data(mut self, input: [usize; 3], classes: usize) -> Result<Self> {
+        self.input = input;
+        match self.layers.last_mut() {
+            Some(Layer::Dense { units, .. }) => *units = classes,
+            _ => return Err(Error::shape(
+                "Sequential",
+                "the model does not end with Dense, so its output cannot follow the class count",
+            )),
+        }
+        self.shapes()?;
+        Ok(self)
+    }
+
     /// The activation of the output, which picks the loss.
     pub fn output_activation(&self) -> Activation {
         self.layers

@@ -120,6 +120,10 @@ impl ParamStore {
         Ok(self.unflatten(&flat.to_f32(gpu)?))
     }
 
+    pub async fn read_async(&self, gpu: &Gpu, flat: &Tensor) -> Result<Vec<Vec<f32>>> {
+        Ok(self.unflatten(&flat.to_f32_async(gpu).await?))
+    }
+
     pub fn write(&self, gpu: &Gpu, flat: &Tensor, values: &[Vec<f32>]) -> Result<()> {
         flat.write_f32(gpu, &self.flatten("write parameters", values)?)
     }

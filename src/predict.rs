@@ -235,6 +235,25 @@ pub fn load_digit(path: &Path) -> Result<Vec<u8>> {
     to_mnist(path, &load_png(path)?)
 }
 
+/// An image for a model trained on image folders, read as the folders were
+/// ([`crate::data::folder`]): it must have the model's size `[C, H, W]`; u8 CHW.
+pub fn load_like_folder(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>> {
+    let image = crate::data::folder::read_png(path)?;
+    if (image.width, image.height) != (w, h) {
+        let msg = format!(
+            "is {}x{} (width x height); the model takes {w}x{h} images like its training folders",
+            image.width, image.height
+        );
+        return Err(image_err(path, msg));
+    }
+    image.planes(c).ok_or_else(|| {
+        image_err(
+            path,
+            "is a colour image; the model takes grey images (one channel)",
+        )
+    })
+}
+
 /// Per-sample outputs of a forward pass over a whole source.
 #[derive(Clone, Debug)]
 pub struct Inference {

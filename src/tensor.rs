@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::gpu::Gpu;
+use crate::platform::block_on;
 use crate::{Error, Result};
 
 /// Offsets of tensors inside shared buffers are multiples of this many bytes (wgpu's
@@ -133,6 +134,22 @@ impl Tensor {
         Ok(())
     }
 
+    pub fn write_u32(&self, gpu: &Gpu, data: &[u32]) -> Result<()> {
+        if data.len() != self.numel() {
+            return Err(Error::shape(
+                "write_u32",
+                format!(
+                    "{} values for a tensor of shape {:?}",
+                    data.len(),
+                    self.shape
+                ),
+            ));
+        }
+        gpu.queue
+            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
     /// A [`WINDOW_BYTES`] uniform window holding elements `first..first + len`: its start
     /// (aligned down to `align` bytes) and the index of element `first` inside it. None when
     /// the elements do not fit one window.
@@ -155,12 +172,20 @@ impl Tensor {
 
     /// Read back as f32 (tests, metrics, checkpoints only).
     pub fn to_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
-        let bytes = gpu.read_bytes(&self.buffer, self.offset, self.bytes())?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        block_on("to_f32", self.to_f32_async(gpu))
     }
 
     pub fn to_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
-        let bytes = gpu.read_bytes(&self.buffer, self.offset, self.bytes())?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        block_on("to_u32", self.to_u32_async(gpu))
+    }
+
+    pub async fn to_f32_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes = gpu.read_bytes_async(&self.buffer, self.offset, self.bytes());
+        Ok(bytemuck::pod_collect_to_vec(&bytes.await?))
+    }
+
+    pub async fn to_u32_async(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        let bytes = gpu.read_bytes_async(&self.buffer, self.offset, self.bytes());
+        Ok(bytemuck::pod_collect_to_vec(&bytes.await?))
     }
 }

@@ -5,24 +5,20 @@
 
 mod common;
 
+use common::mnist;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 use shadergrad::checkpoint::{self, Checkpoint, OptimizerState};
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, EpochLog, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
+use shadergrad::kernels::random::Augment;
 use shadergrad::model::Sequential;
 use shadergrad::rng::Rng;
 use shadergrad::schedule::{Decay, Schedule};
 use shadergrad::{plot, predict, Error};
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 /// A fresh directory under the system temp dir.
 fn temp_dir(name: &str) -> PathBuf {
@@ -72,6 +68,8 @@ fn synthetic(kind: &str, seed: u64) -> Checkpoint {
         validation_split: 0.2,
         history: vec![epoch_log(1), epoch_log(2)],
         metrics: epoch_log(2).to_json(),
+        augment: Augment::default(),
+        classes: Vec::new(),
     }
 }
 
@@ -234,6 +232,33 @@ fn save_load_round_trips_every_field() {
     assert_eq!(
         checkpoint::load(&dir.join("sgd"), None).unwrap().optimizer,
         Optimizer::sgd(0.05, 0.9)
+    );
+    // Augmentation and class names travel in the metadata; names must fit the outputs.
+    let named = Checkpoint {
+        augment: Augment {
+            shift: 3,
+            flip: true,
+        },
+        classes: (0..10).map(|c| format!("class {c}")).collect(),
+        ..synthetic("mlp", 1)
+    };
+    checkpoint::save(&dir.join("named"), &named).unwrap();
+    let back = checkpoint::load(&dir.join("named"), None).unwrap();
+    assert_eq!(
+        (back.augment, &back.classes),
+        (named.augment, &named.classes)
+    );
+    let short = Checkpoint {
+        classes: vec!["a".into(), "b".into()],
+        ..synthetic("mlp", 1)
+    };
+    checkpoint::save(&dir.join("short"), &short).unwrap();
+    let e = checkpoint::load(&dir.join("short"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("__metadata__.classes") && e.contains("10 outputs"),
+        "{e}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -98,19 +98,55 @@ fn bad_texts_and_language_model_flags_are_refused() {
     std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
     let short = dir.join("short.txt");
     std::fs::write(&short, "to be or not to be").unwrap();
-    let (e, l, s) = (empty.to_str().unwrap(), latin1.to_str().unwrap(), short.to_str().unwrap());
-    assert_fails(&["train", "--model", "gpt", "--text", e], &[], &["empty.txt", "empty"]);
-    assert_fails(&["train", "--model", "gpt", "--text", l], &[], &["latin1.txt", "UTF-8"]);
+    let (e, l, s) = (
+        empty.to_str().unwrap(),
+        latin1.to_str().unwrap(),
+        short.to_str().unwrap(),
+    );
     assert_fails(
-        &["train", "--model", "char-rnn", "--text", s, "--context", "64"],
+        &["train", "--model", "gpt", "--text", e],
+        &[],
+        &["empty.txt", "empty"],
+    );
+    assert_fails(
+        &["train", "--model", "gpt", "--text", l],
+        &[],
+        &["latin1.txt", "UTF-8"],
+    );
+    assert_fails(
+        &[
+            "train",
+            "--model",
+            "char-rnn",
+            "--text",
+            s,
+            "--context",
+            "64",
+        ],
         &[],
         &["short.txt", "window"],
     );
-    assert_fails(&["train", "--model", "gpt", "--epochs", "3"], &[], &["--epochs"]);
-    assert_fails(&["train", "--steps", "5"], &[], &["--steps", "language-model"]);
-    assert_fails(&["train", "--model", "gpt", "--heads", "3"], &[], &["heads"]);
     assert_fails(
-        &["generate", "--checkpoint", dir.join("none.safetensors").to_str().unwrap()],
+        &["train", "--model", "gpt", "--epochs", "3"],
+        &[],
+        &["--epochs"],
+    );
+    assert_fails(
+        &["train", "--steps", "5"],
+        &[],
+        &["--steps", "language-model"],
+    );
+    assert_fails(
+        &["train", "--model", "gpt", "--heads", "3"],
+        &[],
+        &["heads"],
+    );
+    assert_fails(
+        &[
+            "generate",
+            "--checkpoint",
+            dir.join("none.safetensors").to_str().unwrap(),
+        ],
         &[],
         &["none.safetensors"],
     );

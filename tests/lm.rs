@@ -286,3 +286,40 @@ fn gpt_learns_resumes_and_generates() {
 fn char_rnn_learns_resumes_and_generates() {
     learns_resumes_and_generates(tiny_rnn, 60);
 }
+
+/// A language-model training step is one submit and reads nothing back: the windows are
+/// drawn on the GPU and the loss is summed there until an evaluation reads it.
+#[test]
+fn lm_training_step_is_one_submit_without_readback() {
+    let Some(_shared) = common::gpu() else { return };
+    // The counters belong to one Gpu, which other tests of this binary use concurrently:
+    // count on a device of this test's own.
+    let own = shadergrad::gpu::Gpu::new().unwrap();
+    let corpus = periodic_corpus();
+    let data = LmData {
+        vocab: &corpus.vocab,
+        train: &corpus.train,
+        val: &corpus.val,
+    };
+    let cfg = train_cfg(10, None);
+    let mut run = LmRun::new(&own, tiny_gpt(corpus.vocab.len()), &data, &cfg, None).unwrap();
+    let src = run.train_src;
+    run.trainer.step(src, 0, 8, true).unwrap(); // the first step builds the plan
+    let (submits, readbacks) = (own.submits(), own.readbacks());
+    for _ in 0..5 {
+        run.trainer.step(src, 0, 8, true).unwrap();
+    }
+    assert_eq!(own.submits(), submits + 5, "one submit per training step");
+    assert_eq!(
+        own.readbacks(),
+        readbacks,
+        "training steps read GPU data back"
+    );
+    let m = run.trainer.read_metrics().unwrap();
+    assert_eq!(
+        own.readbacks(),
+        readbacks + 1,
+        "read_metrics is one readback"
+    );
+    assert_eq!(m.count, 6 * 8 * 16, "every token of six steps counted");
+}

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use common::mnist;
 
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, EarlyStopping, EpochLog, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
@@ -14,11 +13,6 @@ use shadergrad::model::Sequential;
 use shadergrad::schedule::{Decay, Schedule};
 
 const PIXELS: usize = 28 * 28;
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 fn cfg() -> FitConfig {
     FitConfig {

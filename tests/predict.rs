@@ -5,11 +5,11 @@
 
 mod common;
 
+use common::mnist;
+
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use shadergrad::checkpoint::{self, Checkpoint};
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{split_sources, train_epoch, FitConfig};
 use shadergrad::kernels::optim::Optimizer;
@@ -18,11 +18,6 @@ use shadergrad::predict::{self, argmax, GreyImage};
 use shadergrad::Error;
 
 use png::{BitDepth, ColorType};
-
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir =
@@ -424,4 +419,31 @@ fn predicts_rendered_test_digits() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Trainer::write_images (the web page's drawn digit): the overwritten set predicts exactly
+/// what a set uploaded with those pixels does; a wrong size or a non-image set is refused.
+#[test]
+fn rewritten_images_predict_as_uploaded_ones() {
+    let Some(gpu) = common::gpu() else { return };
+    let test = &mnist().test;
+    let mut t = Trainer::new(gpu, Sequential::mnist_mlp(), Optimizer::adam(1e-3), 7).unwrap();
+    let infer = |t: &mut Trainer<'_>, set: usize| {
+        let src = t.add_source(set, &[0, 1]).unwrap();
+        predict::infer(t, src, 2).unwrap().probs
+    };
+    let two = |a: usize, b: usize| [test.image(a), test.image(b)].concat();
+    let canvas = t.add_dataset(&two(0, 1), &[0, 0]).unwrap();
+    t.write_images(canvas, &two(5, 9)).unwrap();
+    let rewritten = infer(&mut t, canvas);
+    let fresh = t.add_dataset(&two(5, 9), &[0, 0]).unwrap();
+    assert_eq!(rewritten, infer(&mut t, fresh));
+    let e = t
+        .write_images(canvas, test.image(3))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("write_images") && e.contains("784 pixel bytes for 2 images"),
+        "{e}"
+    );
 }

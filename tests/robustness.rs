@@ -339,18 +339,16 @@ fn bad_data_files_name_the_file_and_the_problem() {
             vec![data::TRAIN_IMAGES, "dims"]),
         ("zero-width images", Box::new(move |d| std::fs::write(images(d), idx_images(64, 28, 0, &[])).unwrap()),
             vec![data::TRAIN_IMAGES, "image size is 28x0"]),
-        ("images of the wrong size for the model", Box::new(move |d| {
-            std::fs::write(images(d), idx_images(64, 20, 20, &vec![7; 64 * 400])).unwrap();
-            std::fs::write(d.join(data::TEST_IMAGES), idx_images(16, 20, 20, &vec![7; 16 * 400])).unwrap();
-        }), vec![data::TRAIN_IMAGES, "the images are 20x20 but the model takes 1x28x28"]),
         ("a labels file where the images belong", Box::new(move |d| std::fs::write(images(d), idx_labels(&[1; 64])).unwrap()),
             vec![data::TRAIN_IMAGES, "magic", "3 dims"]),
         ("images/labels count mismatch", Box::new(move |d| std::fs::write(labels(d), idx_labels(&[1; 63])).unwrap()),
             vec![data::TRAIN_LABELS, "count", "64 images", "63 labels"]),
-        ("label 10", Box::new(move |d| rewrite(labels(d), &|mut b| { b[8 + 5] = 10; b })),
-            vec![data::TRAIN_LABELS, "label at index 5 is 10"]),
-        ("label 255", Box::new(move |d| rewrite(labels(d), &|mut b| { let n = b.len(); b[n - 1] = 255; b })),
-            vec![data::TRAIN_LABELS, "label at index 63 is 255"]),
+        ("a test label 10 (training labels 0..=9)", Box::new(move |d| rewrite(d.join(data::TEST_LABELS), &|mut b| { b[8 + 5] = 10; b })),
+            vec![data::TEST_LABELS, "label at index 5 is 10", "0..=9 (10 classes)"]),
+        ("a test label 255", Box::new(move |d| rewrite(d.join(data::TEST_LABELS), &|mut b| { let n = b.len(); b[n - 1] = 255; b })),
+            vec![data::TEST_LABELS, "label at index 15 is 255"]),
+        ("training labels all 0", Box::new(move |d| std::fs::write(labels(d), idx_labels(&[0; 64])).unwrap()),
+            vec![data::TRAIN_LABELS, "at least 2 classes"]),
         ("corrupt gzip", Box::new(move |d| {
             let mut gz = gzip(&std::fs::read(labels(d)).unwrap());
             let n = gz.len();
@@ -402,6 +400,43 @@ fn bad_data_files_name_the_file_and_the_problem() {
             r.all()
         );
     }
+    // A named model takes the images' size; a model file's input must be it.
+    let dir = tmp.join("size");
+    good_data(&dir);
+    std::fs::write(images(&dir), idx_images(64, 20, 20, &vec![7; 64 * 400])).unwrap();
+    std::fs::write(
+        dir.join(data::TEST_IMAGES),
+        idx_images(16, 20, 20, &vec![7; 16 * 400]),
+    )
+    .unwrap();
+    let file = tmp.join("m28.json");
+    std::fs::write(&file, r#"{"input": [1, 28, 28], "layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}"#).unwrap();
+    let (d, f) = (
+        dir.to_string_lossy().into_owned(),
+        file.to_string_lossy().into_owned(),
+    );
+    let r = expect_failure(
+        "images of the wrong size for the model",
+        &[
+            "train",
+            "--model-file",
+            &f,
+            "--epochs",
+            "1",
+            "--data-dir",
+            &d,
+        ],
+        &[],
+        &[
+            data::TRAIN_IMAGES,
+            "the images are 20x20 but the model takes 1x28x28",
+        ],
+    );
+    assert!(
+        !r.stdout.contains("adapter:"),
+        "refused after opening the GPU:\n{}",
+        r.all()
+    );
     // The same checks guard evaluate.
     let dir = tmp.join("evaluate");
     good_data(&dir);
@@ -493,6 +528,8 @@ fn synthetic(kind: &str) -> Checkpoint {
         validation_split: 0.0,
         history: Vec::new(),
         metrics: Value::Null,
+        augment: Default::default(),
+        classes: Vec::new(),
     }
 }
 
@@ -1279,8 +1316,17 @@ fn non_finite_parameters_are_caught_on_the_host() {
 
 /// Start a training run, wait for `after` on its stdout, then send it `signal` (by its pid).
 fn interrupt_run(args: &[&str], signal: &str, wait_after: Duration) -> Run {
+    interrupt_run_after(args, "train on", signal, wait_after)
+}
+
+/// Start the CLI with `args`, wait for a stdout line starting with `ready`, then
+/// `wait_after`, send SIG`signal` and collect the run.
+fn interrupt_run_after(args: &[&str], ready: &str, signal: &str, wait_after: Duration) -> Run {
+    // One stderr file per run: tests of this binary interrupt runs side by side.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = std::env::temp_dir().join(format!(
-        "shadergrad-robust-{}-sig{signal}",
+        "shadergrad-robust-{}-sig{signal}-{n}",
         std::process::id()
     ));
     let err = tmp.with_extension("stderr");
@@ -1303,7 +1349,7 @@ fn interrupt_run(args: &[&str], signal: &str, wait_after: Duration) -> Run {
     let deadline = Instant::now() + RUN_LIMIT;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.starts_with("train on") => break,
+            Ok(line) if line.starts_with(ready) => break,
             Ok(_) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(_) if Instant::now() > deadline => break,
@@ -1736,6 +1782,14 @@ fn fuzz_png_path() {
                 Err(e) => assert!(matches!(e, Error::Image { .. }), "{e:?}"),
             }
             outcomes[r.is_ok() as usize] += 1;
+            // The image-folder reader on the same bytes: an image or an error naming it.
+            let f = no_panic("png folder", &input, || {
+                shadergrad::data::folder::decode_png(path, &input)
+            });
+            match &f {
+                Ok(im) => assert_eq!(im.pixels.len(), im.width * im.height * im.channels),
+                Err(e) => assert!(e.to_string().starts_with("fuzz.png: "), "{e:?}"),
+            }
         }
     }
     // Any grey image, however odd its size or content, makes a 28x28 digit or a clean error.
@@ -2017,4 +2071,80 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+/// Ctrl-C in a language-model run: the step in progress finishes, the run is saved at that
+/// step (not at the last evaluation), exit 130; resuming to step N gives the parameters of
+/// an uninterrupted N-step run, to the bit.
+#[test]
+fn ctrl_c_saves_a_language_model_run_at_its_step() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = TempDir::new("sigint-lm");
+    let common = [
+        "train",
+        "--model",
+        "gpt",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "2",
+        "--context",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr-schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+    ];
+    let ck = tmp.arg("lm.safetensors");
+    let r = interrupt_run_after(
+        &[
+            &common[..],
+            &["--steps", "100000", "--eval-every", "100000", "--save", &ck],
+        ]
+        .concat(),
+        "unigram baseline",
+        "INT",
+        Duration::from_millis(500),
+    );
+    assert!(!r.all().contains("panicked"), "{}", r.all());
+    assert_eq!(r.code(), Some(130), "{}", r.all());
+    assert!(
+        r.stderr.contains("interrupted at step") && r.stderr.contains(&format!("saved {ck}")),
+        "{}",
+        r.all()
+    );
+    let saved = shadergrad::lm::checkpoint::load(Path::new(&ck)).expect("the checkpoint loads");
+    assert!(saved.steps > 0 && saved.steps < 100000, "{}", saved.steps);
+    let n = (saved.steps + 7).to_string();
+    expect_success(
+        "resume the interrupted language model",
+        &["train", "--resume", &ck, "--steps", &n],
+        &[],
+    );
+    let full = tmp.arg("full.safetensors");
+    expect_success(
+        "the same language model uninterrupted",
+        &[
+            &common[..],
+            &["--steps", &n, "--eval-every", "100000", "--save", &full],
+        ]
+        .concat(),
+        &[],
+    );
+    let (a, b) = (
+        shadergrad::lm::checkpoint::load(Path::new(&ck)).unwrap(),
+        shadergrad::lm::checkpoint::load(Path::new(&full)).unwrap(),
+    );
+    assert_eq!(a.steps, b.steps);
+    assert_eq!(
+        bits(&a.params),
+        bits(&b.params),
+        "interrupted + resumed == uninterrupted"
+    );
 }

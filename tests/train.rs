@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use common::mnist;
 
 use common::assert_close;
-use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::executor::Trainer;
 use shadergrad::fit::{epoch_order, split_sources, train_epoch, FitConfig};
 use shadergrad::gpu::Gpu;
@@ -24,12 +23,6 @@ use shadergrad::model::{Activation, Layer, Sequential};
 
 const LR: f32 = 1e-3;
 const PIXELS: usize = 28 * 28;
-
-/// The vendored MNIST, loaded once per test binary.
-fn mnist() -> &'static Mnist {
-    static DATA: OnceLock<Mnist> = OnceLock::new();
-    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
-}
 
 /// A trainer (Adam, lr 1e-3) holding the first `n` MNIST training images; returns it and
 /// the dataset id.

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::fit::{EpochLog, Partial};
 use crate::kernels::optim::Optimizer;
+use crate::kernels::random::Augment;
 use crate::model::{ParamSpec, Sequential};
 use crate::{Error, Result};
 
@@ -219,6 +220,15 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
     let metrics = m.json("metrics")?;
     let epoch = m.to_usize("epoch", m.num("epoch", 0)?)?;
     m.check_partial(&metrics, epoch)?;
+    let classes = m.classes()?;
+    let outputs = model.outputs()?;
+    if !classes.is_empty() && classes.len() != outputs {
+        let msg = format!(
+            "names {} classes but the model has {outputs} outputs",
+            classes.len()
+        );
+        return Err(bad(path, "__metadata__.classes", msg));
+    }
     Ok(Checkpoint {
         kind,
         model,
@@ -232,6 +242,8 @@ pub fn load_bytes(path: &Path, bytes: &[u8], model: Option<&Sequential>) -> Resu
         validation_split,
         history,
         metrics,
+        augment: m.augment()?,
+        classes,
     })
 }
 
@@ -429,6 +441,35 @@ impl Meta<'_> {
             Value::Null => Optimizer::adam(1e-3),
             v => parse_optimizer(&v).ok_or_else(|| self.bad("optimizer", format!("{v} is not {{\"name\": \"adam\", \"lr\", \"beta1\", \"beta2\", \"epsilon\"}} or {{\"name\": \"sgd\", \"lr\", \"momentum\"}}")))?,
         })
+    }
+
+    fn augment(&self) -> Result<Augment> {
+        match self.json("augment")? {
+            Value::Null => Ok(Augment::default()),
+            v => Augment::from_json(&v).ok_or_else(|| {
+                self.bad(
+                    "augment",
+                    format!("{v} is not {{\"shift\": <pixels>, \"flip\": true|false}}"),
+                )
+            }),
+        }
+    }
+
+    /// The class names, in label order: distinct, non-empty strings.
+    fn classes(&self) -> Result<Vec<String>> {
+        let v = self.json("classes")?;
+        if v.is_null() {
+            return Ok(Vec::new());
+        }
+        let names: Option<Vec<String>> = v
+            .as_array()
+            .and_then(|a| a.iter().map(|n| n.as_str().map(String::from)).collect());
+        let names = names.ok_or_else(|| self.bad("classes", "not a JSON list of strings"))?;
+        let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+        if names.iter().any(String::is_empty) || distinct.len() != names.len() {
+            return Err(self.bad("classes", "the class names must be distinct and non-empty"));
+        }
+        Ok(names)
     }
 
     fn history(&self) -> Result<Vec<EpochLog>> {

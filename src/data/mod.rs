@@ -1,6 +1,8 @@
-//! MNIST data layer: the IDX reader ([`read_idx`]), the MNIST loader ([`load_mnist`]) with
-//! SHA-256 verification, and [`pack_u8_to_u32`] for uploading bytes to the GPU.
-//! See [`idx`] for the IDX file format, and [`text`] for the character-level text corpora.
+//! Image data: the IDX reader ([`read_idx`]), the loader of IDX sets of the MNIST layout
+//! ([`load_mnist`], with SHA-256 verification and the class count taken from the labels),
+//! image folders ([`folder`]), [`load_data_dir`] for either, and [`pack_u8_to_u32`] for
+//! uploading bytes to the GPU. See [`idx`] for the IDX file format, and [`text`] for the
+//! character-level text corpora.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub mod folder;
 pub mod idx;
 pub mod text;
 
@@ -25,29 +28,34 @@ pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
-/// The MNIST training and test sets.
+/// The training and test sets of an IDX set of the MNIST layout (MNIST, Fashion-MNIST).
 #[derive(Debug, Clone)]
 pub struct Mnist {
     pub train: Split,
     pub test: Split,
+    /// Classes: the largest training label + 1 (10 for MNIST).
+    pub classes: usize,
 }
 
-/// One MNIST split: `n` images of `rows × cols` u8 pixels and their labels (0..=9).
+/// One split: `n` images of `channels × rows × cols` u8 pixels and their labels.
 #[derive(Debug, Clone)]
 pub struct Split {
-    /// `n * rows * cols` pixels, image-major then row-major.
+    /// `n * channels * rows * cols` pixels, image-major, then channel, row, column (CHW,
+    /// as PyTorch lays out an image).
     pub images: Vec<u8>,
-    /// `n` labels, each < 10.
+    /// `n` labels, each below the set's class count.
     pub labels: Vec<u8>,
     pub n: usize,
+    /// 1 (grey) or 3 (RGB); IDX images are grey.
+    pub channels: usize,
     pub rows: usize,
     pub cols: usize,
 }
 
 impl Split {
-    /// Pixels of one image (`rows * cols` bytes, row-major). Panics if `i >= n`.
+    /// Pixels of one image (`channels * rows * cols` bytes, CHW). Panics if `i >= n`.
     pub fn image(&self, i: usize) -> &[u8] {
-        let px = self.rows * self.cols;
+        let px = self.pixels_per_image();
         &self.images[i * px..(i + 1) * px]
     }
 
@@ -60,10 +68,66 @@ impl Split {
         self.n == 0
     }
 
-    /// `rows * cols`.
+    /// `channels * rows * cols`.
     pub fn pixels_per_image(&self) -> usize {
-        self.rows * self.cols
+        self.channels * self.rows * self.cols
     }
+
+    /// The per-image shape [C, H, W] a model must take.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.rows, self.cols]
+    }
+}
+
+/// A labelled image set from a `--data-dir`: IDX files of the MNIST layout or image
+/// folders (see [`load_data_dir`]).
+#[derive(Debug, Clone)]
+pub struct ImageData {
+    /// The training images: for a folder without `train/` and `test/`, all of them.
+    pub train: Split,
+    /// The test images, when the directory has them (IDX sets always do).
+    pub test: Option<Split>,
+    /// Labels are `0..classes`.
+    pub classes: usize,
+    /// The class names in label order (the folders' names); empty for IDX sets.
+    pub names: Vec<String>,
+}
+
+impl From<Mnist> for ImageData {
+    fn from(m: Mnist) -> ImageData {
+        ImageData {
+            train: m.train,
+            test: Some(m.test),
+            classes: m.classes,
+            names: Vec::new(),
+        }
+    }
+}
+
+/// Whether `dir` holds an IDX set (any of the four MNIST file names, raw or `.gz`).
+pub fn is_idx_dir(dir: &Path) -> bool {
+    [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS]
+        .iter()
+        .any(|n| find_file(dir, n).is_ok())
+}
+
+/// Loads the labelled images of `dir`: an IDX set of the MNIST layout when `dir` holds any
+/// of its four files ([`load_mnist`]), else image folders ([`folder::load`]). `names`,
+/// when not empty, are the classes a model already knows (a checkpoint's): folders are
+/// then labelled by them; `want`, a model's input [C, H, W], is the size folder images
+/// must have (IDX sets are checked against it by the caller).
+pub fn load_data_dir(dir: &Path, names: &[String], want: Option<[usize; 3]>) -> Result<ImageData> {
+    if !dir.is_dir() {
+        return Err(Error::data(
+            dir,
+            "directory",
+            "not found or not a directory; expected the four MNIST IDX files or one sub-folder of PNG images per class in it",
+        ));
+    }
+    if is_idx_dir(dir) {
+        return load_mnist(dir).map(ImageData::from);
+    }
+    folder::load(dir, names, want)
 }
 
 /// The vendored MNIST directory, `<crate root>/data/mnist`.
@@ -99,6 +163,7 @@ pub fn load_mnist(dir: &Path) -> Result<Mnist> {
     let manifest = read_manifest(dir)?;
     let train = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS, manifest.as_deref())?;
     let test = load_split(dir, TEST_IMAGES, TEST_LABELS, manifest.as_deref())?;
+    let classes = check_classes(dir, &train, &test)?;
     if (train.rows, train.cols) != (test.rows, test.cols) {
         return Err(Error::data(
             dir.join(TEST_IMAGES),
@@ -109,7 +174,40 @@ pub fn load_mnist(dir: &Path) -> Result<Mnist> {
             ),
         ));
     }
-    Ok(Mnist { train, test })
+    Ok(Mnist {
+        train,
+        test,
+        classes,
+    })
+}
+
+/// The class count, the largest training label + 1: at least 2, and no test label at or
+/// past it.
+fn check_classes(dir: &Path, train: &Split, test: &Split) -> Result<usize> {
+    let classes = usize::from(train.labels.iter().copied().max().unwrap_or(0)) + 1;
+    if classes < 2 {
+        return Err(Error::data(
+            dir.join(TRAIN_LABELS),
+            "label",
+            "every training label is 0; a classifier needs at least 2 classes (labels 0 and 1)",
+        ));
+    }
+    if let Some((i, &v)) = test
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| usize::from(v) >= classes)
+    {
+        return Err(Error::data(
+            dir.join(TEST_LABELS),
+            "label",
+            format!(
+                "label at index {i} is {v}, but the training labels are 0..={} ({classes} classes)",
+                classes - 1
+            ),
+        ));
+    }
+    Ok(classes)
 }
 
 /// Checks the four MNIST files in `dir` against `dir/SHA256SUMS.raw` (SHA-256 of the
@@ -199,17 +297,11 @@ fn load_split(
             ),
         ));
     }
-    if let Some((i, &v)) = lab.data.iter().enumerate().find(|(_, &v)| v >= 10) {
-        return Err(Error::data(
-            &lpath,
-            "label",
-            format!("label at index {i} is {v}, expected 0..=9"),
-        ));
-    }
     Ok(Split {
         images: img.data,
         labels: lab.data,
         n,
+        channels: 1,
         rows,
         cols,
     })

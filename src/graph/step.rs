@@ -12,7 +12,7 @@ use crate::gpu::Gpu;
 use crate::kernels::gather::{gather_batch, gather_rows_f32};
 use crate::kernels::loss::Loss;
 use crate::kernels::optim::{optimizer_dispatches, Optimizer};
-use crate::kernels::random::{text_windows, RandomSpec, TextWindows};
+use crate::kernels::random::{augment_images, text_windows, Augment, RandomSpec, TextWindows};
 use crate::kernels::reduce::{accumulate_metrics, Accuracy};
 use crate::kernels::Dispatch;
 use crate::model::Activation;
@@ -21,14 +21,21 @@ use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+/// The key of the augmentation stream (dropout streams are keyed by small salts, text
+/// windows by their own key); the executor rewrites its counter every step.
+pub const AUGMENT_STREAM: u64 = 0xA067_0000_0000_0001;
+
 /// Where a plan's batches come from: a GPU-resident dataset and an index order into it.
 pub enum BatchSource<'a> {
     /// u8 images packed four per word and their u8 class labels (see gather.wgsl), for
-    /// classification (softmax or sigmoid outputs).
+    /// classification (softmax or sigmoid outputs). With `augment`, training batches are
+    /// shifted and flipped right after the gather (random.wgsl's augment_images, stream
+    /// [`AUGMENT_STREAM`], a fresh counter each step); evaluation batches never are.
     Images {
         pixels: &'a Tensor,
         labels: &'a Tensor,
         order: &'a Tensor,
+        augment: Augment,
     },
     /// f32 feature rows [N, D] and f32 target rows [N, T], for regression (linear outputs,
     /// mean squared error).
@@ -62,8 +69,8 @@ pub struct Plan {
     pub loss: Tensor,
     /// Bytes of the transient values: as planned, and with a buffer each.
     pub activation_bytes: (u64, u64),
-    /// Dispatches drawing random numbers (dropout masks), whose counter the executor
-    /// rewrites before each step.
+    /// Dispatches drawing random numbers (dropout masks, augmentation), whose counter the
+    /// executor rewrites before each step.
     pub random: Vec<usize>,
 }
 
@@ -210,7 +217,7 @@ pub fn build_plan(
     let ts = lower::allocate(gpu, &g, &mem, &external)?;
     let choices = tune::choose_kernels(gpu, &g)?;
     let (xt, tt) = (ts.get(&g, x)?, ts.get(&g, target)?);
-    let mut d = vec![gather(gpu, source, &xt, &tt)?];
+    let mut d = gather_augmented(gpu, model, source, optimizer.is_some(), &xt, &tt)?;
     d.extend(lower::lower(gpu, &g, &ts, &choices)?);
     let (loss_t, prob_t) = (ts.get(&g, loss)?, ts.get(&g, prob)?);
     let label = if regression {
@@ -238,7 +245,7 @@ pub fn build_plan(
     }
     log::debug!("step graph (batch {batch}):\n{}", g.dump());
     let random = (0..d.len())
-        .filter(|&i| d[i].name == "dropout_mask")
+        .filter(|&i| matches!(d[i].name, "dropout_mask" | "augment_images"))
         .collect();
     Ok(Plan {
         batch,
@@ -283,6 +290,31 @@ fn check_source(model: &dyn Model, source: &BatchSource<'_>) -> Result<bool> {
     }
 }
 
+/// The gather, and for augmented training batches the augmentation after it: the gather
+/// then fills a batch of its own, which augment_images moves into x.
+fn gather_augmented(
+    gpu: &Gpu,
+    model: &dyn Model,
+    source: &BatchSource<'_>,
+    train: bool,
+    x: &Tensor,
+    t: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    let aug = match source {
+        BatchSource::Images { augment, .. } if train && !augment.is_off() => *augment,
+        _ => return Ok(vec![gather(gpu, source, x, t)?]),
+    };
+    let raw = Tensor::zeros(gpu, "gathered batch", &x.shape)?; // [B, C, H, W]
+    let spec = RandomSpec {
+        seed: AUGMENT_STREAM,
+        counter: 0,
+    };
+    Ok(vec![
+        gather(gpu, source, &raw, t)?,
+        augment_images(gpu, &spec, &aug, model.input(), &raw, x)?,
+    ])
+}
+
 /// The gather dispatch: the batch's samples into x [B, C*H*W] and the labels or targets.
 fn gather(gpu: &Gpu, source: &BatchSource<'_>, x: &Tensor, t: &Tensor) -> Result<Dispatch> {
     let rows = x.view(0, &[x.shape[0], x.numel() / x.shape[0].max(1)]);
@@ -291,6 +323,7 @@ fn gather(gpu: &Gpu, source: &BatchSource<'_>, x: &Tensor, t: &Tensor) -> Result
             pixels,
             labels,
             order,
+            ..
         } => gather_batch(gpu, pixels, labels, order, 0, &rows, t),
         BatchSource::Rows {
             features,

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use super::ir::*;
 use super::lower::{conv_forward, conv_spec, matmul_spec};
@@ -20,6 +19,7 @@ use crate::kernels::matmul::{
 };
 use crate::kernels::transpose::transpose;
 use crate::kernels::{run_all, Dispatch};
+use crate::platform::Instant;
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -30,8 +30,9 @@ pub const CACHE_ENV: &str = "SHADERGRAD_CACHE_DIR";
 
 static MEMORY: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
 
+/// Off in the browser, which cannot wait on the GPU to time a candidate.
 pub fn tuning_on() -> bool {
-    std::env::var(TUNE_ENV).map_or(true, |v| v != "0")
+    cfg!(native) && std::env::var(TUNE_ENV).map_or(true, |v| v != "0")
 }
 
 fn cache_file() -> Option<PathBuf> {

@@ -225,7 +225,12 @@ impl Shader {
             ],
             Shader::Copy => &["copy_strided"],
             Shader::ReduceAxis => &["reduce_axis"],
-            Shader::Random => &["random_uniform", "dropout_mask", "text_windows"],
+            Shader::Random => &[
+                "random_uniform",
+                "dropout_mask",
+                "text_windows",
+                "augment_images",
+            ],
             Shader::Sample => &["sample_next"],
             Shader::BatchNorm => &[
                 "batch_norm_partial",
@@ -334,19 +339,19 @@ pub fn dispatch(gpu: &Gpu, call: &KernelCall<'_>) -> Result<Dispatch> {
             resource: wgpu::BindingResource::Buffer(t.binding()),
         });
     }
-    let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(call.entry),
-        layout: &pipeline.layout,
-        entries: &entries,
-    });
-    if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(Error::Shader {
-            file: call.shader.file().into(),
-            entry: call.entry.into(),
-            msg: format!("bind group: {e}"),
-        });
-    }
+    let (file, entry) = (call.shader.file(), call.entry);
+    let error = move |e| Error::Shader {
+        file: file.into(),
+        entry: entry.into(),
+        msg: format!("bind group: {e}"),
+    };
+    let bind_group = gpu.scoped(error, || {
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(call.entry),
+            layout: &pipeline.layout,
+            entries: &entries,
+        })
+    })?;
     Ok(Dispatch {
         name: call.entry,
         pipeline,

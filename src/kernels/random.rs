@@ -1,7 +1,8 @@
 //! Counter-based random numbers (Philox-4x32-10): shaders/random.wgsl, its wrappers and
 //! bit-exact CPU references. Element i takes word i % 4 of
 //! philox4x32_10((i / 4, 0, counter_lo, counter_hi), (seed_lo, seed_hi)).
-//! [`text_windows`] draws a language-model batch with the same words: row b's window start.
+//! [`text_windows`] draws a language-model batch with the same words: row b's window start;
+//! [`augment_images`] shifts and flips each image of a training batch by its block's words.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -31,6 +32,13 @@ struct Params {
     tok_offset: u32,
     tok_len: u32,
     _pad1: u32,
+    /// augment_images only: the image shape C, H, W, the largest shift S and flip (0/1).
+    channels: u32,
+    height: u32,
+    width: u32,
+    max_shift: u32,
+    flip: u32,
+    _pad2: [u32; 3],
 }
 
 /// Byte offset of the seed (u64, little-endian: lo then hi word) in the uniform.
@@ -198,8 +206,105 @@ pub fn text_windows(
     )
 }
 
-/// Rewrite the counter of a [`random_uniform`], [`dropout_mask`] or [`text_windows`] dispatch (takes effect
-/// at the next submit).
+/// Random shifts of up to `shift` pixels each way and, with `flip`, horizontal flips of a
+/// training batch's images ([`augment_images`]); all zero: no augmentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Augment {
+    pub shift: usize,
+    pub flip: bool,
+}
+
+impl Augment {
+    pub fn is_off(&self) -> bool {
+        self.shift == 0 && !self.flip
+    }
+
+    /// As a checkpoint's `augment` metadata holds it: `{"shift": 2, "flip": true}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "shift": self.shift, "flip": self.flip })
+    }
+
+    /// The inverse of [`Augment::to_json`]; `None` when a field is missing or mistyped.
+    pub fn from_json(v: &serde_json::Value) -> Option<Augment> {
+        Some(Augment {
+            shift: usize::try_from(v.get("shift")?.as_u64()?).ok()?,
+            flip: v.get("flip")?.as_bool()?,
+        })
+    }
+
+    /// Refuse a shift the images cannot take (S must stay below H and W).
+    pub fn check(&self, [c, h, w]: [usize; 3]) -> Result<()> {
+        if c == 0 || self.shift >= h.min(w) || self.shift > u16::MAX as usize {
+            return Err(Error::shape(
+                "augment_images",
+                format!(
+                    "a shift of up to {} pixels on {c}x{h}x{w} images; it must stay below the height and width (hint: --augment-shift 1 to 4)",
+                    self.shift
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// out [B, C, H, W] = the batch x [B, C, H, W] with image b flipped (when `aug.flip` and
+/// its draw says so) and moved by (dy, dx) in [-S, S]^2, zeros coming in at the edges;
+/// see random.wgsl for the draws. Rewrite the counter per step ([`write_counter`]) for
+/// fresh draws from the same dispatch.
+pub fn augment_images(
+    gpu: &Gpu,
+    spec: &RandomSpec,
+    aug: &Augment,
+    chw: [usize; 3],
+    x: &Tensor,
+    out: &Tensor,
+) -> Result<Dispatch> {
+    let op = "augment_images";
+    aug.check(chw)?;
+    let per_image: usize = chw.iter().product();
+    let n = x.numel();
+    if n == 0 || !n.is_multiple_of(per_image) || out.numel() != n {
+        return Err(Error::shape(
+            op,
+            format!(
+                "x {:?} and out {:?} must both hold whole {chw:?} images",
+                x.shape, out.shape
+            ),
+        ));
+    }
+    if n > u32::MAX as usize - WG_1D {
+        return Err(Error::shape(
+            op,
+            format!("{n} elements pass 2^32 - {WG_1D}"),
+        ));
+    }
+    let params = Params {
+        n: n as u32,
+        seed: split(spec.seed),
+        counter: split(spec.counter),
+        channels: chw[0] as u32,
+        height: chw[1] as u32,
+        width: chw[2] as u32,
+        max_shift: aug.shift as u32,
+        flip: aug.flip as u32,
+        ..Zeroable::zeroed()
+    };
+    // x sits at binding 2 (text_windows' second output), read only; binding 3 is unused.
+    dispatch(
+        gpu,
+        &KernelCall {
+            shader: Shader::Random,
+            entry: op,
+            params: bytemuck::bytes_of(&params),
+            bindings: &[(out, Access::ReadWrite), (x, Access::ReadWrite)],
+            workgroups: grid_1d(gpu, op, n)?,
+            constants: &[],
+        },
+    )
+}
+
+/// Rewrite the counter of a [`random_uniform`], [`dropout_mask`], [`text_windows`] or
+/// [`augment_images`] dispatch (takes effect at the next submit).
 pub fn write_counter(gpu: &Gpu, d: &Dispatch, counter: u64) {
     gpu.queue
         .write_buffer(&d.params, COUNTER_OFFSET, &counter.to_le_bytes());
@@ -271,4 +376,44 @@ pub fn text_windows_ref(
         y.extend_from_slice(&split[start + 1..start + w.seq_len + 1]);
     }
     (x, y)
+}
+
+/// The draws of [`augment_images`] for image b < `batch`: (dy, dx, flipped).
+pub fn augment_draws(spec: &RandomSpec, aug: &Augment, batch: usize) -> Vec<(i64, i64, bool)> {
+    let [clo, chi] = split(spec.counter);
+    let range = 2 * aug.shift as u64 + 1;
+    let shift = |w: u32| ((w as u64 * range) >> 32) as i64 - aug.shift as i64;
+    (0..batch)
+        .map(|b| {
+            let w = philox4x32_10([b as u32, 0, clo, chi], split(spec.seed));
+            (shift(w[0]), shift(w[1]), aug.flip && w[2] >> 31 == 1)
+        })
+        .collect()
+}
+
+/// Reference of [`augment_images`], bit for bit: x holds whole `[c, h, w]` images.
+pub fn augment_images_ref(
+    spec: &RandomSpec,
+    aug: &Augment,
+    [c, h, w]: [usize; 3],
+    x: &[f32],
+) -> Vec<f32> {
+    let batch = x.len() / (c * h * w);
+    let mut out = vec![0.0; x.len()];
+    for (b, (dy, dx, flipped)) in augment_draws(spec, aug, batch).into_iter().enumerate() {
+        for plane in b * c..(b + 1) * c {
+            for y in 0..h as i64 {
+                for xx in 0..w as i64 {
+                    let (sy, u) = (y - dy, xx - dx);
+                    if sy < 0 || sy >= h as i64 || u < 0 || u >= w as i64 {
+                        continue;
+                    }
+                    let sx = if flipped { w as i64 - 1 - u } else { u };
+                    out[(plane * h + y as usize) * w + xx as usize] =
+                        x[(plane * h + sy as usize) * w + sx as usize];
+                }
+            }
+        }
+    }
+    out
 }

@@ -4,7 +4,7 @@
 //! The same checkpoint, prompt, temperature and seed give the same text on one adapter.
 
 use crate::gpu::Gpu;
-use crate::graph::ir::{Graph, Op};
+use crate::graph::ir::{Graph, Id, Op};
 use crate::graph::session::Session;
 use crate::kernels::sample::{sample_next, sample_uniforms, SampleTensors};
 use crate::nn::{model_input, Model};
@@ -53,6 +53,45 @@ pub fn decode(vocab: &[char], ids: &[u32]) -> String {
         .collect()
 }
 
+/// The model's evaluation graph for one window of T tokens, compiled, with the checkpoint's
+/// parameters written: the session, its input x [1, T] and its logits [T, V].
+fn forward_session<'g>(gpu: &'g Gpu, ck: &LmCheckpoint) -> Result<(Session<'g>, Id, Id)> {
+    let mut g = Graph::new();
+    g.training = false;
+    let x = model_input(&mut g, &ck.config, 1); // [1, T]
+    let logits = ck.config.forward(&mut g, x)?; // [T, V]
+    g.mark_output(logits);
+    let s = Session::new(gpu, &g, true)?;
+    for id in g.ids() {
+        if let Op::Param(i) = g.node(id).op {
+            s.write(id, &ck.params[i])?;
+        }
+    }
+    Ok((s, x, logits))
+}
+
+/// Next-token logits [L, V] (row-major) at each of the last L = min(len, T) characters of
+/// `text`: row i scores the character after position i of that window.
+pub fn logits(gpu: &Gpu, ck: &LmCheckpoint, text: &str) -> Result<Vec<f32>> {
+    let (ctx, v) = (ck.config.context().unwrap_or(1), ck.config.vocab());
+    let tokens = encode(&ck.vocab, text, "text")?;
+    if tokens.is_empty() {
+        return Err(Error::usage(
+            "text",
+            "empty; expected at least one character",
+        ));
+    }
+    let keep = &tokens[tokens.len().saturating_sub(ctx)..];
+    let mut context = keep.to_vec();
+    context.resize(ctx, 0); // positions past L do not reach rows < L (causal models)
+    let (s, x, out) = forward_session(gpu, ck)?;
+    s.write_u32(x, &context)?;
+    s.run()?;
+    let mut all = s.read(out)?;
+    all.truncate(keep.len() * v);
+    Ok(all)
+}
+
 /// `o.tokens` characters sampled after `o.prompt` (the prompt not included).
 pub fn generate(gpu: &Gpu, ck: &LmCheckpoint, o: &GenerateOptions) -> Result<String> {
     let ctx = ck.config.context().unwrap_or(1);
@@ -67,17 +106,7 @@ pub fn generate(gpu: &Gpu, ck: &LmCheckpoint, o: &GenerateOptions) -> Result<Str
             ),
         ));
     }
-    let mut g = Graph::new();
-    g.training = false;
-    let x = model_input(&mut g, &ck.config, 1); // [1, T]
-    let logits = ck.config.forward(&mut g, x)?; // [T, V]
-    g.mark_output(logits);
-    let s = Session::new(gpu, &g, true)?;
-    for id in g.ids() {
-        if let Op::Param(i) = g.node(id).op {
-            s.write(id, &ck.params[i])?;
-        }
-    }
+    let (s, x, logits) = forward_session(gpu, ck)?;
     let keep = &prompt[prompt.len().saturating_sub(ctx)..]; // the last T characters
     let mut context = keep.to_vec();
     context.resize(ctx, 0);

@@ -5,8 +5,8 @@
 //! are evaluated, and a row {step, loss, val_loss, bpc, val_bpc, ...} is reported (and the
 //! checkpoint saved). Losses are in nats per character; bpc = loss / ln 2.
 
+use crate::platform::Instant;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -46,8 +46,8 @@ pub struct LmRun<'g> {
     pub trainer: Trainer<'g>,
     pub config: LmConfig,
     vocab: Vec<char>,
-    train_src: usize,
-    val_src: usize,
+    pub train_src: usize,
+    pub val_src: usize,
     pub history: Vec<Value>,
 }
 
@@ -113,9 +113,23 @@ impl<'g> LmRun<'g> {
 
     /// Train up to `cfg.steps`, calling `report` with each evaluation row.
     pub fn run(&mut self, cfg: &LmTrainConfig, report: &mut dyn FnMut(&Value)) -> Result<()> {
+        self.run_until(cfg, report, &|| false).map(|_| ())
+    }
+
+    /// [`LmRun::run`], asking `stop` before each step: false when it stopped the run early
+    /// (after a whole step; save with [`LmRun::checkpoint`] to resume from there).
+    pub fn run_until(
+        &mut self,
+        cfg: &LmTrainConfig,
+        report: &mut dyn FnMut(&Value),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool> {
         let mut since = (Instant::now(), self.trainer.steps);
         self.trainer.reset_metrics();
         while self.trainer.steps < cfg.steps {
+            if stop() {
+                return Ok(false);
+            }
             self.trainer.step(self.train_src, 0, cfg.batch, true)?;
             let t = self.trainer.steps;
             if !t.is_multiple_of(cfg.eval_every.max(1)) && t != cfg.steps {
@@ -139,7 +153,7 @@ impl<'g> LmRun<'g> {
             }
             since = (Instant::now(), t);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Per-dispatch timing of one training step (debug aid; see Trainer::profile_step).

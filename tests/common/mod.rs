@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+use shadergrad::data::{default_data_dir, load_mnist, Mnist};
 use shadergrad::gpu::Gpu;
 
 /// The shared GPU, or None (with the reason printed) when no adapter exists. With
@@ -20,6 +21,12 @@ pub fn gpu() -> Option<&'static Gpu> {
             None
         }
     }
+}
+
+/// The vendored MNIST (data/mnist), loaded once per test binary.
+pub fn mnist() -> &'static Mnist {
+    static DATA: OnceLock<Mnist> = OnceLock::new();
+    DATA.get_or_init(|| load_mnist(&default_data_dir()).expect("vendored MNIST in data/mnist"))
 }
 
 /// Assert |got - want| <= atol + rtol * |want| elementwise, printing the first mismatches.

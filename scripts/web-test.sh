@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The browser test, as .ci/run runs it: installs what it needs when missing (Debian's
+# chromium, the wasm32 target, wasm-bindgen-cli at Cargo.lock's version), builds web/
+# (scripts/build-web.sh), then drives the page in headless Chromium with WebGPU on
+# SwiftShader (scripts/web-test.mjs). Artefacts in target/web-test/: screenshot.png,
+# chromium.log, console.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+    echo "web-test: installing Debian's chromium"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v node >/dev/null; then
+    echo "web-test: Node.js (20 or later) is needed: the driver speaks the DevTools protocol over its WebSocket" >&2
+    exit 1
+fi
+rustup target list --installed | grep -qx wasm32-unknown-unknown ||
+    rustup target add wasm32-unknown-unknown
+version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
+    # The CLI only (not its two other tools), unoptimised and without debug info: half the
+    # compile time of a release install, and it runs for about a second either way.
+    echo "web-test: installing wasm-bindgen-cli $version (wasm-bindgen only, a debug build)"
+    CARGO_PROFILE_DEV_DEBUG=false cargo install --quiet --debug wasm-bindgen-cli \
+        --version "$version" --bin wasm-bindgen
+fi
+echo "web-test: tools ready after $((SECONDS - started)) s"
+
+scripts/build-web.sh
+echo "web-test: page built after $((SECONDS - started)) s"
+
+# Node 20 has WebSocket behind a flag; 22 and later by default.
+flag=()
+node -e 'process.exit(typeof WebSocket === "undefined" ? 1 : 0)' || flag=(--experimental-websocket)
+node "${flag[@]}" scripts/web-test.mjs
+echo "web-test: done in $((SECONDS - started)) s"
