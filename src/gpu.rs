@@ -160,7 +160,7 @@ pub fn cpu_adapter_warning(info: &wgpu::AdapterInfo) -> Option<String> {
             info.name
         ),
         None => format!(
-            "warning: training on {} ({:?}), a CPU emulator: expect ~40 s an epoch for the seed CNN",
+            "warning: training on {} ({:?}), a CPU emulator: expect it to be slow (the seed CNN: ~25 s an epoch on two cores)",
             info.name, info.backend
         ),
     })

@@ -276,6 +276,11 @@ struct PredictArgs {
     /// image folders, images like the training ones (same size).
     #[arg(required = true)]
     images: Vec<PathBuf>,
+    /// Read each image as it is, at the model's size (grey 28x28 for an IDX set), without
+    /// MNIST's digit preparation (crop, 20x20 box, centre of mass): for IDX sets whose
+    /// images are not centred digits, such as Fashion-MNIST.
+    #[arg(long)]
+    as_is: bool,
 }
 
 fn main() -> ExitCode {
@@ -1389,9 +1394,9 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
 
 fn predict(args: PredictArgs) -> Result<()> {
     let ck = checkpoint::load(&args.checkpoint, None)?;
-    // Image-folder models read each image as their training folders were read; others
-    // read digits the way MNIST was made.
-    let folder = !ck.classes.is_empty();
+    // Image-folder models (and --as-is) read each image as the training folders were
+    // read; others read digits the way MNIST was made.
+    let folder = !ck.classes.is_empty() || args.as_is;
     if !folder && ck.model.input != [1, 28, 28] {
         let msg = format!("model input {:?} is not a 28x28 grey image, and the checkpoint names no classes of an image folder", ck.model.input);
         return Err(Error::usage("--checkpoint", msg));
@@ -1423,13 +1428,14 @@ fn predict(args: PredictArgs) -> Result<()> {
     let width = ck.classes.iter().map(String::len).max().unwrap_or(0).max(5);
     let name = |c: usize| ck.classes.get(c).cloned().unwrap_or(c.to_string());
     let first = if folder { "class" } else { "digit" };
+    let named = !ck.classes.is_empty();
     println!("{first:>width$}{head}  image");
     for (p, (path, _)) in probs.iter().zip(&read) {
         let cols: String = p.iter().map(|v| format!("{v:>7.4}")).collect();
         let class = name(predict::argmax(p));
         println!("{class:>width$}{cols}  {}", path.display());
     }
-    if folder {
+    if named {
         let legend: Vec<String> = (0..classes).map(|c| format!("p{c} {}", name(c))).collect();
         println!("classes: {}", legend.join(", "));
     }

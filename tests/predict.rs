@@ -418,6 +418,26 @@ fn predicts_rendered_test_digits() {
             "{line}"
         );
     }
+
+    // --as-is (Fashion-MNIST and other IDX sets that are not centred digits): a test image
+    // written as a 28x28 PNG is read pixel for pixel, so the probabilities printed are
+    // predict_digits' on the raw image.
+    let raw_png = dir.join("raw.png");
+    let i = picks[1];
+    std::fs::write(&raw_png, encode(&render(0, test.image(i)))).unwrap();
+    let want = predict::predict_digits(&mut t, &[test.image(i).to_vec()]).unwrap();
+    let want: Vec<String> = want[0].iter().map(|p| format!("{p:.4}")).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadergrad"))
+        .args(["predict", "--as-is", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(&raw_png)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout.lines().find(|l| l.ends_with("raw.png")).unwrap();
+    let got: Vec<&str> = line.split_whitespace().skip(1).take(10).collect();
+    assert_eq!(got, want, "{line}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
