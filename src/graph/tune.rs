@@ -79,7 +79,7 @@ fn remember(key: &str, choice: &str) {
 const ROUNDS: usize = 7;
 /// A candidate replaces the table's default only when its median is at least this much
 /// faster: measurement noise alone must not change which kernel runs.
-const MARGIN: f64 = 0.93;
+pub const MARGIN: f64 = 0.93;
 
 /// Wall-clock milliseconds of one run of the dispatches, waiting for the GPU.
 fn time_once(gpu: &Gpu, d: &[Dispatch]) -> Result<f64> {
@@ -124,6 +124,19 @@ fn measure(
         .collect()
 }
 
+/// The decision on measured medians (infinite: not buildable): the fastest candidate if it
+/// beats the default, the first buildable one, by [`MARGIN`]; else that default.
+pub fn pick(ms: &[f64]) -> usize {
+    let default = ms.iter().position(|m| m.is_finite()).unwrap_or(0);
+    let fastest = (0..ms.len())
+        .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
+        .unwrap_or(0);
+    match ms[fastest] < MARGIN * ms[default] {
+        true => fastest,
+        false => default,
+    }
+}
+
 /// Index of the chosen candidate for `what`: the cached one, else the measured fastest if it
 /// beats the table's default (the first candidate) by a clear margin, else the default.
 /// `build(i)` makes candidate i's dispatches on scratch tensors.
@@ -159,16 +172,7 @@ pub fn choose(
     if ms.iter().all(|m| m.is_infinite()) {
         return Ok(0);
     }
-    let fastest = (0..labels.len())
-        .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
-        .unwrap_or(0);
-    // The first buildable candidate is the table's default.
-    let default = ms.iter().position(|m| m.is_finite()).unwrap_or(0);
-    let best = if ms[fastest] < MARGIN * ms[default] {
-        fastest
-    } else {
-        default
-    };
+    let best = pick(&ms);
     let report: Vec<String> = labels
         .iter()
         .zip(&ms)
