@@ -1308,6 +1308,40 @@ fn conv2d_window_matches_reference() {
     assert!(err.to_string().contains("window"), "{err}");
 }
 
+/// Runs batch norm's backward for `t` (after its training forward) and checks dx, dgamma
+/// and dbeta against the reference's `(dx, dgamma, dbeta)`; atol grows with the values a
+/// channel sums.
+fn check_batch_norm_backward(
+    gpu: &shadergrad::gpu::Gpu,
+    what: &str,
+    s: &shadergrad::kernels::batchnorm::BatchNormSpec,
+    t: &shadergrad::kernels::batchnorm::BatchNormTensors,
+    sc: &shadergrad::kernels::batchnorm::BatchNormScratch,
+    dy: &Tensor,
+    (want_dx, want_dgamma, want_dbeta): (Vec<f64>, Vec<f64>, Vec<f64>),
+) {
+    use shadergrad::kernels::batchnorm::*;
+    let zeros = |shape: &[usize]| Tensor::zeros(gpu, "out", shape).unwrap();
+    let c = s.channels;
+    let (dx, dgamma, dbeta) = (zeros(&t.x.shape), zeros(&[c]), zeros(&[c]));
+    let grads = BatchNormGrads {
+        dy,
+        dx: &dx,
+        dgamma: &dgamma,
+        dbeta: &dbeta,
+    };
+    run_all(gpu, &batch_norm_backward(gpu, s, t, &grads, sc).unwrap()).unwrap();
+    let atol = 1e-5 * (s.count() as f64).sqrt();
+    for (name, got, want, rtol) in [
+        ("dx", &dx, &want_dx, 1e-3),
+        ("dgamma", &dgamma, &want_dgamma, 1e-4),
+        ("dbeta", &dbeta, &want_dbeta, 1e-4),
+    ] {
+        let what = format!("{what} {name}");
+        assert_close(&what, &got.to_f32(gpu).unwrap(), want, rtol, atol);
+    }
+}
+
 /// Batch norm, training and evaluation forward and backward, with and without the fused
 /// ReLU, against the f64 references: one value a channel, BatchNorm1d ([B, C], S = 1),
 /// primes, more chunks than one (batch past the partial sums' split), channels far from zero
@@ -1390,38 +1424,8 @@ fn batch_norm_matches_reference() {
                 1e-4,
                 1e-4,
             );
-            let (dx, dgamma, dbeta) = (zeros(&shape), zeros(&[c]), zeros(&[c]));
-            let grads = BatchNormGrads {
-                dy: &tdy,
-                dx: &dx,
-                dgamma: &dgamma,
-                dbeta: &dbeta,
-            };
-            run_all(gpu, &batch_norm_backward(gpu, &s, &t, &grads, &sc).unwrap()).unwrap();
-            let (want_dx, want_dgamma, want_dbeta) =
-                batch_norm_backward_ref(&s, &x, [&gamma, &beta], &dy);
-            let atol = 1e-5 * (s.count() as f64).sqrt();
-            assert_close(
-                &format!("{what} dx"),
-                &dx.to_f32(gpu).unwrap(),
-                &want_dx,
-                1e-3,
-                atol,
-            );
-            assert_close(
-                &format!("{what} dgamma"),
-                &dgamma.to_f32(gpu).unwrap(),
-                &want_dgamma,
-                1e-4,
-                atol,
-            );
-            assert_close(
-                &format!("{what} dbeta"),
-                &dbeta.to_f32(gpu).unwrap(),
-                &want_dbeta,
-                1e-4,
-                atol,
-            );
+            let want = batch_norm_backward_ref(&s, &x, [&gamma, &beta], &dy);
+            check_batch_norm_backward(gpu, &what, &s, &t, &sc, &tdy, want);
             // Evaluation: given statistics (here a made-up running mean and var).
             let run_mean = rng.uniform_vec(c, -1.0, 1.0);
             let run_var = rng.uniform_vec(c, 0.1, 2.0);
@@ -1518,28 +1522,8 @@ fn batch_norm_pool_matches_reference() {
             0.0,
             0.0,
         );
-        let (dx, dgamma, dbeta) = (zeros(&shape), zeros(&[c]), zeros(&[c]));
-        let grads = BatchNormGrads {
-            dy: &tdy,
-            dx: &dx,
-            dgamma: &dgamma,
-            dbeta: &dbeta,
-        };
-        run_all(gpu, &batch_norm_backward(gpu, &s, &t, &grads, &sc).unwrap()).unwrap();
-        let (want_dx, want_dgamma, want_dbeta) =
-            batch_norm_pool_backward_ref(&s, &x, [&gamma, &beta], &dy);
-        let atol = 1e-5 * (s.count() as f64).sqrt();
-        assert_close(
-            &format!("{what} dx"),
-            &dx.to_f32(gpu).unwrap(),
-            &want_dx,
-            1e-3,
-            atol,
-        );
-        let got = dgamma.to_f32(gpu).unwrap();
-        assert_close(&format!("{what} dgamma"), &got, &want_dgamma, 1e-4, atol);
-        let got = dbeta.to_f32(gpu).unwrap();
-        assert_close(&format!("{what} dbeta"), &got, &want_dbeta, 1e-4, atol);
+        let want = batch_norm_pool_backward_ref(&s, &x, [&gamma, &beta], &dy);
+        check_batch_norm_backward(gpu, &what, &s, &t, &sc, &tdy, want);
         // Evaluation with given statistics.
         let (rm, rv) = (rng.uniform_vec(c, -0.5, 0.5), rng.uniform_vec(c, 0.2, 2.0));
         let (tm, tv) = (upload(gpu, &[c], &rm), upload(gpu, &[c], &rv));
