@@ -26,7 +26,9 @@ static TURN: Mutex<()> = Mutex::new(());
 fn gpu() -> Option<&'static Gpu> {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("shadergrad-tune-{}", std::process::id()));
+        // Under target/tmp (cargo's scratch folder for integration tests), not /tmp.
+        let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("shadergrad-tune-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         // SAFETY (edition 2021: safe): set once, before any test reads them.
         std::env::set_var(TUNE_ENV, "1");
