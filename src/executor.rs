@@ -577,6 +577,21 @@ impl<'g> Trainer<'g> {
             .write_buffer(&self.metrics.buffer, 0, &[0u8; METRICS_LEN * 4]);
     }
 
+    /// The metrics buffer's raw running totals (loss sum, correct, count, non-finite flag),
+    /// so that an interval interrupted by a checkpoint can go on later from the same f32
+    /// sums ([`Trainer::set_metrics_raw`]).
+    pub fn metrics_raw(&self) -> Result<[f32; METRICS_LEN]> {
+        let m = self.metrics.to_f32(self.gpu)?;
+        m.try_into()
+            .map_err(|_| Error::gpu("metrics_raw", "metrics buffer of the wrong length"))
+    }
+
+    /// Put back totals read by [`Trainer::metrics_raw`].
+    pub fn set_metrics_raw(&self, m: &[f32; METRICS_LEN]) {
+        let bytes: &[u8] = bytemuck::cast_slice(m);
+        self.gpu.queue.write_buffer(&self.metrics.buffer, 0, bytes);
+    }
+
     /// Read the running totals (waits for the GPU).
     pub fn read_metrics(&self) -> Result<Metrics> {
         block_on("read_metrics", self.read_metrics_async())

@@ -2121,6 +2121,26 @@ fn ctrl_c_saves_a_language_model_run_at_its_step() {
     );
     let saved = shadergrad::lm::checkpoint::load(Path::new(&ck)).expect("the checkpoint loads");
     assert!(saved.steps > 0 && saved.steps < 100000, "{}", saved.steps);
+    // Interrupted before its first report: the interval's totals travel in `partial`.
+    let partial = saved
+        .partial
+        .clone()
+        .expect("the interval's metrics are saved");
+    assert_eq!(
+        (partial.since, partial.metrics[2]),
+        (0, (saved.steps * 4 * 16) as f32)
+    );
+    // A partial interval that does not begin before the checkpoint's step is refused.
+    let bad_ck = tmp.arg("bad-partial.safetensors");
+    let mut bad = saved.clone();
+    bad.partial.as_mut().unwrap().since = saved.steps;
+    shadergrad::lm::checkpoint::save(Path::new(&bad_ck), &bad).unwrap();
+    let err = shadergrad::lm::checkpoint::load(Path::new(&bad_ck)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bad-partial.safetensors") && msg.contains("__metadata__.partial"),
+        "{msg}"
+    );
     let n = (saved.steps + 7).to_string();
     expect_success(
         "resume the interrupted language model",
@@ -2147,4 +2167,20 @@ fn ctrl_c_saves_a_language_model_run_at_its_step() {
         bits(&b.params),
         "interrupted + resumed == uninterrupted"
     );
+    // The report at the end covers all n steps in both: the same training loss, to the bit.
+    let last = |c: &shadergrad::lm::checkpoint::LmCheckpoint, k: &str| {
+        c.history
+            .last()
+            .and_then(|r| r[k].as_f64())
+            .map(f64::to_bits)
+    };
+    for k in ["loss", "val_loss"] {
+        assert_eq!(
+            last(&a, k),
+            last(&b, k),
+            "{k}: {:?} vs {:?}",
+            a.history,
+            b.history
+        );
+    }
 }

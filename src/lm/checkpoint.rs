@@ -2,7 +2,8 @@
 //! (checkpoint.rs), with nanoGPT's or `torch.nn.RNN`'s parameter names and layouts, the
 //! optimizer state as `optimizer.m.<name>` / `optimizer.v.<name>`, and metadata holding the
 //! architecture (`lm`), the vocabulary (`vocab`, a JSON string of its characters in id
-//! order), the step count, seed and evaluation history. Written atomically; every field is
+//! order), the step count, seed and evaluation history (and, for a run interrupted between
+//! two reports, `partial`: the metrics counted since the last). Written atomically; every field is
 //! checked on load, and errors name the file and the field.
 
 use std::path::Path;
@@ -34,6 +35,52 @@ pub struct LmCheckpoint {
     pub text: String,
     /// One JSON object per evaluation (step, loss, val_loss, bpc, val_bpc, ...).
     pub history: Vec<Value>,
+    /// For a run saved between two reports (interrupted): what it had counted since the
+    /// last, so that the resumed run's next report is the uninterrupted run's.
+    pub partial: Option<LmPartial>,
+}
+
+/// The training metrics of an interval cut short: the trainer's raw running totals, the
+/// step the interval began at, and the seconds spent in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LmPartial {
+    pub metrics: [f32; crate::kernels::reduce::METRICS_LEN],
+    pub since: u64,
+    pub seconds: f64,
+}
+
+impl LmPartial {
+    /// As the `partial` metadata holds it: the totals as their f32 bit patterns (exact).
+    fn to_json(&self) -> Value {
+        let bits: Vec<u32> = self.metrics.iter().map(|v| v.to_bits()).collect();
+        serde_json::json!({"metrics_bits": bits, "since": self.since, "seconds": self.seconds})
+    }
+
+    fn from_json(v: &Value) -> std::result::Result<LmPartial, String> {
+        let bits: Vec<u32> = v
+            .get("metrics_bits")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64()?.try_into().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let metrics: [u32; crate::kernels::reduce::METRICS_LEN] =
+            bits.try_into().map_err(|_| {
+                "metrics_bits: expected 4 unsigned 32-bit integers (f32 bit patterns)".to_string()
+            })?;
+        let since = v.get("since").and_then(Value::as_u64);
+        let seconds = v.get("seconds").and_then(Value::as_f64);
+        match (since, seconds) {
+            (Some(since), Some(seconds)) if seconds >= 0.0 => Ok(LmPartial {
+                metrics: metrics.map(f32::from_bits),
+                since,
+                seconds,
+            }),
+            _ => Err("expected since (a step) and seconds (a non-negative number)".into()),
+        }
+    }
 }
 
 /// The parameter specs of `config`, in registration order.
@@ -65,6 +112,11 @@ impl LmCheckpoint {
             ("history", Value::Array(self.history.clone()).to_string()),
         ]
         .into_iter()
+        .chain(
+            self.partial
+                .as_ref()
+                .map(|p| ("partial", p.to_json().to_string())),
+        )
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -166,6 +218,22 @@ pub fn load(path: &Path) -> Result<LmCheckpoint> {
         Value::Array(a) => a,
         _ => return Err(bad(path, "__metadata__.history", "expected a JSON array")),
     };
+    let steps = num("steps")?;
+    let partial = match meta.get("partial") {
+        None => None,
+        Some(_) => {
+            let p = LmPartial::from_json(&json("partial")?)
+                .map_err(|why| bad(path, "__metadata__.partial", why))?;
+            if p.since >= steps {
+                let msg = format!(
+                    "begins at step {}, not before the checkpoint's {steps}",
+                    p.since
+                );
+                return Err(bad(path, "__metadata__.partial", msg));
+            }
+            Some(p)
+        }
+    };
     let specs = specs(&config)?;
     let described = config.to_json().to_string();
     let (_, params, state) = load_tensors(path, &bytes, config.kind(), &specs, &described)?;
@@ -175,10 +243,11 @@ pub fn load(path: &Path) -> Result<LmCheckpoint> {
         params,
         optimizer,
         state,
-        steps: num("steps")?,
+        steps,
         seed: num("seed")?,
         batch_size: num("batch_size")?.max(1) as usize,
         text: get("text")?.clone(),
         history,
+        partial,
     })
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::checkpoint::{save, LmCheckpoint};
+use super::checkpoint::{save, LmCheckpoint, LmPartial};
 use super::LmConfig;
 use crate::checkpoint::OptimizerState;
 use crate::executor::Trainer;
@@ -49,6 +49,11 @@ pub struct LmRun<'g> {
     pub train_src: usize,
     pub val_src: usize,
     pub history: Vec<Value>,
+    /// The report interval in progress: when this process began it, the step it began at
+    /// and the seconds an interrupted run had spent in it before.
+    interval: (Instant, u64, f64),
+    /// An interrupted interval's totals to go on from (a resumed checkpoint's `partial`).
+    carried: Option<[f32; crate::kernels::reduce::METRICS_LEN]>,
 }
 
 impl<'g> LmRun<'g> {
@@ -73,12 +78,17 @@ impl<'g> LmRun<'g> {
         }
         let mut trainer = Trainer::new(gpu, config, cfg.optimizer, cfg.seed)?;
         let mut history = Vec::new();
+        let (mut interval, mut carried) = ((Instant::now(), 0, 0.0), None);
         if let Some(ck) = resume {
             trainer.write_params(&ck.params)?;
             if let Some(s) = &ck.state {
                 trainer.write_optimizer_state(&s.m, &s.v, ck.steps)?;
             }
             history = ck.history.clone();
+            interval.1 = ck.steps;
+            if let Some(p) = &ck.partial {
+                (interval.1, interval.2, carried) = (p.since, p.seconds, Some(p.metrics));
+            }
         }
         let all = [data.train, data.val].concat();
         let text = trainer.add_text(&all)?;
@@ -91,6 +101,8 @@ impl<'g> LmRun<'g> {
             train_src,
             val_src,
             history,
+            interval,
+            carried,
         })
     }
 
@@ -124,8 +136,14 @@ impl<'g> LmRun<'g> {
         report: &mut dyn FnMut(&Value),
         stop: &dyn Fn() -> bool,
     ) -> Result<bool> {
-        let mut since = (Instant::now(), self.trainer.steps);
-        self.trainer.reset_metrics();
+        self.interval.0 = Instant::now();
+        match self.carried.take() {
+            Some(m) => self.trainer.set_metrics_raw(&m),
+            None => {
+                self.interval = (Instant::now(), self.trainer.steps, 0.0);
+                self.trainer.reset_metrics();
+            }
+        }
         while self.trainer.steps < cfg.steps {
             if stop() {
                 return Ok(false);
@@ -136,22 +154,24 @@ impl<'g> LmRun<'g> {
                 continue;
             }
             let m = self.trainer.read_metrics()?;
-            let seconds = since.0.elapsed().as_secs_f64();
+            let (start, since, before) = self.interval;
+            let seconds = before + start.elapsed().as_secs_f64();
             if m.non_finite {
                 return Err(Error::usage("train", format!("the training loss became NaN or infinite by step {t}; hint: lower --lr or set --clip-norm")));
             }
             let val = self.val_loss(cfg.batch, cfg.eval_batches)?;
             let ctx = self.config.context().unwrap_or(1);
-            let tokens = (t - since.1) as f64 * (cfg.batch * ctx) as f64;
+            let tokens = (t - since) as f64 * (cfg.batch * ctx) as f64;
             let ln2 = std::f64::consts::LN_2;
             let row = json!({"step": t, "loss": m.loss, "val_loss": val, "bpc": m.loss / ln2,
                 "val_bpc": val / ln2, "seconds": seconds, "tokens_per_second": tokens / seconds.max(1e-9)});
             report(&row);
             self.history.push(row);
+            self.interval.1 = t; // reported: nothing partial to save
             if let Some(path) = &cfg.save {
                 save(path, &self.checkpoint(cfg)?)?;
             }
-            since = (Instant::now(), t);
+            self.interval = (Instant::now(), t, 0.0);
         }
         Ok(true)
     }
@@ -166,9 +186,19 @@ impl<'g> LmRun<'g> {
             .profile_step(self.train_src, batch, true, repeats)
     }
 
-    /// The run's state as a checkpoint.
+    /// The run's state as a checkpoint (between two reports, with what the interval in
+    /// progress has counted).
     pub fn checkpoint(&self, cfg: &LmTrainConfig) -> Result<LmCheckpoint> {
         let (m, v) = self.trainer.read_optimizer_state()?;
+        let (start, since, before) = self.interval;
+        let partial = match self.trainer.steps > since {
+            true => Some(LmPartial {
+                metrics: self.trainer.metrics_raw()?,
+                since,
+                seconds: before + start.elapsed().as_secs_f64(),
+            }),
+            false => None,
+        };
         Ok(LmCheckpoint {
             config: self.config,
             vocab: self.vocab.clone(),
@@ -180,6 +210,7 @@ impl<'g> LmRun<'g> {
             batch_size: cfg.batch,
             text: cfg.text.clone(),
             history: self.history.clone(),
+            partial,
         })
     }
 }
