@@ -223,28 +223,52 @@ fn relu_mask_into_backward(g: &mut Graph, bn: Id) -> usize {
 /// batch norm may have no other reader, nor the pool's argmax.
 fn batch_norm_pool(g: &mut Graph) -> usize {
     let live = g.live_from(&g.outputs);
-    let readers = |g: &Graph, of: Id| -> Vec<Id> {
-        g.ids()
-            .filter(|&i| live[i.index()] && g.node(i).inputs.contains(&of))
-            .collect()
-    };
     let mut n = 0;
     for p in g.ids() {
-        let Op::MaxPool2d(pool) = g.node(p).op else {
-            continue;
-        };
-        let bn = g.node(p).inputs[0];
-        let Op::BatchNorm {
-            eps,
-            relu: true,
-            training,
-        } = g.node(bn).op
-        else {
-            continue;
-        };
-        // The batch norm's backward and the pool backward feeding only it.
-        let mut backward = None;
-        let bn_ok = readers(g, bn).iter().all(|&i| match g.node(i).op {
+        if let Some(m) = match_batch_norm_pool(g, &live, p) {
+            rewrite_batch_norm_pool(g, &live, p, m);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The live nodes reading `of`.
+fn live_readers(g: &Graph, live: &[bool], of: Id) -> Vec<Id> {
+    g.ids()
+        .filter(|&i| live[i.index()] && g.node(i).inputs.contains(&of))
+        .collect()
+}
+
+/// A max pool `p` (pool = stride) of a training or evaluation batch norm with its ReLU
+/// fused, that nothing else reads, with (when training) that batch norm's backward fed by
+/// the pool's backward alone.
+struct BatchNormPoolMatch {
+    bn: Id,
+    eps: f32,
+    training: bool,
+    backward: Option<Id>,
+    pool_backward: Option<Id>,
+}
+
+fn match_batch_norm_pool(g: &Graph, live: &[bool], p: Id) -> Option<BatchNormPoolMatch> {
+    let Op::MaxPool2d(pool) = g.node(p).op else {
+        return None;
+    };
+    let bn = g.node(p).inputs[0];
+    let Op::BatchNorm {
+        eps,
+        relu: true,
+        training,
+    } = g.node(bn).op
+    else {
+        return None;
+    };
+    // The batch norm's backward and the pool backward feeding only it.
+    let mut backward = None;
+    let bn_ok = live_readers(g, live, bn)
+        .iter()
+        .all(|&i| match g.node(i).op {
             Op::Aux(_) => true,
             Op::BatchNormBackward { .. } if g.node(i).inputs[1] == bn => {
                 backward = Some(i);
@@ -252,55 +276,66 @@ fn batch_norm_pool(g: &mut Graph) -> usize {
             }
             _ => i == p,
         });
-        let pool_backward = backward.map(|b| g.node(b).inputs[3]);
-        let pb_ok = match pool_backward {
-            Some(pb) => {
-                matches!(g.node(pb).op, Op::MaxPool2dBackward { .. })
-                    && g.node(pb).inputs[0] == p
-                    && readers(g, pb) == [backward.unwrap_or(pb)]
-                    && !g.is_output(pb)
-            }
-            None => true,
-        };
-        // Nothing else may read the pool's argmax (its positions become f32).
-        let argmax_ok = readers(g, p).iter().all(|&i| {
-            !matches!(g.node(i).op, Op::MaxPool2dBackward { .. } | Op::Aux(_))
-                || Some(i) == pool_backward
-        });
-        let fits = pool.pool == pool.stride && g.shape(bn).len() == 4;
-        if !(bn_ok && pb_ok && argmax_ok && fits) || g.is_output(bn) {
-            continue;
+    let pool_backward = backward.map(|b| g.node(b).inputs[3]);
+    let pb_ok = match pool_backward {
+        Some(pb) => {
+            matches!(g.node(pb).op, Op::MaxPool2dBackward { .. })
+                && g.node(pb).inputs[0] == p
+                && live_readers(g, live, pb) == [backward.unwrap_or(pb)]
+                && !g.is_output(pb)
         }
-        let (x_node, pooled_shape) = (g.node(bn).clone(), g.node(p).shape.clone());
-        let mut aux = vec![(pooled_shape, DType::F32)];
-        aux.extend(x_node.aux.iter().cloned());
-        let fused = &mut g.nodes[p.index()];
-        fused.op = Op::BatchNormPool {
-            eps,
-            pool: pool.pool,
-            training,
-        };
-        fused.inputs = x_node.inputs.clone();
-        fused.aux = aux;
-        for i in readers(g, bn) {
-            let node = &mut g.nodes[i.index()];
-            if let Op::Aux(k) = node.op {
-                node.op = Op::Aux(k + 1);
-                node.inputs = vec![p];
-            }
+        None => true,
+    };
+    // Nothing else may read the pool's argmax (its positions become f32).
+    let argmax_ok = live_readers(g, live, p).iter().all(|&i| {
+        !matches!(g.node(i).op, Op::MaxPool2dBackward { .. } | Op::Aux(_))
+            || Some(i) == pool_backward
+    });
+    let fits = pool.pool == pool.stride && g.shape(bn).len() == 4;
+    let ok = bn_ok && pb_ok && argmax_ok && fits && !g.is_output(bn);
+    ok.then_some(BatchNormPoolMatch {
+        bn,
+        eps,
+        training,
+        backward,
+        pool_backward,
+    })
+}
+
+/// The pool node becomes BatchNormPool (aux: the argmax, then the batch norm's
+/// statistics, so the batch norm's Aux readers shift by one), the batch norm's backward
+/// BatchNormPoolBackward reading the pool's incoming gradient.
+fn rewrite_batch_norm_pool(g: &mut Graph, live: &[bool], p: Id, m: BatchNormPoolMatch) {
+    let Op::MaxPool2d(pool) = g.node(p).op else {
+        return;
+    };
+    let (x_node, pooled_shape) = (g.node(m.bn).clone(), g.node(p).shape.clone());
+    let mut aux = vec![(pooled_shape, DType::F32)];
+    aux.extend(x_node.aux.iter().cloned());
+    let fused = &mut g.nodes[p.index()];
+    fused.op = Op::BatchNormPool {
+        eps: m.eps,
+        pool: pool.pool,
+        training: m.training,
+    };
+    fused.inputs = x_node.inputs.clone();
+    fused.aux = aux;
+    for i in live_readers(g, live, m.bn) {
+        let node = &mut g.nodes[i.index()];
+        if let Op::Aux(k) = node.op {
+            node.op = Op::Aux(k + 1);
+            node.inputs = vec![p];
         }
-        if let (Some(b), Some(pb)) = (backward, pool_backward) {
-            let dy = g.node(pb).inputs[1];
-            let node = &mut g.nodes[b.index()];
-            node.op = Op::BatchNormPoolBackward {
-                eps,
-                pool: pool.pool,
-            };
-            node.inputs = vec![node.inputs[0], p, node.inputs[2], dy];
-        }
-        n += 1;
     }
-    n
+    if let (Some(b), Some(pb)) = (m.backward, m.pool_backward) {
+        let dy = g.node(pb).inputs[1];
+        let node = &mut g.nodes[b.index()];
+        node.op = Op::BatchNormPoolBackward {
+            eps: m.eps,
+            pool: pool.pool,
+        };
+        node.inputs = vec![node.inputs[0], p, node.inputs[2], dy];
+    }
 }
 
 /// Sum(dy, [0, 2, 3]) beside Conv2dBackwardWeight(dy, x): the conv kernel's partial rows
