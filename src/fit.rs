@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 
 use crate::executor::{Metrics, Trainer};
+use crate::kernels::reduce::METRICS_LEN;
 use crate::kernels::LOOP_BUDGET;
 use crate::model::{Layer, Sequential};
 use crate::nn::Model;
@@ -324,6 +325,11 @@ pub struct Partial {
     pub count: usize,
     /// Seconds spent on it so far.
     pub seconds: f64,
+    /// The trainer's raw running totals (f32 bit patterns; see
+    /// [`Trainer::metrics_raw`]): put back on resume, the epoch's metrics come out as an
+    /// uninterrupted run's, to the bit. `None` in checkpoints written before they were
+    /// kept (the means above are merged then).
+    pub totals: Option<[u32; METRICS_LEN]>,
 }
 
 impl Partial {
@@ -338,6 +344,7 @@ impl Partial {
             "accuracy": self.accuracy,
             "count": self.count,
             "seconds": self.seconds,
+            "totals_bits": self.totals,
         })
     }
 
@@ -357,6 +364,14 @@ impl Partial {
                 .and_then(serde_json::Value::as_f64)
                 .ok_or_else(|| format!("interrupted epoch: {k} is not a number"))
         };
+        let totals = match v.get("totals_bits") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(t) => Some(
+                serde_json::from_value::<[u32; METRICS_LEN]>(t.clone()).map_err(|_| {
+                    "interrupted epoch: totals_bits is not 4 unsigned 32-bit integers".to_string()
+                })?,
+            ),
+        };
         let p = Partial {
             epoch: u("epoch")?,
             step: u("step")?,
@@ -365,6 +380,7 @@ impl Partial {
             accuracy: f("accuracy")?,
             count: u("count")?,
             seconds: f("seconds")?,
+            totals,
         };
         if p.epoch == 0 || p.step == 0 || p.step >= p.steps {
             return Err(format!(
@@ -566,7 +582,12 @@ pub fn run_epoch(
     let first = resume_step(from, epoch, steps)?;
     let prev_seconds = from.map_or(0.0, |p| p.seconds);
     trainer.set_order(split.train, &epoch_order(cfg.seed, epoch, split.n_train))?;
-    trainer.reset_metrics();
+    // The interrupted part's totals, when kept, go on accumulating where they stopped.
+    let carried = from.and_then(|p| p.totals);
+    match carried {
+        Some(t) => trainer.set_metrics_raw(&t.map(f32::from_bits)),
+        None => trainer.reset_metrics(),
+    }
     let bar = progress_bar(cfg, steps, epoch);
     if let Some(bar) = &bar {
         bar.set_position(first as u64);
@@ -607,8 +628,12 @@ pub fn run_epoch(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let (loss, accuracy, count) = merge_partial(from, &now);
+    let (loss, accuracy, count) = match carried {
+        Some(_) => (now.loss, now.accuracy, now.count),
+        None => merge_partial(from, &now),
+    };
     if done < steps {
+        let totals = trainer.metrics_raw()?.map(f32::to_bits);
         return Ok(EpochEnd::Stopped(Partial {
             epoch,
             step: done,
@@ -617,6 +642,7 @@ pub fn run_epoch(
             accuracy,
             count,
             seconds: prev_seconds + train_seconds,
+            totals: Some(totals),
         }));
     }
     let val = validate(trainer, split, cfg, epoch, done)?;

@@ -1078,3 +1078,30 @@ fn cli_trains_model_files_and_named_models() {
         "{err}"
     );
 }
+
+/// An interrupted epoch's record: its totals are optional (checkpoints written before they
+/// were kept), but when present must be four f32 bit patterns.
+#[test]
+fn interrupted_epoch_totals_are_checked() {
+    use shadergrad::fit::Partial;
+    let mut v = serde_json::json!({"interrupted": true, "epoch": 2, "step": 5, "steps": 9,
+        "loss": 0.5, "accuracy": 0.75, "count": 40, "seconds": 1.5});
+    let p = Partial::from_json(&v).unwrap().unwrap();
+    assert_eq!(p.totals, None);
+    v["totals_bits"] = serde_json::json!([1065353216u32, 0, 1109393408u32, 0]);
+    let p = Partial::from_json(&v).unwrap().unwrap();
+    assert_eq!(
+        p.totals.map(|t| t.map(f32::from_bits)),
+        Some([1.0, 0.0, 40.0, 0.0])
+    );
+    assert_eq!(Partial::from_json(&p.to_json()).unwrap(), Some(p));
+    for bad in [
+        serde_json::json!([1, 2, 3]),
+        serde_json::json!([-1, 0, 0, 0]),
+        serde_json::json!("x"),
+    ] {
+        v["totals_bits"] = bad;
+        let err = Partial::from_json(&v).unwrap_err();
+        assert!(err.contains("totals_bits"), "{err}");
+    }
+}

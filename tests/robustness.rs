@@ -1452,8 +1452,18 @@ fn ctrl_c_finishes_the_step_saves_and_resumes_exactly() {
         bits(&b.params),
         "interrupted + resumed == uninterrupted"
     );
-    assert_eq!(bits(&a.state.unwrap().v), bits(&b.state.unwrap().v));
+    assert_eq!(
+        bits(&a.state.as_ref().unwrap().v),
+        bits(&b.state.as_ref().unwrap().v)
+    );
     assert_eq!((a.epoch, a.steps), (b.epoch, b.steps));
+    // The interrupted epoch's training metrics too: its totals were saved and went on.
+    assert!(partial.is_some_and(|p| p.totals.is_some()), "totals saved");
+    let last = |c: &checkpoint::Checkpoint| {
+        let e = c.history.last().expect("an epoch logged");
+        (e.epoch, e.loss.to_bits(), e.accuracy.to_bits())
+    };
+    assert_eq!(last(&a), last(&b), "the resumed epoch's loss and accuracy");
 
     // Without --save: stops cleanly, says nothing was saved. SIGTERM: the same, exit 143.
     let r = interrupt_run(
