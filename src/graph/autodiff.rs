@@ -109,44 +109,7 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let from = if u.backward_uses().1 { y } else { ins[0] };
             vec![Some(gr.unary_backward(*u, from, g))]
         }
-        Op::Binary(op) => {
-            let (a, b) = (ins[0], ins[1]);
-            let (da, db) = match op {
-                BinaryOp::Add => (g, g),
-                BinaryOp::Sub => (g, gr.scale(g, -1.0)?),
-                BinaryOp::Mul => (gr.mul(g, b)?, gr.mul(g, a)?),
-                BinaryOp::Div => {
-                    let da = gr.div(g, b)?;
-                    let t = gr.mul(da, y)?;
-                    (da, gr.scale(t, -1.0)?)
-                }
-                BinaryOp::Max => {
-                    let ma = gr.binary(BinaryOp::CmpEq, y, a)?;
-                    let da = gr.mul(g, ma)?;
-                    (da, gr.sub(g, da)?)
-                }
-                BinaryOp::Min => {
-                    let ma = gr.binary(BinaryOp::CmpEq, y, a)?;
-                    let da = gr.mul(g, ma)?;
-                    (da, gr.sub(g, da)?)
-                }
-                BinaryOp::Pow => {
-                    // y = a^b: da = g b y / a, db = g y ln a.
-                    let gy = gr.mul(g, y)?;
-                    let t = gr.mul(gy, b)?;
-                    let ln = gr.unary(UnaryOp::Log, a)?;
-                    (gr.div(t, a)?, gr.mul(gy, ln)?)
-                }
-                BinaryOp::CmpGt | BinaryOp::CmpEq | BinaryOp::CmpGe | BinaryOp::CmpLt => {
-                    return Ok(vec![None, None])
-                }
-            };
-            let (sa, sb) = (shp(gr, 0), shp(gr, 1));
-            vec![
-                Some(unbroadcast(gr, da, &sa)?),
-                Some(unbroadcast(gr, db, &sb)?),
-            ]
-        }
+        Op::Binary(op) => binary_vjp(gr, *op, y, ins[0], ins[1], g)?,
         Op::Where => {
             let zero = gr.constant(0.0, &[]);
             let da = gr.where_(ins[0], g, zero)?;
@@ -159,16 +122,7 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             ]
         }
         Op::Reduce(ReduceOp::Sum, axes) => vec![Some(unreduce(gr, g, axes, &shp(gr, 0))?)],
-        Op::Reduce(ReduceOp::Max, axes) => {
-            // Ties share the gradient evenly (tinygrad's rule): mask / count * g.
-            let xs = shp(gr, 0);
-            let ymax = unreduce(gr, y, axes, &xs)?;
-            let mask = gr.binary(BinaryOp::CmpEq, ins[0], ymax)?;
-            let count = gr.sum(mask, axes)?;
-            let share = gr.div(g, count)?;
-            let share = unreduce(gr, share, axes, &xs)?;
-            vec![Some(gr.mul(mask, share)?)]
-        }
+        Op::Reduce(ReduceOp::Max, axes) => vec![Some(reduce_max_vjp(gr, y, ins[0], axes, g)?)],
         Op::Expand => vec![Some(unbroadcast(gr, g, &shp(gr, 0))?)],
         Op::Copy => vec![Some(g)],
         Op::Reshape => vec![Some(gr.reshape(g, &shp(gr, 0))?)],
@@ -179,30 +133,8 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
                 format!("gradient through aux output {k} of {:?} is not supported; hint: differentiate the loss node itself", gr.node(ins[0]).op),
             ))
         }
-        Op::Permute(p) => {
-            let mut inv = vec![0; p.len()];
-            for (i, &a) in p.iter().enumerate() {
-                inv[a] = i;
-            }
-            vec![Some(gr.permute(g, &inv)?)]
-        }
-        Op::Slice { axis, start } => {
-            let total = shp(gr, 0)[*axis];
-            vec![Some(gr.pad(g, *axis, *start, total)?)]
-        }
-        Op::Pad { axis, start } => {
-            let len = shp(gr, 0)[*axis];
-            vec![Some(gr.slice(g, *axis, *start, len)?)]
-        }
-        Op::Concat(axis) => {
-            let mut at = 0;
-            let mut out = Vec::new();
-            for i in 0..ins.len() {
-                let len = shp(gr, i)[*axis];
-                out.push(Some(gr.slice(g, *axis, at, len)?));
-                at += len;
-            }
-            out
+        Op::Permute(_) | Op::Slice { .. } | Op::Pad { .. } | Op::Concat(_) => {
+            movement_vjp(gr, &n.op, &ins, g)?
         }
         Op::MatMul(t) if !t.bias && !t.relu => matmul_vjp(gr, *t, ins[0], ins[1], g)?,
         Op::Conv2d(c) if !c.bias && !c.relu => {
@@ -236,30 +168,8 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
             let op = Op::SoftmaxBackward { causal: *causal };
             vec![Some(gr.push(op, vec![y, g], shp(gr, 0), DType::F32))]
         }
-        Op::LayerNorm { eps } => {
-            let (x, gamma, c) = (ins[0], ins[1], shp(gr, 1));
-            let op = Op::LayerNormBackwardInput { eps: *eps };
-            let dx = gr.push(op, vec![x, y, gamma, g], shp(gr, 0), DType::F32);
-            let op = Op::LayerNormBackwardParams { eps: *eps };
-            let aux = vec![(c.clone(), DType::F32)];
-            let dgamma = gr.push_with_aux(op, vec![x, y, g], c, DType::F32, aux);
-            let dbeta = gr.aux(dgamma, 0);
-            vec![Some(dx), Some(dgamma), Some(dbeta)]
-        }
-        Op::BatchNorm {
-            eps,
-            relu,
-            training: true,
-        } => {
-            let (x, gamma, c) = (ins[0], ins[1], shp(gr, 1));
-            let op = Op::BatchNormBackward {
-                eps: *eps,
-                relu: *relu,
-            };
-            let aux = vec![(c.clone(), DType::F32), (c, DType::F32)];
-            let dx = gr.push_with_aux(op, vec![x, y, gamma, g], shp(gr, 0), DType::F32, aux);
-            let (dgamma, dbeta) = (gr.aux(dx, 0), gr.aux(dx, 1));
-            vec![Some(dx), Some(dgamma), Some(dbeta)]
+        Op::LayerNorm { .. } | Op::BatchNorm { training: true, .. } => {
+            norm_vjp(gr, &n.op, y, &ins, g)?
         }
         Op::BatchNorm { training: false, .. } => {
             return Err(Error::shape(
@@ -275,6 +185,111 @@ fn vjp(gr: &mut Graph, y: Id, g: Id) -> Result<Vec<Option<Id>>> {
         }
         Op::Loss(kind) => vec![Some(loss_vjp(gr, *kind, y, &ins, g)?), None],
         op => return Err(second_order(op)),
+    })
+}
+
+/// y = a op b (broadcast): each side's product with g, summed back to its own shape.
+fn binary_vjp(gr: &mut Graph, op: BinaryOp, y: Id, a: Id, b: Id, g: Id) -> Result<Vec<Option<Id>>> {
+    let (da, db) = match op {
+        BinaryOp::Add => (g, g),
+        BinaryOp::Sub => (g, gr.scale(g, -1.0)?),
+        BinaryOp::Mul => (gr.mul(g, b)?, gr.mul(g, a)?),
+        BinaryOp::Div => {
+            let da = gr.div(g, b)?;
+            let t = gr.mul(da, y)?;
+            (da, gr.scale(t, -1.0)?)
+        }
+        BinaryOp::Max | BinaryOp::Min => {
+            let ma = gr.binary(BinaryOp::CmpEq, y, a)?;
+            let da = gr.mul(g, ma)?;
+            (da, gr.sub(g, da)?)
+        }
+        BinaryOp::Pow => {
+            // y = a^b: da = g b y / a, db = g y ln a.
+            let gy = gr.mul(g, y)?;
+            let t = gr.mul(gy, b)?;
+            let ln = gr.unary(UnaryOp::Log, a)?;
+            (gr.div(t, a)?, gr.mul(gy, ln)?)
+        }
+        BinaryOp::CmpGt | BinaryOp::CmpEq | BinaryOp::CmpGe | BinaryOp::CmpLt => {
+            return Ok(vec![None, None])
+        }
+    };
+    let (sa, sb) = (gr.shape(a).to_vec(), gr.shape(b).to_vec());
+    Ok(vec![
+        Some(unbroadcast(gr, da, &sa)?),
+        Some(unbroadcast(gr, db, &sb)?),
+    ])
+}
+
+/// y = max of x over `axes`: ties share the gradient evenly (tinygrad's rule),
+/// mask / count * g.
+fn reduce_max_vjp(gr: &mut Graph, y: Id, x: Id, axes: &[usize], g: Id) -> Result<Id> {
+    let xs = gr.shape(x).to_vec();
+    let ymax = unreduce(gr, y, axes, &xs)?;
+    let mask = gr.binary(BinaryOp::CmpEq, x, ymax)?;
+    let count = gr.sum(mask, axes)?;
+    let share = gr.div(g, count)?;
+    let share = unreduce(gr, share, axes, &xs)?;
+    gr.mul(mask, share)
+}
+
+/// Permute, slice, pad and concat: each moves g back where its input's values came from.
+fn movement_vjp(gr: &mut Graph, op: &Op, ins: &[Id], g: Id) -> Result<Vec<Option<Id>>> {
+    let len = |gr: &Graph, i: usize, axis: usize| gr.shape(ins[i])[axis];
+    Ok(match *op {
+        Op::Permute(ref p) => {
+            let mut inv = vec![0; p.len()];
+            for (i, &a) in p.iter().enumerate() {
+                inv[a] = i;
+            }
+            vec![Some(gr.permute(g, &inv)?)]
+        }
+        Op::Slice { axis, start } => {
+            let total = len(gr, 0, axis);
+            vec![Some(gr.pad(g, axis, start, total)?)]
+        }
+        Op::Pad { axis, start } => {
+            let n = len(gr, 0, axis);
+            vec![Some(gr.slice(g, axis, start, n)?)]
+        }
+        Op::Concat(axis) => {
+            let mut at = 0;
+            let mut out = Vec::new();
+            for i in 0..ins.len() {
+                let n = len(gr, i, axis);
+                out.push(Some(gr.slice(g, axis, at, n)?));
+                at += n;
+            }
+            out
+        }
+        ref other => return Err(second_order(other)),
+    })
+}
+
+/// Layer norm and training-mode batch norm: one backward node for dx (dgamma and dbeta
+/// its aux outputs, or for layer norm a second node).
+fn norm_vjp(gr: &mut Graph, op: &Op, y: Id, ins: &[Id], g: Id) -> Result<Vec<Option<Id>>> {
+    let (x, gamma) = (ins[0], ins[1]);
+    let (xs, c) = (gr.shape(x).to_vec(), gr.shape(gamma).to_vec());
+    Ok(match *op {
+        Op::LayerNorm { eps } => {
+            let op = Op::LayerNormBackwardInput { eps };
+            let dx = gr.push(op, vec![x, y, gamma, g], xs, DType::F32);
+            let op = Op::LayerNormBackwardParams { eps };
+            let aux = vec![(c.clone(), DType::F32)];
+            let dgamma = gr.push_with_aux(op, vec![x, y, g], c, DType::F32, aux);
+            let dbeta = gr.aux(dgamma, 0);
+            vec![Some(dx), Some(dgamma), Some(dbeta)]
+        }
+        Op::BatchNorm { eps, relu, .. } => {
+            let op = Op::BatchNormBackward { eps, relu };
+            let aux = vec![(c.clone(), DType::F32), (c, DType::F32)];
+            let dx = gr.push_with_aux(op, vec![x, y, gamma, g], xs, DType::F32, aux);
+            let (dgamma, dbeta) = (gr.aux(dx, 0), gr.aux(dx, 1));
+            vec![Some(dx), Some(dgamma), Some(dbeta)]
+        }
+        ref other => return Err(second_order(other)),
     })
 }
 
