@@ -2,7 +2,7 @@
 //! Everything else (models, data, training loop, sampling) is the library's `lm` module.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use shadergrad::data::text::{default_text_path, TextCorpus};
 use shadergrad::gpu::{cpu_adapter_warning, Gpu};
@@ -127,24 +127,15 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
     let text_path = args.text.clone().unwrap_or_else(default_text_path);
     let corpus = TextCorpus::load(&text_path)?;
     let (config, opt, batch, seed) = match &resumed {
-        Some(ck) => {
-            if ck.vocab != corpus.vocab {
-                return Err(Error::usage("--text", format!("{}: its vocabulary differs from the checkpoint's ({} vs {} characters); resume on the text it was trained on ({})", text_path.display(), corpus.vocab.len(), ck.vocab.len(), ck.text)));
-            }
-            (ck.config, ck.optimizer, ck.batch_size, ck.seed)
-        }
+        Some(ck) => resumed_settings(ck, &corpus, &text_path)?,
         None => {
             let batch = if given("batch_size") {
                 args.batch_size
             } else {
                 DEFAULT_BATCH
             };
-            (
-                config(args, corpus.vocab.len())?,
-                optimizer(args, given)?,
-                batch,
-                args.seed,
-            )
+            let config = config(args, corpus.vocab.len())?;
+            (config, optimizer(args, given)?, batch, args.seed)
         }
     };
     let ctx = shadergrad::nn::Model::context(&config).unwrap_or(1);
@@ -173,45 +164,11 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
         val: &corpus.val,
     };
     let mut run = LmRun::new(&gpu, config, &data, &cfg, resumed.as_ref())?;
-    let params: usize = run.trainer.store.specs.iter().map(|s| s.numel()).sum();
-    println!("model: {} ({params} parameters), text: {} ({} training and {} held-out characters, vocabulary {})",
-        config.to_json(), text_path.display(), corpus.train.len(), corpus.val.len(), corpus.vocab.len());
-    println!(
-        "unigram baseline: {:.3} bits per character on the held-out text",
-        corpus.unigram_bpc()
-    );
-    let mut log = match &args.metrics_out {
-        Some(p) => Some((
-            std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
-            p.clone(),
-        )),
-        None => None,
-    };
-    let mut write_err = None;
+    print_run(&run, &config, &corpus, &text_path);
+    let mut log = MetricsLog::create(args.metrics_out.as_deref())?;
     let interrupt = crate::Interrupt::install();
-    let finished = run.run_until(
-        &cfg,
-        &mut |row| {
-            println!(
-                "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
-                row["step"],
-                row["loss"].as_f64().unwrap_or(f64::NAN),
-                row["bpc"].as_f64().unwrap_or(f64::NAN),
-                row["val_loss"].as_f64().unwrap_or(f64::NAN),
-                row["val_bpc"].as_f64().unwrap_or(f64::NAN),
-                row["tokens_per_second"].as_f64().unwrap_or(0.0)
-            );
-            if let Some((f, p)) = log.as_mut() {
-                if let Err(e) = writeln!(f, "{row}") {
-                    write_err.get_or_insert(Error::io(p.as_path(), e));
-                }
-            }
-        },
-        &|| interrupt.requested(),
-    )?;
-    if let Some(e) = write_err {
-        return Err(e);
-    }
+    let finished = run.run_until(&cfg, &mut |row| log.report(row), &|| interrupt.requested())?;
+    log.finish()?;
     if !finished {
         // Interrupted between steps: save where the run stands, so --resume goes on from
         // this very step (its first report then averages the steps after the resume).
@@ -229,6 +186,74 @@ pub fn train(args: &TrainArgs, given: &dyn Fn(&str) -> bool) -> Result<u8> {
         println!("saved {}", p.display());
     }
     Ok(0)
+}
+
+/// A resumed run's model, optimizer, batch and seed: the checkpoint's, on the text it was
+/// trained on (the same vocabulary).
+fn resumed_settings(
+    ck: &LmCheckpoint,
+    corpus: &TextCorpus,
+    text_path: &Path,
+) -> Result<(LmConfig, Optimizer, usize, u64)> {
+    if ck.vocab != corpus.vocab {
+        return Err(Error::usage("--text", format!("{}: its vocabulary differs from the checkpoint's ({} vs {} characters); resume on the text it was trained on ({})", text_path.display(), corpus.vocab.len(), ck.vocab.len(), ck.text)));
+    }
+    Ok((ck.config, ck.optimizer, ck.batch_size, ck.seed))
+}
+
+fn print_run(run: &LmRun, config: &LmConfig, corpus: &TextCorpus, text_path: &Path) {
+    let params: usize = run.trainer.store.specs.iter().map(|s| s.numel()).sum();
+    println!("model: {} ({params} parameters), text: {} ({} training and {} held-out characters, vocabulary {})",
+        config.to_json(), text_path.display(), corpus.train.len(), corpus.val.len(), corpus.vocab.len());
+    println!(
+        "unigram baseline: {:.3} bits per character on the held-out text",
+        corpus.unigram_bpc()
+    );
+}
+
+/// Each report as a line on stdout and, with `--metrics-out`, a JSON row in that file. A
+/// failed write is kept and returned once the run ends, so training is not cut short by it.
+struct MetricsLog {
+    file: Option<(std::fs::File, PathBuf)>,
+    write_err: Option<Error>,
+}
+
+impl MetricsLog {
+    fn create(path: Option<&Path>) -> Result<Self> {
+        let file = match path {
+            Some(p) => Some((
+                std::fs::File::create(p).map_err(|e| Error::io(p, e))?,
+                p.to_path_buf(),
+            )),
+            None => None,
+        };
+        Ok(MetricsLog {
+            file,
+            write_err: None,
+        })
+    }
+
+    fn report(&mut self, row: &serde_json::Value) {
+        let num = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "step {:>5}: loss {:.4} ({:.3} bpc), val_loss {:.4} ({:.3} bpc), {:.0} tokens/s",
+            row["step"],
+            num("loss"),
+            num("bpc"),
+            num("val_loss"),
+            num("val_bpc"),
+            row["tokens_per_second"].as_f64().unwrap_or(0.0)
+        );
+        if let Some((f, p)) = self.file.as_mut() {
+            if let Err(e) = writeln!(f, "{row}") {
+                self.write_err.get_or_insert(Error::io(p.as_path(), e));
+            }
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        self.write_err.map_or(Ok(()), Err)
+    }
 }
 
 /// `generate`: sample from a language-model checkpoint and print the text.

@@ -560,7 +560,6 @@ fn train(
     };
     let dir = args.data_dir.clone().unwrap_or_else(data::default_data_dir);
     let (data, kind, model) = data_and_model(&args, resumed.as_ref(), &dir)?;
-    let kind = kind.as_str();
     cfg.classes = resumed
         .as_ref()
         .map_or(data.names.clone(), |c| c.classes.clone());
@@ -571,6 +570,35 @@ fn train(
             .map_err(|e| Error::usage("--augment-shift", e.to_string()))?;
     }
     let optimizer = choose_optimizer(&args, &cfg, data.train.len(), resumed.as_ref(), given)?;
+    let early = early_stopping(&args, &cfg)?;
+    let gpu = open_gpu_for(&model, &cfg)?;
+    let save = args.save.as_ref().or(args.resume.as_ref()).cloned();
+    let (kind, resumed) = (kind.as_str(), resumed.as_ref());
+    let mut run = Run::start(
+        &gpu, &args, kind, model, optimizer, cfg, save, resumed, early,
+    )?;
+    run.trainer.set_augment(augment)?;
+    let split = run.add_training_set(&data.train)?;
+    let interrupt = Interrupt::install();
+    let should_stop = stop_check(&gpu, &interrupt);
+    print_training_set(split.n_train, data.train.len(), &augment);
+    let first = resumed.map_or(1, |c| c.epoch + 1);
+    let partial = resumed.and_then(Checkpoint::partial);
+    let result = match run.epochs(&split, first, partial, &should_stop, &interrupt) {
+        Ok(Some(code)) => Ok(code),
+        Ok(None) => run.finish(&split, data.test.as_ref()),
+        Err(e) => Err(e),
+    };
+    // On a failure, say what is on disk (the last checkpoint written is never replaced by
+    // a failed epoch's state: checkpoints are written only after an epoch that ended well).
+    if result.is_err() {
+        *note = run.kept.take();
+    }
+    result
+}
+
+/// `--early-stopping` / `--restore-best`, which watch val_loss and so need a validation split.
+fn early_stopping(args: &TrainArgs, cfg: &FitConfig) -> Result<EarlyStopping> {
     let early = EarlyStopping::new(args.early_stopping, args.restore_best);
     if early.active() && cfg.validation_split == 0.0 {
         let flag = if args.restore_best {
@@ -583,34 +611,31 @@ fn train(
             "watches val_loss, so it needs --validation-split above 0",
         ));
     }
+    Ok(early)
+}
+
+/// The adapter, said on stdout (with a warning for CPU emulators), and the model's summary,
+/// once the batch is known to fit the adapter's limits: before any GPU work.
+fn open_gpu_for(model: &Sequential, cfg: &FitConfig) -> Result<Gpu> {
     let gpu = Gpu::new()?;
     println!("adapter: {} - kernels: {}", gpu.describe(), gpu.family());
     if let Some(w) = cpu_adapter_warning(&gpu.info) {
         eprintln!("{w}");
     }
-    // Refuse a batch the adapter cannot run before any GPU work.
-    check_batch(&gpu.limits, &model, cfg.batch_size, true)?;
+    check_batch(&gpu.limits, model, cfg.batch_size, true)?;
     print!("{}", model.summary()?);
-    let save = args.save.as_ref().or(args.resume.as_ref()).cloned();
-    let mut run = Run::start(
-        &gpu,
-        &args,
-        kind,
-        model,
-        optimizer,
-        cfg,
-        save,
-        resumed.as_ref(),
-        early,
-    )?;
-    run.trainer.set_augment(augment)?;
-    let split = run.add_training_set(&data.train)?;
-    let interrupt = Interrupt::install();
+    Ok(gpu)
+}
+
+/// Asked after every step: true once Ctrl-C or SIGTERM came. The robustness tests' hook
+/// (`DESTROY_DEVICE_ENV` = N) destroys the device at step N to prove a lost device is
+/// reported and the last checkpoint kept.
+fn stop_check<'a>(gpu: &'a Gpu, interrupt: &'a Interrupt) -> impl Fn() -> bool + 'a {
     let destroy_at: Option<u64> = std::env::var(DESTROY_DEVICE_ENV)
         .ok()
         .and_then(|v| v.parse().ok());
     let steps_run = Cell::new(0u64);
-    let should_stop = || {
+    move || {
         if interrupt.requested() {
             return true;
         }
@@ -619,11 +644,13 @@ fn train(
             gpu.device.destroy();
         }
         false
-    };
+    }
+}
+
+fn print_training_set(n_train: usize, n_all: usize, augment: &Augment) {
     println!(
-        "train on {} samples, validate on {}",
-        split.n_train,
-        data.train.len() - split.n_train
+        "train on {n_train} samples, validate on {}",
+        n_all - n_train
     );
     if !augment.is_off() {
         let flip = if augment.flip {
@@ -636,19 +663,6 @@ fn train(
             augment.shift
         );
     }
-    let first = resumed.as_ref().map_or(1, |c| c.epoch + 1);
-    let partial = resumed.as_ref().and_then(Checkpoint::partial);
-    let result = match run.epochs(&split, first, partial, &should_stop, &interrupt) {
-        Ok(Some(code)) => Ok(code),
-        Ok(None) => run.finish(&split, data.test.as_ref()),
-        Err(e) => Err(e),
-    };
-    // On a failure, say what is on disk (the last checkpoint written is never replaced by
-    // a failed epoch's state: checkpoints are written only after an epoch that ended well).
-    if result.is_err() {
-        *note = run.kept.take();
-    }
-    result
 }
 
 /// The data of `dir` and the model to train on it: a resumed checkpoint's (its folders

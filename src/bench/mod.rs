@@ -141,22 +141,10 @@ pub fn run_case(
 pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
     let timer = Timer::for_gpu(gpu);
     let budget = opts.budget();
-    let info = &gpu.info;
-    println!("adapter: {}", gpu.describe());
-    println!(
-        "shadergrad {} (commit {COMMIT}), wgpu {WGPU_VERSION}; kernel rows timed by {}, {} runs after warm-up{}",
-        env!("CARGO_PKG_VERSION"),
-        match timer {
-            Timer::Timestamps => "GPU timestamp queries around each pass",
-            Timer::WallClock => "the wall clock around each waited submit (no timestamp queries)",
-        },
-        budget.runs,
-        if opts.quick { " (--quick)" } else { "" }
-    );
+    print_header(gpu, timer, &budget, opts);
     let pass = PassTimer::new(gpu);
     let mut rows = Vec::new();
     let mut roof = None;
-    println!("\n{}", report::header());
     for case in suite::cases() {
         let is_roof = matches!(case.kernel, "peak_fma" | "copy_bandwidth");
         if !is_roof && (!opts.selects(case.kernel, &case.shape) || (opts.quick && !case.quick)) {
@@ -174,24 +162,7 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
             row.family = "roof".into();
             rows.push(row);
             if rows.len() == 2 {
-                // The roof is the best run: what this adapter can reach. Its rows' % roof
-                // is their median against it.
-                let best = |r: &Row, amount: f64| amount / r.ms_min / 1e6;
-                let r = Roof {
-                    gflops: best(&rows[0], rows[0].flops),
-                    gbps: best(&rows[1], rows[1].bytes),
-                };
-                (rows[0].pct_roof, rows[0].bound) =
-                    (100.0 * rows[0].gflops / r.gflops, "fma".into());
-                (rows[1].pct_roof, rows[1].bound) = (100.0 * rows[1].gbps / r.gbps, "copy".into());
-                for row in &rows {
-                    println!("{}", report::line(row));
-                }
-                println!(
-                    "{:<32} roof (best runs): {:.2} GFLOP/s (peak FMA), {:.2} GB/s (copy)",
-                    "", r.gflops, r.gbps
-                );
-                roof = Some(r);
+                roof = Some(set_roof(&mut rows));
             }
             continue;
         }
@@ -202,6 +173,64 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
         gflops: f64::NAN,
         gbps: f64::NAN,
     });
+    rows.extend(step_rows(gpu, opts, &roof));
+    let info = &gpu.info;
+    Ok(Report {
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        device_type: format!("{:?}", info.device_type),
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: COMMIT.into(),
+        wgpu: WGPU_VERSION.into(),
+        timer: timer.name().into(),
+        quick: opts.quick,
+        roof,
+        rows,
+    })
+}
+
+/// The adapter, the build and how rows are timed, then the table's header.
+fn print_header(gpu: &Gpu, timer: Timer, budget: &Budget, opts: &Options) {
+    println!("adapter: {}", gpu.describe());
+    println!(
+        "shadergrad {} (commit {COMMIT}), wgpu {WGPU_VERSION}; kernel rows timed by {}, {} runs after warm-up{}",
+        env!("CARGO_PKG_VERSION"),
+        match timer {
+            Timer::Timestamps => "GPU timestamp queries around each pass",
+            Timer::WallClock => "the wall clock around each waited submit (no timestamp queries)",
+        },
+        budget.runs,
+        if opts.quick { " (--quick)" } else { "" }
+    );
+    println!("\n{}", report::header());
+}
+
+/// The roof from the two roof rows (peak FMA, copy bandwidth): their best runs, what this
+/// adapter can reach. Their own % roof is their median against it. Prints both rows.
+fn set_roof(rows: &mut [Row]) -> Roof {
+    let best = |r: &Row, amount: f64| amount / r.ms_min / 1e6;
+    let r = Roof {
+        gflops: best(&rows[0], rows[0].flops),
+        gbps: best(&rows[1], rows[1].bytes),
+    };
+    (rows[0].pct_roof, rows[0].bound) = (100.0 * rows[0].gflops / r.gflops, "fma".into());
+    (rows[1].pct_roof, rows[1].bound) = (100.0 * rows[1].gbps / r.gbps, "copy".into());
+    for row in rows.iter() {
+        println!("{}", report::line(row));
+    }
+    println!(
+        "{:<32} roof (best runs): {:.2} GFLOP/s (peak FMA), {:.2} GB/s (copy)",
+        "", r.gflops, r.gbps
+    );
+    r
+}
+
+/// The whole-step rows: the seed CNN's training step and its cold start.
+fn step_rows(gpu: &Gpu, opts: &Options, roof: &Roof) -> Vec<Row> {
+    let mut rows = Vec::new();
     if opts.selects("train_step", "seed CNN") {
         let steps = if opts.quick { 5 } else { 20 };
         let mut row = match startup::train_step(gpu, steps, slowdown("train_step")) {
@@ -224,19 +253,5 @@ pub fn run(gpu: &Gpu, opts: &Options) -> Result<Report> {
             rows.push(row);
         }
     }
-    Ok(Report {
-        adapter: info.name.clone(),
-        backend: format!("{:?}", info.backend),
-        driver: format!("{} {}", info.driver, info.driver_info)
-            .trim()
-            .to_string(),
-        device_type: format!("{:?}", info.device_type),
-        version: env!("CARGO_PKG_VERSION").into(),
-        commit: COMMIT.into(),
-        wgpu: WGPU_VERSION.into(),
-        timer: timer.name().into(),
-        quick: opts.quick,
-        roof,
-        rows,
-    })
+    rows
 }

@@ -62,63 +62,8 @@ fn parse_content(
     cap_bytes: u64,
 ) -> Result<IdxArray> {
     let ctx = ReadCtx { path, gz };
-
-    let mut magic = [0u8; 4];
-    let got = ctx.read_full(&mut r, &mut magic)?;
-    if got == 0 && gz {
-        return Err(Error::data(
-            path,
-            "header",
-            "gzip stream decompresses to 0 bytes (file is empty)",
-        ));
-    }
-    if got < 4 {
-        return Err(Error::data(path, "header", format!(
-            "truncated header: the content is only {got} bytes, an IDX header needs at least 4 (magic number)"
-        )));
-    }
-    if magic[0] != 0 || magic[1] != 0 {
-        return Err(Error::data(path, "magic", format!(
-            "bad magic number 0x{:02x}{:02x}{:02x}{:02x}: an IDX file starts with two zero bytes (is this an IDX file?)",
-            magic[0], magic[1], magic[2], magic[3]
-        )));
-    }
-    if magic[2] != 0x08 {
-        return Err(Error::data(
-            path,
-            "element type",
-            format!(
-                "expected 0x08 (unsigned byte), found 0x{:02x} ({})",
-                magic[2],
-                type_name(magic[2])
-            ),
-        ));
-    }
-    let nd = usize::from(magic[3]);
-    if !(1..=4).contains(&nd) {
-        return Err(Error::data(
-            path,
-            "dims",
-            format!("number of dimensions (4th magic byte) is {nd}, expected 1 to 4"),
-        ));
-    }
-
-    let mut raw_dims = [0u8; 16];
-    let dim_bytes = &mut raw_dims[..4 * nd];
-    let got = ctx.read_full(&mut r, dim_bytes)?;
-    if got < dim_bytes.len() {
-        return Err(Error::data(path, "header", format!(
-            "truncated header: expected {nd} dimension sizes ({} bytes) after the magic number, found {got} bytes",
-            4 * nd
-        )));
-    }
-    let mut dims = Vec::with_capacity(nd);
-    for c in dim_bytes.chunks_exact(4) {
-        let d = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        dims.push(usize::try_from(d).map_err(|_| {
-            Error::data(path, "dims", format!("dimension {d} does not fit in usize"))
-        })?);
-    }
+    let nd = read_magic(&ctx, &mut r)?;
+    let dims = read_dims(&ctx, &mut r, nd)?;
     let expected = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -129,7 +74,6 @@ fn parse_content(
             "dims {dims:?} declare {expected} bytes of data, which with the {header_len}-byte header exceeds the cap of {cap_bytes} bytes"
         )));
     }
-
     let mut data = Vec::with_capacity(expected.min(64 << 20));
     ctx.io((&mut r).take(expected as u64).read_to_end(&mut data))?;
     if data.len() < expected {
@@ -155,6 +99,71 @@ fn parse_content(
         });
     }
     Ok(IdxArray { dims, data })
+}
+
+/// The 4-byte magic number: two zero bytes, the element type (0x08, unsigned byte) and the
+/// number of dimensions (1 to 4), which it returns.
+fn read_magic(ctx: &ReadCtx, r: &mut impl Read) -> Result<usize> {
+    let path = ctx.path;
+    let mut magic = [0u8; 4];
+    let got = ctx.read_full(r, &mut magic)?;
+    if got == 0 && ctx.gz {
+        return Err(Error::data(
+            path,
+            "header",
+            "gzip stream decompresses to 0 bytes (file is empty)",
+        ));
+    }
+    if got < 4 {
+        return Err(Error::data(path, "header", format!(
+            "truncated header: the content is only {got} bytes, an IDX header needs at least 4 (magic number)"
+        )));
+    }
+    if magic[0] != 0 || magic[1] != 0 {
+        return Err(Error::data(path, "magic", format!(
+            "bad magic number 0x{:02x}{:02x}{:02x}{:02x}: an IDX file starts with two zero bytes (is this an IDX file?)",
+            magic[0], magic[1], magic[2], magic[3]
+        )));
+    }
+    if magic[2] != 0x08 {
+        let found = format!(
+            "expected 0x08 (unsigned byte), found 0x{:02x} ({})",
+            magic[2],
+            type_name(magic[2])
+        );
+        return Err(Error::data(path, "element type", found));
+    }
+    let nd = usize::from(magic[3]);
+    if !(1..=4).contains(&nd) {
+        return Err(Error::data(
+            path,
+            "dims",
+            format!("number of dimensions (4th magic byte) is {nd}, expected 1 to 4"),
+        ));
+    }
+    Ok(nd)
+}
+
+/// The `nd` big-endian u32 dimension sizes after the magic number.
+fn read_dims(ctx: &ReadCtx, r: &mut impl Read, nd: usize) -> Result<Vec<usize>> {
+    let path = ctx.path;
+    let mut raw_dims = [0u8; 16];
+    let dim_bytes = &mut raw_dims[..4 * nd];
+    let got = ctx.read_full(r, dim_bytes)?;
+    if got < dim_bytes.len() {
+        return Err(Error::data(path, "header", format!(
+            "truncated header: expected {nd} dimension sizes ({} bytes) after the magic number, found {got} bytes",
+            4 * nd
+        )));
+    }
+    let mut dims = Vec::with_capacity(nd);
+    for c in dim_bytes.chunks_exact(4) {
+        let d = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        dims.push(usize::try_from(d).map_err(|_| {
+            Error::data(path, "dims", format!("dimension {d} does not fit in usize"))
+        })?);
+    }
+    Ok(dims)
 }
 
 /// Opens `path` and returns a reader over its (decompressed) content, limited to

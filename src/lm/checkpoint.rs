@@ -6,6 +6,7 @@
 //! two reports, `partial`: the metrics counted since the last). Written atomically; every field is
 //! checked on load, and errors name the file and the field.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -152,88 +153,30 @@ pub fn is_lm_checkpoint(path: &Path) -> bool {
 /// Read a language-model checkpoint, checking every field.
 pub fn load(path: &Path) -> Result<LmCheckpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let meta = load_metadata(path, &bytes)?;
-    let get = |k: &str| {
-        meta.get(k)
-            .ok_or_else(|| bad(path, &format!("__metadata__.{k}"), "missing; expected a language-model checkpoint (written by `train --model gpt` or `--model char-rnn`)"))
+    let meta = Meta {
+        path,
+        map: load_metadata(path, &bytes)?,
     };
-    if get("format")? != FORMAT {
-        return Err(bad(
-            path,
-            "__metadata__.format",
-            format!("is {:?}; this version reads {FORMAT:?}", get("format")?),
-        ));
+    if meta.get("format")? != FORMAT {
+        let msg = format!(
+            "is {:?}; this version reads {FORMAT:?}",
+            meta.get("format")?
+        );
+        return Err(meta.bad("format", msg));
     }
-    let json = |k: &str| -> Result<Value> {
-        serde_json::from_str(get(k)?).map_err(|e| {
-            bad(
-                path,
-                &format!("__metadata__.{k}"),
-                format!("not valid JSON: {e}"),
-            )
-        })
-    };
-    let num = |k: &str| -> Result<u64> {
-        get(k)?.parse().map_err(|_| {
-            bad(
-                path,
-                &format!("__metadata__.{k}"),
-                "expected an unsigned integer",
-            )
-        })
-    };
     let config = LmConfig::from_json(
         &format!("{}: __metadata__.lm", path.display()),
-        &json("lm")?,
+        &meta.json("lm")?,
     )?;
-    let vocab: Vec<char> = match json("vocab")? {
-        Value::String(s) => s.chars().collect(),
-        _ => {
-            return Err(bad(
-                path,
-                "__metadata__.vocab",
-                "expected a JSON string of the vocabulary's characters",
-            ))
-        }
-    };
-    if vocab.len() != config.vocab() {
-        return Err(bad(
-            path,
-            "__metadata__.vocab",
-            format!(
-                "has {} characters; the model's vocabulary is {}",
-                vocab.len(),
-                config.vocab()
-            ),
-        ));
-    }
-    let optimizer = Optimizer::from_json(&json("optimizer")?).ok_or_else(|| {
-        bad(
-            path,
-            "__metadata__.optimizer",
-            "not an optimizer description",
-        )
-    })?;
-    let history = match json("history")? {
+    let vocab = meta.vocab(&config)?;
+    let optimizer = Optimizer::from_json(&meta.json("optimizer")?)
+        .ok_or_else(|| meta.bad("optimizer", "not an optimizer description"))?;
+    let history = match meta.json("history")? {
         Value::Array(a) => a,
-        _ => return Err(bad(path, "__metadata__.history", "expected a JSON array")),
+        _ => return Err(meta.bad("history", "expected a JSON array")),
     };
-    let steps = num("steps")?;
-    let partial = match meta.get("partial") {
-        None => None,
-        Some(_) => {
-            let p = LmPartial::from_json(&json("partial")?)
-                .map_err(|why| bad(path, "__metadata__.partial", why))?;
-            if p.since >= steps {
-                let msg = format!(
-                    "begins at step {}, not before the checkpoint's {steps}",
-                    p.since
-                );
-                return Err(bad(path, "__metadata__.partial", msg));
-            }
-            Some(p)
-        }
-    };
+    let steps = meta.num("steps")?;
+    let partial = meta.partial(steps)?;
     let specs = specs(&config)?;
     let described = config.to_json().to_string();
     let (_, params, state) = load_tensors(path, &bytes, config.kind(), &specs, &described)?;
@@ -244,10 +187,76 @@ pub fn load(path: &Path) -> Result<LmCheckpoint> {
         optimizer,
         state,
         steps,
-        seed: num("seed")?,
-        batch_size: num("batch_size")?.max(1) as usize,
-        text: get("text")?.clone(),
+        seed: meta.num("seed")?,
+        batch_size: meta.num("batch_size")?.max(1) as usize,
+        text: meta.get("text")?.clone(),
         history,
         partial,
     })
+}
+
+/// A checkpoint's `__metadata__`, read field by field; every error names the file and the
+/// field.
+struct Meta<'a> {
+    path: &'a Path,
+    map: BTreeMap<String, String>,
+}
+
+impl Meta<'_> {
+    fn bad(&self, key: &str, msg: impl Into<String>) -> Error {
+        bad(self.path, &format!("__metadata__.{key}"), msg)
+    }
+
+    fn get(&self, key: &str) -> Result<&String> {
+        self.map.get(key).ok_or_else(|| self.bad(key, "missing; expected a language-model checkpoint (written by `train --model gpt` or `--model char-rnn`)"))
+    }
+
+    fn json(&self, key: &str) -> Result<Value> {
+        serde_json::from_str(self.get(key)?)
+            .map_err(|e| self.bad(key, format!("not valid JSON: {e}")))
+    }
+
+    fn num(&self, key: &str) -> Result<u64> {
+        self.get(key)?
+            .parse()
+            .map_err(|_| self.bad(key, "expected an unsigned integer"))
+    }
+
+    /// `vocab`: a JSON string of the model's vocabulary, one character per token.
+    fn vocab(&self, config: &LmConfig) -> Result<Vec<char>> {
+        let vocab: Vec<char> = match self.json("vocab")? {
+            Value::String(s) => s.chars().collect(),
+            _ => {
+                let msg = "expected a JSON string of the vocabulary's characters";
+                return Err(self.bad("vocab", msg));
+            }
+        };
+        if vocab.len() != config.vocab() {
+            let msg = format!(
+                "has {} characters; the model's vocabulary is {}",
+                vocab.len(),
+                config.vocab()
+            );
+            return Err(self.bad("vocab", msg));
+        }
+        Ok(vocab)
+    }
+
+    /// `partial` (optional): the metrics counted since the last report, which must begin
+    /// before the checkpoint's step.
+    fn partial(&self, steps: u64) -> Result<Option<LmPartial>> {
+        if !self.map.contains_key("partial") {
+            return Ok(None);
+        }
+        let p =
+            LmPartial::from_json(&self.json("partial")?).map_err(|why| self.bad("partial", why))?;
+        if p.since >= steps {
+            let msg = format!(
+                "begins at step {}, not before the checkpoint's {steps}",
+                p.since
+            );
+            return Err(self.bad("partial", msg));
+        }
+        Ok(Some(p))
+    }
 }
