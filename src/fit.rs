@@ -592,32 +592,19 @@ pub fn run_epoch(
     if let Some(bar) = &bar {
         bar.set_position(first as u64);
     }
-    let mut seen = 0;
-    let mut checked = first; // steps covered by the last finite-loss check
-    let mut done = first;
-    for step in first..steps {
-        if should_stop() {
-            break;
-        }
-        let start = step * cfg.batch_size;
-        let batch = cfg.batch_size.min(split.n_train - start);
-        trainer
-            .step(split.train, start, batch, true)
-            .map_err(|e| at_step(e, epoch, step + 1))?;
-        seen += batch;
-        done = step + 1;
-        if done % cfg.log_every.max(1) == 0 || done == steps {
-            let m = trainer
-                .read_metrics()
-                .map_err(|e| at_step(e, epoch, done))?;
-            check_finite(&m, epoch, checked + 1, done)?;
-            checked = done;
-            if let Some(bar) = &bar {
-                bar.set_position(done as u64);
-                bar.set_message(format!("loss: {:.4} - accuracy: {:.4}", m.loss, m.accuracy));
-            }
-        }
-    }
+    let Progress {
+        seen,
+        checked,
+        done,
+    } = train_steps(
+        trainer,
+        split,
+        cfg,
+        epoch,
+        first..steps,
+        bar.as_ref(),
+        should_stop,
+    )?;
     let now = trainer
         .read_metrics()
         .map_err(|e| at_step(e, epoch, done))?;
@@ -655,6 +642,57 @@ pub fn run_epoch(
         seconds: prev_seconds + started.elapsed().as_secs_f64(),
         images_per_second: seen as f64 / train_seconds.max(1e-9),
     }))
+}
+
+/// How far an epoch's steps went: images seen, steps covered by the last finite-loss check,
+/// steps done.
+struct Progress {
+    seen: usize,
+    checked: usize,
+    done: usize,
+}
+
+/// Steps `range` of epoch `epoch`, until `should_stop` answers true; the loss flag read and
+/// checked every `log_every` steps and at the last step, the progress bar moved then.
+fn train_steps(
+    trainer: &mut Trainer<'_>,
+    split: &Split,
+    cfg: &FitConfig,
+    epoch: usize,
+    range: std::ops::Range<usize>,
+    bar: Option<&indicatif::ProgressBar>,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<Progress> {
+    let steps = range.end;
+    let (mut seen, mut checked, mut done) = (0, range.start, range.start);
+    for step in range {
+        if should_stop() {
+            break;
+        }
+        let start = step * cfg.batch_size;
+        let batch = cfg.batch_size.min(split.n_train - start);
+        trainer
+            .step(split.train, start, batch, true)
+            .map_err(|e| at_step(e, epoch, step + 1))?;
+        seen += batch;
+        done = step + 1;
+        if done % cfg.log_every.max(1) == 0 || done == steps {
+            let m = trainer
+                .read_metrics()
+                .map_err(|e| at_step(e, epoch, done))?;
+            check_finite(&m, epoch, checked + 1, done)?;
+            checked = done;
+            if let Some(bar) = bar {
+                bar.set_position(done as u64);
+                bar.set_message(format!("loss: {:.4} - accuracy: {:.4}", m.loss, m.accuracy));
+            }
+        }
+    }
+    Ok(Progress {
+        seen,
+        checked,
+        done,
+    })
 }
 
 /// The step to start epoch `epoch` at: 0, or where `from` (an interrupted epoch) stopped,

@@ -742,34 +742,7 @@ impl Gpu {
             return Ok(p.clone());
         }
         let module = self.module(shader)?;
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        }];
-        for (i, a) in access.iter().enumerate() {
-            let ty = match a {
-                Access::Window => wgpu::BufferBindingType::Uniform,
-                _ => wgpu::BufferBindingType::Storage {
-                    read_only: *a == Access::Read,
-                },
-            };
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            });
-        }
+        let entries = layout_entries(access);
         let file = shader.file();
         let name = entry.to_string();
         let error = move |msg| Error::Shader {
@@ -944,3 +917,29 @@ impl Gpu {
 type MapReceiver = futures_intrusive::channel::shared::OneshotReceiver<
     std::result::Result<(), wgpu::BufferAsyncError>,
 >;
+
+/// A kernel's bind group layout: binding 0 its uniform parameters, bindings 1.. its buffers
+/// in `access` order (uniform windows, or storage read-only or read-write).
+fn layout_entries(access: &[Access]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let entry = |binding: u32, ty| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let mut entries = vec![entry(0, wgpu::BufferBindingType::Uniform)];
+    for (i, a) in access.iter().enumerate() {
+        let ty = match a {
+            Access::Window => wgpu::BufferBindingType::Uniform,
+            _ => wgpu::BufferBindingType::Storage {
+                read_only: *a == Access::Read,
+            },
+        };
+        entries.push(entry(i as u32 + 1, ty));
+    }
+    entries
+}

@@ -126,6 +126,15 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
             format!("{w}x{h} image with {} pixels", img.pixels.len()),
         ));
     }
+    let ink = ink(path, img)?; // [h, w] in 0..1, the digit light on dark
+    let (boxed, tw) = scale_to_box(&ink, w, h); // [th, tw], the longer side BOX
+    Ok(centre_by_mass(&boxed, tw))
+}
+
+/// The image as ink in 0..1: inverted when the border (its median) is light, then stretched
+/// from the background to the brightest pixel. An error when there is no contrast.
+fn ink(path: &Path, img: &GreyImage) -> Result<Vec<f32>> {
+    let (w, h) = (img.width, img.height);
     let at = |x: usize, y: usize| img.pixels[y * w + x];
     let mut border: Vec<f32> = (0..w)
         .flat_map(|x| [at(x, 0), at(x, h - 1)])
@@ -150,12 +159,16 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
             ),
         ));
     }
-    let ink: Vec<f32> = ink
+    Ok(ink
         .iter()
         .map(|&p| ((p - bg) / (top - bg)).clamp(0.0, 1.0))
-        .collect();
+        .collect())
+}
 
-    // Crop: the bounding box of the digit's pixels.
+/// The digit's bounding box (pixels over CROP_THRESHOLD) scaled so its longer side is BOX
+/// pixels: area averaging when shrinking (exact at 1:1, anti-aliased below), bilinear
+/// interpolation when enlarging. Returns the [th, tw] box and tw.
+fn scale_to_box(ink: &[f32], w: usize, h: usize) -> (Vec<f32>, usize) {
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
     for (i, &v) in ink.iter().enumerate() {
         if v > CROP_THRESHOLD {
@@ -164,9 +177,6 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
         }
     }
     let (bw, bh) = (x1 + 1 - x0, y1 + 1 - y0);
-
-    // Scale into the 20x20 box: area averaging when shrinking (exact at 1:1, anti-aliased
-    // below), bilinear interpolation when enlarging.
     let s = BOX as f32 / bw.max(bh) as f32; // target pixels per source pixel
     let (tw, th) = (
         ((bw as f32 * s).round() as usize).clamp(1, BOX),
@@ -182,9 +192,12 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
                 .sum();
         }
     }
+    (boxed, tw)
+}
 
-    // Centre of mass to the centre of the 28x28 field: pixel 14 (as in MNIST, whose mean
-    // centre of mass is (14.0, 14.0) in pixel indices).
+/// The [th, tw] box placed in the SIDE x SIDE field with its centre of mass at pixel 14 (as
+/// in MNIST, whose mean centre of mass is (14.0, 14.0) in pixel indices), as u8 grey values.
+fn centre_by_mass(boxed: &[f32], tw: usize) -> Vec<u8> {
     let mass: f32 = boxed.iter().sum();
     let com = |coord: &dyn Fn(usize) -> usize| {
         boxed
@@ -204,7 +217,7 @@ pub fn to_mnist(path: &Path, img: &GreyImage) -> Result<Vec<u8>> {
             out[y as usize * SIDE + x as usize] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
         }
     }
-    Ok(out)
+    out
 }
 
 /// Along one axis, for each of `n` target pixels, the (source index, weight) pairs that
