@@ -387,39 +387,8 @@ impl Gpu {
                 adapter: describe_adapter(&info),
                 msg: e.to_string(),
             })?;
-        let fault: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-        let f = fault.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| one_line(&e.to_string()));
-        }));
-        // A lost device explains every error after it: its message goes first.
-        let f = fault.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
-            let lost = match msg.trim() {
-                "" => format!("device lost ({reason:?})"),
-                m => format!("device lost ({reason:?}): {}", one_line(m)),
-            };
-            *slot = Some(match slot.take() {
-                Some(first) => format!("{lost}; first error: {first}"),
-                None => lost,
-            });
-        });
-        let pipeline_cache = cache_dir.and_then(|dir| {
-            let file = std::path::Path::new(&dir).join(wgpu::util::pipeline_cache_key(&info)?);
-            let data = std::fs::read(&file).ok();
-            // SAFETY: the data is what `save_pipeline_cache` wrote for an adapter of the same
-            // cache key; wgpu checks its header and, with `fallback`, starts empty otherwise.
-            let cache = unsafe {
-                device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
-                    label: Some("shadergrad"),
-                    data: data.as_deref(),
-                    fallback: true,
-                })
-            };
-            Some((cache, file))
-        });
+        let fault = watch_faults(&device);
+        let pipeline_cache = cache_dir.and_then(|dir| open_pipeline_cache(&device, &info, &dir));
         Ok(Gpu {
             pipeline_cache,
             adapter,
@@ -942,4 +911,49 @@ fn layout_entries(access: &[Access]) -> Vec<wgpu::BindGroupLayoutEntry> {
         entries.push(entry(i as u32 + 1, ty));
     }
     entries
+}
+
+/// The slot where the device's first uncaptured error lands, and a lost device's reason
+/// (which goes first: it explains every error after it).
+fn watch_faults(device: &wgpu::Device) -> Arc<Mutex<Option<String>>> {
+    let fault: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let f = fault.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| one_line(&e.to_string()));
+    }));
+    // A lost device explains every error after it: its message goes first.
+    let f = fault.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = match msg.trim() {
+            "" => format!("device lost ({reason:?})"),
+            m => format!("device lost ({reason:?}): {}", one_line(m)),
+        };
+        *slot = Some(match slot.take() {
+            Some(first) => format!("{lost}; first error: {first}"),
+            None => lost,
+        });
+    });
+    fault
+}
+
+/// The pipeline cache in `dir`, from its file for this adapter's cache key when there is one.
+fn open_pipeline_cache(
+    device: &wgpu::Device,
+    info: &wgpu::AdapterInfo,
+    dir: &std::ffi::OsStr,
+) -> Option<(wgpu::PipelineCache, std::path::PathBuf)> {
+    let file = std::path::Path::new(dir).join(wgpu::util::pipeline_cache_key(info)?);
+    let data = std::fs::read(&file).ok();
+    // SAFETY: the data is what `save_pipeline_cache` wrote for an adapter of the same
+    // cache key; wgpu checks its header and, with `fallback`, starts empty otherwise.
+    let cache = unsafe {
+        device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+            label: Some("shadergrad"),
+            data: data.as_deref(),
+            fallback: true,
+        })
+    };
+    Some((cache, file))
 }

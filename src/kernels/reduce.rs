@@ -110,20 +110,7 @@ pub fn accumulate_metrics(
     metrics: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     let op = "accumulate_metrics";
-    let [batch, classes] = match prob.shape[..] {
-        [b, c] => [b, c],
-        _ => {
-            return Err(Error::shape(
-                op,
-                format!("prob has shape {:?}, expected [B, C]", prob.shape),
-            ))
-        }
-    };
-    expect_shape(op, "loss", loss, &[batch])?;
-    expect_shape(op, "metrics", metrics, &[METRICS_LEN])?;
-    if accuracy == Accuracy::Classification {
-        expect_shape(op, "label", label, &[batch])?;
-    }
+    let (batch, classes) = metrics_shapes(loss, prob, label, accuracy, metrics)?;
     let params = Params {
         r: batch as u32,
         j: classes as u32,
@@ -133,15 +120,6 @@ pub fn accumulate_metrics(
         count: 1,
         _pad: [0; 2],
     };
-    if classes + 1 > LOOP_BUDGET {
-        return Err(Error::Limit {
-            op: op.into(),
-            what: "classes (loop iterations per row of the metrics)".into(),
-            requested: (classes + 1) as u64,
-            limit: LOOP_BUDGET as u64,
-            hint: "use fewer classes".into(),
-        });
-    }
     let call = |entry: &'static str, params: &Params, bindings: &[(&Tensor, Access)], wg| {
         dispatch(
             gpu,
@@ -192,6 +170,42 @@ pub fn accumulate_metrics(
         (metrics, Access::ReadWrite),
     ];
     Ok(vec![first, call("metrics_combine", &p, &b, [1, 1, 1])?])
+}
+
+/// accumulate_metrics' (batch, classes): prob [B, C], loss [B], metrics [METRICS_LEN], label
+/// [B] for classification; one row's loop (C + 1 iterations) within LOOP_BUDGET.
+fn metrics_shapes(
+    loss: &Tensor,
+    prob: &Tensor,
+    label: &Tensor,
+    accuracy: Accuracy,
+    metrics: &Tensor,
+) -> Result<(usize, usize)> {
+    let op = "accumulate_metrics";
+    let [batch, classes] = match prob.shape[..] {
+        [b, c] => [b, c],
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!("prob has shape {:?}, expected [B, C]", prob.shape),
+            ))
+        }
+    };
+    expect_shape(op, "loss", loss, &[batch])?;
+    expect_shape(op, "metrics", metrics, &[METRICS_LEN])?;
+    if accuracy == Accuracy::Classification {
+        expect_shape(op, "label", label, &[batch])?;
+    }
+    if classes + 1 > LOOP_BUDGET {
+        return Err(Error::Limit {
+            op: op.into(),
+            what: "classes (loop iterations per row of the metrics)".into(),
+            requested: (classes + 1) as u64,
+            limit: LOOP_BUDGET as u64,
+            hint: "use fewer classes".into(),
+        });
+    }
+    Ok((batch, classes))
 }
 
 pub fn sum_outer_inner_ref(x: &[f64], (r, j, i): (usize, usize, usize)) -> Vec<f64> {
