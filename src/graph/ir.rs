@@ -76,7 +76,7 @@ pub enum Op {
     /// A scalar broadcast to the node's shape; materialised only where a kernel needs it.
     Const(f32),
     Unary(UnaryOp),
-    /// [x or y (see [`UnaryOp::grad_from_output`]), dy] -> dx.
+    /// [x or y (see [`UnaryOp::backward_uses`]), dy] -> dx.
     UnaryBackward(UnaryOp),
     Binary(BinaryOp),
     /// [mask, a, b] -> mask != 0 ? a : b, broadcast.

@@ -11,7 +11,7 @@ use crate::kernels::{dispatch, expect_shape, Dispatch, KernelCall, Shader, LOOP_
 use crate::tensor::{Tensor, WINDOW_BYTES};
 use crate::{Error, Result};
 
-/// [`conv2d_forward`] as the subgroup kernel with WINDOW, reading x, w and bias through
+/// [`conv2d_forward`](super::conv2d_forward) as the subgroup kernel with WINDOW, reading x, w and bias through
 /// uniform windows: one dispatch per run of images that fits one window. None where the
 /// adapter has no subgroups or one image, w or bias does not fit a window.
 #[allow(clippy::too_many_arguments)]
@@ -176,7 +176,7 @@ pub fn relu_pool_weight_rows(gpu: &Gpu, s: &Conv2dSpec, pool: &PoolSpec) -> Opti
 /// dweight and dbias partial sums of a conv whose ReLU and max pool ran fused
 /// ([`conv2d_relu_pool_windowed`]), from the pool's gradient g, output y and argmax
 /// [B,CO,PH,PW] and the conv input x: part [rows, CO*CI*KH*KW + CO] as
-/// [`conv2d_backward_weight`] lays it out (rows from [`relu_pool_weight_rows`]). The conv
+/// [`conv2d_backward_weight`](super::conv2d_backward_weight) lays it out (rows from [`relu_pool_weight_rows`]). The conv
 /// gradient is never formed, so there is no input gradient: for a first layer. None where
 /// the windows do not fit.
 #[allow(clippy::too_many_arguments)]
