@@ -5,12 +5,33 @@
 //! have broken.
 
 use super::ir::*;
+use super::layout::Layout;
+use crate::gpu::Gpu;
+use crate::kernels::Family;
 
 /// Which fusions the adapter's kernels allow (see lower.rs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FuseOptions {
     /// conv + bias + ReLU + max pool as one kernel (uniform-window adapters).
     pub conv_relu_pool: bool,
+    /// Reshape/Permute/Slice chains folded into the strides of the matmuls that read them
+    /// (attention's heads), where the kernels that take strided views are the family's
+    /// own: not on the GPU family, whose tiled kernel reads contiguous operands.
+    pub matmul_views: bool,
+}
+
+/// Set to 1 to turn the matmul views off (A/B timings against the copies).
+pub const NO_MATMUL_VIEWS_ENV: &str = "SHADERGRAD_NO_MATMUL_VIEWS";
+
+impl FuseOptions {
+    /// Every fusion `gpu`'s kernels allow (matmul views unless [`NO_MATMUL_VIEWS_ENV`]).
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        let off = std::env::var(NO_MATMUL_VIEWS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+        FuseOptions {
+            conv_relu_pool: gpu.windows(),
+            matmul_views: gpu.family() != Family::Gpu && !off,
+        }
+    }
 }
 
 /// Run every pass to a fixpoint; returns the number of rewrites.
@@ -22,6 +43,9 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
         n += batch_norm_pool(g);
         if opts.conv_relu_pool {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
+        }
+        if opts.matmul_views {
+            n += matmul_operand_views(g);
         }
         if n == 0 {
             break;
@@ -418,4 +442,61 @@ fn conv_relu_pool_backward_weight(g: &mut Graph) -> usize {
         n += 1;
     }
     n
+}
+
+/// MatMul(chain(x), ..) -> MatMul{a_view}(x, ..), likewise B: a rank-3 operand made by a
+/// chain of Reshape, Permute and Slice that holds a Permute or a Slice (each a copy) is
+/// read in place from the chain's source when its layout there is a strided, two-level
+/// batched view (see layout.rs). The chain's nodes stay for their other readers, if any.
+fn matmul_operand_views(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::MatMul(mut t) = g.node(id).op else {
+            continue;
+        };
+        let mut inputs = g.node(id).inputs.clone();
+        for (i, view) in [&mut t.a_view, &mut t.b_view].into_iter().enumerate() {
+            if view.is_some() {
+                continue;
+            }
+            if let Some((src, v)) = operand_view(g, inputs[i]) {
+                (inputs[i], *view) = (src, Some(v));
+                n += 1;
+            }
+        }
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::MatMul(t);
+        node.inputs = inputs;
+    }
+    n
+}
+
+/// The source of the movement chain ending at `x` and `x`'s view of it, if the chain
+/// copies something and its layout is a matmul operand's.
+fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
+    let shape: [usize; 3] = g.shape(x).try_into().ok()?;
+    let mut chain = vec![];
+    let mut src = x;
+    while matches!(
+        g.node(src).op,
+        Op::Reshape | Op::Permute(_) | Op::Slice { .. }
+    ) {
+        chain.push(src);
+        src = g.node(src).inputs[0];
+    }
+    if chain.iter().all(|&c| g.node(c).op == Op::Reshape) || g.node(src).dtype != DType::F32 {
+        return None;
+    }
+    let mut l = Layout::contiguous(g.shape(src));
+    for &c in chain.iter().rev() {
+        let node = g.node(c);
+        l = match &node.op {
+            Op::Reshape => l.reshape(&node.shape)?,
+            Op::Permute(p) => l.permute(p)?,
+            Op::Slice { axis, start } => l.slice(*axis, *start, node.shape[*axis])?,
+            _ => return None,
+        };
+    }
+    let at = l.strided()?;
+    Some((src, OperandView { shape, at }))
 }

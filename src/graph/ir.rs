@@ -65,6 +65,18 @@ pub struct MatMulAttrs {
     pub tb: bool,
     pub bias: bool,
     pub relu: bool,
+    /// Operand A (B) is read in place from the input's buffer through strides (set by
+    /// fusion: a chain of movement ops folded into the matmul).
+    pub a_view: Option<OperandView>,
+    pub b_view: Option<OperandView>,
+}
+
+/// A rank-3 matmul operand [batch, rows, cols] (`shape`, as stored: before the
+/// transpose flags) read from its input's buffer at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperandView {
+    pub shape: [usize; 3],
+    pub at: crate::kernels::matmul::Strided,
 }
 
 #[derive(Clone, Debug, PartialEq)]

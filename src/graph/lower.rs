@@ -324,10 +324,15 @@ pub(super) fn sum_partials(
     Ok(d)
 }
 
+/// A matmul node's product; a viewed operand (see [`OperandView`]) has its view's shape.
 pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
     let n = g.node(id);
-    let (sa, sb) = (g.shape(n.inputs[0]), g.shape(n.inputs[1]));
-    let [batch, m, nn, k] = super::ops_nn::matmul_dims(sa, sb, t)?;
+    let shape = |i: usize, v: Option<OperandView>| match v {
+        Some(v) => v.shape.to_vec(),
+        None => g.shape(n.inputs[i]).to_vec(),
+    };
+    let (sa, sb) = (shape(0, t.a_view), shape(1, t.b_view));
+    let [batch, m, nn, k] = super::ops_nn::matmul_dims(&sa, &sb, t)?;
     Ok(MatmulSpec {
         batch,
         shared_b: sa.len() == 3 && sb.len() == 2,
@@ -335,6 +340,8 @@ pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
         transpose_b: t.tb,
         bias: t.bias,
         relu: t.relu,
+        a_view: t.a_view.map(|v| v.at),
+        b_view: t.b_view.map(|v| v.at),
         ..MatmulSpec::new(m, nn, k)
     })
 }
