@@ -205,12 +205,19 @@ fn gpt_matmul_views_are_bit_identical() {
     let mut fused = m.g.clone();
     fuse(&mut fused, on);
     let live = fused.live_from(&fused.outputs);
-    let viewed = (fused.nodes.iter().zip(&live))
-        .filter(|(n, &l)| {
-            l && matches!(n.op, Op::MatMul(t) if t.a_view.is_some() || t.b_view.is_some())
+    let matmuls: Vec<_> = (fused.nodes.iter().zip(&live))
+        .filter_map(|(n, &l)| match n.op {
+            Op::MatMul(t) if l => Some(t),
+            _ => None,
         })
-        .count();
-    assert_eq!(viewed, 6 * 2, "attention matmuls reading a view");
+        .collect();
+    let reads = matmuls
+        .iter()
+        .filter(|t| t.a_view.is_some() || t.b_view.is_some());
+    assert_eq!(reads.count(), 6 * 2, "attention matmuls reading a view");
+    // The heads' outputs merged back in place by att · v, one per layer.
+    let writes = matmuls.iter().filter(|t| t.c_view.is_some());
+    assert_eq!(writes.count(), 2, "matmuls writing a view");
     let sessions = [on, off].map(|o| Session::with_fusion(gpu, &m.g, Some(o)).unwrap());
     let t = cfg.context().unwrap();
     let v = cfg.vocab() as u32;

@@ -45,7 +45,7 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
         }
         if opts.matmul_views {
-            n += matmul_operand_views(g);
+            n += matmul_operand_views(g) + matmul_output_views(g);
         }
         if n == 0 {
             break;
@@ -88,7 +88,9 @@ fn bias_into_producer(g: &mut Graph) -> usize {
         }
         let pn = g.node(p).clone();
         let fused = match pn.op {
-            Op::MatMul(mut t) if !t.bias && !t.relu && pn.shape.len() == 2 => {
+            Op::MatMul(mut t)
+                if !t.bias && !t.relu && pn.shape.len() == 2 && t.c_view.is_none() =>
+            {
                 bias_source(g, b, false).map(|src| {
                     t.bias = true;
                     (Op::MatMul(t), src)
@@ -499,4 +501,82 @@ fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
     }
     let at = l.strided()?;
     Some((src, OperandView { shape, at }))
+}
+
+/// chain(MatMul(a, b)) -> MatMul{c_view}(a, b): a batched product whose only reader is a
+/// chain of Reshape and Permute (holding a Permute) writes the chain's value in place, when
+/// the product's layout in it is a strided view with rows written contiguous (attention's
+/// heads merged back: [B*H, T, hd] -> [B*T, D]). The product and the chain's inner nodes
+/// have that one reader each and are no outputs; the chain's last node may have any.
+fn matmul_output_views(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let live = g.live_from(&g.outputs);
+    let mut reader = vec![None; g.len()];
+    for id in g.ids().filter(|i| live[i.index()]) {
+        for &i in &g.node(id).inputs {
+            reader[i.index()] = Some(id);
+        }
+    }
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::MatMul(t) = g.node(id).op else {
+            continue;
+        };
+        if t.c_view.is_some() || g.node(id).shape.len() != 3 || !live[id.index()] {
+            continue;
+        }
+        let mut chain = vec![];
+        let mut cur = id;
+        while let Some(r) = reader[cur.index()].filter(|_| single_use(g, &uses, cur)) {
+            if !matches!(g.node(r).op, Op::Reshape | Op::Permute(_)) {
+                break;
+            }
+            chain.push(r);
+            cur = r;
+        }
+        // The longest chain whose layout fits, as long as it copies (holds a Permute).
+        let fits = (1..=chain.len()).rev().find_map(|len| {
+            let c = &chain[..len];
+            let copies = c.iter().any(|&i| matches!(g.node(i).op, Op::Permute(_)));
+            copies
+                .then(|| output_view(g, id, c))
+                .flatten()
+                .map(|v| (c[len - 1], v))
+        });
+        let Some((end, view)) = fits else { continue };
+        let inputs = g.node(id).inputs.clone();
+        let node = &mut g.nodes[end.index()];
+        node.op = Op::MatMul(MatMulAttrs {
+            c_view: Some(view),
+            ..t
+        });
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// Where product `y`'s elements land in the value of the last node of `chain` (Reshape and
+/// Permute nodes from `y` on): the chain undone from a contiguous layout of that value.
+fn output_view(g: &Graph, y: Id, chain: &[Id]) -> Option<crate::kernels::matmul::Strided> {
+    let last = *chain.last()?;
+    let mut l = Layout::contiguous(g.shape(last));
+    for (k, &c) in chain.iter().enumerate().rev() {
+        let before = if k == 0 { y } else { chain[k - 1] };
+        l = match &g.node(c).op {
+            Op::Reshape => l.reshape(g.shape(before))?,
+            Op::Permute(p) => {
+                let mut inverse = vec![0; p.len()];
+                p.iter().enumerate().for_each(|(i, &a)| inverse[a] = i);
+                l.permute(&inverse)?
+            }
+            _ => return None,
+        };
+    }
+    let mut at = l.strided()?;
+    let cols = g.shape(y)[2];
+    if cols == 1 {
+        at.col = 1;
+    }
+    (at.col == 1).then_some(at)
 }

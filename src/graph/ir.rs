@@ -69,6 +69,9 @@ pub struct MatMulAttrs {
     /// fusion: a chain of movement ops folded into the matmul).
     pub a_view: Option<OperandView>,
     pub b_view: Option<OperandView>,
+    /// The product [batch, M, N] is written at these strides into the node's value, which
+    /// is then another shape (fusion: a Reshape/Permute chain of the product folded in).
+    pub c_view: Option<crate::kernels::matmul::Strided>,
 }
 
 /// A rank-3 matmul operand [batch, rows, cols] (`shape`, as stored: before the

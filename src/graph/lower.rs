@@ -342,6 +342,7 @@ pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
         relu: t.relu,
         a_view: t.a_view.map(|v| v.at),
         b_view: t.b_view.map(|v| v.at),
+        c_view: t.c_view,
         ..MatmulSpec::new(m, nn, k)
     })
 }
