@@ -205,19 +205,25 @@ fn gpt_matmul_views_are_bit_identical() {
     let mut fused = m.g.clone();
     fuse(&mut fused, on);
     let live = fused.live_from(&fused.outputs);
+    // Every product: a matmul's, or one of a group's.
     let matmuls: Vec<_> = (fused.nodes.iter().zip(&live))
-        .filter_map(|(n, &l)| match n.op {
-            Op::MatMul(t) if l => Some(t),
-            _ => None,
+        .flat_map(|(n, &l)| match &n.op {
+            Op::MatMul(t) if l => vec![*t],
+            Op::MatMulGroup(ts) if l => ts.clone(),
+            _ => vec![],
         })
         .collect();
     let reads = matmuls
         .iter()
         .filter(|t| t.a_view.is_some() || t.b_view.is_some());
     assert_eq!(reads.count(), 6 * 2, "attention matmuls reading a view");
-    // The heads' outputs merged back in place by att · v, one per layer.
+    // Products writing in place: att · v merging the heads back, and dq, dk, dv, per layer.
     let writes = matmuls.iter().filter(|t| t.c_view.is_some());
-    assert_eq!(writes.count(), 2, "matmuls writing a view");
+    assert_eq!(writes.count(), 4 * 2, "products writing a view");
+    // dq, dk and dv written into dqkv in place (no pads, sum or permute), one per layer.
+    let groups = (fused.nodes.iter().zip(&live))
+        .filter(|(n, &l)| l && matches!(&n.op, Op::MatMulGroup(ts) if ts.len() == 3));
+    assert_eq!(groups.count(), 2, "matmul groups");
     let sessions = [on, off].map(|o| Session::with_fusion(gpu, &m.g, Some(o)).unwrap());
     let t = cfg.context().unwrap();
     let v = cfg.vocab() as u32;

@@ -45,7 +45,7 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
         }
         if opts.matmul_views {
-            n += matmul_operand_views(g) + matmul_output_views(g);
+            n += matmul_operand_views(g) + matmul_output_views(g) + matmul_group(g);
         }
         if n == 0 {
             break;
@@ -510,13 +510,7 @@ fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
 /// have that one reader each and are no outputs; the chain's last node may have any.
 fn matmul_output_views(g: &mut Graph) -> usize {
     let uses = g.uses();
-    let live = g.live_from(&g.outputs);
-    let mut reader = vec![None; g.len()];
-    for id in g.ids().filter(|i| live[i.index()]) {
-        for &i in &g.node(id).inputs {
-            reader[i.index()] = Some(id);
-        }
-    }
+    let (live, reader) = (g.live_from(&g.outputs), readers(g));
     let mut n = 0;
     for id in g.ids() {
         let Op::MatMul(t) = g.node(id).op else {
@@ -525,22 +519,13 @@ fn matmul_output_views(g: &mut Graph) -> usize {
         if t.c_view.is_some() || g.node(id).shape.len() != 3 || !live[id.index()] {
             continue;
         }
-        let mut chain = vec![];
-        let mut cur = id;
-        while let Some(r) = reader[cur.index()].filter(|_| single_use(g, &uses, cur)) {
-            if !matches!(g.node(r).op, Op::Reshape | Op::Permute(_)) {
-                break;
-            }
-            chain.push(r);
-            cur = r;
-        }
+        let chain = movement_chain(g, &uses, &reader, id);
         // The longest chain whose layout fits, as long as it copies (holds a Permute).
         let fits = (1..=chain.len()).rev().find_map(|len| {
             let c = &chain[..len];
             let copies = c.iter().any(|&i| matches!(g.node(i).op, Op::Permute(_)));
-            copies
-                .then(|| output_view(g, id, c))
-                .flatten()
+            let view = copies.then(|| undo_chain(g, id, c)).flatten();
+            view.and_then(|l| output_view(&l, g.shape(id)))
                 .map(|v| (c[len - 1], v))
         });
         let Some((end, view)) = fits else { continue };
@@ -556,13 +541,123 @@ fn matmul_output_views(g: &mut Graph) -> usize {
     n
 }
 
-/// Where product `y`'s elements land in the value of the last node of `chain` (Reshape and
-/// Permute nodes from `y` on): the chain undone from a contiguous layout of that value.
-fn output_view(g: &Graph, y: Id, chain: &[Id]) -> Option<crate::kernels::matmul::Strided> {
-    let last = *chain.last()?;
+/// A live reader of each node (the one, where it has one).
+fn readers(g: &Graph) -> Vec<Option<Id>> {
+    let live = g.live_from(&g.outputs);
+    let mut reader = vec![None; g.len()];
+    for id in g.ids().filter(|i| live[i.index()]) {
+        for &i in &g.node(id).inputs {
+            reader[i.index()] = Some(id);
+        }
+    }
+    reader
+}
+
+/// The Reshape and Permute nodes after `x`, each the only reader of the one before.
+fn movement_chain(g: &Graph, uses: &[usize], reader: &[Option<Id>], x: Id) -> Vec<Id> {
+    let mut chain = vec![];
+    let mut cur = x;
+    while let Some(r) = reader[cur.index()].filter(|_| single_use(g, uses, cur)) {
+        if !matches!(g.node(r).op, Op::Reshape | Op::Permute(_)) {
+            break;
+        }
+        chain.push(r);
+        cur = r;
+    }
+    chain
+}
+
+/// Sum of Pads of batched products along one axis, covering it once, (then a
+/// Reshape/Permute chain) -> MatMulGroup writing each product where its Pad put it: the
+/// pads' fills and copies, the sums and the chain's copies go. Attention's dqkv from dq,
+/// dk, dv. Every absorbed node has one reader and is no output.
+fn matmul_group(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let (live, reader) = (g.live_from(&g.outputs), readers(g));
+    let mut n = 0;
+    for id in g.ids() {
+        if g.node(id).op != Op::Binary(BinaryOp::Add) || !live[id.index()] {
+            continue;
+        }
+        let Some(products) = padded_products(g, &uses, id) else {
+            continue;
+        };
+        let chain = movement_chain(g, &uses, &reader, id);
+        let fits = (0..=chain.len()).rev().find_map(|len| {
+            let l = undo_chain(g, id, &chain[..len])?;
+            let end = if len == 0 { id } else { chain[len - 1] };
+            let views = (products.iter())
+                .map(|&(p, axis, start)| {
+                    let shape = g.shape(p);
+                    let at = l.slice(axis, start, shape[axis])?.reshape(shape)?;
+                    output_view(&at, shape)
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((end, views))
+        });
+        let Some((end, views)) = fits else { continue };
+        let mut attrs = vec![];
+        let mut inputs = vec![];
+        for (&(p, _, _), v) in products.iter().zip(views) {
+            let Op::MatMul(t) = g.node(p).op else {
+                continue;
+            };
+            attrs.push(MatMulAttrs {
+                c_view: Some(v),
+                ..t
+            });
+            inputs.extend_from_slice(&g.node(p).inputs[..2]);
+        }
+        let node = &mut g.nodes[end.index()];
+        node.op = Op::MatMulGroup(attrs);
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// The products behind a sum `root` of Pads (inner sums, Pads and products one reader
+/// each): (product, axis, start), when the pads share an axis and cover it once.
+fn padded_products(g: &Graph, uses: &[usize], root: Id) -> Option<Vec<(Id, usize, usize)>> {
+    let shape = g.shape(root).to_vec();
+    let (mut stack, mut out) = (vec![root], vec![]);
+    while let Some(x) = stack.pop() {
+        let node = g.node(x);
+        if x != root && !single_use(g, uses, x) {
+            return None;
+        }
+        match node.op {
+            Op::Binary(BinaryOp::Add) if node.shape == shape => stack.extend(&node.inputs),
+            Op::Pad { axis, start } if node.shape == shape => {
+                let p = node.inputs[0];
+                let plain = matches!(g.node(p).op, Op::MatMul(t) if !t.bias && !t.relu && t.c_view.is_none());
+                if !plain || g.shape(p).len() != 3 || !single_use(g, uses, p) {
+                    return None;
+                }
+                out.push((p, axis, start));
+            }
+            _ => return None,
+        }
+    }
+    out.sort_by_key(|&(_, _, start)| start);
+    let axis = out.first()?.1;
+    let mut at = 0;
+    for &(p, a, start) in &out {
+        if a != axis || start != at {
+            return None;
+        }
+        at += g.shape(p)[axis];
+    }
+    (at == shape[axis] && out.len() > 1).then_some(out)
+}
+
+/// The layout of `x`'s elements in the value of the last node of `chain` (Reshape and
+/// Permute nodes from `x` on): the chain undone from a contiguous layout of that value.
+fn undo_chain(g: &Graph, x: Id, chain: &[Id]) -> Option<Layout> {
+    let last = chain.last().copied().unwrap_or(x);
     let mut l = Layout::contiguous(g.shape(last));
     for (k, &c) in chain.iter().enumerate().rev() {
-        let before = if k == 0 { y } else { chain[k - 1] };
+        let before = if k == 0 { x } else { chain[k - 1] };
         l = match &g.node(c).op {
             Op::Reshape => l.reshape(g.shape(before))?,
             Op::Permute(p) => {
@@ -573,9 +668,13 @@ fn output_view(g: &Graph, y: Id, chain: &[Id]) -> Option<crate::kernels::matmul:
             _ => return None,
         };
     }
+    Some(l)
+}
+
+/// A product [batch, M, N] laid out as `l` as C's strides: rows written contiguous.
+fn output_view(l: &Layout, shape: &[usize]) -> Option<crate::kernels::matmul::Strided> {
     let mut at = l.strided()?;
-    let cols = g.shape(y)[2];
-    if cols == 1 {
+    if shape.get(2) == Some(&1) {
         at.col = 1;
     }
     (at.col == 1).then_some(at)

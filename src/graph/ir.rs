@@ -118,6 +118,11 @@ pub enum Op {
     Concat(usize),
     /// [a, b (, bias)].
     MatMul(MatMulAttrs),
+    /// [a0, b0, a1, b1, ..] -> the node's value, product i (attrs i, no bias) written at
+    /// its `c_view`; the views together cover the value once. Set by fusion (fuse.rs): the
+    /// gradients of slices of one value (attention's dq, dk, dv) written where they belong
+    /// rather than padded and summed.
+    MatMulGroup(Vec<MatMulAttrs>),
     /// [x, w (, bias)] -> y [B, CO, OH, OW].
     Conv2d(ConvAttrs),
     /// [dy, w] -> dx (the node's shape is x's).

@@ -149,6 +149,21 @@ fn lower_node(
                 &y,
             )?);
         }
+        Op::MatMulGroup(products) => {
+            for (i, t) in products.iter().enumerate() {
+                let spec = product_spec(g, [node.inputs[2 * i], node.inputs[2 * i + 1]], *t)?;
+                let kernel = choices.matmul(gpu, id, &spec);
+                d.extend(matmul_with(
+                    gpu,
+                    &spec,
+                    kernel,
+                    &x(2 * i)?,
+                    &x(2 * i + 1)?,
+                    None,
+                    &y,
+                )?);
+            }
+        }
         Op::Conv2d(c) => {
             let s = conv_spec(g, node.inputs[0], node.inputs[1], *c)?;
             let b = if c.bias { Some(x(2)?) } else { None };
@@ -327,9 +342,14 @@ pub(super) fn sum_partials(
 /// A matmul node's product; a viewed operand (see [`OperandView`]) has its view's shape.
 pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
     let n = g.node(id);
+    product_spec(g, [n.inputs[0], n.inputs[1]], t)
+}
+
+/// The product of operands `ab` under `t` (a matmul node's, or one of a group's).
+pub fn product_spec(g: &Graph, ab: [Id; 2], t: MatMulAttrs) -> Result<MatmulSpec> {
     let shape = |i: usize, v: Option<OperandView>| match v {
         Some(v) => v.shape.to_vec(),
-        None => g.shape(n.inputs[i]).to_vec(),
+        None => g.shape(ab[i]).to_vec(),
     };
     let (sa, sb) = (shape(0, t.a_view), shape(1, t.b_view));
     let [batch, m, nn, k] = super::ops_nn::matmul_dims(&sa, &sb, t)?;

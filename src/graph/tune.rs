@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::ir::*;
-use super::lower::{conv_forward, conv_spec, matmul_spec};
+use super::lower::{conv_forward, conv_spec, matmul_spec, product_spec};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::*;
 use crate::kernels::matmul::{
@@ -250,10 +250,15 @@ fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
 pub fn choose_kernels(gpu: &Gpu, g: &Graph) -> Result<Choices> {
     let mut choices = Choices::default();
     for id in g.ids() {
-        let Op::MatMul(t) = g.node(id).op else {
-            continue;
+        // A group's products share their candidates: the first is timed for all.
+        let spec = match &g.node(id).op {
+            Op::MatMul(t) => matmul_spec(g, id, *t)?,
+            Op::MatMulGroup(ts) if !ts.is_empty() => {
+                let n = g.node(id);
+                product_spec(g, [n.inputs[0], n.inputs[1]], ts[0])?
+            }
+            _ => continue,
         };
-        let spec = matmul_spec(g, id, t)?;
         let cands = matmul_candidates(gpu, &spec);
         let labels: Vec<String> = cands.iter().map(|k| format!("{k:?}")).collect();
         let [a, b, bias, c] = scratch(gpu, &spec)?;
