@@ -473,8 +473,8 @@ fn matmul_operand_views(g: &mut Graph) -> usize {
     n
 }
 
-/// The source of the movement chain ending at `x` and `x`'s view of it, if the chain
-/// copies something and its layout is a matmul operand's.
+/// The furthest source of the movement chain ending at `x` that `x` is a view of, and that
+/// view: where the chain from it copies something and its layout is a matmul operand's.
 fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
     let shape: [usize; 3] = g.shape(x).try_into().ok()?;
     let mut chain = vec![];
@@ -486,21 +486,26 @@ fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
         chain.push(src);
         src = g.node(src).inputs[0];
     }
-    if chain.iter().all(|&c| g.node(c).op == Op::Reshape) || g.node(src).dtype != DType::F32 {
-        return None;
-    }
-    let mut l = Layout::contiguous(g.shape(src));
-    for &c in chain.iter().rev() {
-        let node = g.node(c);
-        l = match &node.op {
-            Op::Reshape => l.reshape(&node.shape)?,
-            Op::Permute(p) => l.permute(p)?,
-            Op::Slice { axis, start } => l.slice(*axis, *start, node.shape[*axis])?,
-            _ => return None,
-        };
-    }
-    let at = l.strided()?;
-    Some((src, OperandView { shape, at }))
+    (1..=chain.len()).rev().find_map(|len| {
+        let c = &chain[..len];
+        let src = g.node(c[len - 1]).inputs[0];
+        let copies = c.iter().any(|&i| g.node(i).op != Op::Reshape);
+        if !copies || g.node(src).dtype != DType::F32 {
+            return None;
+        }
+        let mut l = Layout::contiguous(g.shape(src));
+        for &i in c.iter().rev() {
+            let node = g.node(i);
+            l = match &node.op {
+                Op::Reshape => l.reshape(&node.shape)?,
+                Op::Permute(p) => l.permute(p)?,
+                Op::Slice { axis, start } => l.slice(*axis, *start, node.shape[*axis])?,
+                _ => return None,
+            };
+        }
+        let at = l.strided()?;
+        Some((src, OperandView { shape, at }))
+    })
 }
 
 /// chain(MatMul(a, b)) -> MatMul{c_view}(a, b): a batched product whose only reader is a

@@ -72,10 +72,10 @@ impl Layout {
             let (mut n, mut axis) = (want, vec![]);
             while n > 1 {
                 let (s, st) = atoms.pop_front()?;
-                if n % s == 0 {
+                if n.is_multiple_of(s) {
                     axis.push((s, st));
                     n /= s;
-                } else if s % n == 0 {
+                } else if s.is_multiple_of(n) {
                     // The atom's outer part ends this axis; its inner part starts the next.
                     axis.push((n, st * (s / n)));
                     atoms.push_front((s / n, st));
@@ -131,7 +131,7 @@ fn slice_atoms(
         return (start == 0 && len == 1).then_some((0, vec![]));
     };
     let inner: usize = rest.iter().map(|a| a.0).product();
-    if start % inner == 0 && len % inner == 0 {
+    if start.is_multiple_of(inner) && len.is_multiple_of(inner) {
         let mut out = vec![(len / inner, st0)];
         out.extend_from_slice(rest);
         return Some(((start / inner) * st0, out));
