@@ -1,21 +1,24 @@
-// matmul.wgsl: C = op(A) · op(B) (+ bias) (ReLU), all f32, row-major.
+// matmul.wgsl: C = op(A) · op(B) (+ bias) (ReLU), all f32, operands addressed by strides.
 //
-//   C[m, n] = act( sum_k opA[m, k] * opB[k, n] + bias[n] )      m < M, n < N, k < K
-//   opA[m, k] = A[m*K + k]  (A stored [M, K])   or, transposed, A[k*M + m]  (A stored [K, M])
-//   opB[k, n] = B[k*N + n]  (B stored [K, N])   or, transposed, B[n*K + k]  (B stored [N, K])
+//   C[c0 + m*c_m + n] = act( sum_k opA[m, k] * opB[k, n] + bias[n] )      m < M, n < N, k < K
+//   opA[m, k] = A[a0 + m*a_m + k*a_k],   opB[k, n] = B[b0 + k*b_k + n*b_n]
+//   Strides express both layouts of each operand (A stored [M, K]: a_m = K, a_k = 1; stored
+//   [K, M]: a_m = 1, a_k = M; likewise B) and views of a larger tensor (a head of attention's
+//   permuted q, k, v read in place).
 //
-// Batched: workgroup z is the batch index b; A, B and C start at b * a_batch, b * b_batch
-// and b * c_batch (b_batch 0 shares B across the batch).
+// Batched: workgroup z runs product z, a two-level batch:
+//   a0 = a_base + (z / a_split) * a_batch + (z % a_split) * a_inner
+// and likewise b0 (b_), c0 (c_). A split of 0 or 1 is one level (z * a_batch); b_batch 0
+// with split 1 shares B across the batch.
 //
 // Covers Dense forward (X · W^T + b), dweight (dY^T · X) and dinput (dY · W).
 //
 // Bindings (group 0):
-//   0 uniform  Params { m, n, k, flags, a_batch, b_batch, c_batch }   flags: 1 = transpose A, 2 = transpose B,
-//                                                   4 = add bias, 8 = ReLU epilogue
+//   0 uniform  Params (below)   flags: 4 = add bias, 8 = ReLU epilogue
 //   1 storage read        a     : array<f32>
 //   2 storage read        b     : array<f32>
 //   3 storage read        bias  : array<f32>   [N] (any 4-byte buffer when flag 4 is off)
-//   4 storage read_write  c     : array<f32>   [M, N]
+//   4 storage read_write  c     : array<f32>   (product z's [M, N] rows c_m apart)
 //
 // Register tiling without workgroup memory or barriers (barriers are costly on CPU
 // adapters such as lavapipe, where invocations of a workgroup run as coroutines):
@@ -34,14 +37,28 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    a_base: u32,
+    a_m: u32,
+    a_k: u32,
     a_batch: u32,
+    a_split: u32,
+    a_inner: u32,
+    b_base: u32,
+    b_k: u32,
+    b_n: u32,
     b_batch: u32,
+    b_split: u32,
+    b_inner: u32,
+    c_base: u32,
+    c_m: u32,
     c_batch: u32,
-    _pad: u32,
+    c_split: u32,
+    c_inner: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
-const TRANSPOSE_A: u32 = 1u;
-const TRANSPOSE_B: u32 = 2u;
 const BIAS: u32 = 4u;
 const RELU: u32 = 8u;
 
@@ -58,22 +75,25 @@ override TN: u32 = 2u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
+// Offset of product z in a two-level batch: (z / split) * outer + (z % split) * inner.
+fn batch_at(z: u32, split: u32, outer: u32, inner: u32) -> u32 {
+    let s = max(split, 1u);
+    return (z / s) * outer + (z % s) * inner;
+}
+
 @compute @workgroup_size(WG)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let transpose_a = (p.flags & TRANSPOSE_A) != 0u;
-    let transpose_b = (p.flags & TRANSPOSE_B) != 0u;
-    // opA[m, k] = a[m * a_m + k * a_k];  opB[k, n] = b[k * b_k + n * b_n]
-    let a_m = select(p.k, 1u, transpose_a);
-    let a_k = select(1u, p.m, transpose_a);
-    let b_k = select(p.n, 1u, transpose_b);
-    let b_n = select(1u, p.k, transpose_b);
+    let a_m = p.a_m;
+    let a_k = p.a_k;
+    let b_k = p.b_k;
+    let b_n = p.b_n;
 
     let m0 = wid.y * TM;
     var a_row: array<u32, MAX_TM>;  // clamped row offsets into a
     var b_col: array<u32, MAX_TN>;  // clamped column offsets into b
-    let a0 = wid.z * p.a_batch;
-    let b0 = wid.z * p.b_batch;
-    let c0 = wid.z * p.c_batch;
+    let a0 = p.a_base + batch_at(wid.z, p.a_split, p.a_batch, p.a_inner);
+    let b0 = p.b_base + batch_at(wid.z, p.b_split, p.b_batch, p.b_inner);
+    let c0 = p.c_base + batch_at(wid.z, p.c_split, p.c_batch, p.c_inner);
     for (var i = 0u; i < TM; i++) {
         a_row[i] = a0 + min(m0 + i, p.m - 1u) * a_m;
     }
@@ -108,7 +128,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 if ((p.flags & RELU) != 0u) {
                     v = max(v, 0.0);
                 }
-                c[c0 + m * p.n + n] = v;
+                c[c0 + m * p.c_m + n] = v;
             }
         }
     }

@@ -6,8 +6,11 @@
 //   for i < M, j < N, kk < K of the block. Strides express both layouts of each operand
 //   (A stored [M, K]: a_m = K, a_k = 1; stored [K, M]: a_m = 1, a_k = M; likewise B).
 //   With ACCUMULATE the block is added to what C holds (K split over several dispatches).
-//   matmul_subgroup is batched: workgroup z = b runs product b, its A, B and C starting
-//   a_batch, b_batch and c_batch elements further on (b_batch 0 shares B).
+//   matmul_subgroup is batched: workgroup z runs product z, its A starting
+//     a_base + (z / a_split) * a_batch + (z % a_split) * a_inner
+//   (likewise B and C with b_ and c_): a two-level batch, so that z = b * H + h can read a
+//   head's slice of a permuted tensor in place (attention's q, k, v). A split of 0 or 1 is
+//   one level (z * a_batch); b_batch 0 with split 1 shares B.
 //
 // Four entry points share the 32 x 2 register block and differ in where A and B live and
 // how they are indexed:
@@ -74,6 +77,13 @@ struct Params {
     a_ci: u32,
     k_rows: u32,
     bias_at: u32,
+    // matmul_subgroup's two-level batch (0 or 1 = one level; see the header).
+    a_split: u32,
+    a_inner: u32,
+    b_split: u32,
+    b_inner: u32,
+    c_split: u32,
+    c_inner: u32,
 }
 
 const BIAS: u32 = 4u;
@@ -315,14 +325,20 @@ struct Origin {
     a_at: vec4<u32>,
 }
 
+// Offset of product z in a two-level batch: (z / split) * outer + (z % split) * inner.
+fn batch_at(z: u32, split: u32, outer: u32, inner: u32) -> u32 {
+    let s = max(split, 1u);
+    return (z / s) * outer + (z % s) * inner;
+}
+
 fn block_origin(lid: vec3<u32>, wid: vec3<u32>, lane: u32) -> Origin {
     let m0 = wid.y * 32u;
     let n0 = (wid.x * 2u) * WG + lid.x;
     let cols = min(vec2<u32>(n0, n0 + WG), vec2<u32>(p.n - 1u));
     let rows = min(vec4<u32>(m0 + (lane & 7u)) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u));
-    let a0 = p.a_base + wid.z * p.a_batch;
-    let b0 = p.b_base + wid.z * p.b_batch;
-    c_off = p.c_base + wid.z * p.c_batch;
+    let a0 = p.a_base + batch_at(wid.z, p.a_split, p.a_batch, p.a_inner);
+    let b0 = p.b_base + batch_at(wid.z, p.b_split, p.b_batch, p.b_inner);
+    c_off = p.c_base + batch_at(wid.z, p.c_split, p.c_batch, p.c_inner);
     return Origin(m0, n0, vec2<u32>(b0) + cols * p.b_n, vec4<u32>(a0) + rows * p.a_m);
 }
 

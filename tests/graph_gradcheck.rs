@@ -3,13 +3,15 @@
 //! gradient is coef, not ones, and a rule that ignores its incoming gradient fails.
 //! Gradients come from the graph's autodiff run on the GPU; the reference is central
 //! differences of the same compiled loss. Fused variants (dense + bias + ReLU, conv +
-//! ReLU + pool) are checked the same way through the fusion passes.
+//! ReLU + pool, attention's matmul views) are checked the same way through the fusion
+//! passes.
 
 mod common;
 
 use shadergrad::graph::autodiff::grad;
+use shadergrad::graph::fuse::{fuse, FuseOptions};
 use shadergrad::graph::session::Session;
-use shadergrad::graph::{BinaryOp, DType, Graph, Id, ReduceOp, UnaryOp};
+use shadergrad::graph::{BinaryOp, DType, Graph, Id, Op, ReduceOp, UnaryOp};
 use shadergrad::kernels::conv2d::Padding;
 use shadergrad::kernels::loss::Loss;
 use shadergrad::model::{Init, ParamSpec};
@@ -121,6 +123,72 @@ fn batched_matmul() {
     check("batched, A^T", &[&[2, 5, 3], &[2, 5, 4]], false, |g, p| {
         g.matmul(p[0], p[1], true, false).unwrap()
     });
+}
+
+/// Attention's heads (B, T, H, hd = 2, 3, 2, 2) split from qkv [B*T, 3D] = p[0], through
+/// two batched matmuls, merged back and through a dense layer p[1] [D, 3].
+fn attention_heads(g: &mut Graph, p: &[Id]) -> Id {
+    let (b, t, h, hd) = (2, 3, 2, 2);
+    let d = h * hd;
+    let qkv = g.reshape(p[0], &[b, t, 3, h, hd]).unwrap();
+    let qkv = g.permute(qkv, &[2, 0, 3, 1, 4]).unwrap();
+    let qkv = g.reshape(qkv, &[3 * b * h, t, hd]).unwrap();
+    let [q, k, v] = [0, 1, 2].map(|j| g.slice(qkv, 0, j * b * h, b * h).unwrap());
+    let att = g.matmul(q, k, false, true).unwrap(); // [B*H, T, T]
+    let y = g.matmul(att, v, false, false).unwrap(); // [B*H, T, hd]
+    let y = g.reshape(y, &[b, h, t, hd]).unwrap();
+    let y = g.permute(y, &[0, 2, 1, 3]).unwrap();
+    let y = g.reshape(y, &[b * t, d]).unwrap();
+    g.matmul(y, p[1], false, false).unwrap()
+}
+
+/// Attention's head split and merge mid-graph, fused: q, k, v read in place from qkv
+/// through two-level batched strides, att · v written in place into [B*T, D], and dq, dk,
+/// dv written into dqkv by one MatMulGroup (no pads, sum or permutes).
+#[test]
+fn attention_heads_fused_into_matmul_views() {
+    let shapes: [&[usize]; 2] = [&[6, 12], &[4, 3]];
+    // The rewrites happen: every movement op and pad is gone from the fused graph.
+    let mut g = Graph::new();
+    let params: Vec<Id> = (shapes.iter().enumerate())
+        .map(|(i, s)| {
+            g.param(ParamSpec {
+                name: format!("p{i}"),
+                shape: s.to_vec(),
+                init: Init::Zeros,
+                layer: 0,
+                trainable: true,
+            })
+        })
+        .collect();
+    let y = attention_heads(&mut g, &params);
+    let loss = g.sum(y, &[0, 1]).unwrap();
+    let grads = grad(&mut g, loss, &params).unwrap();
+    g.mark_output(loss);
+    grads.iter().for_each(|&d| g.mark_output(d));
+    let opts = FuseOptions {
+        matmul_views: true,
+        ..Default::default()
+    };
+    fuse(&mut g, opts);
+    let live = g.live_from(&g.outputs);
+    let ops: Vec<&Op> = (g.nodes.iter().zip(&live))
+        .filter(|(_, &l)| l)
+        .map(|(n, _)| &n.op)
+        .collect();
+    let copies = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Permute(_) | Op::Slice { .. } | Op::Pad { .. }));
+    assert_eq!(copies.count(), 0, "movement ops left: {ops:?}");
+    assert!(ops
+        .iter()
+        .any(|op| matches!(op, Op::MatMulGroup(ts) if ts.len() == 3)));
+    check(
+        "attention heads, matmul views",
+        &shapes,
+        true,
+        attention_heads,
+    );
 }
 
 #[test]

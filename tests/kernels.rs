@@ -929,6 +929,158 @@ fn check_matmul(
     );
 }
 
+/// Attention's layout of one head: operand [z = zo * h + zi, rows, cols] inside a buffer of
+/// rows `3 * h * cols + 1` wide (q, k and v side by side, plus one column of slack), in
+/// slot `slot` of three: a real two-level batch. Its view and the buffer's length.
+fn head_view(bo: usize, h: usize, rows: usize, cols: usize, slot: usize) -> (Strided, usize) {
+    let w = 3 * h * cols + 1;
+    let v = Strided {
+        offset: slot * h * cols,
+        split: h,
+        outer: rows * w,
+        inner: cols,
+        row: w,
+        col: 1,
+    };
+    (v, bo * rows * w)
+}
+
+/// Matmuls reading A and B and writing C through two-level strided views (attention's
+/// heads read and written in place), every operand layout, against the reference read
+/// through the same views; C's other elements untouched; the contiguous-only kernels
+/// refuse such a product and are not offered it.
+#[test]
+fn viewed_matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let subgroups = subgroup_variants(gpu, "viewed_matmul_matches_reference");
+    let mut rng = Rng::new(17);
+    for (bo, h, m, n, k) in [
+        (2, 3, 5, 7, 3),
+        (3, 1, 17, 33, 9),
+        (1, 5, 1, 1, 1),
+        (2, 2, 37, 65, 13),
+    ] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let base = MatmulSpec {
+                batch: bo * h,
+                transpose_a: ta,
+                transpose_b: tb,
+                bias: tb,
+                ..MatmulSpec::new(m, n, k)
+            };
+            let [a0, a1] = base.a_shape();
+            let [b0, b1] = base.b_shape();
+            let (av, a_len) = head_view(bo, h, a0, a1, 1);
+            let (bv, b_len) = head_view(bo, h, b0, b1, 2);
+            // C as [bo, m, h, n + 2] from element 3 on: the heads' outputs merged in place.
+            let wn = n + 2;
+            let cv = Strided {
+                offset: 3,
+                split: h,
+                outer: m * h * wn,
+                inner: wn,
+                row: h * wn,
+                col: 1,
+            };
+            let c_len = 3 + bo * m * h * wn + 4;
+            let spec = MatmulSpec {
+                a_view: Some(av),
+                b_view: Some(bv),
+                c_view: Some(cv),
+                ..base
+            };
+            let a = rng.uniform_vec(a_len, -1.0, 1.0);
+            let b = rng.uniform_vec(b_len, -1.0, 1.0);
+            let bias = rng.uniform_vec(n, -1.0, 1.0);
+            let want = matmul_ref(
+                &spec,
+                &f64s(&a),
+                &f64s(&b),
+                spec.bias.then_some(&f64s(&bias)[..]),
+            );
+            // The expected C buffer: sentinels, and the product at the view's elements.
+            let mut want_c = vec![7.0f64; c_len];
+            for z in 0..spec.batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        want_c[cv.at(z, i, j)] = want[(z * m + i) * n + j];
+                    }
+                }
+            }
+            let (ta_, tb_, tbias) = (
+                upload(gpu, &[a_len], &a),
+                upload(gpu, &[b_len], &b),
+                upload(gpu, &[n], &bias),
+            );
+            let mut kernels = vec![
+                MatmulKernel::RegisterTile(Tiles {
+                    wg: 64,
+                    tm: 4,
+                    tn: 4,
+                }),
+                MatmulKernel::RegisterTile(Tiles {
+                    wg: 32,
+                    tm: 3,
+                    tn: 1,
+                }),
+            ];
+            if subgroups {
+                kernels.push(MatmulKernel::Subgroup { wg: 64 });
+                kernels.push(MatmulKernel::Subgroup { wg: 8 });
+            }
+            let offered = matmul_candidates(gpu, &spec);
+            assert!(!offered.is_empty(), "no candidate for {spec:?}");
+            for kernel in &offered {
+                assert!(
+                    matches!(
+                        kernel,
+                        MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. }
+                    ),
+                    "{kernel:?} offered for strided views"
+                );
+            }
+            kernels.extend(offered);
+            for kernel in kernels {
+                let c = upload(gpu, &[c_len], &vec![7.0; c_len]);
+                let d = matmul_with(
+                    gpu,
+                    &spec,
+                    kernel,
+                    &ta_,
+                    &tb_,
+                    spec.bias.then_some(&tbias),
+                    &c,
+                )
+                .unwrap();
+                run_all(gpu, &d).unwrap();
+                assert_close(
+                    &format!("viewed matmul {spec:?} {kernel:?}"),
+                    &c.to_f32(gpu).unwrap(),
+                    &want_c,
+                    1e-4,
+                    1e-5 * k as f64,
+                );
+            }
+            for kernel in [
+                MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+                MatmulKernel::Window { wg: 64 },
+            ] {
+                let c = Tensor::zeros(gpu, "c", &[c_len]).unwrap();
+                let r = matmul_with(
+                    gpu,
+                    &spec,
+                    kernel,
+                    &ta_,
+                    &tb_,
+                    spec.bias.then_some(&tbias),
+                    &c,
+                );
+                assert!(r.is_err(), "{kernel:?} accepted strided views");
+            }
+        }
+    }
+}
+
 /// The tiled kernel (the gpu family's) on awkward shapes, every operand layout and
 /// epilogue, the fit (edge-free) and guarded paths, several tile shapes and split-K.
 #[test]

@@ -57,21 +57,27 @@ fn sampler_matches_reference() {
 }
 
 use shadergrad::graph::autodiff::grad;
+use shadergrad::graph::fuse::{fuse, FuseOptions};
 use shadergrad::graph::session::Session;
-use shadergrad::graph::{DType, Graph, Op};
+use shadergrad::graph::{DType, Graph, Id, Op};
 use shadergrad::kernels::loss::Loss;
 use shadergrad::lm::{CharRnnConfig, GptConfig, LmConfig};
 use shadergrad::nn::{model_input, Model};
 
-/// The whole model's gradients (autodiff on the GPU) against central differences of its
-/// compiled mean token loss, on a few elements of every parameter tensor: proves the
-/// composition (heads split by permute and slice, batched matmuls, residuals) is wired
-/// right, beyond each op's own check in graph_gradcheck.rs.
-fn check_model_gradients(cfg: LmConfig, batch: usize) {
-    let Some(gpu) = common::gpu() else { return };
+/// A model's mean token loss over `batch` windows and its parameters' gradients, outputs.
+struct LossGraph {
+    g: Graph,
+    x: Id,
+    label: Id,
+    loss: Id,
+    params: Vec<Id>,
+    grads: Vec<Id>,
+}
+
+fn loss_graph(cfg: &LmConfig, batch: usize) -> LossGraph {
     let t = cfg.context().unwrap();
     let mut g = Graph::new();
-    let x = model_input(&mut g, &cfg, batch);
+    let x = model_input(&mut g, cfg, batch);
     let logits = cfg.forward(&mut g, x).unwrap();
     let label = g.input("label", &[batch * t], DType::U32);
     let per_token = g.loss(Loss::SoftmaxCrossEntropy, logits, label).unwrap();
@@ -83,7 +89,26 @@ fn check_model_gradients(cfg: LmConfig, batch: usize) {
     let grads = grad(&mut g, loss, &params).unwrap();
     g.mark_output(loss);
     grads.iter().for_each(|&d| g.mark_output(d));
-    let s = Session::new(gpu, &g, true).unwrap();
+    LossGraph {
+        g,
+        x,
+        label,
+        loss,
+        params,
+        grads,
+    }
+}
+
+/// The whole model's gradients (autodiff on the GPU) against central differences of its
+/// compiled mean token loss, on a few elements of every parameter tensor: proves the
+/// composition (heads split by permute and slice, batched matmuls, residuals) is wired
+/// right, beyond each op's own check in graph_gradcheck.rs.
+fn check_model_gradients(cfg: LmConfig, batch: usize) {
+    let Some(gpu) = common::gpu() else { return };
+    let t = cfg.context().unwrap();
+    let m = loss_graph(&cfg, batch);
+    let (g, x, label, loss, params, grads) = (&m.g, m.x, m.label, m.loss, &m.params, &m.grads);
+    let s = Session::new(gpu, g, true).unwrap();
     let mut rng = Rng::new(3);
     let values: Vec<Vec<f32>> = params
         .iter()
@@ -147,6 +172,91 @@ fn char_rnn_gradients_match_finite_differences() {
 use shadergrad::data::text::TextCorpus;
 use shadergrad::kernels::optim::Optimizer;
 use shadergrad::lm::checkpoint::{load, save};
+/// Folding attention's head split (reshape, permute, slice) into the batched matmuls'
+/// strides reads the same numbers in the same order: a tiny GPT's loss and every gradient
+/// over a few SGD steps are bit-identical with the matmul views on and off.
+#[test]
+fn gpt_matmul_views_are_bit_identical() {
+    let Some(gpu) = common::gpu() else { return };
+    let on = FuseOptions::for_gpu(gpu);
+    if !on.matmul_views {
+        eprintln!(
+            "gpt_matmul_views_are_bit_identical: NOT TESTED here: {} runs no matmul views \
+             (the GPU family, or SHADERGRAD_NO_MATMUL_VIEWS)",
+            gpu.describe()
+        );
+        return;
+    }
+    let off = FuseOptions {
+        matmul_views: false,
+        ..on
+    };
+    let cfg = LmConfig::Gpt(GptConfig {
+        vocab: 11,
+        context: 6,
+        d_model: 12,
+        heads: 3,
+        layers: 2,
+    });
+    let batch = 2;
+    let m = loss_graph(&cfg, batch);
+    // The views are taken: every attention matmul (2 forward, 4 backward per layer) reads
+    // at least one operand in place.
+    let mut fused = m.g.clone();
+    fuse(&mut fused, on);
+    let live = fused.live_from(&fused.outputs);
+    // Every product: a matmul's, or one of a group's.
+    let matmuls: Vec<_> = (fused.nodes.iter().zip(&live))
+        .flat_map(|(n, &l)| match &n.op {
+            Op::MatMul(t) if l => vec![*t],
+            Op::MatMulGroup(ts) if l => ts.clone(),
+            _ => vec![],
+        })
+        .collect();
+    let reads = matmuls
+        .iter()
+        .filter(|t| t.a_view.is_some() || t.b_view.is_some());
+    assert_eq!(reads.count(), 6 * 2, "attention matmuls reading a view");
+    // Products writing in place: att · v merging the heads back, and dq, dk, dv, per layer.
+    let writes = matmuls.iter().filter(|t| t.c_view.is_some());
+    assert_eq!(writes.count(), 4 * 2, "products writing a view");
+    // dq, dk and dv written into dqkv in place (no pads, sum or permute), one per layer.
+    let groups = (fused.nodes.iter().zip(&live))
+        .filter(|(n, &l)| l && matches!(&n.op, Op::MatMulGroup(ts) if ts.len() == 3));
+    assert_eq!(groups.count(), 2, "matmul groups");
+    let sessions = [on, off].map(|o| Session::with_fusion(gpu, &m.g, Some(o)).unwrap());
+    let t = cfg.context().unwrap();
+    let v = cfg.vocab() as u32;
+    let tokens: Vec<u32> = (0..batch * t).map(|i| (i as u32 * 7 + 3) % v).collect();
+    let targets: Vec<u32> = (0..batch * t).map(|i| (i as u32 * 5 + 1) % v).collect();
+    let mut rng = Rng::new(9);
+    let mut values: Vec<Vec<f32>> = (m.params.iter())
+        .map(|&p| rng.uniform_vec(m.g.shape(p).iter().product(), -0.5, 0.5))
+        .collect();
+    for step in 0..3 {
+        let mut got = vec![];
+        for s in &sessions {
+            for (&p, w) in m.params.iter().zip(&values) {
+                s.write(p, w).unwrap();
+            }
+            s.write_u32(m.x, &tokens).unwrap();
+            s.write_u32(m.label, &targets).unwrap();
+            s.run().unwrap();
+            let grads: Vec<Vec<f32>> = m.grads.iter().map(|&d| s.read(d).unwrap()).collect();
+            got.push((s.read(m.loss).unwrap(), grads));
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got[0].0), bits(&got[1].0), "step {step}: loss");
+        for (i, (a, b)) in got[0].1.iter().zip(&got[1].1).enumerate() {
+            let name = &m.g.params[i].name;
+            assert_eq!(bits(a), bits(b), "step {step}: d{name}");
+        }
+        for (w, d) in values.iter_mut().zip(&got[0].1) {
+            w.iter_mut().zip(d).for_each(|(w, d)| *w -= 0.5 * d);
+        }
+    }
+}
+
 use shadergrad::lm::generate::{generate, GenerateOptions};
 use shadergrad::lm::train::{LmData, LmRun, LmTrainConfig};
 

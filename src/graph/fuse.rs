@@ -5,12 +5,33 @@
 //! have broken.
 
 use super::ir::*;
+use super::layout::Layout;
+use crate::gpu::Gpu;
+use crate::kernels::Family;
 
 /// Which fusions the adapter's kernels allow (see lower.rs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FuseOptions {
     /// conv + bias + ReLU + max pool as one kernel (uniform-window adapters).
     pub conv_relu_pool: bool,
+    /// Reshape/Permute/Slice chains folded into the strides of the matmuls that read them
+    /// (attention's heads), where the kernels that take strided views are the family's
+    /// own: not on the GPU family, whose tiled kernel reads contiguous operands.
+    pub matmul_views: bool,
+}
+
+/// Set to 1 to turn the matmul views off (A/B timings against the copies).
+pub const NO_MATMUL_VIEWS_ENV: &str = "SHADERGRAD_NO_MATMUL_VIEWS";
+
+impl FuseOptions {
+    /// Every fusion `gpu`'s kernels allow (matmul views unless [`NO_MATMUL_VIEWS_ENV`]).
+    pub fn for_gpu(gpu: &Gpu) -> Self {
+        let off = std::env::var(NO_MATMUL_VIEWS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
+        FuseOptions {
+            conv_relu_pool: gpu.windows(),
+            matmul_views: gpu.family() != Family::Gpu && !off,
+        }
+    }
 }
 
 /// Run every pass to a fixpoint; returns the number of rewrites.
@@ -22,6 +43,9 @@ pub fn fuse(g: &mut Graph, opts: FuseOptions) -> usize {
         n += batch_norm_pool(g);
         if opts.conv_relu_pool {
             n += conv_relu_pool(g) + conv_relu_pool_backward_weight(g);
+        }
+        if opts.matmul_views {
+            n += matmul_operand_views(g) + matmul_output_views(g) + matmul_group(g);
         }
         if n == 0 {
             break;
@@ -64,7 +88,9 @@ fn bias_into_producer(g: &mut Graph) -> usize {
         }
         let pn = g.node(p).clone();
         let fused = match pn.op {
-            Op::MatMul(mut t) if !t.bias && !t.relu && pn.shape.len() == 2 => {
+            Op::MatMul(mut t)
+                if !t.bias && !t.relu && pn.shape.len() == 2 && t.c_view.is_none() =>
+            {
                 bias_source(g, b, false).map(|src| {
                     t.bias = true;
                     (Op::MatMul(t), src)
@@ -418,4 +444,243 @@ fn conv_relu_pool_backward_weight(g: &mut Graph) -> usize {
         n += 1;
     }
     n
+}
+
+/// MatMul(chain(x), ..) -> MatMul{a_view}(x, ..), likewise B: a rank-3 operand made by a
+/// chain of Reshape, Permute and Slice that holds a Permute or a Slice (each a copy) is
+/// read in place from the chain's source when its layout there is a strided, two-level
+/// batched view (see layout.rs). The chain's nodes stay for their other readers, if any.
+fn matmul_operand_views(g: &mut Graph) -> usize {
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::MatMul(mut t) = g.node(id).op else {
+            continue;
+        };
+        let mut inputs = g.node(id).inputs.clone();
+        for (i, view) in [&mut t.a_view, &mut t.b_view].into_iter().enumerate() {
+            if view.is_some() {
+                continue;
+            }
+            if let Some((src, v)) = operand_view(g, inputs[i]) {
+                (inputs[i], *view) = (src, Some(v));
+                n += 1;
+            }
+        }
+        let node = &mut g.nodes[id.index()];
+        node.op = Op::MatMul(t);
+        node.inputs = inputs;
+    }
+    n
+}
+
+/// The furthest source of the movement chain ending at `x` that `x` is a view of, and that
+/// view: where the chain from it copies something and its layout is a matmul operand's.
+fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
+    let shape: [usize; 3] = g.shape(x).try_into().ok()?;
+    let mut chain = vec![];
+    let mut src = x;
+    while matches!(
+        g.node(src).op,
+        Op::Reshape | Op::Permute(_) | Op::Slice { .. }
+    ) {
+        chain.push(src);
+        src = g.node(src).inputs[0];
+    }
+    (1..=chain.len()).rev().find_map(|len| {
+        let c = &chain[..len];
+        let src = g.node(c[len - 1]).inputs[0];
+        let copies = c.iter().any(|&i| g.node(i).op != Op::Reshape);
+        if !copies || g.node(src).dtype != DType::F32 {
+            return None;
+        }
+        let mut l = Layout::contiguous(g.shape(src));
+        for &i in c.iter().rev() {
+            let node = g.node(i);
+            l = match &node.op {
+                Op::Reshape => l.reshape(&node.shape)?,
+                Op::Permute(p) => l.permute(p)?,
+                Op::Slice { axis, start } => l.slice(*axis, *start, node.shape[*axis])?,
+                _ => return None,
+            };
+        }
+        let at = l.strided()?;
+        Some((src, OperandView { shape, at }))
+    })
+}
+
+/// chain(MatMul(a, b)) -> MatMul{c_view}(a, b): a batched product whose only reader is a
+/// chain of Reshape and Permute (holding a Permute) writes the chain's value in place, when
+/// the product's layout in it is a strided view with rows written contiguous (attention's
+/// heads merged back: [B*H, T, hd] -> [B*T, D]). The product and the chain's inner nodes
+/// have that one reader each and are no outputs; the chain's last node may have any.
+fn matmul_output_views(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let (live, reader) = (g.live_from(&g.outputs), readers(g));
+    let mut n = 0;
+    for id in g.ids() {
+        let Op::MatMul(t) = g.node(id).op else {
+            continue;
+        };
+        if t.c_view.is_some() || g.node(id).shape.len() != 3 || !live[id.index()] {
+            continue;
+        }
+        let chain = movement_chain(g, &uses, &reader, id);
+        // The longest chain whose layout fits, as long as it copies (holds a Permute).
+        let fits = (1..=chain.len()).rev().find_map(|len| {
+            let c = &chain[..len];
+            let copies = c.iter().any(|&i| matches!(g.node(i).op, Op::Permute(_)));
+            let view = copies.then(|| undo_chain(g, id, c)).flatten();
+            view.and_then(|l| output_view(&l, g.shape(id)))
+                .map(|v| (c[len - 1], v))
+        });
+        let Some((end, view)) = fits else { continue };
+        let inputs = g.node(id).inputs.clone();
+        let node = &mut g.nodes[end.index()];
+        node.op = Op::MatMul(MatMulAttrs {
+            c_view: Some(view),
+            ..t
+        });
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// A live reader of each node (the one, where it has one).
+fn readers(g: &Graph) -> Vec<Option<Id>> {
+    let live = g.live_from(&g.outputs);
+    let mut reader = vec![None; g.len()];
+    for id in g.ids().filter(|i| live[i.index()]) {
+        for &i in &g.node(id).inputs {
+            reader[i.index()] = Some(id);
+        }
+    }
+    reader
+}
+
+/// The Reshape and Permute nodes after `x`, each the only reader of the one before.
+fn movement_chain(g: &Graph, uses: &[usize], reader: &[Option<Id>], x: Id) -> Vec<Id> {
+    let mut chain = vec![];
+    let mut cur = x;
+    while let Some(r) = reader[cur.index()].filter(|_| single_use(g, uses, cur)) {
+        if !matches!(g.node(r).op, Op::Reshape | Op::Permute(_)) {
+            break;
+        }
+        chain.push(r);
+        cur = r;
+    }
+    chain
+}
+
+/// Sum of Pads of batched products along one axis, covering it once, (then a
+/// Reshape/Permute chain) -> MatMulGroup writing each product where its Pad put it: the
+/// pads' fills and copies, the sums and the chain's copies go. Attention's dqkv from dq,
+/// dk, dv. Every absorbed node has one reader and is no output.
+fn matmul_group(g: &mut Graph) -> usize {
+    let uses = g.uses();
+    let (live, reader) = (g.live_from(&g.outputs), readers(g));
+    let mut n = 0;
+    for id in g.ids() {
+        if g.node(id).op != Op::Binary(BinaryOp::Add) || !live[id.index()] {
+            continue;
+        }
+        let Some(products) = padded_products(g, &uses, id) else {
+            continue;
+        };
+        let chain = movement_chain(g, &uses, &reader, id);
+        let fits = (0..=chain.len()).rev().find_map(|len| {
+            let l = undo_chain(g, id, &chain[..len])?;
+            let end = if len == 0 { id } else { chain[len - 1] };
+            let views = (products.iter())
+                .map(|&(p, axis, start)| {
+                    let shape = g.shape(p);
+                    let at = l.slice(axis, start, shape[axis])?.reshape(shape)?;
+                    output_view(&at, shape)
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((end, views))
+        });
+        let Some((end, views)) = fits else { continue };
+        let mut attrs = vec![];
+        let mut inputs = vec![];
+        for (&(p, _, _), v) in products.iter().zip(views) {
+            let Op::MatMul(t) = g.node(p).op else {
+                continue;
+            };
+            attrs.push(MatMulAttrs {
+                c_view: Some(v),
+                ..t
+            });
+            inputs.extend_from_slice(&g.node(p).inputs[..2]);
+        }
+        let node = &mut g.nodes[end.index()];
+        node.op = Op::MatMulGroup(attrs);
+        node.inputs = inputs;
+        n += 1;
+    }
+    n
+}
+
+/// The products behind a sum `root` of Pads (inner sums, Pads and products one reader
+/// each): (product, axis, start), when the pads share an axis and cover it once.
+fn padded_products(g: &Graph, uses: &[usize], root: Id) -> Option<Vec<(Id, usize, usize)>> {
+    let shape = g.shape(root).to_vec();
+    let (mut stack, mut out) = (vec![root], vec![]);
+    while let Some(x) = stack.pop() {
+        let node = g.node(x);
+        if x != root && !single_use(g, uses, x) {
+            return None;
+        }
+        match node.op {
+            Op::Binary(BinaryOp::Add) if node.shape == shape => stack.extend(&node.inputs),
+            Op::Pad { axis, start } if node.shape == shape => {
+                let p = node.inputs[0];
+                let plain = matches!(g.node(p).op, Op::MatMul(t) if !t.bias && !t.relu && t.c_view.is_none());
+                if !plain || g.shape(p).len() != 3 || !single_use(g, uses, p) {
+                    return None;
+                }
+                out.push((p, axis, start));
+            }
+            _ => return None,
+        }
+    }
+    out.sort_by_key(|&(_, _, start)| start);
+    let axis = out.first()?.1;
+    let mut at = 0;
+    for &(p, a, start) in &out {
+        if a != axis || start != at {
+            return None;
+        }
+        at += g.shape(p)[axis];
+    }
+    (at == shape[axis] && out.len() > 1).then_some(out)
+}
+
+/// The layout of `x`'s elements in the value of the last node of `chain` (Reshape and
+/// Permute nodes from `x` on): the chain undone from a contiguous layout of that value.
+fn undo_chain(g: &Graph, x: Id, chain: &[Id]) -> Option<Layout> {
+    let last = chain.last().copied().unwrap_or(x);
+    let mut l = Layout::contiguous(g.shape(last));
+    for (k, &c) in chain.iter().enumerate().rev() {
+        let before = if k == 0 { x } else { chain[k - 1] };
+        l = match &g.node(c).op {
+            Op::Reshape => l.reshape(g.shape(before))?,
+            Op::Permute(p) => {
+                let mut inverse = vec![0; p.len()];
+                p.iter().enumerate().for_each(|(i, &a)| inverse[a] = i);
+                l.permute(&inverse)?
+            }
+            _ => return None,
+        };
+    }
+    Some(l)
+}
+
+/// A product [batch, M, N] laid out as `l` as C's strides: rows written contiguous.
+fn output_view(l: &Layout, shape: &[usize]) -> Option<crate::kernels::matmul::Strided> {
+    let mut at = l.strided()?;
+    if shape.get(2) == Some(&1) {
+        at.col = 1;
+    }
+    (at.col == 1).then_some(at)
 }

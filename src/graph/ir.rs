@@ -65,6 +65,21 @@ pub struct MatMulAttrs {
     pub tb: bool,
     pub bias: bool,
     pub relu: bool,
+    /// Operand A (B) is read in place from the input's buffer through strides (set by
+    /// fusion: a chain of movement ops folded into the matmul).
+    pub a_view: Option<OperandView>,
+    pub b_view: Option<OperandView>,
+    /// The product [batch, M, N] is written at these strides into the node's value, which
+    /// is then another shape (fusion: a Reshape/Permute chain of the product folded in).
+    pub c_view: Option<crate::kernels::matmul::Strided>,
+}
+
+/// A rank-3 matmul operand [batch, rows, cols] (`shape`, as stored: before the
+/// transpose flags) read from its input's buffer at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperandView {
+    pub shape: [usize; 3],
+    pub at: crate::kernels::matmul::Strided,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +118,11 @@ pub enum Op {
     Concat(usize),
     /// [a, b (, bias)].
     MatMul(MatMulAttrs),
+    /// [a0, b0, a1, b1, ..] -> the node's value, product i (attrs i, no bias) written at
+    /// its `c_view`; the views together cover the value once. Set by fusion (fuse.rs): the
+    /// gradients of slices of one value (attention's dq, dk, dv) written where they belong
+    /// rather than padded and summed.
+    MatMulGroup(Vec<MatMulAttrs>),
     /// [x, w (, bias)] -> y [B, CO, OH, OW].
     Conv2d(ConvAttrs),
     /// [dy, w] -> dx (the node's shape is x's).

@@ -149,6 +149,21 @@ fn lower_node(
                 &y,
             )?);
         }
+        Op::MatMulGroup(products) => {
+            for (i, t) in products.iter().enumerate() {
+                let spec = product_spec(g, [node.inputs[2 * i], node.inputs[2 * i + 1]], *t)?;
+                let kernel = choices.matmul(gpu, id, &spec);
+                d.extend(matmul_with(
+                    gpu,
+                    &spec,
+                    kernel,
+                    &x(2 * i)?,
+                    &x(2 * i + 1)?,
+                    None,
+                    &y,
+                )?);
+            }
+        }
         Op::Conv2d(c) => {
             let s = conv_spec(g, node.inputs[0], node.inputs[1], *c)?;
             let b = if c.bias { Some(x(2)?) } else { None };
@@ -324,10 +339,20 @@ pub(super) fn sum_partials(
     Ok(d)
 }
 
+/// A matmul node's product; a viewed operand (see [`OperandView`]) has its view's shape.
 pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
     let n = g.node(id);
-    let (sa, sb) = (g.shape(n.inputs[0]), g.shape(n.inputs[1]));
-    let [batch, m, nn, k] = super::ops_nn::matmul_dims(sa, sb, t)?;
+    product_spec(g, [n.inputs[0], n.inputs[1]], t)
+}
+
+/// The product of operands `ab` under `t` (a matmul node's, or one of a group's).
+pub fn product_spec(g: &Graph, ab: [Id; 2], t: MatMulAttrs) -> Result<MatmulSpec> {
+    let shape = |i: usize, v: Option<OperandView>| match v {
+        Some(v) => v.shape.to_vec(),
+        None => g.shape(ab[i]).to_vec(),
+    };
+    let (sa, sb) = (shape(0, t.a_view), shape(1, t.b_view));
+    let [batch, m, nn, k] = super::ops_nn::matmul_dims(&sa, &sb, t)?;
     Ok(MatmulSpec {
         batch,
         shared_b: sa.len() == 3 && sb.len() == 2,
@@ -335,6 +360,9 @@ pub fn matmul_spec(g: &Graph, id: Id, t: MatMulAttrs) -> Result<MatmulSpec> {
         transpose_b: t.tb,
         bias: t.bias,
         relu: t.relu,
+        a_view: t.a_view.map(|v| v.at),
+        b_view: t.b_view.map(|v| v.at),
+        c_view: t.c_view,
         ..MatmulSpec::new(m, nn, k)
     })
 }

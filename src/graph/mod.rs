@@ -6,6 +6,7 @@
 pub mod autodiff;
 pub mod fuse;
 pub mod ir;
+pub mod layout;
 pub mod lower;
 mod lower_bn;
 mod lower_conv;

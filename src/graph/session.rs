@@ -24,14 +24,14 @@ impl<'g> Session<'g> {
     /// Compile `g` so that its `outputs` can be read after [`Session::run`]; `fused` runs
     /// the fusion passes first.
     pub fn new(gpu: &'g Gpu, g: &Graph, fused: bool) -> Result<Self> {
+        Self::with_fusion(gpu, g, fused.then(|| FuseOptions::for_gpu(gpu)))
+    }
+
+    /// [`Session::new`] with the given fusion passes (None: none).
+    pub fn with_fusion(gpu: &'g Gpu, g: &Graph, fusion: Option<FuseOptions>) -> Result<Self> {
         let mut g = g.clone();
-        if fused {
-            fuse(
-                &mut g,
-                FuseOptions {
-                    conv_relu_pool: gpu.windows(),
-                },
-            );
+        if let Some(opts) = fusion {
+            fuse(&mut g, opts);
         }
         tune::choose_layouts(gpu, &mut g)?;
         let (g, map) = g.toposort();

@@ -182,12 +182,7 @@ pub fn build_plan(
 ) -> Result<Plan> {
     let regression = check_source(model, source)?;
     let mut sg = step_graph(model, batch, regression, optimizer.is_some())?;
-    fuse(
-        &mut sg.g,
-        FuseOptions {
-            conv_relu_pool: gpu.windows(),
-        },
-    );
+    fuse(&mut sg.g, FuseOptions::for_gpu(gpu));
     tune::choose_layouts(gpu, &mut sg.g)?;
     let (g, map) = sg.g.toposort();
     let at = |id: Id| {

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::ir::*;
-use super::lower::{conv_forward, conv_spec, matmul_spec};
+use super::lower::{conv_forward, conv_spec, matmul_spec, product_spec};
 use crate::gpu::Gpu;
 use crate::kernels::conv2d::*;
 use crate::kernels::matmul::{
-    matmul_candidates, matmul_with, runs_windowed, MatmulKernel, MatmulSpec,
+    matmul_candidates, matmul_with, runs_windowed, MatmulKernel, MatmulSpec, Strided,
 };
 use crate::kernels::transpose::transpose;
 use crate::kernels::{run_all, Dispatch};
@@ -218,17 +218,31 @@ fn stacked(n: usize, shape: [usize; 2]) -> Vec<usize> {
     }
 }
 
-/// Scratch operands of a product: A, B, bias, C.
+/// Scratch operands of a product: A, B, bias, C (a viewed operand: as many elements as its
+/// view reaches).
 fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
+    let reach = |v: Option<Strided>, [r, c]: [usize; 2], shape: Vec<usize>| match v {
+        Some(v) => vec![v.last(s.batch, r, c) + 1],
+        None => shape,
+    };
+    let b_batch = if s.shared_b { 1 } else { s.batch };
     Ok([
-        Tensor::zeros(gpu, "tune A", &stacked(s.batch, s.a_shape()))?,
+        Tensor::zeros(
+            gpu,
+            "tune A",
+            &reach(s.a_view, s.a_shape(), stacked(s.batch, s.a_shape())),
+        )?,
         Tensor::zeros(
             gpu,
             "tune B",
-            &stacked(if s.shared_b { 1 } else { s.batch }, s.b_shape()),
+            &reach(s.b_view, s.b_shape(), stacked(b_batch, s.b_shape())),
         )?,
         Tensor::zeros(gpu, "tune bias", &[s.n])?,
-        Tensor::zeros(gpu, "tune C", &[s.batch * s.m * s.n])?,
+        Tensor::zeros(
+            gpu,
+            "tune C",
+            &reach(s.c_view, [s.m, s.n], vec![s.batch * s.m * s.n]),
+        )?,
     ])
 }
 
@@ -236,10 +250,15 @@ fn scratch(gpu: &Gpu, s: &MatmulSpec) -> Result<[Tensor; 4]> {
 pub fn choose_kernels(gpu: &Gpu, g: &Graph) -> Result<Choices> {
     let mut choices = Choices::default();
     for id in g.ids() {
-        let Op::MatMul(t) = g.node(id).op else {
-            continue;
+        // A group's products share their candidates: the first is timed for all.
+        let spec = match &g.node(id).op {
+            Op::MatMul(t) => matmul_spec(g, id, *t)?,
+            Op::MatMulGroup(ts) if !ts.is_empty() => {
+                let n = g.node(id);
+                product_spec(g, [n.inputs[0], n.inputs[1]], ts[0])?
+            }
+            _ => continue,
         };
-        let spec = matmul_spec(g, id, t)?;
         let cands = matmul_candidates(gpu, &spec);
         let labels: Vec<String> = cands.iter().map(|k| format!("{k:?}")).collect();
         let [a, b, bias, c] = scratch(gpu, &spec)?;
@@ -305,7 +324,7 @@ pub fn choose_layouts(gpu: &Gpu, g: &mut Graph) -> Result<()> {
             continue;
         };
         let spec = matmul_spec(g, id, t)?;
-        if spec.batch > 1 || runs_windowed(gpu, &spec) {
+        if spec.batch > 1 || spec.viewed() || runs_windowed(gpu, &spec) {
             continue;
         }
         let flips = [(true, false), (false, true), (true, true)];

@@ -16,6 +16,51 @@ pub(crate) use tiled::{tiled, Mode, TiledParams, BIAS_ROW, TRANSPOSE_A, TRANSPOS
 pub use tiled::{TileConfig, MAX_SPLITS, TILED_MIN_WORKGROUP_BYTES};
 pub use windows::*;
 
+/// Where the elements of a batched operand live in its buffer: element [z, r, c] of A (stored
+/// [batch, a_shape]), B (b_shape) or C ([batch, M, N]) is at
+/// `offset + (z / split) * outer + (z % split) * inner + r * row + c * col`.
+/// A two-level batch z = b * split + h reads a head's slice of a permuted tensor in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Strided {
+    pub offset: usize,
+    pub split: usize,
+    pub outer: usize,
+    pub inner: usize,
+    pub row: usize,
+    pub col: usize,
+}
+
+impl Strided {
+    /// Products `batch_stride` apart, each rows x cols row-major.
+    pub fn contiguous(batch_stride: usize, cols: usize) -> Self {
+        Strided {
+            offset: 0,
+            split: 1,
+            outer: batch_stride,
+            inner: 0,
+            row: cols,
+            col: 1,
+        }
+    }
+
+    /// The index of element [z, r, c].
+    pub fn at(&self, z: usize, r: usize, c: usize) -> usize {
+        let s = self.split.max(1);
+        self.offset + (z / s) * self.outer + (z % s) * self.inner + r * self.row + c * self.col
+    }
+
+    /// The highest index a [batch, rows, cols] operand reads.
+    pub fn last(&self, batch: usize, rows: usize, cols: usize) -> usize {
+        let s = self.split.max(1);
+        let (zo, zi) = ((batch - 1) / s, (batch - 1).min(s - 1));
+        self.offset
+            + zo * self.outer
+            + zi * self.inner
+            + (rows - 1) * self.row
+            + (cols - 1) * self.col
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
     /// Independent products: A, B and C are [batch, ...] contiguous (1 = a plain matmul).
@@ -31,6 +76,11 @@ pub struct MatmulSpec {
     pub transpose_b: bool,
     pub bias: bool,
     pub relu: bool,
+    /// Operands read (and C written) through strides rather than contiguous: see
+    /// [`Strided`]. Only the register-tile and subgroup kernels take them.
+    pub a_view: Option<Strided>,
+    pub b_view: Option<Strided>,
+    pub c_view: Option<Strided>,
 }
 
 impl MatmulSpec {
@@ -45,7 +95,52 @@ impl MatmulSpec {
             transpose_b: false,
             bias: false,
             relu: false,
+            a_view: None,
+            b_view: None,
+            c_view: None,
         }
+    }
+
+    /// Whether an operand is a strided view (see [`Strided`]).
+    pub fn viewed(&self) -> bool {
+        self.a_view.is_some() || self.b_view.is_some() || self.c_view.is_some()
+    }
+
+    /// A's layout: its view, or [batch, a_shape] contiguous.
+    pub fn a_strides(&self) -> Strided {
+        let [_, a1] = self.a_shape();
+        self.a_view
+            .unwrap_or(Strided::contiguous(self.m * self.k, a1))
+    }
+
+    /// B's layout: its view, or [batch, b_shape] contiguous (stride 0 when shared).
+    pub fn b_strides(&self) -> Strided {
+        let [_, b1] = self.b_shape();
+        let stride = if self.shared_b { 0 } else { self.n * self.k };
+        self.b_view.unwrap_or(Strided::contiguous(stride, b1))
+    }
+
+    /// C's layout: its view, or [batch, M, N] contiguous.
+    pub fn c_strides(&self) -> Strided {
+        self.c_view
+            .unwrap_or(Strided::contiguous(self.m * self.n, self.n))
+    }
+
+    /// opA[z, i, kk] and opB[z, kk, j] as (row, col) strides of the kernels: (a_m, a_k),
+    /// (b_k, b_n).
+    fn op_strides(&self) -> ([usize; 2], [usize; 2]) {
+        let (a, b) = (self.a_strides(), self.b_strides());
+        let a_mk = if self.transpose_a {
+            [a.col, a.row]
+        } else {
+            [a.row, a.col]
+        };
+        let b_kn = if self.transpose_b {
+            [b.col, b.row]
+        } else {
+            [b.row, b.col]
+        };
+        (a_mk, b_kn)
     }
 
     pub fn a_shape(&self) -> [usize; 2] {
@@ -136,10 +231,24 @@ struct Params {
     n: u32,
     k: u32,
     flags: u32,
+    a_base: u32,
+    a_m: u32,
+    a_k: u32,
     a_batch: u32,
+    a_split: u32,
+    a_inner: u32,
+    b_base: u32,
+    b_k: u32,
+    b_n: u32,
     b_batch: u32,
+    b_split: u32,
+    b_inner: u32,
+    c_base: u32,
+    c_m: u32,
     c_batch: u32,
-    _pad: u32,
+    c_split: u32,
+    c_inner: u32,
+    _pad: [u32; 3],
 }
 
 /// Params of matmul_subgroup.wgsl: one block of C, operands addressed by strides (and the
@@ -177,6 +286,13 @@ pub(crate) struct BlockParams {
     pub(crate) a_ci: u32,
     pub(crate) k_rows: u32,
     pub(crate) bias_at: u32,
+    // matmul_subgroup's two-level batch (0 = one level; see [`Strided`]).
+    pub(crate) a_split: u32,
+    pub(crate) a_inner: u32,
+    pub(crate) b_split: u32,
+    pub(crate) b_inner: u32,
+    pub(crate) c_split: u32,
+    pub(crate) c_inner: u32,
 }
 
 const BIAS: u32 = 4;
@@ -219,12 +335,38 @@ fn check(
         }
         Ok(())
     };
+    // A viewed operand only has to hold the elements its view reaches.
+    let reach = |name: &str, t: &Tensor, v: Strided, rows: usize, cols: usize| -> Result<()> {
+        let last = v.last(spec.batch, rows, cols);
+        if last >= t.numel() || last > u32::MAX as usize {
+            return Err(Error::shape(
+                op,
+                format!("{name} view {v:?} reaches element {last}, past {name}'s {} elements (shape {:?}) for {spec:?}", t.numel(), t.shape),
+            ));
+        }
+        Ok(())
+    };
     let bt = spec.batch;
     let [a0, a1] = spec.a_shape();
     let [b0, b1] = spec.b_shape();
-    want("A", a, &[bt, a0, a1])?;
-    want("B", b, &[spec.b_len() / (b0 * b1), b0, b1])?;
-    want("C", c, &[bt, spec.m, spec.n])?;
+    match spec.a_view {
+        Some(v) => reach("A", a, v, a0, a1)?,
+        None => want("A", a, &[bt, a0, a1])?,
+    }
+    match spec.b_view {
+        Some(v) => reach("B", b, v, b0, b1)?,
+        None => want("B", b, &[spec.b_len() / (b0 * b1), b0, b1])?,
+    }
+    match spec.c_view {
+        Some(v) if v.col != 1 => {
+            return Err(Error::shape(
+                op,
+                format!("C view {v:?} must have col 1 (rows of C are written contiguous)"),
+            ))
+        }
+        Some(v) => reach("C", c, v, spec.m, spec.n)?,
+        None => want("C", c, &[bt, spec.m, spec.n])?,
+    }
     match (spec.bias, bias) {
         (true, Some(t)) => want("bias", t, &[spec.n]),
         (false, None) => Ok(()),
@@ -256,6 +398,8 @@ pub fn matmul(
 
 /// Every kernel (with its tiles and splits) that can run `spec` on `gpu` under
 /// [`Gpu::family`], the default first: what the lowering times to keep the fastest.
+/// A product with a strided view (see [`Strided`]) gets the subgroup and register-tile
+/// kernels only (none on the GPU family without subgroups but the register tiles).
 /// gpu: tiled configurations (split-K first where M x N is small and K large), then the
 /// register tiles; window: window, subgroup, register tiles; subgroup: subgroup, register
 /// tiles; portable: register tiles. The window kernel declines batches.
@@ -289,6 +433,14 @@ pub fn matmul_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
         }
         Family::Portable => out.push(register),
     }
+    // Strided views: the register-tile and subgroup kernels only.
+    out.retain(|k| {
+        !spec.viewed()
+            || matches!(
+                k,
+                MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. }
+            )
+    });
     out.retain(|k| match k {
         MatmulKernel::Tiled(t) => t.check(gpu, "matmul").is_ok(),
         MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. } => spec.k <= LOOP_BUDGET,
@@ -335,6 +487,12 @@ pub fn matmul_with(
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     check(spec, a, b, bias, c)?;
+    if spec.viewed() && matches!(kernel, MatmulKernel::Tiled(_) | MatmulKernel::Window { .. }) {
+        return Err(Error::usage(
+            "matmul kernel",
+            format!("{kernel:?} takes contiguous operands only; use Subgroup or RegisterTile for the strided views of {spec:?}"),
+        ));
+    }
     if let MatmulKernel::Tiled(t) = kernel {
         return matmul_tiled(gpu, spec, t, a, b, bias, c);
     }
@@ -466,28 +624,35 @@ fn epilogue(spec: &MatmulSpec) -> u32 {
     (if spec.bias { BIAS } else { 0 }) | if spec.relu { RELU } else { 0 }
 }
 
-/// matmul.wgsl: register tiles of TM x TN per invocation, batched by strides.
+/// matmul.wgsl: register tiles of TM x TN per invocation, operands addressed by strides.
 fn register_tile_call(spec: &MatmulSpec, t: Tiles) -> DirectCall {
     let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-    let (a_batch, b_batch, c_batch) = (
-        (spec.m * spec.k) as u32,
-        if spec.shared_b {
-            0
-        } else {
-            (spec.n * spec.k) as u32
-        },
-        (spec.m * spec.n) as u32,
-    );
-    let flags = spec.transpose_a as u32 | (spec.transpose_b as u32) << 1 | epilogue(spec);
+    let ([a_m, a_k], [b_k, b_n]) = spec.op_strides();
+    let (a, b, c) = (spec.a_strides(), spec.b_strides(), spec.c_strides());
+    let u = |v: usize| v as u32;
     let params = Params {
         m,
         n,
         k,
-        flags,
-        a_batch,
-        b_batch,
-        c_batch,
-        _pad: 0,
+        flags: epilogue(spec),
+        a_base: u(a.offset),
+        a_m: u(a_m),
+        a_k: u(a_k),
+        a_batch: u(a.outer),
+        a_split: u(a.split),
+        a_inner: u(a.inner),
+        b_base: u(b.offset),
+        b_k: u(b_k),
+        b_n: u(b_n),
+        b_batch: u(b.outer),
+        b_split: u(b.split),
+        b_inner: u(b.inner),
+        c_base: u(c.offset),
+        c_m: u(c.row),
+        c_batch: u(c.outer),
+        c_split: u(c.split),
+        c_inner: u(c.inner),
+        _pad: [0; 3],
     };
     (
         Shader::Matmul,
@@ -509,21 +674,31 @@ fn register_tile_call(spec: &MatmulSpec, t: Tiles) -> DirectCall {
 /// matmul_subgroup.wgsl on one block: the whole product, operands addressed by strides.
 fn subgroup_call(spec: &MatmulSpec, wg: u32) -> DirectCall {
     let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-    let (a_m, a_k) = if spec.transpose_a { (1, m) } else { (k, 1) };
-    let (b_k, b_n) = if spec.transpose_b { (1, k) } else { (n, 1) };
+    let ([a_m, a_k], [b_k, b_n]) = spec.op_strides();
+    let (a, b, c) = (spec.a_strides(), spec.b_strides(), spec.c_strides());
+    let u = |v: usize| v as u32;
     let params = BlockParams {
         m,
         n,
         k,
         flags: epilogue(spec),
-        a_m,
-        a_k,
-        b_k,
-        b_n,
-        c_m: n,
-        a_batch: m * k,
-        b_batch: if spec.shared_b { 0 } else { n * k },
-        c_batch: m * n,
+        a_base: u(a.offset),
+        a_m: u(a_m),
+        a_k: u(a_k),
+        b_base: u(b.offset),
+        b_k: u(b_k),
+        b_n: u(b_n),
+        c_base: u(c.offset),
+        c_m: u(c.row),
+        a_batch: u(a.outer),
+        b_batch: u(b.outer),
+        c_batch: u(c.outer),
+        a_split: u(a.split),
+        a_inner: u(a.inner),
+        b_split: u(b.split),
+        b_inner: u(b.inner),
+        c_split: u(c.split),
+        c_inner: u(c.inner),
         ..Default::default()
     };
     let [x, y, _] = subgroup_grid(spec.m, spec.n, wg);
@@ -541,25 +716,25 @@ fn subgroup_grid(m: usize, n: usize, wg: u32) -> [u32; 3] {
     [n.div_ceil(2 * wg as usize) as u32, m.div_ceil(32) as u32, 1]
 }
 
-/// CPU reference of [`matmul`], accumulating in f64: [batch, M, N].
+/// CPU reference of [`matmul`], accumulating in f64: [batch, M, N] contiguous (whatever
+/// `spec.c_view`; operands read through their views).
 pub fn matmul_ref(spec: &MatmulSpec, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let (m, n, k) = (spec.m, spec.n, spec.k);
+    let (sa, sb) = (spec.a_strides(), spec.b_strides());
     let mut c = vec![0.0; spec.batch * m * n];
     for bi in 0..spec.batch {
-        let a = &a[bi * m * k..];
-        let b = &b[if spec.shared_b { 0 } else { bi * n * k }..];
         let op_a = |i: usize, kk: usize| {
             if spec.transpose_a {
-                a[kk * m + i]
+                a[sa.at(bi, kk, i)]
             } else {
-                a[i * k + kk]
+                a[sa.at(bi, i, kk)]
             }
         };
         let op_b = |kk: usize, j: usize| {
             if spec.transpose_b {
-                b[j * k + kk]
+                b[sb.at(bi, j, kk)]
             } else {
-                b[kk * n + j]
+                b[sb.at(bi, kk, j)]
             }
         };
         for i in 0..m {
