@@ -945,138 +945,184 @@ fn head_view(bo: usize, h: usize, rows: usize, cols: usize, slot: usize) -> (Str
     (v, bo * rows * w)
 }
 
+/// A product of `bo * h` heads reading A and B and writing C through two-level strided
+/// views, run on each of `kernels` (and, with `offered`, every candidate of the adapter's
+/// family, which must not be the window kernel) against the reference read through the same
+/// views; C's other elements untouched. The window kernel refuses such a product.
+fn check_viewed(
+    gpu: &shadergrad::gpu::Gpu,
+    rng: &mut Rng,
+    (bo, h, m, n, k): (usize, usize, usize, usize, usize),
+    (ta, tb): (bool, bool),
+    kernels: &[MatmulKernel],
+    offered: bool,
+) {
+    let base = MatmulSpec {
+        batch: bo * h,
+        transpose_a: ta,
+        transpose_b: tb,
+        bias: tb,
+        relu: ta && !tb,
+        ..MatmulSpec::new(m, n, k)
+    };
+    let [a0, a1] = base.a_shape();
+    let [b0, b1] = base.b_shape();
+    let (av, a_len) = head_view(bo, h, a0, a1, 1);
+    let (bv, b_len) = head_view(bo, h, b0, b1, 2);
+    // C as [bo, m, h, n + 2] from element 3 on: the heads' outputs merged in place.
+    let wn = n + 2;
+    let cv = Strided {
+        offset: 3,
+        split: h,
+        outer: m * h * wn,
+        inner: wn,
+        row: h * wn,
+        col: 1,
+    };
+    let c_len = 3 + bo * m * h * wn + 4;
+    let spec = MatmulSpec {
+        a_view: Some(av),
+        b_view: Some(bv),
+        c_view: Some(cv),
+        ..base
+    };
+    let a = rng.uniform_vec(a_len, -1.0, 1.0);
+    let b = rng.uniform_vec(b_len, -1.0, 1.0);
+    let bias = rng.uniform_vec(n, -1.0, 1.0);
+    let want = matmul_ref(
+        &spec,
+        &f64s(&a),
+        &f64s(&b),
+        spec.bias.then_some(&f64s(&bias)[..]),
+    );
+    // The expected C buffer: sentinels, and the product at the view's elements.
+    let mut want_c = vec![7.0f64; c_len];
+    for z in 0..spec.batch {
+        for i in 0..m {
+            for j in 0..n {
+                want_c[cv.at(z, i, j)] = want[(z * m + i) * n + j];
+            }
+        }
+    }
+    let (ta_, tb_, tbias) = (
+        upload(gpu, &[a_len], &a),
+        upload(gpu, &[b_len], &b),
+        upload(gpu, &[n], &bias),
+    );
+    let mut kernels = kernels.to_vec();
+    if offered {
+        let offered = matmul_candidates(gpu, &spec);
+        assert!(!offered.is_empty(), "no candidate for {spec:?}");
+        for kernel in &offered {
+            assert!(
+                !matches!(kernel, MatmulKernel::Window { .. }),
+                "{kernel:?} offered for strided views"
+            );
+        }
+        kernels.extend(offered);
+    }
+    for kernel in kernels {
+        let c = upload(gpu, &[c_len], &vec![7.0; c_len]);
+        let d = matmul_with(
+            gpu,
+            &spec,
+            kernel,
+            &ta_,
+            &tb_,
+            spec.bias.then_some(&tbias),
+            &c,
+        )
+        .unwrap();
+        run_all(gpu, &d).unwrap();
+        assert_close(
+            &format!("viewed matmul {spec:?} {kernel:?}"),
+            &c.to_f32(gpu).unwrap(),
+            &want_c,
+            1e-4,
+            1e-5 * k as f64,
+        );
+    }
+    let c = Tensor::zeros(gpu, "c", &[c_len]).unwrap();
+    let window = MatmulKernel::Window { wg: 64 };
+    let r = matmul_with(
+        gpu,
+        &spec,
+        window,
+        &ta_,
+        &tb_,
+        spec.bias.then_some(&tbias),
+        &c,
+    );
+    assert!(r.is_err(), "{window:?} accepted strided views");
+}
+
+const LAYOUTS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
 /// Matmuls reading A and B and writing C through two-level strided views (attention's
-/// heads read and written in place), every operand layout, against the reference read
-/// through the same views; C's other elements untouched; the contiguous-only kernels
-/// refuse such a product and are not offered it.
+/// heads read and written in place), every operand layout, on the register-tile, subgroup
+/// and tiled kernels and every candidate of the adapter's family.
 #[test]
 fn viewed_matmul_matches_reference() {
     let Some(gpu) = gpu() else { return };
     let subgroups = subgroup_variants(gpu, "viewed_matmul_matches_reference");
     let mut rng = Rng::new(17);
-    for (bo, h, m, n, k) in [
+    let mut kernels = vec![
+        MatmulKernel::RegisterTile(Tiles {
+            wg: 64,
+            tm: 4,
+            tn: 4,
+        }),
+        MatmulKernel::RegisterTile(Tiles {
+            wg: 32,
+            tm: 3,
+            tn: 1,
+        }),
+        MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
+        MatmulKernel::Tiled(TileConfig::new(32, 64, 8, 2, 8)),
+    ];
+    if subgroups {
+        kernels.push(MatmulKernel::Subgroup { wg: 64 });
+        kernels.push(MatmulKernel::Subgroup { wg: 8 });
+    }
+    for shape in [
         (2, 3, 5, 7, 3),
         (3, 1, 17, 33, 9),
         (1, 5, 1, 1, 1),
         (2, 2, 37, 65, 13),
     ] {
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let base = MatmulSpec {
-                batch: bo * h,
-                transpose_a: ta,
-                transpose_b: tb,
-                bias: tb,
-                ..MatmulSpec::new(m, n, k)
-            };
-            let [a0, a1] = base.a_shape();
-            let [b0, b1] = base.b_shape();
-            let (av, a_len) = head_view(bo, h, a0, a1, 1);
-            let (bv, b_len) = head_view(bo, h, b0, b1, 2);
-            // C as [bo, m, h, n + 2] from element 3 on: the heads' outputs merged in place.
-            let wn = n + 2;
-            let cv = Strided {
-                offset: 3,
-                split: h,
-                outer: m * h * wn,
-                inner: wn,
-                row: h * wn,
-                col: 1,
-            };
-            let c_len = 3 + bo * m * h * wn + 4;
-            let spec = MatmulSpec {
-                a_view: Some(av),
-                b_view: Some(bv),
-                c_view: Some(cv),
-                ..base
-            };
-            let a = rng.uniform_vec(a_len, -1.0, 1.0);
-            let b = rng.uniform_vec(b_len, -1.0, 1.0);
-            let bias = rng.uniform_vec(n, -1.0, 1.0);
-            let want = matmul_ref(
-                &spec,
-                &f64s(&a),
-                &f64s(&b),
-                spec.bias.then_some(&f64s(&bias)[..]),
-            );
-            // The expected C buffer: sentinels, and the product at the view's elements.
-            let mut want_c = vec![7.0f64; c_len];
-            for z in 0..spec.batch {
-                for i in 0..m {
-                    for j in 0..n {
-                        want_c[cv.at(z, i, j)] = want[(z * m + i) * n + j];
-                    }
-                }
-            }
-            let (ta_, tb_, tbias) = (
-                upload(gpu, &[a_len], &a),
-                upload(gpu, &[b_len], &b),
-                upload(gpu, &[n], &bias),
-            );
-            let mut kernels = vec![
-                MatmulKernel::RegisterTile(Tiles {
-                    wg: 64,
-                    tm: 4,
-                    tn: 4,
-                }),
-                MatmulKernel::RegisterTile(Tiles {
-                    wg: 32,
-                    tm: 3,
-                    tn: 1,
-                }),
-            ];
-            if subgroups {
-                kernels.push(MatmulKernel::Subgroup { wg: 64 });
-                kernels.push(MatmulKernel::Subgroup { wg: 8 });
-            }
-            let offered = matmul_candidates(gpu, &spec);
-            assert!(!offered.is_empty(), "no candidate for {spec:?}");
-            for kernel in &offered {
-                assert!(
-                    matches!(
-                        kernel,
-                        MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. }
-                    ),
-                    "{kernel:?} offered for strided views"
-                );
-            }
-            kernels.extend(offered);
-            for kernel in kernels {
-                let c = upload(gpu, &[c_len], &vec![7.0; c_len]);
-                let d = matmul_with(
-                    gpu,
-                    &spec,
-                    kernel,
-                    &ta_,
-                    &tb_,
-                    spec.bias.then_some(&tbias),
-                    &c,
-                )
-                .unwrap();
-                run_all(gpu, &d).unwrap();
-                assert_close(
-                    &format!("viewed matmul {spec:?} {kernel:?}"),
-                    &c.to_f32(gpu).unwrap(),
-                    &want_c,
-                    1e-4,
-                    1e-5 * k as f64,
-                );
-            }
-            for kernel in [
-                MatmulKernel::Tiled(TileConfig::new(64, 64, 16, 4, 4)),
-                MatmulKernel::Window { wg: 64 },
-            ] {
-                let c = Tensor::zeros(gpu, "c", &[c_len]).unwrap();
-                let r = matmul_with(
-                    gpu,
-                    &spec,
-                    kernel,
-                    &ta_,
-                    &tb_,
-                    spec.bias.then_some(&tbias),
-                    &c,
-                );
-                assert!(r.is_err(), "{kernel:?} accepted strided views");
-            }
+        for layout in LAYOUTS {
+            check_viewed(gpu, &mut rng, shape, layout, &kernels, true);
+        }
+    }
+}
+
+/// The tiled kernel (the gpu family's) on viewed products large enough to run several
+/// blocks of C with edge blocks (primes), the edge-free (FIT) path, big 128 x 128 blocks,
+/// and split-K with its reduce pass writing C through the view.
+#[test]
+fn tiled_viewed_matmul_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(18);
+    let mid = TileConfig::new(64, 64, 16, 4, 4);
+    let split = |splits| TileConfig {
+        splits,
+        ..TileConfig::new(32, 32, 16, 4, 4)
+    };
+    let cases = [
+        // Edge blocks in M, N and K; split-K in 3 splits with a short last one.
+        ((2, 2, 67, 131, 97), vec![mid, split(3)]),
+        // Every dimension a multiple of the tile: the unguarded path, and 2 even splits.
+        ((1, 2, 64, 128, 64), vec![mid, split(2)]),
+        // Big blocks of 8 x 8 over a 1 x 1 head and a prime batch.
+        (
+            (3, 1, 131, 129, 17),
+            vec![TileConfig::new(128, 128, 8, 8, 8)],
+        ),
+    ];
+    for (shape, configs) in cases {
+        let kernels: Vec<_> = configs.into_iter().map(MatmulKernel::Tiled).collect();
+        for layout in LAYOUTS {
+            check_viewed(gpu, &mut rng, shape, layout, &kernels, false);
         }
     }
 }

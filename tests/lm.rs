@@ -182,7 +182,7 @@ fn gpt_matmul_views_are_bit_identical() {
     if !on.matmul_views {
         eprintln!(
             "gpt_matmul_views_are_bit_identical: NOT TESTED here: {} runs no matmul views \
-             (the GPU family, or SHADERGRAD_NO_MATMUL_VIEWS)",
+             (SHADERGRAD_NO_MATMUL_VIEWS is set)",
             gpu.describe()
         );
         return;

@@ -7,7 +7,6 @@
 use super::ir::*;
 use super::layout::Layout;
 use crate::gpu::Gpu;
-use crate::kernels::Family;
 
 /// Which fusions the adapter's kernels allow (see lower.rs).
 #[derive(Clone, Copy, Debug, Default)]
@@ -15,8 +14,9 @@ pub struct FuseOptions {
     /// conv + bias + ReLU + max pool as one kernel (uniform-window adapters).
     pub conv_relu_pool: bool,
     /// Reshape/Permute/Slice chains folded into the strides of the matmuls that read them
-    /// (attention's heads), where the kernels that take strided views are the family's
-    /// own: not on the GPU family, whose tiled kernel reads contiguous operands.
+    /// (attention's heads). Every family's own kernel takes strided views (the tiled,
+    /// subgroup and register-tile kernels; the window kernel declines them and its family
+    /// falls back to the subgroup kernel), so this is on for every adapter.
     pub matmul_views: bool,
 }
 
@@ -24,12 +24,13 @@ pub struct FuseOptions {
 pub const NO_MATMUL_VIEWS_ENV: &str = "SHADERGRAD_NO_MATMUL_VIEWS";
 
 impl FuseOptions {
-    /// Every fusion `gpu`'s kernels allow (matmul views unless [`NO_MATMUL_VIEWS_ENV`]).
+    /// Every fusion `gpu`'s kernels allow (matmul views on every family, unless
+    /// [`NO_MATMUL_VIEWS_ENV`]).
     pub fn for_gpu(gpu: &Gpu) -> Self {
         let off = std::env::var(NO_MATMUL_VIEWS_ENV).is_ok_and(|v| !v.is_empty() && v != "0");
         FuseOptions {
             conv_relu_pool: gpu.windows(),
-            matmul_views: gpu.family() != Family::Gpu && !off,
+            matmul_views: !off,
         }
     }
 }

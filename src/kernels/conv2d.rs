@@ -375,6 +375,11 @@ fn gemm_params(s: &Conv2dSpec, [m, n, k]: [usize; 3], flags: u32, batch: usize) 
         batch: batch as u32,
         splits: 1,
         k_chunk: k as u32,
+        // opA(m, k) = w[m*K + k] (forward; the other modes address A themselves), and
+        // C[b] [M, N] contiguous.
+        a_m: k as u32,
+        a_k: 1,
+        c_m: n as u32,
         c_batch: (m * n) as u32,
         c_in: s.c_in as u32,
         h: s.h as u32,
@@ -648,7 +653,7 @@ fn weight_one(
         let mut p = gemm_params(s, [s.c_out, taps + 1, s.batch * oh * ow], TRANSPOSE_B, 1);
         p.splits = s.weight_chunks() as u32;
         p.k_chunk = (s.weight_chunk() * oh * ow) as u32;
-        p.c_split = s.part_row() as u32;
+        p.c_part = s.part_row() as u32;
         let d = tiled(gpu, op, t, Mode::ConvBackwardWeight, p, dy, x, None, part)?;
         return one(op, d);
     }

@@ -77,7 +77,8 @@ pub struct MatmulSpec {
     pub bias: bool,
     pub relu: bool,
     /// Operands read (and C written) through strides rather than contiguous: see
-    /// [`Strided`]. Only the register-tile and subgroup kernels take them.
+    /// [`Strided`]. The register-tile, subgroup and tiled kernels take them (not the
+    /// window kernel).
     pub a_view: Option<Strided>,
     pub b_view: Option<Strided>,
     pub c_view: Option<Strided>,
@@ -398,8 +399,7 @@ pub fn matmul(
 
 /// Every kernel (with its tiles and splits) that can run `spec` on `gpu` under
 /// [`Gpu::family`], the default first: what the lowering times to keep the fastest.
-/// A product with a strided view (see [`Strided`]) gets the subgroup and register-tile
-/// kernels only (none on the GPU family without subgroups but the register tiles).
+/// A product with a strided view (see [`Strided`]) gets every kernel but the window one.
 /// gpu: tiled configurations (split-K first where M x N is small and K large), then the
 /// register tiles; window: window, subgroup, register tiles; subgroup: subgroup, register
 /// tiles; portable: register tiles. The window kernel declines batches.
@@ -433,14 +433,8 @@ pub fn matmul_candidates(gpu: &Gpu, spec: &MatmulSpec) -> Vec<MatmulKernel> {
         }
         Family::Portable => out.push(register),
     }
-    // Strided views: the register-tile and subgroup kernels only.
-    out.retain(|k| {
-        !spec.viewed()
-            || matches!(
-                k,
-                MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. }
-            )
-    });
+    // Strided views: every kernel but the window one (whose windows are contiguous).
+    out.retain(|k| !spec.viewed() || !matches!(k, MatmulKernel::Window { .. }));
     out.retain(|k| match k {
         MatmulKernel::Tiled(t) => t.check(gpu, "matmul").is_ok(),
         MatmulKernel::RegisterTile(_) | MatmulKernel::Subgroup { .. } => spec.k <= LOOP_BUDGET,
@@ -487,10 +481,10 @@ pub fn matmul_with(
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     check(spec, a, b, bias, c)?;
-    if spec.viewed() && matches!(kernel, MatmulKernel::Tiled(_) | MatmulKernel::Window { .. }) {
+    if spec.viewed() && matches!(kernel, MatmulKernel::Window { .. }) {
         return Err(Error::usage(
             "matmul kernel",
-            format!("{kernel:?} takes contiguous operands only; use Subgroup or RegisterTile for the strided views of {spec:?}"),
+            format!("{kernel:?} takes contiguous operands only; use Tiled, Subgroup or RegisterTile for the strided views of {spec:?}"),
         ));
     }
     if let MatmulKernel::Tiled(t) = kernel {
@@ -538,7 +532,7 @@ pub fn matmul_with(
     )?])
 }
 
-/// [`matmul_with`] on the tiled kernel (matmul_tiled.wgsl), batched by strides.
+/// [`matmul_with`] on the tiled kernel (matmul_tiled.wgsl), operands addressed by strides.
 fn matmul_tiled(
     gpu: &Gpu,
     spec: &MatmulSpec,
@@ -548,20 +542,36 @@ fn matmul_tiled(
     bias: Option<&Tensor>,
     c: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (m, n, k) = (spec.m as u32, spec.n as u32, spec.k as u32);
-    let flags = (spec.transpose_a as u32 * TRANSPOSE_A)
-        | (spec.transpose_b as u32 * TRANSPOSE_B)
-        | if spec.bias { BIAS } else { 0 }
-        | if spec.relu { RELU } else { 0 };
+    let ([a_m, a_k], [b_k, b_n]) = spec.op_strides();
+    let (av, bv, cv) = (spec.a_strides(), spec.b_strides(), spec.c_strides());
+    // Stage each operand along its contiguous dimension (the transpose flag breaks a tie,
+    // so contiguous operands load as they always did).
+    let a_m_fast = a_m < a_k || (a_m == a_k && spec.transpose_a);
+    let b_k_fast = b_k < b_n || (b_k == b_n && spec.transpose_b);
+    let u = |v: usize| v as u32;
     let p = TiledParams {
-        m,
-        n,
-        k,
-        flags,
-        batch: spec.batch as u32,
-        a_batch: m * k,
-        b_batch: if spec.shared_b { 0 } else { n * k },
-        c_batch: m * n,
+        m: u(spec.m),
+        n: u(spec.n),
+        k: u(spec.k),
+        flags: (a_m_fast as u32 * TRANSPOSE_A) | (b_k_fast as u32 * TRANSPOSE_B) | epilogue(spec),
+        batch: u(spec.batch),
+        a_base: u(av.offset),
+        a_m: u(a_m),
+        a_k: u(a_k),
+        a_batch: u(av.outer),
+        a_split: u(av.split),
+        a_inner: u(av.inner),
+        b_base: u(bv.offset),
+        b_k: u(b_k),
+        b_n: u(b_n),
+        b_batch: u(bv.outer),
+        b_split: u(bv.split),
+        b_inner: u(bv.inner),
+        c_base: u(cv.offset),
+        c_m: u(cv.row),
+        c_batch: u(cv.outer),
+        c_split: u(cv.split),
+        c_inner: u(cv.inner),
         ..Default::default()
     };
     tiled(gpu, "matmul", t, Mode::Matmul, p, a, b, bias, c)

@@ -111,7 +111,9 @@ impl TileConfig {
     }
 }
 
-/// Params of matmul_tiled.wgsl (see its header).
+/// Params of matmul_tiled.wgsl (see its header): shapes, split-K, MODE 0's operand strides
+/// with their two-level batch (see [`super::Strided`]; a split of 0 is one level) and the
+/// conv modes' geometry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub(crate) struct TiledParams {
@@ -122,11 +124,13 @@ pub(crate) struct TiledParams {
     pub batch: u32,
     pub splits: u32,
     pub k_chunk: u32,
-    pub c_split: u32,
+    /// Elements between two splits' partial sums (0: not split; set by [`tiled`], or the
+    /// conv dweight's part rows).
+    pub c_part: u32,
     pub a_batch: u32,
     pub b_batch: u32,
     pub c_batch: u32,
-    pub _pad0: u32,
+    pub a_base: u32,
     pub c_in: u32,
     pub h: u32,
     pub w: u32,
@@ -138,9 +142,22 @@ pub(crate) struct TiledParams {
     pub out_h: u32,
     pub out_w: u32,
     pub stride: u32,
-    pub _pad1: u32,
+    pub b_base: u32,
+    pub a_m: u32,
+    pub a_k: u32,
+    pub a_split: u32,
+    pub a_inner: u32,
+    pub b_k: u32,
+    pub b_n: u32,
+    pub b_split: u32,
+    pub b_inner: u32,
+    pub c_base: u32,
+    pub c_m: u32,
+    pub c_split: u32,
+    pub c_inner: u32,
 }
 
+/// Load order flags: A staged m-fast (its m stride the smaller), B staged k-fast.
 pub(crate) const TRANSPOSE_A: u32 = 1;
 pub(crate) const TRANSPOSE_B: u32 = 2;
 pub(crate) const BIAS_ROW: u32 = 16;
@@ -205,7 +222,7 @@ pub(crate) fn tiled(
     let out = if split_out {
         let total = batch * m * n;
         partials = Tensor::zeros(gpu, "split-K partial sums", &[splits * total])?;
-        p.c_split = total as u32;
+        p.c_part = total as u32;
         &partials
     } else {
         c
