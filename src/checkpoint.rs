@@ -1,7 +1,7 @@
 //! Checkpoints in safetensors: 8-byte little-endian header length, a JSON header
 //! `{name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}`, then the raw
 //! little-endian data. Parameters keep the PyTorch names and layouts of
-//! [`Sequential::params`] (`conv.weight` [32, 1, 3, 3], `fc1.weight` [128, 5408], ...), so
+//! [`Sequential::params`] (`conv.weight` `[32, 1, 3, 3]`, `fc1.weight` `[128, 5408]`, ...), so
 //! `safetensors` in Python loads them as they are; the optimizer state travels alongside as
 //! `optimizer.m.<name>` and `optimizer.v.<name>` so that a run resumes exactly.
 //!

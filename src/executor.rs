@@ -66,8 +66,8 @@ impl GpuDataset {
     }
 }
 
-/// A regression set resident on the GPU: f32 feature rows [N, D] and f32 target rows
-/// [N, T].
+/// A regression set resident on the GPU: f32 feature rows `[N, D]` and f32 target rows
+/// `[N, T]`.
 pub struct GpuDatasetF32 {
     pub features: Tensor,
     pub targets: Tensor,
@@ -75,7 +75,7 @@ pub struct GpuDatasetF32 {
 }
 
 impl GpuDatasetF32 {
-    /// Upload `features` [N, D] and `targets` [N, T], both row-major; N = features.len() / D.
+    /// Upload `features` `[N, D]` and `targets` `[N, T]`, both row-major; N = features.len() / D.
     pub fn upload(
         gpu: &Gpu,
         features: &[f32],
@@ -245,8 +245,8 @@ impl<'g> Trainer<'g> {
         Ok(self.datasets.len() - 1)
     }
 
-    /// Upload a regression dataset once: `features` [N, D] with D the model's input size
-    /// (C * H * W) and `targets` [N, T] with T its outputs, both f32 row-major. The model
+    /// Upload a regression dataset once: `features` `[N, D]` with D the model's input size
+    /// (C * H * W) and `targets` `[N, T]` with T its outputs, both f32 row-major. The model
     /// must end with a linear output (mean squared error). Returns its id.
     pub fn add_dataset_f32(&mut self, features: &[f32], targets: &[f32]) -> Result<usize> {
         let [c, h, w] = self.model.input();
@@ -321,7 +321,7 @@ impl<'g> Trainer<'g> {
         Ok(self.datasets.len() - 1)
     }
 
-    /// Batches of windows drawn on the GPU from tokens[offset .. offset + len] of text
+    /// Batches of windows drawn on the GPU from tokens`[offset .. offset + len]` of text
     /// `dataset`: a training step draws B fresh windows from the seed and step number, an
     /// evaluation step (see [`Trainer::step`]) the windows of its `start`. Returns its id.
     pub fn add_text_source(&mut self, dataset: usize, offset: usize, len: usize) -> Result<usize> {
@@ -444,7 +444,7 @@ impl<'g> Trainer<'g> {
         Ok(self.plan(key)?.activation_bytes)
     }
 
-    /// Record and submit one step on samples order[start .. start + batch]. Training steps
+    /// Record and submit one step on samples order`[start .. start + batch]`. Training steps
     /// also update the parameters. Nothing is read back.
     pub fn step(&mut self, source: usize, start: usize, batch: usize, train: bool) -> Result<()> {
         if batch == 0 || start + batch > self.source_len(source) {
@@ -560,8 +560,8 @@ impl<'g> Trainer<'g> {
         Ok(out)
     }
 
-    /// The forward outputs (prob [B, C], label [B], loss [B]; for f32 row datasets also
-    /// target [B, T], and prob holds the predictions) of the last step run with this source
+    /// The forward outputs (prob `[B, C]`, label `[B]`, loss `[B]`; for f32 row datasets also
+    /// target `[B, T]`, and prob holds the predictions) of the last step run with this source
     /// and batch size.
     pub fn outputs(&self, source: usize, batch: usize, train: bool) -> Option<&Plan> {
         self.plans.get(&PlanKey {

@@ -245,7 +245,7 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<u32> {
 }
 
 /// Err when the metrics read after `step` saw a NaN or infinite loss. The GPU flags any
-/// non-finite per-sample loss (metrics[3]); a sum of finite losses that overflows f32 is
+/// non-finite per-sample loss (metrics`[3]`); a sum of finite losses that overflows f32 is
 /// caught here. `since` is the first step the read covers (the one after the last read).
 fn check_finite(m: &Metrics, epoch: usize, since: usize, step: usize) -> Result<()> {
     let steps = if since >= step {

@@ -1,5 +1,5 @@
 //! A Keras-like `Sequential` model: layers, shape inference, parameters and summary.
-//! Shapes here are per sample (no batch axis): [C, H, W] for images, [N] for vectors.
+//! Shapes here are per sample (no batch axis): `[C, H, W]` for images, `[N]` for vectors.
 
 use crate::graph::ir::{Graph, Id};
 use crate::kernels::conv2d::Padding;
@@ -43,7 +43,7 @@ pub enum Layer {
         pool: usize,
         stride: usize,
     },
-    /// The mean over H and W: [C, H, W] -> [C].
+    /// The mean over H and W: `[C, H, W]` -> `[C]`.
     GlobalAvgPool2d,
     MaxPool2d {
         pool: usize,
@@ -104,7 +104,7 @@ pub enum Init {
 }
 
 /// One parameter tensor, named and laid out as PyTorch names and lays it out
-/// (`conv.weight` [CO, CI, KH, KW], `fc1.weight` [OUT, IN], `fc1.bias` [OUT]).
+/// (`conv.weight` `[CO, CI, KH, KW]`, `fc1.weight` `[OUT, IN]`, `fc1.bias` `[OUT]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
     pub name: String,
@@ -125,7 +125,7 @@ impl ParamSpec {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sequential {
-    /// Per-sample input shape, [C, H, W].
+    /// Per-sample input shape, `[C, H, W]`.
     pub input: [usize; 3],
     pub layers: Vec<Layer>,
 }
@@ -139,7 +139,7 @@ impl Sequential {
     }
 
     /// A model over vectors of `features` values (regression, tabular data): the input is
-    /// [1, 1, features] followed by a Flatten, which is a free reshape.
+    /// `[1, 1, features]` followed by a Flatten, which is a free reshape.
     pub fn vector(features: usize) -> Self {
         Sequential::new([1, 1, features]).flatten()
     }
@@ -251,7 +251,7 @@ impl Sequential {
             .dense(10, Activation::Softmax)
     }
 
-    /// This model for other data: images of shape `input` [C, H, W] in `classes` classes
+    /// This model for other data: images of shape `input` `[C, H, W]` in `classes` classes
     /// (a named model's input and the width of its last Dense layer follow the data; the
     /// layers in between infer their shapes as usual).
     pub fn for_data(mut self, input: [usize; 3], classes: usize) -> Result<Self> {

@@ -3,7 +3,7 @@
 //! carry their description.
 //!
 //! ```json
-//! {"input": [1, 28, 28],
+//! {"input": `[1, 28, 28]`,
 //!  "layers": [{"type": "conv2d", "filters": 16, "kernel": 3, "padding": "same", "activation": "relu"},
 //!             {"type": "batchnorm"}, {"type": "maxpool2d", "pool": 2},
 //!             {"type": "dropout", "rate": 0.25}, {"type": "flatten"},

@@ -11,19 +11,19 @@ use crate::Result;
 
 /// Anything the executor can train: a forward pass from an image batch to outputs.
 pub trait Model {
-    /// Per-sample input shape [C, H, W].
+    /// Per-sample input shape `[C, H, W]`.
     fn input(&self) -> [usize; 3];
     /// The loss its outputs feed (softmax cross-entropy, sigmoid BCE or MSE).
     fn loss(&self) -> Loss;
-    /// Build the forward pass: x [B, C, H, W] -> outputs [B, classes] (the values the
+    /// Build the forward pass: x `[B, C, H, W]` -> outputs `[B, classes]` (the values the
     /// loss's activation is applied to), registering parameters in a fixed order.
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id>;
     /// The Keras `Sequential` behind it, if any (checkpoints, summaries, the CLI).
     fn as_sequential(&self) -> Option<&Sequential> {
         None
     }
-    /// Language models: the context length T. Their input is then u32 token ids [B, T]
-    /// (not an image) and their outputs are logits [B * T, V], one row per position.
+    /// Language models: the context length T. Their input is then u32 token ids `[B, T]`
+    /// (not an image) and their outputs are logits `[B * T, V]`, one row per position.
     fn context(&self) -> Option<usize> {
         None
     }
@@ -36,8 +36,8 @@ pub trait Model {
     }
 }
 
-/// The input leaf `x` of `model` for a batch of `batch`: images f32 [B, C, H, W], or for
-/// a language model token ids u32 [B, T].
+/// The input leaf `x` of `model` for a batch of `batch`: images f32 `[B, C, H, W]`, or for
+/// a language model token ids u32 `[B, T]`.
 pub fn model_input<M: Model + ?Sized>(g: &mut Graph, model: &M, batch: usize) -> Id {
     match model.context() {
         Some(t) => g.input("x", &[batch, t], crate::graph::DType::U32),
@@ -90,7 +90,7 @@ pub(crate) fn register(
     })
 }
 
-/// y = x Wᵀ + b: x [B, IN], W [OUT, IN], b [OUT].
+/// y = x Wᵀ + b: x `[B, IN]`, W `[OUT, IN]`, b `[OUT]`.
 pub struct Dense {
     pub weight: Id,
     pub bias: Id,
@@ -116,7 +116,7 @@ impl Dense {
     }
 }
 
-/// y = conv2d(x, W) + b: x [B, CI, H, W], W [CO, CI, K, K], b [CO].
+/// y = conv2d(x, W) + b: x `[B, CI, H, W]`, W `[CO, CI, K, K]`, b `[CO]`.
 pub struct Conv2d {
     pub weight: Id,
     pub bias: Id,
@@ -179,7 +179,7 @@ fn state(g: &mut Graph, name: String, shape: Vec<usize>, init: Init, layer: usiz
     })
 }
 
-/// Batch normalisation over the channel axis 1 of [B, C, H, W] (BatchNorm2d) or [B, C]
+/// Batch normalisation over the channel axis 1 of `[B, C, H, W]` (BatchNorm2d) or `[B, C]`
 /// (BatchNorm1d), with PyTorch's names, defaults and semantics: training graphs normalise
 /// with the batch's statistics (biased variance) and update the running ones (unbiased
 /// variance, momentum 0.1) on the GPU; evaluation graphs use the running statistics.

@@ -167,7 +167,7 @@ fn ink(path: &Path, img: &GreyImage) -> Result<Vec<f32>> {
 
 /// The digit's bounding box (pixels over CROP_THRESHOLD) scaled so its longer side is BOX
 /// pixels: area averaging when shrinking (exact at 1:1, anti-aliased below), bilinear
-/// interpolation when enlarging. Returns the [th, tw] box and tw.
+/// interpolation when enlarging. Returns the `[th, tw]` box and tw.
 fn scale_to_box(ink: &[f32], w: usize, h: usize) -> (Vec<f32>, usize) {
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
     for (i, &v) in ink.iter().enumerate() {
@@ -195,7 +195,7 @@ fn scale_to_box(ink: &[f32], w: usize, h: usize) -> (Vec<f32>, usize) {
     (boxed, tw)
 }
 
-/// The [th, tw] box placed in the SIDE x SIDE field with its centre of mass at pixel 14 (as
+/// The `[th, tw]` box placed in the SIDE x SIDE field with its centre of mass at pixel 14 (as
 /// in MNIST, whose mean centre of mass is (14.0, 14.0) in pixel indices), as u8 grey values.
 fn centre_by_mass(boxed: &[f32], tw: usize) -> Vec<u8> {
     let mass: f32 = boxed.iter().sum();
@@ -270,7 +270,7 @@ pub fn load_like_folder(path: &Path, [c, h, w]: [usize; 3]) -> Result<Vec<u8>> {
 /// Per-sample outputs of a forward pass over a whole source.
 #[derive(Clone, Debug)]
 pub struct Inference {
-    /// [n, classes], row-major.
+    /// `[n, classes]`, row-major.
     pub probs: Vec<f32>,
     pub classes: usize,
     pub labels: Vec<u32>,

@@ -6,7 +6,7 @@
 //! has them, else the wall clock around a waited submit), and printed with min / median /
 //! max ms, GFLOP/s, GB/s and % of the roof. Files: [`suite`] (the rows), [`timer`] (how a
 //! row is timed), [`startup`] (training step and cold start), [`report`] (table and JSON),
-//! [`compare`] (`--compare`).
+//! [`compare`](mod@compare) (`--compare`).
 
 pub mod compare;
 pub mod report;

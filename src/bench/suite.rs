@@ -194,7 +194,7 @@ fn seed_conv() -> (Conv2dSpec, PoolSpec) {
 
 const CONV_SHAPE: &str = "128x1x28x28 -> 32x26x26, 3x3";
 
-/// Sum the partial rows of a conv's dweight/dbias: part [rows, width] -> [width].
+/// Sum the partial rows of a conv's dweight/dbias: part `[rows, width]` -> `[width]`.
 fn sum_rows(part: &[f32], width: usize) -> Vec<f32> {
     (0..width)
         .map(|j| part.chunks(width).map(|r| r[j] as f64).sum::<f64>() as f32)

@@ -124,7 +124,7 @@ pub fn decode_png(path: &Path, bytes: &[u8]) -> Result<Image> {
 
 /// Load the image folders of `dir` (see the module docs). With `names` (a model's classes),
 /// folders are labelled by them, and a folder naming no class of theirs is refused; with
-/// `want` (a model's input [C, H, W]) every image must have its size, and takes its
+/// `want` (a model's input `[C, H, W]`) every image must have its size, and takes its
 /// channels.
 pub fn load(dir: &Path, names: &[String], want: Option<[usize; 3]>) -> Result<ImageData> {
     let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
@@ -184,7 +184,7 @@ fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Every image of `folders` (labelled by their index in `names`), each [C, H, W] of
+/// Every image of `folders` (labelled by their index in `names`), each `[C, H, W]` of
 /// `want` when given, else all of the first image's height and width (and channels as
 /// the module docs say); the split and its shape.
 fn read_split(

@@ -73,7 +73,7 @@ impl Split {
         self.channels * self.rows * self.cols
     }
 
-    /// The per-image shape [C, H, W] a model must take.
+    /// The per-image shape `[C, H, W]` a model must take.
     pub fn shape(&self) -> [usize; 3] {
         [self.channels, self.rows, self.cols]
     }
@@ -114,7 +114,7 @@ pub fn is_idx_dir(dir: &Path) -> bool {
 /// Loads the labelled images of `dir`: an IDX set of the MNIST layout when `dir` holds any
 /// of its four files ([`load_mnist`]), else image folders ([`folder::load`]). `names`,
 /// when not empty, are the classes a model already knows (a checkpoint's): folders are
-/// then labelled by them; `want`, a model's input [C, H, W], is the size folder images
+/// then labelled by them; `want`, a model's input `[C, H, W]`, is the size folder images
 /// must have (IDX sets are checked against it by the caller).
 pub fn load_data_dir(dir: &Path, names: &[String], want: Option<[usize; 3]>) -> Result<ImageData> {
     if !dir.is_dir() {

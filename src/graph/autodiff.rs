@@ -328,7 +328,7 @@ fn matmul_vjp(gr: &mut Graph, t: MatMulAttrs, a: Id, b: Id, g: Id) -> Result<Vec
 }
 
 /// The loss kernels' backward is d(batch mean)/dz, i.e. per-sample gradient 1/B. An
-/// incoming per-sample gradient g [B] scales each row by g * B (nothing when g == 1/B,
+/// incoming per-sample gradient g `[B]` scales each row by g * B (nothing when g == 1/B,
 /// as it is when the loss is the root of a training graph).
 fn loss_vjp(gr: &mut Graph, kind: Loss, y: Id, ins: &[Id], g: Id) -> Result<Id> {
     let zs = gr.shape(ins[0]).to_vec();

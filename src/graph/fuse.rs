@@ -60,7 +60,7 @@ fn single_use(g: &Graph, uses: &[usize], id: Id) -> bool {
     uses[id.index()] == 1 && !g.is_output(id)
 }
 
-/// The parameter behind a bias operand: `b` [N] itself, or `b` reshaped to [N, 1, 1].
+/// The parameter behind a bias operand: `b` `[N]` itself, or `b` reshaped to `[N, 1, 1]`.
 fn bias_source(g: &Graph, b: Id, channels_first: bool) -> Option<Id> {
     let n = g.node(b);
     match (&n.op, channels_first) {
@@ -73,7 +73,7 @@ fn bias_source(g: &Graph, b: Id, channels_first: bool) -> Option<Id> {
     }
 }
 
-/// Add(MatMul(a, w), b [N]) -> MatMul{bias}(a, w, b); Add(Conv2d(x, w), b [C,1,1]) ->
+/// Add(MatMul(a, w), b `[N]`) -> MatMul{bias}(a, w, b); Add(Conv2d(x, w), b `[C,1,1]`) ->
 /// Conv2d{bias}(x, w, b).
 fn bias_into_producer(g: &mut Graph) -> usize {
     let uses = g.uses();
@@ -365,7 +365,7 @@ fn rewrite_batch_norm_pool(g: &mut Graph, live: &[bool], p: Id, m: BatchNormPool
     }
 }
 
-/// Sum(dy, [0, 2, 3]) beside Conv2dBackwardWeight(dy, x): the conv kernel's partial rows
+/// Sum(dy, `[0, 2, 3]`) beside Conv2dBackwardWeight(dy, x): the conv kernel's partial rows
 /// hold dbias too, so the sum becomes its aux output.
 fn conv_bias_grad(g: &mut Graph) -> usize {
     let mut n = 0;
@@ -512,7 +512,7 @@ fn operand_view(g: &Graph, x: Id) -> Option<(Id, OperandView)> {
 /// chain(MatMul(a, b)) -> MatMul{c_view}(a, b): a batched product whose only reader is a
 /// chain of Reshape and Permute (holding a Permute) writes the chain's value in place, when
 /// the product's layout in it is a strided view with rows written contiguous (attention's
-/// heads merged back: [B*H, T, hd] -> [B*T, D]). The product and the chain's inner nodes
+/// heads merged back: `[B*H, T, hd]` -> `[B*T, D]`). The product and the chain's inner nodes
 /// have that one reader each and are no outputs; the chain's last node may have any.
 fn matmul_output_views(g: &mut Graph) -> usize {
     let uses = g.uses();
@@ -677,7 +677,7 @@ fn undo_chain(g: &Graph, x: Id, chain: &[Id]) -> Option<Layout> {
     Some(l)
 }
 
-/// A product [batch, M, N] laid out as `l` as C's strides: rows written contiguous.
+/// A product `[batch, M, N]` laid out as `l` as C's strides: rows written contiguous.
 fn output_view(l: &Layout, shape: &[usize]) -> Option<crate::kernels::matmul::Strided> {
     let mut at = l.strided()?;
     if shape.get(2) == Some(&1) {

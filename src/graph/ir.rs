@@ -59,9 +59,9 @@ pub struct PoolAttrs {
 /// `C = op(A) · op(B) (+ bias) (ReLU)`, batched when A and C have rank 3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MatMulAttrs {
-    /// A is stored [.., K, M].
+    /// A is stored `[.., K, M]`.
     pub ta: bool,
-    /// B is stored [.., N, K].
+    /// B is stored `[.., N, K]`.
     pub tb: bool,
     pub bias: bool,
     pub relu: bool,
@@ -69,12 +69,12 @@ pub struct MatMulAttrs {
     /// fusion: a chain of movement ops folded into the matmul).
     pub a_view: Option<OperandView>,
     pub b_view: Option<OperandView>,
-    /// The product [batch, M, N] is written at these strides into the node's value, which
+    /// The product `[batch, M, N]` is written at these strides into the node's value, which
     /// is then another shape (fusion: a Reshape/Permute chain of the product folded in).
     pub c_view: Option<crate::kernels::matmul::Strided>,
 }
 
-/// A rank-3 matmul operand [batch, rows, cols] (`shape`, as stored: before the
+/// A rank-3 matmul operand `[batch, rows, cols]` (`shape`, as stored: before the
 /// transpose flags) read from its input's buffer at `at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OperandView {
@@ -94,23 +94,23 @@ pub enum Op {
     /// [x or y (see [`UnaryOp::backward_uses`]), dy] -> dx.
     UnaryBackward(UnaryOp),
     Binary(BinaryOp),
-    /// [mask, a, b] -> mask != 0 ? a : b, broadcast.
+    /// `[mask, a, b]` -> mask != 0 ? a : b, broadcast.
     Where,
     /// Reduce the listed axes away (no keepdim).
     Reduce(ReduceOp, Vec<usize>),
-    /// [x] broadcast to the node's shape (x right-aligned, its size-1 axes stretched).
+    /// `[x]` broadcast to the node's shape (x right-aligned, its size-1 axes stretched).
     Expand,
     /// Same elements, another shape: an alias, no dispatch.
     Reshape,
     /// Aux output k of the input node: an alias, no dispatch.
     Aux(usize),
     Permute(Vec<usize>),
-    /// [x] -> x[.., start..start + len, ..] along `axis` (len from the node's shape).
+    /// `[x]` -> x`[.., start..start + len, ..]` along `axis` (len from the node's shape).
     Slice {
         axis: usize,
         start: usize,
     },
-    /// [x] placed at `start` along `axis` of a zero tensor of the node's shape.
+    /// `[x]` placed at `start` along `axis` of a zero tensor of the node's shape.
     Pad {
         axis: usize,
         start: usize,
@@ -118,40 +118,40 @@ pub enum Op {
     Concat(usize),
     /// [a, b (, bias)].
     MatMul(MatMulAttrs),
-    /// [a0, b0, a1, b1, ..] -> the node's value, product i (attrs i, no bias) written at
+    /// `[a0, b0, a1, b1, ..]` -> the node's value, product i (attrs i, no bias) written at
     /// its `c_view`; the views together cover the value once. Set by fusion (fuse.rs): the
     /// gradients of slices of one value (attention's dq, dk, dv) written where they belong
     /// rather than padded and summed.
     MatMulGroup(Vec<MatMulAttrs>),
-    /// [x, w (, bias)] -> y [B, CO, OH, OW].
+    /// [x, w (, bias)] -> y `[B, CO, OH, OW]`.
     Conv2d(ConvAttrs),
-    /// [dy, w] -> dx (the node's shape is x's).
+    /// `[dy, w]` -> dx (the node's shape is x's).
     Conv2dBackwardInput(ConvAttrs),
-    /// [dy, x] -> dweight; with `bias`, aux 0 is dbias [CO].
+    /// `[dy, x]` -> dweight; with `bias`, aux 0 is dbias `[CO]`.
     Conv2dBackwardWeight {
         conv: ConvAttrs,
         bias: bool,
     },
-    /// [x] -> y; aux 0 is the argmax (u32, same shape as y).
+    /// `[x]` -> y; aux 0 is the argmax (u32, same shape as y).
     MaxPool2d(PoolAttrs),
-    /// [pool node, dy] -> dx. With `relu`, also the backward of a ReLU just before the
+    /// `[pool node, dy]` -> dx. With `relu`, also the backward of a ReLU just before the
     /// pool (dx kept where the pool's output is positive).
     MaxPool2dBackward {
         pool: PoolAttrs,
         relu: bool,
     },
-    /// [x] -> the mean of each window.
+    /// `[x]` -> the mean of each window.
     AvgPool2d(PoolAttrs),
-    /// [dy] -> dx (the node's shape is x's).
+    /// `[dy]` -> dx (the node's shape is x's).
     AvgPool2dBackward(PoolAttrs),
-    /// [x] -> x * mask, mask 0 with probability p else 1 / (1 - p), drawn afresh each step
+    /// `[x]` -> x * mask, mask 0 with probability p else 1 / (1 - p), drawn afresh each step
     /// from a counter-based generator keyed by `salt` (one per dropout in a graph); aux 0
     /// is the mask.
     Dropout {
         p: f32,
         salt: u32,
     },
-    /// Fused conv + bias + ReLU + max pool: [x, w, b] -> y; aux 0 the argmax.
+    /// Fused conv + bias + ReLU + max pool: `[x, w, b]` -> y; aux 0 the argmax.
     ConvReluPool {
         conv: ConvAttrs,
         pool: PoolAttrs,
@@ -161,11 +161,11 @@ pub enum Op {
         conv: ConvAttrs,
         pool: PoolAttrs,
     },
-    /// [table [V, D], idx u32 [..]] -> [.., D]: the table's rows at idx.
+    /// [table `[V, D]`, idx u32 `[..]`] -> [.., D]: the table's rows at idx.
     Embedding,
-    /// [idx, dy [.., D]] -> dtable [V, D] (the node's shape): rows of dy summed per index.
+    /// [idx, dy `[.., D]`] -> dtable `[V, D]` (the node's shape): rows of dy summed per index.
     EmbeddingBackward,
-    /// [x] -> softmax over the last axis. With `causal` = T > 0, x is viewed [.., T, C] and
+    /// `[x]` -> softmax over the last axis. With `causal` = T > 0, x is viewed `[.., T, C]` and
     /// query row t only sees columns j <= t (the others get probability 0).
     Softmax {
         causal: usize,
@@ -174,36 +174,36 @@ pub enum Op {
     SoftmaxBackward {
         causal: usize,
     },
-    /// [x [.., C], gamma [C], beta [C]] -> y, normalised over the last axis; aux 0 the
+    /// [x `[.., C]`, gamma `[C]`, beta `[C]`] -> y, normalised over the last axis; aux 0 the
     /// per-row mean, aux 1 the per-row 1 / sqrt(var + eps).
     LayerNorm {
         eps: f32,
     },
-    /// [x, layer-norm node, gamma, dy] -> dx.
+    /// `[x, layer-norm node, gamma, dy]` -> dx.
     LayerNormBackwardInput {
         eps: f32,
     },
-    /// [x, layer-norm node, dy] -> dgamma [C]; aux 0 dbeta [C].
+    /// `[x, layer-norm node, dy]` -> dgamma `[C]`; aux 0 dbeta `[C]`.
     LayerNormBackwardParams {
         eps: f32,
     },
-    /// Batch normalisation over axis 1 of x [B, C, ...], then a ReLU with `relu`.
-    /// Training: [x, gamma, beta] -> y with the batch's statistics; aux 0 its mean [C], aux 1
-    /// its biased variance [C]. Evaluation: [x, gamma, beta, mean, var] -> y with the given
+    /// Batch normalisation over axis 1 of x `[B, C, ...]`, then a ReLU with `relu`.
+    /// Training: `[x, gamma, beta]` -> y with the batch's statistics; aux 0 its mean `[C]`, aux 1
+    /// its biased variance `[C]`. Evaluation: `[x, gamma, beta, mean, var]` -> y with the given
     /// (running) statistics, no aux.
     BatchNorm {
         eps: f32,
         relu: bool,
         training: bool,
     },
-    /// [x, batch-norm node (training), gamma, dy] -> dx; aux 0 dgamma [C], aux 1 dbeta [C].
+    /// [x, batch-norm node (training), gamma, dy] -> dx; aux 0 dgamma `[C]`, aux 1 dbeta `[C]`.
     BatchNormBackward {
         eps: f32,
         relu: bool,
     },
     /// Fused (fuse.rs) BatchNorm{relu} then a max pool of `pool` x `pool` windows every
     /// `pool`: the inputs of BatchNorm -> the pooled y; aux 0 the argmax positions in the
-    /// H x W plane as f32 (y's shape), training: aux 1 mean, aux 2 var [C]. The normalised
+    /// H x W plane as f32 (y's shape), training: aux 1 mean, aux 2 var `[C]`. The normalised
     /// values are never written.
     BatchNormPool {
         eps: f32,
@@ -215,17 +215,17 @@ pub enum Op {
         eps: f32,
         pool: usize,
     },
-    /// [x] -> a value of its own holding x's elements. Never merged with another node (no
+    /// `[x]` -> a value of its own holding x's elements. Never merged with another node (no
     /// common-subexpression elimination), so each copy gets its own buffer: how parameters
     /// that share one gradient each get theirs.
     Copy,
     /// [state, value]: write value into the state leaf (a non-trainable parameter such as
     /// a running mean) at the end of the step; a sink, its own value is the state's buffer.
     Assign,
-    /// [logits or outputs z [B, C], labels u32 [B] or targets f32 [B, C]] -> per-sample
-    /// loss [B]; aux 0 the probabilities (or predictions) [B, C].
+    /// [logits or outputs z `[B, C]`, labels u32 `[B]` or targets f32 `[B, C]`] -> per-sample
+    /// loss `[B]`; aux 0 the probabilities (or predictions) `[B, C]`.
     Loss(Loss),
-    /// [loss node, z, labels or targets] -> dz of the batch mean of the loss.
+    /// `[loss node, z, labels or targets]` -> dz of the batch mean of the loss.
     LossBackward(Loss),
 }
 

@@ -37,7 +37,7 @@ impl Layout {
         Layout { offset: 0, axes }
     }
 
-    /// Output axis i is input axis perm[i].
+    /// Output axis i is input axis perm`[i]`.
     pub fn permute(&self, perm: &[usize]) -> Option<Self> {
         let axes = perm
             .iter()
@@ -92,7 +92,7 @@ impl Layout {
         })
     }
 
-    /// A rank-3 layout [batch, rows, cols] as a matmul operand's strides: rows and cols one
+    /// A rank-3 layout `[batch, rows, cols]` as a matmul operand's strides: rows and cols one
     /// atom each, the batch at most two (a two-level batch).
     pub fn strided(&self) -> Option<Strided> {
         let [z, r, c] = &self.axes[..] else {
@@ -148,8 +148,8 @@ fn slice_atoms(
 mod tests {
     use super::*;
 
-    /// Attention's q, k, v: qkv [B*T, 3D] -> [B, T, 3, H, hd] -> [3, B, H, T, hd] ->
-    /// [3*B*H, T, hd] -> slice j: a two-level batch (b, h).
+    /// Attention's q, k, v: qkv `[B*T, 3D]` -> `[B, T, 3, H, hd]` -> `[3, B, H, T, hd]` ->
+    /// `[3*B*H, T, hd]` -> slice j: a two-level batch (b, h).
     #[test]
     fn attention_heads_are_a_two_level_batch() {
         let (b, t, h, hd) = (2, 5, 3, 4);

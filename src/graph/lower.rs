@@ -302,7 +302,7 @@ pub(super) fn conv_forward(
     conv2d_forward_with(gpu, k, s, x, w, b, relu, y)
 }
 
-/// x viewed as [outer, kept, inner] when the kept axes are one contiguous block and each
+/// x viewed as `[outer, kept, inner]` when the kept axes are one contiguous block and each
 /// output sums few enough elements for one invocation (`sum_outer_inner`'s loop budget).
 pub fn kept_block(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usize)> {
     let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
@@ -318,7 +318,7 @@ pub fn kept_block(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usiz
     (dims.0 * dims.2 <= crate::kernels::LOOP_BUDGET).then_some(dims)
 }
 
-/// Sum a conv's partial rows [rows, NW + CO] into dweight and (optionally) dbias.
+/// Sum a conv's partial rows `[rows, NW + CO]` into dweight and (optionally) dbias.
 pub(super) fn sum_partials(
     gpu: &Gpu,
     part: &Tensor,
@@ -367,7 +367,7 @@ pub fn product_spec(g: &Graph, ab: [Id; 2], t: MatMulAttrs) -> Result<MatmulSpec
     })
 }
 
-/// The conv of input `x` [B, CI, H, W] and weight `w` [CO, CI, KH, KW].
+/// The conv of input `x` `[B, CI, H, W]` and weight `w` `[CO, CI, KH, KW]`.
 pub(super) fn conv_spec(g: &Graph, x: Id, w: Id, c: ConvAttrs) -> Result<Conv2dSpec> {
     let (xs, ws) = (g.shape(x), g.shape(w));
     Ok(Conv2dSpec {

@@ -72,7 +72,7 @@ fn forward(
     Ok(())
 }
 
-/// The backward node `id` of forward node inputs[1] (dx, aux dgamma and dbeta).
+/// The backward node `id` of forward node inputs`[1]` (dx, aux dgamma and dbeta).
 fn backward(
     gpu: &Gpu,
     g: &Graph,

@@ -1,6 +1,6 @@
 //! Lowering of the sequence-model ops (embedding, row softmax, layer norm) to their
 //! kernels: embedding.wgsl, softmax.wgsl, layernorm.wgsl. Each op views its operands as
-//! the kernel's rows: [R, C] with C the last axis.
+//! the kernel's rows: `[R, C]` with C the last axis.
 
 use super::ir::*;
 use super::lower::{aux, Tensors};
@@ -12,7 +12,7 @@ use crate::kernels::Dispatch;
 use crate::tensor::Tensor;
 use crate::Result;
 
-/// [R, C] of a tensor shape: C its last axis.
+/// `[R, C]` of a tensor shape: C its last axis.
 fn rows_cols(shape: &[usize]) -> (usize, usize) {
     let c = shape.last().copied().unwrap_or(1).max(1);
     (numel(shape) / c, c)

@@ -189,7 +189,7 @@ impl Graph {
         Ok(self.push(Op::Reshape, vec![x], shape.to_vec(), dtype))
     }
 
-    /// [B, ...] -> [B, rest].
+    /// `[B, ...]` -> `[B, rest]`.
     pub fn flatten(&mut self, x: Id) -> Result<Id> {
         let s = self.shape(x).to_vec();
         let b = s.first().copied().unwrap_or(1);

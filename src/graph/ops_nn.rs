@@ -17,7 +17,7 @@ pub fn conv_out(size: usize, k: usize, stride: usize, padding: Padding) -> Optio
     }
 }
 
-/// The output shape of a pool over `x` [B, C, H, W] (valid windows).
+/// The output shape of a pool over `x` `[B, C, H, W]` (valid windows).
 fn pool_out(op: &str, s: &[usize], pool: usize, stride: usize) -> Result<Vec<usize>> {
     let [b, c, h, w] = <[usize; 4]>::try_from(s)
         .map_err(|_| shape_err(op, format!("x {s:?} is not [B, C, H, W]")))?;
@@ -30,7 +30,7 @@ fn pool_out(op: &str, s: &[usize], pool: usize, stride: usize) -> Result<Vec<usi
     Ok(vec![b, c, (h - pool) / stride + 1, (w - pool) / stride + 1])
 }
 
-/// The matmul's [batch, M, N, K] from its operand shapes, or an error naming both.
+/// The matmul's `[batch, M, N, K]` from its operand shapes, or an error naming both.
 pub fn matmul_dims(a: &[usize], b: &[usize], t: MatMulAttrs) -> Result<[usize; 4]> {
     let err = || {
         shape_err(
@@ -57,7 +57,7 @@ pub fn matmul_dims(a: &[usize], b: &[usize], t: MatMulAttrs) -> Result<[usize; 4
 }
 
 impl Graph {
-    /// op(a) · op(b): [M, K] x [K, N] -> [M, N], or batched over a leading axis (b may be
+    /// op(a) · op(b): `[M, K]` x `[K, N]` -> `[M, N]`, or batched over a leading axis (b may be
     /// shared by the batch when it has rank 2).
     pub fn matmul(&mut self, a: Id, b: Id, ta: bool, tb: bool) -> Result<Id> {
         let t = MatMulAttrs {
@@ -74,7 +74,7 @@ impl Graph {
         Ok(self.push(Op::MatMul(t), vec![a, b], out, DType::F32))
     }
 
-    /// x [B, CI, H, W] conv w [CO, CI, KH, KW] -> [B, CO, OH, OW] (no bias: add one).
+    /// x `[B, CI, H, W]` conv w `[CO, CI, KH, KW]` -> `[B, CO, OH, OW]` (no bias: add one).
     pub fn conv2d(&mut self, x: Id, w: Id, stride: usize, padding: Padding) -> Result<Id> {
         let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
         let err = |why: &str| {
@@ -110,7 +110,7 @@ impl Graph {
         ))
     }
 
-    /// Max pool over `pool` x `pool` windows every `stride`: [B, C, H, W] -> [B, C, OH, OW].
+    /// Max pool over `pool` x `pool` windows every `stride`: `[B, C, H, W]` -> `[B, C, OH, OW]`.
     pub fn max_pool2d(&mut self, x: Id, pool: usize, stride: usize) -> Result<Id> {
         let s = self.shape(x).to_vec();
         let [b, c, h, w] = <[usize; 4]>::try_from(s.as_slice())
@@ -127,14 +127,14 @@ impl Graph {
         Ok(self.push_with_aux(Op::MaxPool2d(attrs), vec![x], out, DType::F32, aux))
     }
 
-    /// Mean over `pool` x `pool` windows every `stride`: [B, C, H, W] -> [B, C, OH, OW].
+    /// Mean over `pool` x `pool` windows every `stride`: `[B, C, H, W]` -> `[B, C, OH, OW]`.
     pub fn avg_pool2d(&mut self, x: Id, pool: usize, stride: usize) -> Result<Id> {
         let out = pool_out("avg_pool2d", self.shape(x), pool, stride)?;
         let attrs = PoolAttrs { pool, stride };
         Ok(self.push(Op::AvgPool2d(attrs), vec![x], out, DType::F32))
     }
 
-    /// Mean over H and W: [B, C, H, W] -> [B, C].
+    /// Mean over H and W: `[B, C, H, W]` -> `[B, C]`.
     pub fn global_avg_pool(&mut self, x: Id) -> Result<Id> {
         if self.shape(x).len() != 4 {
             let s = self.shape(x).to_vec();
@@ -184,7 +184,7 @@ impl Graph {
         Ok(self.push_with_aux(Op::Dropout { p, salt }, vec![x], shape, DType::F32, aux))
     }
 
-    /// Batch normalisation of x [B, C, ...] over every axis but 1, with gamma and beta [C]
+    /// Batch normalisation of x `[B, C, ...]` over every axis but 1, with gamma and beta `[C]`
     /// (PyTorch's `BatchNorm1d/2d` in training mode): the batch's statistics, which
     /// `aux(y, 0)` (mean) and `aux(y, 1)` (biased variance) give.
     pub fn batch_norm_train(&mut self, x: Id, gamma: Id, beta: Id, eps: f32) -> Result<Id> {
@@ -199,7 +199,7 @@ impl Graph {
         Ok(self.push_with_aux(op, vec![x, gamma, beta], shape, DType::F32, stats))
     }
 
-    /// Batch normalisation with given statistics mean and var [C] (evaluation mode).
+    /// Batch normalisation with given statistics mean and var `[C]` (evaluation mode).
     pub fn batch_norm_eval(
         &mut self,
         x: Id,
@@ -216,7 +216,7 @@ impl Graph {
         Ok(self.push(op, vec![x, gamma, beta, mean, var], shape, DType::F32))
     }
 
-    /// C of x [B, C, ...], checking that every per-channel operand is [C] and eps is sane.
+    /// C of x `[B, C, ...]`, checking that every per-channel operand is `[C]` and eps is sane.
     fn batch_norm_channels(&self, x: Id, per_channel: &[Id], eps: f32) -> Result<usize> {
         let s = self.shape(x).to_vec();
         let c = s.get(1).copied().unwrap_or(0);
@@ -238,8 +238,8 @@ impl Graph {
         Ok(c)
     }
 
-    /// Per-sample loss [B] of outputs z [B, C] against labels (u32 [B]) or targets
-    /// (f32 [B, C]); `aux(loss, 0)` holds the probabilities (or predictions) [B, C].
+    /// Per-sample loss `[B]` of outputs z `[B, C]` against labels (u32 `[B]`) or targets
+    /// (f32 `[B, C]`); `aux(loss, 0)` holds the probabilities (or predictions) `[B, C]`.
     pub fn loss(&mut self, kind: Loss, z: Id, target: Id) -> Result<Id> {
         let zs = self.shape(z).to_vec();
         let ts = self.shape(target).to_vec();

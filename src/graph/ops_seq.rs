@@ -8,7 +8,7 @@ use super::ops::shape_err;
 use crate::Result;
 
 impl Graph {
-    /// table [V, D] at idx (u32, any shape) -> [idx.., D].
+    /// table `[V, D]` at idx (u32, any shape) -> `[idx.., D]`.
     pub fn embedding(&mut self, table: Id, idx: Id) -> Result<Id> {
         let (ts, is) = (self.shape(table).to_vec(), self.shape(idx).to_vec());
         let ok = ts.len() == 2
@@ -27,8 +27,8 @@ impl Graph {
         Ok(self.push(Op::Embedding, vec![table, idx], shape, DType::F32))
     }
 
-    /// Softmax over the last axis. `causal` = Some(T) views x as [.., T, C] and masks
-    /// columns j > t of query row t (attention scores [B, H, T, T]).
+    /// Softmax over the last axis. `causal` = Some(T) views x as `[.., T, C]` and masks
+    /// columns j > t of query row t (attention scores `[B, H, T, T]`).
     pub fn softmax(&mut self, x: Id, causal: Option<usize>) -> Result<Id> {
         let s = self.shape(x).to_vec();
         let t = causal.unwrap_or(0);
@@ -46,7 +46,7 @@ impl Graph {
     }
 
     /// Layer norm over the last axis: (x - mean) / sqrt(var + eps) * gamma + beta, with
-    /// gamma and beta [C] (PyTorch's `nn.LayerNorm(C)`).
+    /// gamma and beta `[C]` (PyTorch's `nn.LayerNorm(C)`).
     pub fn layer_norm(&mut self, x: Id, gamma: Id, beta: Id, eps: f32) -> Result<Id> {
         let s = self.shape(x).to_vec();
         let c = s.last().copied().unwrap_or(0);

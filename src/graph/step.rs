@@ -1,7 +1,7 @@
 //! One compiled step for one batch size: gather -> forward -> loss -> metrics and, when
 //! training, backward -> optimizer, as a static list of dispatches over planned buffers.
 //!
-//! B = batch. Images are batch-major NCHW ([B, C, H, W]).
+//! B = batch. Images are batch-major NCHW (`[B, C, H, W]`).
 
 use std::collections::HashMap;
 
@@ -37,7 +37,7 @@ pub enum BatchSource<'a> {
         order: &'a Tensor,
         augment: Augment,
     },
-    /// f32 feature rows [N, D] and f32 target rows [N, T], for regression (linear outputs,
+    /// f32 feature rows `[N, D]` and f32 target rows `[N, T]`, for regression (linear outputs,
     /// mean squared error).
     Rows {
         features: &'a Tensor,
@@ -45,7 +45,7 @@ pub enum BatchSource<'a> {
         order: &'a Tensor,
     },
     /// u32 token ids, for language models: each step draws B windows of T + 1 tokens from
-    /// tokens[offset .. offset + len] on the GPU (random.wgsl's text_windows, stream `seed`).
+    /// tokens`[offset .. offset + len]` on the GPU (random.wgsl's text_windows, stream `seed`).
     Text {
         tokens: &'a Tensor,
         offset: usize,
@@ -62,9 +62,9 @@ pub struct Plan {
     pub train: bool,
     /// Outputs of the forward pass, readable after a step (evaluate, predict).
     pub prob: Tensor,
-    /// Class labels [B] (all zero for an f32 row dataset, which has targets instead).
+    /// Class labels `[B]` (all zero for an f32 row dataset, which has targets instead).
     pub label: Tensor,
-    /// Regression targets [B, T] (f32 row datasets only).
+    /// Regression targets `[B, T]` (f32 row datasets only).
     pub target: Option<Tensor>,
     pub loss: Tensor,
     /// Bytes of the transient values: as planned, and with a buffer each.
@@ -310,7 +310,7 @@ fn gather_augmented(
     ])
 }
 
-/// The gather dispatch: the batch's samples into x [B, C*H*W] and the labels or targets.
+/// The gather dispatch: the batch's samples into x `[B, C*H*W]` and the labels or targets.
 fn gather(gpu: &Gpu, source: &BatchSource<'_>, x: &Tensor, t: &Tensor) -> Result<Dispatch> {
     let rows = x.view(0, &[x.shape[0], x.numel() / x.shape[0].max(1)]);
     match *source {

@@ -1,4 +1,4 @@
-//! Batch normalisation over axis 1 (BatchNorm2d on [B, C, H, W], BatchNorm1d on [B, C]),
+//! Batch normalisation over axis 1 (BatchNorm2d on `[B, C, H, W]`, BatchNorm1d on `[B, C]`),
 //! optionally with the ReLU that follows it: shaders/batchnorm.wgsl, its wrappers and
 //! references. B = batch, C = channels, S = positions per channel and image (H x W, or 1);
 //! n = B x S values per channel.
@@ -38,7 +38,7 @@ pub struct BatchNormSpec {
 }
 
 impl BatchNormSpec {
-    /// The spec of x [B, C, ...] (C = axis 1, the rest flattened into S).
+    /// The spec of x `[B, C, ...]` (C = axis 1, the rest flattened into S).
     pub fn of_shape(shape: &[usize], eps: f32, relu: bool) -> Result<BatchNormSpec> {
         if shape.len() < 2 {
             return Err(Error::shape(
@@ -82,7 +82,7 @@ impl BatchNormSpec {
         self.batch * self.spatial
     }
 
-    /// Images per partial sum: enough chunks for [`PARTIAL_INVOCATIONS`] invocations, at
+    /// Images per partial sum: enough chunks for `PARTIAL_INVOCATIONS` invocations, at
     /// most [`LOOP_BUDGET`] values per invocation.
     pub fn chunk(&self) -> usize {
         let chunks = PARTIAL_INVOCATIONS.div_ceil(self.channels.max(1));
@@ -94,7 +94,7 @@ impl BatchNormSpec {
         self.batch.div_ceil(self.chunk())
     }
 
-    /// Elements of the partial-sum scratch [chunks, C, 2].
+    /// Elements of the partial-sum scratch `[chunks, C, 2]`.
     pub fn part_len(&self) -> usize {
         self.chunks() * self.channels * 2
     }
@@ -139,7 +139,7 @@ impl BatchNormSpec {
     }
 }
 
-/// The forward's operands: x, y [B, C, ...], gamma, beta, mean, var [C].
+/// The forward's operands: x, y `[B, C, ...]`, gamma, beta, mean, var `[C]`.
 pub struct BatchNormTensors<'a> {
     pub x: &'a Tensor,
     pub gamma: &'a Tensor,
@@ -152,7 +152,7 @@ pub struct BatchNormTensors<'a> {
     pub argmax: Option<&'a Tensor>,
 }
 
-/// The backward's gradients: dy (in), dx [B, C, ...], dgamma, dbeta [C] (out).
+/// The backward's gradients: dy (in), dx `[B, C, ...]`, dgamma, dbeta `[C]` (out).
 pub struct BatchNormGrads<'a> {
     pub dy: &'a Tensor,
     pub dx: &'a Tensor,
@@ -411,7 +411,7 @@ fn affine_and_apply(
     .collect())
 }
 
-/// Training forward: the batch's mean and biased var [C] into t.mean, t.var, and
+/// Training forward: the batch's mean and biased var `[C]` into t.mean, t.var, and
 /// y = act((x - mean) / sqrt(var + eps) * gamma + beta).
 pub fn batch_norm_train(
     gpu: &Gpu,
@@ -551,7 +551,7 @@ pub fn batch_norm_backward(
 
 // ---- CPU references (f64) ----------------------------------------------------------------
 
-/// Index of (b, c, s) in x [B, C, S].
+/// Index of (b, c, s) in x `[B, C, S]`.
 fn at(s: &BatchNormSpec, b: usize, c: usize, i: usize) -> usize {
     (b * s.channels + c) * s.spatial + i
 }

@@ -403,7 +403,7 @@ fn one(op: &str, mut d: Vec<Dispatch>) -> Result<Dispatch> {
     }
 }
 
-/// y = act(conv2d(x, w) + bias): x [B,CI,H,W], w [CO,CI,KH,KW], bias [CO], y [B,CO,OH,OW],
+/// y = act(conv2d(x, w) + bias): x `[B,CI,H,W]`, w `[CO,CI,KH,KW]`, bias `[CO]`, y `[B,CO,OH,OW]`,
 /// with the default of [`conv2d_forward_candidates`].
 pub fn conv2d_forward(
     gpu: &Gpu,
@@ -536,7 +536,7 @@ fn subgroup_call(
     conv_dispatch(gpu, Shader::Conv2dSubgroup, entry, p, ins, out, workgroups).map(Some)
 }
 
-/// dx = conv2d_backward_input(dy, w): dy [B,CO,OH,OW] -> dx [B,CI,H,W], with the default
+/// dx = conv2d_backward_input(dy, w): dy `[B,CO,OH,OW]` -> dx `[B,CI,H,W]`, with the default
 /// of [`conv2d_backward_input_candidates`].
 pub fn conv2d_backward_input(
     gpu: &Gpu,
@@ -598,8 +598,8 @@ fn input_one(
     }
 }
 
-/// Partial dweight and dbias sums per batch chunk: dy [B,CO,OH,OW], x [B,CI,H,W] ->
-/// part [CHUNKS, CO*CI*KH*KW + CO]; sum the chunks with `reduce::sum_outer_inner`.
+/// Partial dweight and dbias sums per batch chunk: dy `[B,CO,OH,OW]`, x `[B,CI,H,W]` ->
+/// part `[CHUNKS, CO*CI*KH*KW + CO]`; sum the chunks with `reduce::sum_outer_inner`.
 /// Uses the default of [`conv2d_backward_weight_candidates`].
 pub fn conv2d_backward_weight(
     gpu: &Gpu,
@@ -739,14 +739,14 @@ pub fn conv2d_backward_input_ref(s: &Conv2dSpec, dy: &[f64], weight: &[f64]) -> 
     dx
 }
 
-/// The full dweight [CO,CI,KH,KW] (the sum of the GPU's partial chunks).
+/// The full dweight `[CO,CI,KH,KW]` (the sum of the GPU's partial chunks).
 pub fn conv2d_backward_weight_ref(s: &Conv2dSpec, dy: &[f64], x: &[f64]) -> Vec<f64> {
     let mut dw = vec![0.0; s.w_shape().iter().product()];
     for_each_tap(s, |yi, wi, xi, _, _| dw[wi] += dy[yi] * x[xi]);
     dw
 }
 
-/// dbias [CO] = sum over b, oy, ox of dy.
+/// dbias `[CO]` = sum over b, oy, ox of dy.
 pub fn conv2d_backward_bias_ref(s: &Conv2dSpec, dy: &[f64]) -> Vec<f64> {
     let (oh, ow) = s.out_hw();
     let mut db = vec![0.0; s.c_out];

@@ -14,7 +14,7 @@ use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// y[y_offset + sum_d k_d * y_strides[d]] (+)= x[x_offset + sum_d k_d * x_strides[d]] for
+/// y[y_offset + sum_d k_d * y_strides`[d]`] (+)= x[x_offset + sum_d k_d * x_strides`[d]`] for
 /// every k in the box `shape`. Offsets and strides in elements, relative to each tensor's
 /// own start. Any rank works if it merges down to [`MAX_RANK`] dimensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,7 +219,7 @@ pub fn copy_strided(gpu: &Gpu, spec: &CopySpec, x: &Tensor, y: &Tensor) -> Resul
     )
 }
 
-/// y = x with its axes reordered: y.shape[d] = x.shape[perm[d]] (torch.permute).
+/// y = x with its axes reordered: y.shape`[d]` = x.shape[perm`[d]`] (torch.permute).
 pub fn permute(gpu: &Gpu, x: &Tensor, perm: &[usize], y: &Tensor) -> Result<Dispatch> {
     let spec = permute_spec(&x.shape, perm, &y.shape)?;
     copy_strided(gpu, &spec, x, y)
@@ -252,7 +252,7 @@ pub fn permute_spec(x_shape: &[usize], perm: &[usize], y_shape: &[usize]) -> Res
     })
 }
 
-/// y = x[.., start..start + len, ..] along `axis` (y has x's shape with len there).
+/// y = x`[.., start..start + len, ..]` along `axis` (y has x's shape with len there).
 pub fn slice(
     gpu: &Gpu,
     x: &Tensor,
@@ -286,7 +286,7 @@ pub fn slice(
 
 /// Copy (or with `accumulate`, add) x into the sub-box of y that starts at `at` (one
 /// index per axis; same rank). The rest of y is left as it is: zero it first for a pad,
-/// or use this as the backward of [`slice`].
+/// or use this as the backward of [`slice`](fn@slice).
 pub fn pad_into(
     gpu: &Gpu,
     x: &Tensor,
@@ -392,7 +392,7 @@ pub fn copy_strided_ref(spec: &CopySpec, x: &[f64], y: &mut [f64]) {
     }
 }
 
-/// torch.permute on a row-major host array (y[c] = x[c permuted back]).
+/// torch.permute on a row-major host array (y`[c]` = x`[c permuted back]`).
 pub fn permute_ref(x: &[f64], x_shape: &[usize], perm: &[usize]) -> Vec<f64> {
     let rank = x_shape.len();
     let y_shape: Vec<usize> = perm.iter().map(|&a| x_shape[a]).collect();
@@ -417,7 +417,7 @@ fn rows(shape: &[usize], axis: usize) -> (usize, usize) {
     )
 }
 
-/// x[.., start..start + len, ..] along `axis`.
+/// x`[.., start..start + len, ..]` along `axis`.
 pub fn slice_ref(x: &[f64], x_shape: &[usize], axis: usize, start: usize, len: usize) -> Vec<f64> {
     let (outer, row) = rows(x_shape, axis);
     let inner = row / x_shape[axis].max(1);

@@ -60,7 +60,7 @@ fn params(v: usize, d: usize, n: usize) -> Params {
     }
 }
 
-/// y [.., D] = table [V, D] rows at idx [..] (u32); an index >= V gives a zero row.
+/// y `[.., D]` = table `[V, D]` rows at idx `[..]` (u32); an index >= V gives a zero row.
 pub fn embedding(gpu: &Gpu, table: &Tensor, idx: &Tensor, y: &Tensor) -> Result<Dispatch> {
     let op = "embedding_forward";
     let (v, d, n) = shapes(op, table, idx, y)?;
@@ -81,7 +81,7 @@ pub fn embedding(gpu: &Gpu, table: &Tensor, idx: &Tensor, y: &Tensor) -> Result<
     )
 }
 
-/// dtable [V, D] = sum over n with idx[n] == v of dy[n] (overwritten, not accumulated),
+/// dtable `[V, D]` = sum over n with idx`[n]` == v of dy`[n]` (overwritten, not accumulated),
 /// in increasing n, without atomics: a counting sort of idx into `scratch` (u32,
 /// [`embedding_scratch_len`] elements), then one invocation per (v, d). Two dispatches.
 pub fn embedding_backward(
@@ -149,7 +149,7 @@ pub fn embedding_ref(table: &[f64], dim: usize, idx: &[u32]) -> Vec<f64> {
         .collect()
 }
 
-/// Reference of [`embedding_backward`]: dtable [V, D].
+/// Reference of [`embedding_backward`]: dtable `[V, D]`.
 pub fn embedding_backward_ref(vocab: usize, dim: usize, idx: &[u32], dy: &[f64]) -> Vec<f64> {
     let mut dtable = vec![0.0; vocab * dim];
     for (n, &v) in idx.iter().enumerate() {

@@ -25,7 +25,7 @@ pub struct Params {
 /// Byte offset of `start` in the uniform, for the executor's per-step write.
 pub const START_OFFSET: u64 = 12;
 
-/// x [B, P] = pixels of images order[start..start+B] / 255; label [B] their labels.
+/// x `[B, P]` = pixels of images order`[start..start+B]` / 255; label `[B]` their labels.
 /// `pixels` holds N images of WPI words, `labels` N bytes packed four per word.
 pub fn gather_batch(
     gpu: &Gpu,
@@ -107,8 +107,8 @@ fn gather_call(
     )
 }
 
-/// x [B, D] = features of rows order[start..start+B]; target [B, T] their targets.
-/// `features` is [N, D] f32 and `targets` [N, T] f32; both are copied bit for bit.
+/// x `[B, D]` = features of rows order`[start..start+B]`; target `[B, T]` their targets.
+/// `features` is `[N, D]` f32 and `targets` `[N, T]` f32; both are copied bit for bit.
 pub fn gather_rows_f32(
     gpu: &Gpu,
     features: &Tensor,
@@ -163,7 +163,7 @@ pub fn gather_rows_f32(
     )
 }
 
-/// Reference: (x [B, P], label [B]) from unpacked u8 images [N, P] and labels [N].
+/// Reference: (x `[B, P]`, label `[B]`) from unpacked u8 images `[N, P]` and labels `[N]`.
 pub fn gather_batch_ref(
     images: &[u8],
     labels: &[u8],
@@ -184,7 +184,7 @@ pub fn gather_batch_ref(
     )
 }
 
-/// Reference: (x [B, D], target [B, T]) from features [N, D] and targets [N, T].
+/// Reference: (x `[B, D]`, target `[B, T]`) from features `[N, D]` and targets `[N, T]`.
 pub fn gather_rows_f32_ref(
     features: &[f32],
     targets: &[f32],

@@ -12,7 +12,7 @@ use crate::{Error, Result};
 /// Rows summed by one invocation of the dgamma/dbeta partial sums.
 pub const ROWS_PER_BLOCK: usize = 64;
 
-/// Layer norm over the last axis of a tensor viewed [rows, cols].
+/// Layer norm over the last axis of a tensor viewed `[rows, cols]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNormSpec {
     pub rows: usize,
@@ -81,13 +81,13 @@ impl LayerNormSpec {
     }
 }
 
-/// The forward's per-row statistics, mean [R] and rstd [R] = 1 / sqrt(var + eps).
+/// The forward's per-row statistics, mean `[R]` and rstd `[R]` = 1 / sqrt(var + eps).
 pub struct LayerNormStats<'a> {
     pub mean: &'a Tensor,
     pub rstd: &'a Tensor,
 }
 
-/// Outputs of [`layer_norm_backward_params`]: dgamma [C], dbeta [C], and `partial`, an f32
+/// Outputs of [`layer_norm_backward_params`]: dgamma `[C]`, dbeta `[C]`, and `partial`, an f32
 /// scratch of [`LayerNormSpec::partial_len`] elements (None when that is 0).
 pub struct LayerNormParamGrads<'a> {
     pub dgamma: &'a Tensor,
@@ -130,7 +130,7 @@ fn expect_len(op: &str, name: &str, t: &Tensor, n: usize, what: &str) -> Result<
     Ok(())
 }
 
-/// [R, C] operands: R x C elements with C the last axis.
+/// `[R, C]` operands: R x C elements with C the last axis.
 fn expect_rows(op: &str, name: &str, t: &Tensor, s: &LayerNormSpec) -> Result<()> {
     if t.numel() != s.rows * s.cols || t.shape.last() != Some(&s.cols) {
         return Err(Error::shape(
@@ -170,7 +170,7 @@ fn row_call(
     )
 }
 
-/// y [R, C] = layer_norm(x) * gamma + beta, and the per-row mean and rstd.
+/// y `[R, C]` = layer_norm(x) * gamma + beta, and the per-row mean and rstd.
 pub fn layer_norm(
     gpu: &Gpu,
     s: &LayerNormSpec,
@@ -198,7 +198,7 @@ pub fn layer_norm(
     row_call(gpu, op, s, 3, &bindings)
 }
 
-/// dx [R, C] from dy and the forward's x, gamma, mean and rstd.
+/// dx `[R, C]` from dy and the forward's x, gamma, mean and rstd.
 pub fn layer_norm_backward_input(
     gpu: &Gpu,
     s: &LayerNormSpec,
@@ -226,7 +226,7 @@ pub fn layer_norm_backward_input(
     row_call(gpu, op, s, 2, &bindings)
 }
 
-/// dgamma [C] = sum_r dy * xhat and dbeta [C] = sum_r dy, without atomics: partial sums
+/// dgamma `[C]` = sum_r dy * xhat and dbeta `[C]` = sum_r dy, without atomics: partial sums
 /// over blocks of [`ROWS_PER_BLOCK`] rows, then (when there are several blocks) a sum of
 /// the blocks in order. One or two dispatches.
 pub fn layer_norm_backward_params(
@@ -308,7 +308,7 @@ pub fn layer_norm_backward_params(
 
 // ---- CPU references (f64) ----------------------------------------------------------------
 
-/// Reference forward: (y [R, C], mean [R], rstd [R]).
+/// Reference forward: (y `[R, C]`, mean `[R]`, rstd `[R]`).
 pub fn layer_norm_ref(
     s: &LayerNormSpec,
     x: &[f64],
@@ -332,7 +332,7 @@ pub fn layer_norm_ref(
     (y, mean, rstd)
 }
 
-/// Reference backward: (dx [R, C], dgamma [C], dbeta [C]).
+/// Reference backward: (dx `[R, C]`, dgamma `[C]`, dbeta `[C]`).
 pub fn layer_norm_backward_ref(
     s: &LayerNormSpec,
     x: &[f64],

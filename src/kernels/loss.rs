@@ -15,11 +15,11 @@ pub enum Loss {
     SoftmaxCrossEntropy,
     /// Sigmoid fused with binary cross-entropy against a 0/1 label (C = 1).
     SigmoidBinaryCrossEntropy,
-    /// Mean squared error against an f32 target [B, C].
+    /// Mean squared error against an f32 target `[B, C]`.
     MeanSquaredError,
 }
 
-/// The loss's operands. `label` is u32 [B] (classification), `target` f32 [B, C] (MSE).
+/// The loss's operands. `label` is u32 `[B]` (classification), `target` f32 `[B, C]` (MSE).
 pub struct LossTensors<'a> {
     pub z: &'a Tensor,
     pub label: Option<&'a Tensor>,
@@ -118,7 +118,7 @@ fn call(
     )
 }
 
-/// prob [B,C] and loss [B] from logits z [B,C].
+/// prob `[B,C]` and loss `[B]` from logits z `[B,C]`.
 pub fn loss_forward(
     gpu: &Gpu,
     loss: Loss,
@@ -128,14 +128,14 @@ pub fn loss_forward(
     call(gpu, loss, false, t, per_sample)
 }
 
-/// dz [B,C] = d(mean_b loss[b]) / dz, from the forward's prob.
+/// dz `[B,C]` = d(mean_b loss`[b]`) / dz, from the forward's prob.
 pub fn loss_backward(gpu: &Gpu, loss: Loss, t: &LossTensors<'_>, dz: &Tensor) -> Result<Dispatch> {
     call(gpu, loss, true, t, dz)
 }
 
 // ---- CPU references (f64) ----------------------------------------------------------------
 
-/// (prob [B,C], loss [B]). `label` holds class indices, or for MSE is ignored.
+/// (prob `[B,C]`, loss `[B]`). `label` holds class indices, or for MSE is ignored.
 pub fn loss_forward_ref(
     loss: Loss,
     classes: usize,
@@ -170,7 +170,7 @@ pub fn loss_forward_ref(
     (prob, per_sample)
 }
 
-/// dz [B,C] of the batch-mean loss.
+/// dz `[B,C]` of the batch-mean loss.
 pub fn loss_backward_ref(
     loss: Loss,
     classes: usize,

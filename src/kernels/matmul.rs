@@ -16,8 +16,8 @@ pub(crate) use tiled::{tiled, Mode, TiledParams, BIAS_ROW, TRANSPOSE_A, TRANSPOS
 pub use tiled::{TileConfig, MAX_SPLITS, TILED_MIN_WORKGROUP_BYTES};
 pub use windows::*;
 
-/// Where the elements of a batched operand live in its buffer: element [z, r, c] of A (stored
-/// [batch, a_shape]), B (b_shape) or C ([batch, M, N]) is at
+/// Where the elements of a batched operand live in its buffer: element `[z, r, c]` of A (stored
+/// `[batch, a_shape]`), B (b_shape) or C (`[batch, M, N]`) is at
 /// `offset + (z / split) * outer + (z % split) * inner + r * row + c * col`.
 /// A two-level batch z = b * split + h reads a head's slice of a permuted tensor in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,13 +43,13 @@ impl Strided {
         }
     }
 
-    /// The index of element [z, r, c].
+    /// The index of element `[z, r, c]`.
     pub fn at(&self, z: usize, r: usize, c: usize) -> usize {
         let s = self.split.max(1);
         self.offset + (z / s) * self.outer + (z % s) * self.inner + r * self.row + c * self.col
     }
 
-    /// The highest index a [batch, rows, cols] operand reads.
+    /// The highest index a `[batch, rows, cols]` operand reads.
     pub fn last(&self, batch: usize, rows: usize, cols: usize) -> usize {
         let s = self.split.max(1);
         let (zo, zi) = ((batch - 1) / s, (batch - 1).min(s - 1));
@@ -63,16 +63,16 @@ impl Strided {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MatmulSpec {
-    /// Independent products: A, B and C are [batch, ...] contiguous (1 = a plain matmul).
+    /// Independent products: A, B and C are `[batch, ...]` contiguous (1 = a plain matmul).
     pub batch: usize,
-    /// With batch > 1, one B for every product (B is then [K, N] or [N, K], not batched).
+    /// With batch > 1, one B for every product (B is then `[K, N]` or `[N, K]`, not batched).
     pub shared_b: bool,
     pub m: usize,
     pub n: usize,
     pub k: usize,
-    /// A is stored [K, M] rather than [M, K].
+    /// A is stored `[K, M]` rather than `[M, K]`.
     pub transpose_a: bool,
-    /// B is stored [N, K] rather than [K, N].
+    /// B is stored `[N, K]` rather than `[K, N]`.
     pub transpose_b: bool,
     pub bias: bool,
     pub relu: bool,
@@ -107,27 +107,27 @@ impl MatmulSpec {
         self.a_view.is_some() || self.b_view.is_some() || self.c_view.is_some()
     }
 
-    /// A's layout: its view, or [batch, a_shape] contiguous.
+    /// A's layout: its view, or `[batch, a_shape]` contiguous.
     pub fn a_strides(&self) -> Strided {
         let [_, a1] = self.a_shape();
         self.a_view
             .unwrap_or(Strided::contiguous(self.m * self.k, a1))
     }
 
-    /// B's layout: its view, or [batch, b_shape] contiguous (stride 0 when shared).
+    /// B's layout: its view, or `[batch, b_shape]` contiguous (stride 0 when shared).
     pub fn b_strides(&self) -> Strided {
         let [_, b1] = self.b_shape();
         let stride = if self.shared_b { 0 } else { self.n * self.k };
         self.b_view.unwrap_or(Strided::contiguous(stride, b1))
     }
 
-    /// C's layout: its view, or [batch, M, N] contiguous.
+    /// C's layout: its view, or `[batch, M, N]` contiguous.
     pub fn c_strides(&self) -> Strided {
         self.c_view
             .unwrap_or(Strided::contiguous(self.m * self.n, self.n))
     }
 
-    /// opA[z, i, kk] and opB[z, kk, j] as (row, col) strides of the kernels: (a_m, a_k),
+    /// opA`[z, i, kk]` and opB`[z, kk, j]` as (row, col) strides of the kernels: (a_m, a_k),
     /// (b_k, b_n).
     fn op_strides(&self) -> ([usize; 2], [usize; 2]) {
         let (a, b) = (self.a_strides(), self.b_strides());
@@ -726,7 +726,7 @@ fn subgroup_grid(m: usize, n: usize, wg: u32) -> [u32; 3] {
     [n.div_ceil(2 * wg as usize) as u32, m.div_ceil(32) as u32, 1]
 }
 
-/// CPU reference of [`matmul`], accumulating in f64: [batch, M, N] contiguous (whatever
+/// CPU reference of [`matmul`], accumulating in f64: `[batch, M, N]` contiguous (whatever
 /// `spec.c_view`; operands read through their views).
 pub fn matmul_ref(spec: &MatmulSpec, a: &[f64], b: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
     let (m, n, k) = (spec.m, spec.n, spec.k);

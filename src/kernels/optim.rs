@@ -235,7 +235,7 @@ pub fn norm_groups(n: usize) -> usize {
     n.div_ceil(WG * PER_THREAD as usize).max(1)
 }
 
-/// The buffer the norm passes write: [0] the sum of squares, then one partial sum per
+/// The buffer the norm passes write: `[0]` the sum of squares, then one partial sum per
 /// workgroup of the first pass.
 pub fn norm_buffer(gpu: &Gpu, n: usize) -> Result<Tensor> {
     Tensor::zeros(gpu, "gradient norm", &[1 + norm_groups(n)])
@@ -257,7 +257,7 @@ fn check_state(op: &str, grad: &Tensor, param: &Tensor, m: &Tensor, v: &Tensor) 
     Ok(())
 }
 
-/// The update of `param` by `grad` with optimizer state `m`, `v` (all [N]); with
+/// The update of `param` by `grad` with optimizer state `m`, `v` (all `[N]`); with
 /// `opt.clip_norm`, `norm` ([`norm_buffer`]) must hold the sum of squares of `grad`
 /// ([`grad_sumsq`] writes it). The uniform is that of step 1; rewrite `Dispatch::params`
 /// with [`step_params`] before each step.

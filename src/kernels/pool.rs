@@ -122,7 +122,7 @@ fn pool_call(
     )
 }
 
-/// y, argmax [B,C,OH,OW] = max_pool2d(x [B,C,H,W]).
+/// y, argmax `[B,C,OH,OW]` = max_pool2d(x `[B,C,H,W]`).
 pub fn max_pool2d_forward(
     gpu: &Gpu,
     s: &PoolSpec,
@@ -138,7 +138,7 @@ pub fn max_pool2d_forward(
     pool_call(gpu, op, s, [x, argmax, y], None, y.numel())
 }
 
-/// dx [B,C,H,W] from dy [B,C,OH,OW] through the forward's argmax.
+/// dx `[B,C,H,W]` from dy `[B,C,OH,OW]` through the forward's argmax.
 pub fn max_pool2d_backward(
     gpu: &Gpu,
     s: &PoolSpec,
@@ -155,7 +155,7 @@ pub fn max_pool2d_backward(
 }
 
 /// [`max_pool2d_backward`] fused with the backward of a ReLU applied before the pool:
-/// dx is kept only where the pooled output `y` [B,C,OH,OW] is positive.
+/// dx is kept only where the pooled output `y` `[B,C,OH,OW]` is positive.
 pub fn max_pool2d_relu_backward(
     gpu: &Gpu,
     s: &PoolSpec,
@@ -209,7 +209,7 @@ fn backward(
     )
 }
 
-/// y [B,C,OH,OW] = avg_pool2d(x [B,C,H,W]): the mean of each PK x PK window.
+/// y `[B,C,OH,OW]` = avg_pool2d(x `[B,C,H,W]`): the mean of each PK x PK window.
 pub fn avg_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     let op = "avg_pool2d_forward";
     s.validate(op)?;
@@ -218,7 +218,7 @@ pub fn avg_pool2d_forward(gpu: &Gpu, s: &PoolSpec, x: &Tensor, y: &Tensor) -> Re
     avg_call(gpu, op, s, x, y)
 }
 
-/// dx [B,C,H,W] = the sum of dy / PK^2 over the windows holding each input element.
+/// dx `[B,C,H,W]` = the sum of dy / PK^2 over the windows holding each input element.
 pub fn avg_pool2d_backward(gpu: &Gpu, s: &PoolSpec, dy: &Tensor, dx: &Tensor) -> Result<Dispatch> {
     let op = "avg_pool2d_backward";
     s.validate(op)?;
@@ -334,7 +334,7 @@ pub fn max_pool2d_relu_backward_ref(
     max_pool2d_backward_ref(s, &masked, argmax)
 }
 
-/// Reference backward: dx[argmax] += dy.
+/// Reference backward: dx`[argmax]` += dy.
 pub fn max_pool2d_backward_ref(s: &PoolSpec, dy: &[f64], argmax: &[u32]) -> Vec<f64> {
     let (oh, ow) = s.out_hw();
     let mut dx = vec![0.0; s.x_shape().iter().product()];

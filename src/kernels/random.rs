@@ -247,8 +247,8 @@ impl Augment {
     }
 }
 
-/// out [B, C, H, W] = the batch x [B, C, H, W] with image b flipped (when `aug.flip` and
-/// its draw says so) and moved by (dy, dx) in [-S, S]^2, zeros coming in at the edges;
+/// out `[B, C, H, W]` = the batch x `[B, C, H, W]` with image b flipped (when `aug.flip` and
+/// its draw says so) and moved by (dy, dx) in `[-S, S]`^2, zeros coming in at the edges;
 /// see random.wgsl for the draws. Rewrite the counter per step ([`write_counter`]) for
 /// fresh draws from the same dispatch.
 pub fn augment_images(

@@ -32,7 +32,7 @@ pub enum Accuracy {
     None,
 }
 
-/// out[j] = sum over r < R, i < I of x[(r * J + j) * I + i], x viewed as [R, J, I].
+/// out`[j]` = sum over r < R, i < I of x[(r * J + j) * I + i], x viewed as `[R, J, I]`.
 pub fn sum_outer_inner(
     gpu: &Gpu,
     x: &Tensor,
@@ -100,7 +100,7 @@ pub fn sum_outer_inner_range(
     )
 }
 
-/// metrics += (sum of loss [B], correct predictions of prob [B,C] against label [B], B).
+/// metrics += (sum of loss `[B]`, correct predictions of prob `[B,C]` against label `[B]`, B).
 pub fn accumulate_metrics(
     gpu: &Gpu,
     loss: &Tensor,
@@ -172,8 +172,8 @@ pub fn accumulate_metrics(
     Ok(vec![first, call("metrics_combine", &p, &b, [1, 1, 1])?])
 }
 
-/// accumulate_metrics' (batch, classes): prob [B, C], loss [B], metrics [METRICS_LEN], label
-/// [B] for classification; one row's loop (C + 1 iterations) within LOOP_BUDGET.
+/// accumulate_metrics' (batch, classes): prob `[B, C]`, loss `[B]`, metrics `[METRICS_LEN]`, label
+/// `[B]` for classification; one row's loop (C + 1 iterations) within LOOP_BUDGET.
 fn metrics_shapes(
     loss: &Tensor,
     prob: &Tensor,

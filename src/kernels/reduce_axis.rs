@@ -1,6 +1,6 @@
 //! Reductions over one axis: shaders/reduce_axis.wgsl, its wrapper and reference.
 //!
-//! x is viewed as [outer, r, inner] and reduced over r into y [outer, inner] (any axis of
+//! x is viewed as `[outer, r, inner]` and reduced over r into y `[outer, inner]` (any axis of
 //! a row-major tensor: outer = product of the axes before it, inner = after it). Long or
 //! poorly parallel reductions run as several dispatches over partials, each invocation
 //! summing at most [`MAX_CHUNK`] elements in a fixed order: results are bit-identical from
@@ -75,8 +75,8 @@ pub fn reduce_passes(outer: usize, r: usize, inner: usize) -> Vec<(usize, usize)
     }
 }
 
-/// y[o, i] = op over k < r of x[o, k, i], x viewed as [outer, r, inner] and y as
-/// [outer, inner] (shapes must have those element counts). Several dispatches when r is
+/// y`[o, i]` = op over k < r of x`[o, k, i]`, x viewed as `[outer, r, inner]` and y as
+/// `[outer, inner]` (shapes must have those element counts). Several dispatches when r is
 /// long; their partial buffers are allocated here and owned by the dispatches.
 pub fn reduce(
     gpu: &Gpu,

@@ -28,7 +28,7 @@ pub fn peak_fma_flops(n: usize, iters: usize) -> f64 {
     64.0 * n as f64 * iters as f64
 }
 
-/// y [N, 4] <- the sum of 8 vec4 FMA chains of `iters` rounds per invocation.
+/// y `[N, 4]` <- the sum of 8 vec4 FMA chains of `iters` rounds per invocation.
 pub fn peak_fma(gpu: &Gpu, iters: usize, y: &Tensor) -> Result<Dispatch> {
     let op = "peak_fma";
     let n = vec4s(op, "y", y)?;
@@ -45,7 +45,7 @@ pub fn peak_fma(gpu: &Gpu, iters: usize, y: &Tensor) -> Result<Dispatch> {
     call(gpu, op, &p, gpu.dummy(), y, n)
 }
 
-/// y [N, 4] <- x [N, 4].
+/// y `[N, 4]` <- x `[N, 4]`.
 pub fn copy_bandwidth(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     let op = "copy_bandwidth";
     let n = vec4s(op, "x", x)?;

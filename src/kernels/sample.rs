@@ -20,15 +20,15 @@ struct Params {
 
 /// The buffers a draw reads and writes.
 pub struct SampleTensors<'a> {
-    /// [T, V] f32: the model's logits for the context.
+    /// `[T, V]` f32: the model's logits for the context.
     pub logits: &'a Tensor,
-    /// [N] f32 in [0, 1): one per token to draw ([`sample_uniforms`]).
+    /// `[N]` f32 in [0, 1): one per token to draw ([`sample_uniforms`]).
     pub uniforms: &'a Tensor,
-    /// [T] u32: the model's input, appended to (or slid) after each draw.
+    /// `[T]` u32: the model's input, appended to (or slid) after each draw.
     pub context: &'a Tensor,
-    /// [2] u32: (tokens of the context in use, tokens drawn so far).
+    /// `[2]` u32: (tokens of the context in use, tokens drawn so far).
     pub state: &'a Tensor,
-    /// [N] u32: the drawn tokens.
+    /// `[N]` u32: the drawn tokens.
     pub out: &'a Tensor,
 }
 

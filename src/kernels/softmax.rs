@@ -9,14 +9,14 @@ use crate::gpu::{Access, Gpu};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// Softmax over the last axis of a tensor viewed [rows, cols].
+/// Softmax over the last axis of a tensor viewed `[rows, cols]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftmaxSpec {
     pub rows: usize,
     pub cols: usize,
     /// Causal mask of period T: row r is query position t = r % T and only columns
     /// j <= t take part; the others get probability 0. For attention scores
-    /// [B, H, T, T] viewed [B*H*T, T]. Not with `log`.
+    /// `[B, H, T, T]` viewed `[B*H*T, T]`. Not with `log`.
     pub causal: Option<usize>,
     /// Log-softmax instead of softmax.
     pub log: bool,
@@ -36,7 +36,7 @@ impl SoftmaxSpec {
     }
 }
 
-/// Token cross-entropy over logits [N, V] with u32 targets [N].
+/// Token cross-entropy over logits `[N, V]` with u32 targets `[N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrossEntropySpec {
     pub rows: usize,
@@ -189,7 +189,7 @@ fn softmax_params(s: &SoftmaxSpec) -> Params {
     }
 }
 
-/// y = softmax(x) (or log-softmax) over the last axis of x viewed [rows, cols].
+/// y = softmax(x) (or log-softmax) over the last axis of x viewed `[rows, cols]`.
 pub fn softmax_rows(gpu: &Gpu, s: &SoftmaxSpec, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     let op = "softmax_rows_forward";
     validate(op, s)?;
@@ -257,8 +257,8 @@ fn xent_params(s: &CrossEntropySpec) -> Params {
     }
 }
 
-/// Per-row loss [N] = logsumexp(logits[n]) - logits[n, target[n]] and that log-sum-exp
-/// `lse` [N] (kept for the backward). A target >= V gives loss 0 and no gradient.
+/// Per-row loss `[N]` = logsumexp(logits`[n]`) - logits[n, target`[n]`] and that log-sum-exp
+/// `lse` `[N]` (kept for the backward). A target >= V gives loss 0 and no gradient.
 pub fn token_cross_entropy(
     gpu: &Gpu,
     s: &CrossEntropySpec,
@@ -287,8 +287,8 @@ pub fn token_cross_entropy(
     row_call(gpu, op, xent_params(s), s.lanes, 2, false, &bindings)
 }
 
-/// dlogits [N, V] = (softmax(logits) - onehot(target)) * g[0] / N: the gradient of
-/// g * mean_n loss[n], with g [1] the incoming gradient (read on the GPU).
+/// dlogits `[N, V]` = (softmax(logits) - onehot(target)) * g`[0]` / N: the gradient of
+/// g * mean_n loss`[n]`, with g `[1]` the incoming gradient (read on the GPU).
 pub fn token_cross_entropy_backward(
     gpu: &Gpu,
     s: &CrossEntropySpec,
@@ -353,7 +353,7 @@ pub fn softmax_rows_backward_ref(s: &SoftmaxSpec, y: &[f64], dy: &[f64]) -> Vec<
     dx
 }
 
-/// Reference of [`token_cross_entropy`]: (loss [N], lse [N]).
+/// Reference of [`token_cross_entropy`]: (loss `[N]`, lse `[N]`).
 pub fn token_cross_entropy_ref(
     classes: usize,
     logits: &[f64],

@@ -16,7 +16,7 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// y [C, R] = x [R, C]^T.
+/// y `[C, R]` = x `[R, C]`^T.
 pub fn transpose(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
     let op = "transpose";
     let [rows, cols] = match x.shape[..] {

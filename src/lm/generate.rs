@@ -54,7 +54,7 @@ pub fn decode(vocab: &[char], ids: &[u32]) -> String {
 }
 
 /// The model's evaluation graph for one window of T tokens, compiled, with the checkpoint's
-/// parameters written: the session, its input x [1, T] and its logits [T, V].
+/// parameters written: the session, its input x `[1, T]` and its logits `[T, V]`.
 fn forward_session<'g>(gpu: &'g Gpu, ck: &LmCheckpoint) -> Result<(Session<'g>, Id, Id)> {
     let mut g = Graph::new();
     g.training = false;
@@ -70,7 +70,7 @@ fn forward_session<'g>(gpu: &'g Gpu, ck: &LmCheckpoint) -> Result<(Session<'g>, 
     Ok((s, x, logits))
 }
 
-/// Next-token logits [L, V] (row-major) at each of the last L = min(len, T) characters of
+/// Next-token logits `[L, V]` (row-major) at each of the last L = min(len, T) characters of
 /// `text`: row i scores the character after position i of that window.
 pub fn logits(gpu: &Gpu, ck: &LmCheckpoint, text: &str) -> Result<Vec<f32>> {
     let (ctx, v) = (ck.config.context().unwrap_or(1), ck.config.vocab());

@@ -1,6 +1,6 @@
 //! The language models: a decoder-only transformer (`gpt`, nanoGPT's layout and names) and
 //! an Elman RNN unrolled over the context (`char-rnn`, `torch.nn.RNN`'s names). Both map
-//! token ids x [B, T] (u32) to next-token logits [B * T, V]; parameters are registered
+//! token ids x `[B, T]` (u32) to next-token logits `[B * T, V]`; parameters are registered
 //! with PyTorch's names and layouts so a checkpoint loads into the equivalent module.
 //!
 //! B = batch, T = context, V = vocabulary, D = model width, H = heads, E = embedding width.
@@ -125,7 +125,7 @@ impl LmConfig {
     }
 }
 
-/// A linear map with PyTorch's `nn.Linear` layout: weight [OUT, IN], bias [OUT].
+/// A linear map with PyTorch's `nn.Linear` layout: weight `[OUT, IN]`, bias `[OUT]`.
 struct Linear {
     weight: Id,
     bias: Option<Id>,
@@ -144,7 +144,7 @@ impl Linear {
         Linear { weight: w, bias: b }
     }
 
-    /// x [N, IN] -> [N, OUT].
+    /// x `[N, IN]` -> `[N, OUT]`.
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         let y = g.matmul(x, self.weight, false, true)?;
         match self.bias {
@@ -162,7 +162,7 @@ fn layer_norm(g: &mut Graph, name: &str, x: Id, d: usize) -> Result<Id> {
 }
 
 impl GptConfig {
-    /// Causal self-attention of nanoGPT's `CausalSelfAttention`: x [B*T, D] -> [B*T, D].
+    /// Causal self-attention of nanoGPT's `CausalSelfAttention`: x `[B*T, D]` -> `[B*T, D]`.
     fn attention(&self, g: &mut Graph, name: &str, x: Id, batch: usize) -> Result<Id> {
         let (t, d, h) = (self.context, self.d_model, self.heads);
         let hd = d / h;
@@ -296,7 +296,7 @@ impl Model for LmConfig {
         })
     }
 
-    /// x [B, T] token ids -> logits [B * T, V].
+    /// x `[B, T]` token ids -> logits `[B * T, V]`.
     fn forward(&self, g: &mut Graph, x: Id) -> Result<Id> {
         match self {
             LmConfig::Gpt(c) => c.forward(g, x),

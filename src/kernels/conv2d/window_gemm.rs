@@ -12,7 +12,7 @@
 //! - weight gradient: M = CO (dy window), N = CI x KH x KW + 1 (the x window's taps, and a
 //!   column of ones whose sums are dbias), K = the run's positions, cut into slices along
 //!   output rows (grid z) so that a dispatch has enough workgroups; each slice writes one
-//!   partial row [CO*CI*KH*KW + CO], summed afterwards as the other kernels' partials.
+//!   partial row `[CO*CI*KH*KW + CO]`, summed afterwards as the other kernels' partials.
 //!
 //! The references are conv2d.rs's.
 
@@ -347,7 +347,7 @@ pub(super) fn backward_input(
 }
 
 /// Partial dweight and dbias sums on the window kernel: part [`window_weight_rows`] x
-/// [CO*CI*KH*KW + CO].
+/// `[CO*CI*KH*KW + CO]`.
 pub(super) fn backward_weight(
     gpu: &Gpu,
     s: &Conv2dSpec,

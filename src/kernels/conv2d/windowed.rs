@@ -29,7 +29,7 @@ pub fn conv2d_forward_windowed(
 }
 
 /// y = max_pool2d(relu(conv2d(x, w) + bias)) in one pass that never writes the conv output:
-/// y and argmax [B,CO,PH,PW] as [`crate::kernels::pool::max_pool2d_forward`] would leave them on the
+/// y and argmax `[B,CO,PH,PW]` as [`crate::kernels::pool::max_pool2d_forward`] would leave them on the
 /// conv output (argmax indexes its OH x OW plane). Window kernel only: None where
 /// [`conv2d_forward_windowed`] would be.
 #[allow(clippy::too_many_arguments)]
@@ -175,7 +175,7 @@ pub fn relu_pool_weight_rows(gpu: &Gpu, s: &Conv2dSpec, pool: &PoolSpec) -> Opti
 
 /// dweight and dbias partial sums of a conv whose ReLU and max pool ran fused
 /// ([`conv2d_relu_pool_windowed`]), from the pool's gradient g, output y and argmax
-/// [B,CO,PH,PW] and the conv input x: part [rows, CO*CI*KH*KW + CO] as
+/// `[B,CO,PH,PW]` and the conv input x: part `[rows, CO*CI*KH*KW + CO]` as
 /// [`conv2d_backward_weight`](super::conv2d_backward_weight) lays it out (rows from [`relu_pool_weight_rows`]). The conv
 /// gradient is never formed, so there is no input gradient: for a first layer. None where
 /// the windows do not fit.

@@ -26,8 +26,8 @@ pub struct WindowBlock {
 /// layouts make the blocks too thin to pay (fewer than 32 rows, 64 columns or 64 steps of
 /// K where the whole dimension is larger: on lavapipe a 512^3 product in blocks of 32 rows
 /// and 32 steps ran at 1.9 GFLOP/s, below the storage-buffer kernel's ~3.5, because every
-/// K block after the first reads and writes its block of C). A stored [M, K] is cut by rows (every window
-/// holds whole rows), A stored [K, M] by K; B stored [K, N] by K, B stored [N, K] by
+/// K block after the first reads and writes its block of C). A stored `[M, K]` is cut by rows (every window
+/// holds whole rows), A stored `[K, M]` by K; B stored `[K, N]` by K, B stored `[N, K]` by
 /// columns. `slack` elements of each window are kept free for a start that is not aligned
 /// (the adapter's uniform offset alignment in bytes / 4, or 0 when every window start is
 /// known to be aligned).
