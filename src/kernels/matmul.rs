@@ -300,13 +300,9 @@ const BIAS: u32 = 4;
 const RELU: u32 = 8;
 const ACCUMULATE: u32 = 32;
 
-fn check(
-    spec: &MatmulSpec,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    c: &Tensor,
-) -> Result<()> {
+/// The product itself: not empty, `shared_b` only when batched, every operand indexable by
+/// u32.
+fn check_spec(spec: &MatmulSpec) -> Result<()> {
     let op = "matmul";
     if spec.m == 0 || spec.n == 0 || spec.k == 0 || spec.batch == 0 {
         return Err(Error::shape(op, format!("empty product {spec:?}")));
@@ -324,6 +320,20 @@ fn check(
             format!("{spec:?} has more than 2^32 elements in an operand; split the batch"),
         ));
     }
+    Ok(())
+}
+
+/// The product (`check_spec`) and its operands: each of its shape, or, viewed, holding
+/// every element its view reaches; C's view with contiguous rows; bias iff `spec.bias`.
+fn check(
+    spec: &MatmulSpec,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+) -> Result<()> {
+    check_spec(spec)?;
+    let op = "matmul";
     let want = |name: &str, t: &Tensor, shape: &[usize]| -> Result<()> {
         if t.numel() != shape.iter().product::<usize>() {
             return Err(Error::shape(
