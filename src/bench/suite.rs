@@ -168,6 +168,66 @@ fn matmul_case(label: &str, spec: MatmulSpec, kernel: Option<MatmulKernel>, quic
     }
 }
 
+/// The GPT's attention scores at its defaults (batch 16, context 64, 4 heads of 32): per
+/// head z = b * 4 + h, S[z] = Q[z] · K[z]^T, [64, 64, 32] each. `in_place`: Q and K read
+/// through strided views of the projection qkv [B*T, 3D], as the fused graph runs it;
+/// otherwise from contiguous per-head copies, as it ran before the views (the copies not
+/// timed). The adapter's default kernel for the product.
+fn attention_case(in_place: bool) -> Case {
+    let (b, t, h, hd) = (16, 64, 4, 32);
+    let d = h * hd;
+    let head = |offset| Strided {
+        offset,
+        split: h,
+        outer: t * 3 * d,
+        inner: hd,
+        row: 3 * d,
+        col: 1,
+    };
+    let spec = MatmulSpec {
+        batch: b * h,
+        transpose_b: true,
+        a_view: in_place.then(|| head(0)),
+        b_view: in_place.then(|| head(d)),
+        ..MatmulSpec::new(t, t, hd)
+    };
+    let label = if in_place {
+        "heads in place"
+    } else {
+        "heads copied"
+    };
+    Case {
+        kernel: "matmul_attention",
+        shape: format!("{}x{t}x{t}x{hd} tb=1 ({label})", b * h),
+        flops: spec.flops(),
+        bytes: 4.0 * (spec.batch * (2 * t * hd + t * t)) as f64,
+        quick: true,
+        setup: Box::new(move |gpu| {
+            let Some(&kernel) = matmul_candidates(gpu, &spec).first() else {
+                return Ok(None);
+            };
+            let mut rng = Rng::new(7);
+            let operand = |rng: &mut Rng| match in_place {
+                true => random(gpu, rng, &[b * t, 3 * d]),
+                false => random(gpu, rng, &[b * h, t, hd]),
+            };
+            let (q, qv) = operand(&mut rng)?;
+            let (k, kv) = if in_place {
+                (q.clone(), qv.clone())
+            } else {
+                operand(&mut rng)?
+            };
+            let c = Tensor::zeros(gpu, "scores", &[b * h, t, t])?;
+            let dispatches = matmul_with(gpu, &spec, kernel, &q, &k, None, &c)?;
+            let check = Box::new(move || {
+                let want = matmul_ref(&spec, &f64s(&qv), &f64s(&kv), None);
+                Ok(close(&c.to_f32(gpu)?, &want, 1e-4, 1e-5 * hd as f64))
+            });
+            Ok(Some(Prepared { dispatches, check }))
+        }),
+    }
+}
+
 /// The seed CNN's convolution at batch 128, and its pool.
 fn seed_conv() -> (Conv2dSpec, PoolSpec) {
     let s = Conv2dSpec {
@@ -319,6 +379,7 @@ fn matmul_cases() -> Vec<Case> {
     ] {
         v.push(matmul_case(label, spec, None, true));
     }
+    v.extend([attention_case(false), attention_case(true)]);
     v.push(transpose_case());
     v
 }
