@@ -135,94 +135,6 @@ fn lower_node(
     let x = |i: usize| ts.get(g, node.inputs[i]);
     let y = ts.get(g, id)?;
     match &node.op {
-        Op::MatMul(t) => {
-            let spec = matmul_spec(g, id, *t)?;
-            let bias = if t.bias { Some(x(2)?) } else { None };
-            let kernel = choices.matmul(gpu, id, &spec);
-            d.extend(matmul_with(
-                gpu,
-                &spec,
-                kernel,
-                &x(0)?,
-                &x(1)?,
-                bias.as_ref(),
-                &y,
-            )?);
-        }
-        Op::MatMulGroup(products) => {
-            for (i, t) in products.iter().enumerate() {
-                let spec = product_spec(g, [node.inputs[2 * i], node.inputs[2 * i + 1]], *t)?;
-                let kernel = choices.matmul(gpu, id, &spec);
-                d.extend(matmul_with(
-                    gpu,
-                    &spec,
-                    kernel,
-                    &x(2 * i)?,
-                    &x(2 * i + 1)?,
-                    None,
-                    &y,
-                )?);
-            }
-        }
-        Op::Conv2d(c) => {
-            let s = conv_spec(g, node.inputs[0], node.inputs[1], *c)?;
-            let b = if c.bias { Some(x(2)?) } else { None };
-            let k = choices.conv(id);
-            let (xt, wt) = (x(0)?, x(1)?);
-            d.extend(conv_forward(
-                gpu,
-                k,
-                &s,
-                [&xt, &wt],
-                b.as_ref(),
-                c.relu,
-                &y,
-            )?);
-        }
-        Op::Conv2dBackwardInput(c) => {
-            let s = conv_spec(g, id, node.inputs[1], *c)?;
-            let k = choices.conv(id);
-            d.extend(conv2d_backward_input_with(gpu, k, &s, &x(0)?, &x(1)?, &y)?);
-        }
-        Op::Conv2dBackwardWeight { conv, bias } => {
-            let s = conv_spec(g, node.inputs[1], id, *conv)?;
-            let k = choices.conv(id);
-            let rows = conv2d_backward_weight_rows(gpu, k, &s);
-            let part = Tensor::zeros(gpu, "conv dweight partials", &[rows, s.part_row()])?;
-            d.extend(conv2d_backward_weight_with(
-                gpu,
-                k,
-                &s,
-                &x(0)?,
-                &x(1)?,
-                &part,
-            )?);
-            let db = if *bias {
-                Some(aux(g, ts, id, 0)?)
-            } else {
-                None
-            };
-            d.extend(sum_partials(gpu, &part, &y, db.as_ref())?);
-        }
-        Op::MaxPool2d(p) => {
-            let ps = pool_spec(g.shape(node.inputs[0]), *p);
-            d.push(max_pool2d_forward(
-                gpu,
-                &ps,
-                &x(0)?,
-                &aux(g, ts, id, 0)?,
-                &y,
-            )?);
-        }
-        Op::MaxPool2dBackward { pool, relu } => {
-            let ps = pool_spec(&node.shape, *pool);
-            let (p, dy) = (x(0)?, x(1)?);
-            let arg = aux(g, ts, node.inputs[0], 0)?;
-            d.push(match relu {
-                true => max_pool2d_relu_backward(gpu, &ps, &dy, &arg, &p, &y)?,
-                false => max_pool2d_backward(gpu, &ps, &dy, &arg, &y)?,
-            });
-        }
         Op::Copy => {
             let v = x(0)?;
             d.push(copy_strided(gpu, &CopySpec::contiguous(&v.shape), &v, &y)?);
@@ -230,14 +142,6 @@ fn lower_node(
         Op::Assign => {
             let v = x(1)?;
             d.push(copy_strided(gpu, &CopySpec::contiguous(&v.shape), &v, &y)?);
-        }
-        Op::AvgPool2d(p) => {
-            let ps = pool_spec(g.shape(node.inputs[0]), *p);
-            d.push(avg_pool2d_forward(gpu, &ps, &x(0)?, &y)?);
-        }
-        Op::AvgPool2dBackward(p) => {
-            let ps = pool_spec(&node.shape, *p);
-            d.push(avg_pool2d_backward(gpu, &ps, &x(0)?, &y)?);
         }
         Op::Dropout { p, salt } => {
             let mask = aux(g, ts, id, 0)?;
@@ -276,11 +180,121 @@ fn lower_node(
             d.push(activation_backward(gpu, k, &x(1)?, &x(0)?, &y)?);
         }
         Op::Permute(p) if p == &[1, 0] => d.push(transpose(gpu, &x(0)?, &y)?),
+        _ if lower_product(gpu, g, ts, choices, id, d)? => {}
+        _ if lower_pool(gpu, g, ts, id, d)? => {}
         _ if super::lower_seq::lower_seq(gpu, g, ts, id, d)? => {}
         _ if super::lower_bn::lower_bn(gpu, g, ts, id, d)? => {}
         _ => super::lower_ew::lower_elementwise(gpu, g, ts, id, d)?,
     }
     Ok(())
+}
+
+/// Matmuls (one product, or a group writing its parts of one value) and convolutions, with
+/// the kernel `choices` holds for them; false for any other op.
+fn lower_product(
+    gpu: &Gpu,
+    g: &Graph,
+    ts: &Tensors,
+    choices: &Choices,
+    id: Id,
+    d: &mut Vec<Dispatch>,
+) -> Result<bool> {
+    let node = g.node(id);
+    let x = |i: usize| ts.get(g, node.inputs[i]);
+    let y = ts.get(g, id)?;
+    // Product `i` of the node: operands 2i and 2i + 1 (and the bias after them).
+    let mut product = |i: usize, t: MatMulAttrs| -> Result<()> {
+        let spec = product_spec(g, [node.inputs[2 * i], node.inputs[2 * i + 1]], t)?;
+        let bias = if t.bias { Some(x(2 * i + 2)?) } else { None };
+        let kernel = choices.matmul(gpu, id, &spec);
+        let (a, b) = (x(2 * i)?, x(2 * i + 1)?);
+        d.extend(matmul_with(gpu, &spec, kernel, &a, &b, bias.as_ref(), &y)?);
+        Ok(())
+    };
+    match &node.op {
+        Op::MatMul(t) => product(0, *t)?,
+        Op::MatMulGroup(products) => {
+            for (i, t) in products.iter().enumerate() {
+                product(i, *t)?;
+            }
+        }
+        Op::Conv2d(c) => {
+            let s = conv_spec(g, node.inputs[0], node.inputs[1], *c)?;
+            let b = if c.bias { Some(x(2)?) } else { None };
+            let (xt, wt) = (x(0)?, x(1)?);
+            let k = choices.conv(id);
+            d.extend(conv_forward(
+                gpu,
+                k,
+                &s,
+                [&xt, &wt],
+                b.as_ref(),
+                c.relu,
+                &y,
+            )?);
+        }
+        Op::Conv2dBackwardInput(c) => {
+            let s = conv_spec(g, id, node.inputs[1], *c)?;
+            let k = choices.conv(id);
+            d.extend(conv2d_backward_input_with(gpu, k, &s, &x(0)?, &x(1)?, &y)?);
+        }
+        Op::Conv2dBackwardWeight { conv, bias } => {
+            let s = conv_spec(g, node.inputs[1], id, *conv)?;
+            let k = choices.conv(id);
+            let rows = conv2d_backward_weight_rows(gpu, k, &s);
+            let part = Tensor::zeros(gpu, "conv dweight partials", &[rows, s.part_row()])?;
+            d.extend(conv2d_backward_weight_with(
+                gpu,
+                k,
+                &s,
+                &x(0)?,
+                &x(1)?,
+                &part,
+            )?);
+            let db = if *bias {
+                Some(aux(g, ts, id, 0)?)
+            } else {
+                None
+            };
+            d.extend(sum_partials(gpu, &part, &y, db.as_ref())?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Max and average pooling and their gradients (the max pool's argmax is its aux output);
+/// false for any other op.
+fn lower_pool(gpu: &Gpu, g: &Graph, ts: &Tensors, id: Id, d: &mut Vec<Dispatch>) -> Result<bool> {
+    let node = g.node(id);
+    let x = |i: usize| ts.get(g, node.inputs[i]);
+    let y = ts.get(g, id)?;
+    match &node.op {
+        Op::MaxPool2d(p) => {
+            let ps = pool_spec(g.shape(node.inputs[0]), *p);
+            let arg = aux(g, ts, id, 0)?;
+            d.push(max_pool2d_forward(gpu, &ps, &x(0)?, &arg, &y)?);
+        }
+        Op::MaxPool2dBackward { pool, relu } => {
+            let ps = pool_spec(&node.shape, *pool);
+            let (p, dy) = (x(0)?, x(1)?);
+            let arg = aux(g, ts, node.inputs[0], 0)?;
+            d.push(match relu {
+                true => max_pool2d_relu_backward(gpu, &ps, &dy, &arg, &p, &y)?,
+                false => max_pool2d_backward(gpu, &ps, &dy, &arg, &y)?,
+            });
+        }
+        Op::AvgPool2d(p) => {
+            let ps = pool_spec(g.shape(node.inputs[0]), *p);
+            d.push(avg_pool2d_forward(gpu, &ps, &x(0)?, &y)?);
+        }
+        Op::AvgPool2dBackward(p) => {
+            let ps = pool_spec(&node.shape, *p);
+            d.push(avg_pool2d_backward(gpu, &ps, &x(0)?, &y)?);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A conv forward with kernel `k` as the lowering runs it: on uniform-window adapters a
