@@ -119,25 +119,18 @@ impl Tensor {
     }
 
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
-        if data.len() != self.numel() {
-            return Err(Error::shape(
-                "write_f32",
-                format!(
-                    "{} values for a tensor of shape {:?}",
-                    data.len(),
-                    self.shape
-                ),
-            ));
-        }
-        gpu.queue
-            .write_buffer(&self.buffer, self.offset, bytemuck::cast_slice(data));
-        Ok(())
+        self.write("write_f32", gpu, data)
     }
 
     pub fn write_u32(&self, gpu: &Gpu, data: &[u32]) -> Result<()> {
+        self.write("write_u32", gpu, data)
+    }
+
+    /// Queue `data` (one value per element) for upload; `op` names the caller in errors.
+    fn write<T: bytemuck::Pod>(&self, op: &str, gpu: &Gpu, data: &[T]) -> Result<()> {
         if data.len() != self.numel() {
             return Err(Error::shape(
-                "write_u32",
+                op,
                 format!(
                     "{} values for a tensor of shape {:?}",
                     data.len(),

@@ -24,6 +24,20 @@ fn check(name: &str, shapes: &[&[usize]], fused: bool, op: impl Fn(&mut Graph, &
     check_with(name, shapes, fused, None, op)
 }
 
+/// Trainable parameters `p0`, `p1`, ... of the given shapes (zeros until a check writes them).
+fn params(g: &mut Graph, shapes: &[&[usize]]) -> Vec<Id> {
+    (shapes.iter().enumerate())
+        .map(|(i, s)| {
+            g.param(ParamSpec {
+                name: format!("p{i}"),
+                shape: s.to_vec(),
+                init: Init::Zeros,
+                layer: 0,
+                trainable: true,
+            })
+        })
+        .collect()
+}
 /// [`check`] with a u32 input `labels` (values below `classes`) for the losses.
 fn check_with(
     name: &str,
@@ -34,19 +48,7 @@ fn check_with(
 ) {
     let Some(gpu) = common::gpu() else { return };
     let mut g = Graph::new();
-    let params: Vec<Id> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            g.param(ParamSpec {
-                name: format!("p{i}"),
-                shape: s.to_vec(),
-                init: Init::Zeros,
-                layer: 0,
-                trainable: true,
-            })
-        })
-        .collect();
+    let params = params(&mut g, shapes);
     let label = labels.map(|(n, _)| g.input("label", &[n], DType::U32));
     let y = op(&mut g, &params);
     let ys = g.shape(y).to_vec();
@@ -150,17 +152,7 @@ fn attention_heads_fused_into_matmul_views() {
     let shapes: [&[usize]; 2] = [&[6, 12], &[4, 3]];
     // The rewrites happen: every movement op and pad is gone from the fused graph.
     let mut g = Graph::new();
-    let params: Vec<Id> = (shapes.iter().enumerate())
-        .map(|(i, s)| {
-            g.param(ParamSpec {
-                name: format!("p{i}"),
-                shape: s.to_vec(),
-                init: Init::Zeros,
-                layer: 0,
-                trainable: true,
-            })
-        })
-        .collect();
+    let params = params(&mut g, &shapes);
     let y = attention_heads(&mut g, &params);
     let loss = g.sum(y, &[0, 1]).unwrap();
     let grads = grad(&mut g, loss, &params).unwrap();
