@@ -593,7 +593,7 @@ fn matmul_group(g: &mut Graph) -> usize {
             let l = undo_chain(g, id, &chain[..len])?;
             let end = if len == 0 { id } else { chain[len - 1] };
             let views = (products.iter())
-                .map(|&(p, axis, start)| {
+                .map(|&(p, _, axis, start)| {
                     let shape = g.shape(p);
                     let at = l.slice(axis, start, shape[axis])?.reshape(shape)?;
                     output_view(&at, shape)
@@ -604,10 +604,7 @@ fn matmul_group(g: &mut Graph) -> usize {
         let Some((end, views)) = fits else { continue };
         let mut attrs = vec![];
         let mut inputs = vec![];
-        for (&(p, _, _), v) in products.iter().zip(views) {
-            let Op::MatMul(t) = g.node(p).op else {
-                continue;
-            };
+        for (&(p, t, _, _), v) in products.iter().zip(views) {
             attrs.push(MatMulAttrs {
                 c_view: Some(v),
                 ..t
@@ -622,9 +619,13 @@ fn matmul_group(g: &mut Graph) -> usize {
     n
 }
 
+/// A plain batched product (no bias, ReLU or output view) under one Pad of a sum: its node,
+/// its attributes, and the Pad's axis and start.
+type Padded = (Id, MatMulAttrs, usize, usize);
+
 /// The products behind a sum `root` of Pads (inner sums, Pads and products one reader
-/// each): (product, axis, start), when the pads share an axis and cover it once.
-fn padded_products(g: &Graph, uses: &[usize], root: Id) -> Option<Vec<(Id, usize, usize)>> {
+/// each), when the pads share an axis and cover it once.
+fn padded_products(g: &Graph, uses: &[usize], root: Id) -> Option<Vec<Padded>> {
     let shape = g.shape(root).to_vec();
     let (mut stack, mut out) = (vec![root], vec![]);
     while let Some(x) = stack.pop() {
@@ -636,19 +637,22 @@ fn padded_products(g: &Graph, uses: &[usize], root: Id) -> Option<Vec<(Id, usize
             Op::Binary(BinaryOp::Add) if node.shape == shape => stack.extend(&node.inputs),
             Op::Pad { axis, start } if node.shape == shape => {
                 let p = node.inputs[0];
-                let plain = matches!(g.node(p).op, Op::MatMul(t) if !t.bias && !t.relu && t.c_view.is_none());
-                if !plain || g.shape(p).len() != 3 || !single_use(g, uses, p) {
+                let t = match g.node(p).op {
+                    Op::MatMul(t) if !t.bias && !t.relu && t.c_view.is_none() => t,
+                    _ => return None,
+                };
+                if g.shape(p).len() != 3 || !single_use(g, uses, p) {
                     return None;
                 }
-                out.push((p, axis, start));
+                out.push((p, t, axis, start));
             }
             _ => return None,
         }
     }
-    out.sort_by_key(|&(_, _, start)| start);
-    let axis = out.first()?.1;
+    out.sort_by_key(|&(_, _, _, start)| start);
+    let axis = out.first()?.2;
     let mut at = 0;
-    for &(p, a, start) in &out {
+    for &(p, _, a, start) in &out {
         if a != axis || start != at {
             return None;
         }
